@@ -1,0 +1,83 @@
+"""Every public exception of edgeshrink.
+
+Each error is also a standard-library category (OSError, ValueError, ...) so
+callers that do not know edgeshrink can still catch it sensibly, and each
+carries a ``hint``: the next step a user should take.  The CLI prints the
+message and the hint on one line each and exits 1.
+"""
+
+from __future__ import annotations
+
+
+class EdgeshrinkError(Exception):
+    """Base of every error edgeshrink raises on purpose."""
+
+    default_hint = ""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint if hint is not None else self.default_hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ModelFileError(EdgeshrinkError, OSError):
+    """A model file is missing, unreadable, truncated or not of the format it claims."""
+
+    default_hint = "check the path and that the file was copied completely"
+
+
+class UnsupportedFormatError(EdgeshrinkError, ValueError):
+    """A file or directory of a kind edgeshrink does not handle (yet)."""
+
+    default_hint = "edgeshrink reads .gguf files; see `edgeshrink --help`"
+
+
+class ProfileError(EdgeshrinkError, ValueError):
+    """A hardware profile is unknown or malformed."""
+
+    default_hint = "run `edgeshrink profiles list` to see the known profiles"
+
+
+class TargetError(EdgeshrinkError, ValueError):
+    """A target is unknown or malformed."""
+
+    default_hint = "run `edgeshrink targets list` to see the known targets"
+
+
+class QuantizationError(EdgeshrinkError, ValueError):
+    """A quantization type is unknown, unsupported, or the quantizer failed."""
+
+    default_hint = "run `edgeshrink quant-types` to see the types this llama.cpp supports"
+
+
+class DoesNotFitError(EdgeshrinkError, ValueError):
+    """No candidate fits the device's memory budget."""
+
+    default_hint = "pick a larger device profile, a smaller model, or a shorter --ctx"
+
+
+class RuntimeMissingError(EdgeshrinkError, ImportError):
+    """A runtime (llama-cpp-python, onnxruntime, ...) is not installed where it is needed."""
+
+    default_hint = "pip install 'edgeshrink[gguf]'"
+
+
+class TransportError(EdgeshrinkError, OSError):
+    """Copying to or running on a device failed."""
+
+    default_hint = "check that the device is reachable (`edgeshrink doctor TARGET`)"
+
+
+class AgentError(EdgeshrinkError, RuntimeError):
+    """The on-device agent failed, timed out, was killed or printed no valid result."""
+
+    default_hint = "re-run with EDGESHRINK_DEBUG=1 to see the agent's stderr"
+
+
+class StoreError(EdgeshrinkError, OSError):
+    """The results database cannot be opened, migrated or written."""
+
+    default_hint = "check --db / EDGESHRINK_DB points to a writable SQLite file"
