@@ -1,0 +1,1498 @@
+#!/usr/bin/env python3
+"""edgeshrink on-device benchmark agent.
+
+The host copies this one file to a device and runs it with the device's own
+Python (3.9 or newer).  It loads a model with whatever runtime the device has,
+warms up, measures, and prints exactly one JSON document on stdout
+(schema ``edgeshrink.bench/1``) whatever happens.  Progress goes to stderr.
+
+    python3 edgeshrink_agent.py bench --model PATH [options]
+    python3 edgeshrink_agent.py info
+
+Exit codes: 0 ok, 1 error, 2 bad arguments, 3 out of memory, 124 timeout (SIGTERM).
+
+Only the standard library is imported at module level; runtimes (llama_cpp, and
+later onnxruntime / tflite) are imported inside the runner that needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import datetime
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+AGENT_VERSION = "1.0.0"
+SCHEMA = "edgeshrink.bench/1"
+
+EXIT_CODES = {"ok": 0, "error": 1, "oom": 3, "timeout": 124}
+EXIT_BAD_ARGS = 2
+
+# ARM "CPU part" ids (implementer 0x41) of the cores small devices ship with.
+ARM_CORE_NAMES = {
+    "0xd03": "Cortex-A53",
+    "0xd04": "Cortex-A35",
+    "0xd05": "Cortex-A55",
+    "0xd07": "Cortex-A57",
+    "0xd08": "Cortex-A72",
+    "0xd09": "Cortex-A73",
+    "0xd0a": "Cortex-A75",
+    "0xd0b": "Cortex-A76",
+    "0xd0c": "Neoverse-N1",
+    "0xd0d": "Cortex-A77",
+    "0xd40": "Neoverse-V1",
+    "0xd41": "Cortex-A78",
+    "0xd44": "Cortex-X1",
+    "0xd46": "Cortex-A510",
+    "0xd47": "Cortex-A710",
+    "0xd48": "Cortex-X2",
+    "0xd49": "Neoverse-N2",
+    "0xd4d": "Cortex-A715",
+    "0xd4e": "Cortex-X3",
+    "0xd80": "Cortex-A520",
+    "0xd81": "Cortex-A720",
+    "0xd82": "Cortex-X4",
+}
+CPU_IMPLEMENTERS = {
+    "0x41": "ARM",
+    "0x42": "Broadcom",
+    "0x48": "HiSilicon",
+    "0x4e": "NVIDIA",
+    "0x51": "Qualcomm",
+    "0x53": "Samsung",
+    "0x61": "Apple",
+}
+
+FORMAT_BY_EXTENSION = {".gguf": "gguf", ".onnx": "onnx", ".tflite": "tflite"}
+
+# Substrings of llama.cpp / libc messages that mean an allocation failed.
+OOM_MARKERS = (
+    "failed to allocate",
+    "unable to allocate",
+    "out of memory",
+    "cannot allocate memory",
+    "insufficient memory",
+    "bad_alloc",
+)
+TRUNCATION_MARKERS = (
+    "not within the file bounds",
+    "failed to read",
+    "unexpectedly reached end of file",
+    "end of file",
+)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class AgentError(Exception):
+    """A failure the agent reports as a status "error" document."""
+
+    status = "error"
+
+    def __init__(self, kind: str, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.hint = hint
+
+
+class AgentOutOfMemory(AgentError):
+    """An allocation failed (Python MemoryError or llama.cpp)."""
+
+    status = "oom"
+
+
+class BadArguments(Exception):
+    """The command line could not be parsed; exit code 2."""
+
+    def __init__(self, message: str, usage: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.usage = usage
+
+
+class Interrupted(BaseException):
+    """Raised in the main thread by SIGTERM / SIGINT.
+
+    A BaseException so that the best-effort ``except Exception`` blocks around
+    fact collection cannot swallow it.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+# --------------------------------------------------------------------------- process state
+
+
+class _Process:
+    """Process-wide state: the saved stdout fd and signal bookkeeping."""
+
+    json_fd = None  # type: int | None
+    signalled = None  # type: int | None
+    emitting = False
+
+
+def _log(message: str) -> None:
+    try:
+        sys.stderr.write(f"edgeshrink-agent: {message}\n")
+        sys.stderr.flush()
+    except Exception:
+        pass
+
+
+def _protect_stdout() -> None:
+    """Keep fd 1 for the JSON document only.
+
+    Native code (llama.cpp, ggml) writes to fd 1 with printf; pointing fd 1 at
+    stderr means nothing it prints can corrupt the one JSON document, which
+    goes to a private duplicate of the original stdout.
+    """
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+    try:
+        _Process.json_fd = os.dup(1)
+        os.dup2(2, 1)
+        sys.stdout = sys.stderr
+    except OSError:
+        _Process.json_fd = None
+
+
+def _emit(document: dict) -> None:
+    _Process.emitting = True
+    try:
+        text = json.dumps(_json_safe(document), allow_nan=False, sort_keys=False)
+    except (TypeError, ValueError) as exc:
+        text = json.dumps(
+            {
+                "schema": SCHEMA,
+                "agent_version": AGENT_VERSION,
+                "status": "error",
+                "error": {
+                    "type": "internal",
+                    "message": f"result could not be encoded as JSON: {exc}",
+                    "hint": "report this as an edgeshrink agent bug",
+                },
+            }
+        )
+    data = (text + "\n").encode("utf-8")
+    try:
+        if _Process.json_fd is None:
+            sys.__stdout__.write(data.decode("utf-8"))
+            sys.__stdout__.flush()
+            return
+        view = memoryview(data)
+        while view:
+            written = os.write(_Process.json_fd, view)
+            view = view[written:]
+    except (OSError, AttributeError, ValueError) as exc:
+        # The reader is gone (host disconnected); nothing else can carry the result.
+        _log(f"could not write the result: {exc}")
+
+
+def _json_safe(value):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    return str(value)
+
+
+def _on_signal(signum, frame) -> None:
+    # Only the first signal interrupts; later ones must not break the emit path.
+    if _Process.emitting or _Process.signalled is not None:
+        return
+    _Process.signalled = signum
+    raise Interrupted(signum)
+
+
+def _check_signal() -> None:
+    """Re-raise a signal whose Interrupted was swallowed (e.g. inside a ctypes log callback)."""
+    if _Process.signalled is not None and not _Process.emitting:
+        raise Interrupted(_Process.signalled)
+
+
+def _install_signal_handlers() -> None:
+    for name in ("SIGTERM", "SIGINT"):
+        signum = getattr(signal, name, None)
+        if signum is not None:
+            with contextlib.suppress(OSError, ValueError):
+                signal.signal(signum, _on_signal)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _round(value, digits: int = 4):
+    if value is None:
+        return None
+    return round(float(value), digits)
+
+
+def _stats(samples, digits: int = 4) -> dict:
+    values = [float(s) for s in samples]
+    if not values:
+        return {"mean": None, "stddev": None, "samples": []}
+    stddev = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {
+        "mean": _round(statistics.mean(values), digits),
+        "stddev": _round(stddev, digits),
+        "samples": [_round(v, digits) for v in values],
+    }
+
+
+def _read_text(path: str) -> str:
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        return handle.read()
+
+
+def _utc_now_iso() -> str:
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Report:
+    """Everything a run has learned so far; turned into the JSON document at the end."""
+
+    def __init__(self) -> None:
+        self.started_at = _utc_now_iso()
+        self.t_start = time.perf_counter()
+        self.params = None  # type: dict | None
+        self.model = None  # type: dict | None
+        self.device = None  # type: dict | None
+        self.runtime = None  # type: dict | None
+        self.load_s = None  # type: float | None
+        self.memory = None  # type: dict | None
+        self.llm = None  # type: dict | None
+        self.rss_after_load_mb = None  # type: float | None
+        # (pp, tg, ttft) sample lists, filled while measuring so an interrupt keeps them.
+        self.llm_partial = None  # type: tuple | None
+        self.unmeasured = []  # type: list
+        self.warnings = []  # type: list
+
+    def not_measured(self, what: str, why: str) -> None:
+        if not any(item["what"] == what for item in self.unmeasured):
+            self.unmeasured.append({"what": what, "why": why})
+
+    def warn(self, message: str) -> None:
+        if message not in self.warnings:
+            self.warnings.append(message)
+            _log("warning: " + message)
+
+    def bench_document(self, status: str, error: dict | None) -> dict:
+        return {
+            "schema": SCHEMA,
+            "agent_version": AGENT_VERSION,
+            "status": status,
+            "error": error,
+            "started_at": self.started_at,
+            "duration_s": _round(time.perf_counter() - self.t_start),
+            "params": self.params,
+            "model": self.model,
+            "device": self.device,
+            "runtime": self.runtime,
+            "load_s": _round(self.load_s),
+            "memory": self.memory,
+            "llm": self.llm,
+            "unmeasured": self.unmeasured,
+            "warnings": self.warnings,
+        }
+
+
+def _error_dict(kind: str, message: str, hint: str = "") -> dict:
+    return {"type": kind, "message": message, "hint": hint}
+
+
+# --------------------------------------------------------------------------- memory
+
+
+_STATUS_KEYS = (b"VmRSS:", b"VmHWM:", b"RssAnon:", b"RssFile:", b"RssShmem:")
+
+
+def _read_proc_status_kb() -> dict:
+    """VmRSS/VmHWM/RssAnon/RssFile/RssShmem of this process in kB."""
+    with open("/proc/self/status", "rb") as handle:
+        raw = handle.read()
+    found = {}
+    for line in raw.split(b"\n"):
+        for key in _STATUS_KEYS:
+            if line.startswith(key):
+                found[key[:-1].decode()] = int(line.split()[1])
+                break
+    return found
+
+
+class MemorySampler:
+    """Tracks the process's RSS and its anon/file split at the highest-RSS moment.
+
+    VmHWM gives the true peak, but not what it was made of; a sampler thread
+    (and explicit samples at phase boundaries) keeps the sample with the
+    largest VmRSS so the report can say how much of the peak was file-backed
+    (mmap'd weights the kernel can drop) versus anonymous memory.
+    """
+
+    def __init__(self, interval_s: float = 0.02) -> None:
+        self.interval_s = interval_s
+        self.peak_sample = None  # type: dict | None
+        self.samples_taken = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = None  # type: threading.Thread | None
+        try:
+            first = _read_proc_status_kb()
+            self.proc_ok = "VmRSS" in first
+            self.proc_why = "" if self.proc_ok else "/proc/self/status has no VmRSS"
+        except (OSError, ValueError, IndexError) as exc:
+            self.proc_ok = False
+            self.proc_why = f"/proc/self/status unreadable: {exc}"
+        self.has_split = False
+        if self.proc_ok:
+            self.has_split = "RssAnon" in first and "RssFile" in first
+            self._keep(first)
+
+    def _keep(self, sample: dict) -> None:
+        with self._lock:
+            self.samples_taken += 1
+            if self.peak_sample is None or sample.get("VmRSS", 0) > self.peak_sample.get(
+                "VmRSS", 0
+            ):
+                self.peak_sample = sample
+
+    def sample(self) -> dict | None:
+        if not self.proc_ok:
+            return None
+        try:
+            current = _read_proc_status_kb()
+        except (OSError, ValueError, IndexError):
+            return None
+        self._keep(current)
+        return current
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.sample()
+
+    def start(self) -> None:
+        if self.proc_ok and self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def rss_now_mb(self) -> float | None:
+        current = self.sample()
+        if current is not None and "VmRSS" in current:
+            return current["VmRSS"] / 1024.0
+        try:
+            import psutil  # optional
+
+            return psutil.Process().memory_info().rss / (1024.0 * 1024.0)
+        except Exception:
+            return None
+
+    def result(self, report: Report, rss_after_load_mb: float | None) -> dict:
+        self.sample()
+        memory = {
+            "peak_rss_mb": None,
+            "rss_anon_mb": None,
+            "rss_file_mb": None,
+            "rss_after_load_mb": _round(rss_after_load_mb, 2),
+            "source": None,
+        }
+        last = None
+        if self.proc_ok:
+            try:
+                last = _read_proc_status_kb()
+            except (OSError, ValueError, IndexError):
+                last = None
+        if last is not None and "VmHWM" in last:
+            memory["source"] = "proc"
+            with self._lock:
+                peak = dict(self.peak_sample or last)
+            memory["peak_rss_mb"] = _round(max(last["VmHWM"], peak.get("VmRSS", 0)) / 1024.0, 2)
+            if self.has_split:
+                memory["rss_anon_mb"] = _round(peak["RssAnon"] / 1024.0, 2)
+                memory["rss_file_mb"] = _round(peak["RssFile"] / 1024.0, 2)
+            else:
+                why = "kernel reports no RssAnon/RssFile (older than 4.5)"
+                report.not_measured("memory.rss_anon_mb", why)
+                report.not_measured("memory.rss_file_mb", why)
+        else:
+            why = self.proc_why or "/proc/self/status has no VmHWM"
+            try:
+                import resource
+
+                maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                # Linux reports kB, macOS bytes.
+                scale = 1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0
+                memory["peak_rss_mb"] = _round(maxrss / scale, 2)
+                memory["source"] = "getrusage"
+            except Exception as exc:
+                report.not_measured("memory.peak_rss_mb", f"{why}; getrusage failed: {exc}")
+            report.not_measured("memory.rss_anon_mb", why)
+            report.not_measured("memory.rss_file_mb", why)
+        if rss_after_load_mb is None:
+            report.not_measured("memory.rss_after_load_mb", "no /proc and no psutil")
+        return memory
+
+
+# --------------------------------------------------------------------------- device facts
+
+
+def _cpuinfo_fields() -> list:
+    """/proc/cpuinfo as a list of per-block dicts (one per CPU, plus trailers)."""
+    blocks = []
+    current = {}  # type: dict
+    for line in _read_text("/proc/cpuinfo").splitlines():
+        if not line.strip():
+            if current:
+                blocks.append(current)
+                current = {}
+            continue
+        if ":" in line:
+            key, _, value = line.partition(":")
+            current[key.strip()] = value.strip()
+    if current:
+        blocks.append(current)
+    return blocks
+
+
+def _cpu_name_from_blocks(blocks: list) -> str | None:
+    for block in blocks:
+        for key in ("model name", "Model Name", "cpu model", "Processor"):
+            value = block.get(key)
+            if value and not value.isdigit():
+                return value
+    counts = collections.OrderedDict()  # type: collections.OrderedDict
+    for block in blocks:
+        part = block.get("CPU part")
+        if not part:
+            continue
+        implementer = block.get("CPU implementer", "").lower()
+        part = part.lower()
+        if implementer == "0x41" and part in ARM_CORE_NAMES:
+            name = ARM_CORE_NAMES[part]
+        else:
+            vendor = CPU_IMPLEMENTERS.get(implementer, f"implementer {implementer or '?'}")
+            name = f"{vendor} part {part}"
+        counts[name] = counts.get(name, 0) + 1
+    if counts:
+        return " + ".join(f"{n}x {name}" for name, n in counts.items())
+    for block in blocks:
+        if block.get("Hardware"):
+            return block["Hardware"]
+    return None
+
+
+def _cpu_features_from_blocks(blocks: list) -> list | None:
+    for block in blocks:
+        for key in ("Features", "flags"):
+            if block.get(key):
+                return sorted(set(block[key].split()))
+    return None
+
+
+def _getprop(name: str) -> str | None:
+    if not shutil.which("getprop"):
+        return None
+    try:
+        out = subprocess.run(
+            ["getprop", name], capture_output=True, text=True, timeout=2, check=False
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out or None
+
+
+def _board() -> str | None:
+    for path in (
+        "/proc/device-tree/model",
+        "/sys/firmware/devicetree/base/model",
+        "/sys/class/dmi/id/product_name",
+    ):
+        try:
+            value = _read_text(path).replace("\x00", "").strip()
+        except OSError:
+            continue
+        if value:
+            return value
+    maker, model = _getprop("ro.product.manufacturer"), _getprop("ro.product.model")
+    if model:
+        return f"{maker} {model}" if maker else model
+    return None
+
+
+def _os_name() -> str:
+    for path in ("/etc/os-release", "/usr/lib/os-release"):
+        try:
+            for line in _read_text(path).splitlines():
+                if line.startswith("PRETTY_NAME="):
+                    return line.split("=", 1)[1].strip().strip('"')
+        except OSError:
+            continue
+    release = _getprop("ro.build.version.release")
+    if release:
+        return f"Android {release}"
+    if sys.platform == "darwin":
+        return f"macOS {platform.mac_ver()[0]}"
+    return platform.platform()
+
+
+def _meminfo_mb() -> dict:
+    found = {}
+    for line in _read_text("/proc/meminfo").splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("MemTotal", "MemAvailable"):
+            found[key] = int(rest.split()[0]) / 1024.0
+    return found
+
+
+def _temps_c() -> dict:
+    base = "/sys/class/thermal"
+    zones = [name for name in os.listdir(base) if name.startswith("thermal_zone")]
+    zones.sort(key=lambda name: int(name[len("thermal_zone") :] or 0))
+    temps = {}
+    errors = []
+    for zone in zones:
+        try:
+            raw = _read_text(os.path.join(base, zone, "temp")).strip()
+            value = int(raw) / 1000.0
+        except (OSError, ValueError) as exc:
+            errors.append(f"{zone}: {exc}")
+            continue
+        try:
+            name = _read_text(os.path.join(base, zone, "type")).strip() or zone
+        except OSError:
+            name = zone
+        if name in temps:
+            name = f"{name}.{zone[len('thermal_zone') :]}"
+        temps[name] = _round(value, 1)
+    if not temps:
+        raise OSError(
+            "no readable thermal zone" + (f" ({'; '.join(errors[:3])})" if errors else "")
+        )
+    return temps
+
+
+def _cpu_mhz() -> dict:
+    base = "/sys/devices/system/cpu"
+    cpus = [n for n in os.listdir(base) if n.startswith("cpu") and n[3:].isdigit()]
+    cpus.sort(key=lambda n: int(n[3:]))
+    freqs = {}
+    for cpu in cpus:
+        try:
+            khz = int(_read_text(os.path.join(base, cpu, "cpufreq", "scaling_cur_freq")).strip())
+        except (OSError, ValueError):
+            continue
+        freqs[cpu] = _round(khz / 1000.0, 1)
+    if not freqs:
+        raise OSError(f"no readable {base}/cpu*/cpufreq/scaling_cur_freq")
+    return freqs
+
+
+def _throttled() -> str | None:
+    """`vcgencmd get_throttled` (Raspberry Pi); None when there is no vcgencmd."""
+    if not shutil.which("vcgencmd"):
+        return None
+    out = subprocess.run(
+        ["vcgencmd", "get_throttled"], capture_output=True, text=True, timeout=3, check=False
+    )
+    text = out.stdout.strip()
+    if out.returncode != 0 or "=" not in text:
+        raise OSError(f"vcgencmd get_throttled failed: {out.stderr.strip() or text}")
+    return text.split("=", 1)[1].strip()
+
+
+def _changing_facts(report: Report, when: str, device: dict) -> None:
+    """Facts that a run changes: temperatures, clocks, throttling."""
+    try:
+        device["temps_c"][when] = _temps_c()
+    except Exception as exc:
+        report.not_measured("device.temps_c", str(exc))
+    try:
+        device["cpu_mhz"][when] = _cpu_mhz()
+    except Exception as exc:
+        report.not_measured("device.cpu_mhz", str(exc))
+    try:
+        value = _throttled()
+    except Exception as exc:
+        report.not_measured("device.throttled", str(exc))
+        value = None
+    if value is not None:
+        if device["throttled"] is None:
+            device["throttled"] = {"before": None, "after": None}
+        device["throttled"][when] = value
+
+
+def collect_device(report: Report) -> dict:
+    device = {
+        "hostname": None,
+        "cpu": None,
+        "board": None,
+        "arch": platform.machine() or None,
+        "cores": os.cpu_count(),
+        "cpu_features": [],
+        "ram_mb": None,
+        "ram_available_mb": None,
+        "os": None,
+        "kernel": platform.release() or None,
+        "python": platform.python_version(),
+        "temps_c": {"before": None, "after": None},
+        "cpu_mhz": {"before": None, "after": None},
+        "throttled": None,
+    }
+    try:
+        device["hostname"] = socket.gethostname()
+    except Exception as exc:
+        report.not_measured("device.hostname", str(exc))
+    try:
+        blocks = _cpuinfo_fields()
+    except Exception as exc:
+        blocks = []
+        report.not_measured("device.cpu_features", f"/proc/cpuinfo unreadable: {exc}")
+    device["cpu"] = _cpu_name_from_blocks(blocks) or platform.processor() or None
+    if device["cpu"] is None:
+        report.not_measured("device.cpu", "no model name or CPU part in /proc/cpuinfo")
+    features = _cpu_features_from_blocks(blocks)
+    if features is None:
+        report.not_measured("device.cpu_features", "no Features/flags line in /proc/cpuinfo")
+    else:
+        device["cpu_features"] = features
+    try:
+        device["board"] = _board()
+    except Exception:
+        device["board"] = None
+    if device["board"] is None:
+        report.not_measured("device.board", "no device-tree model, DMI product name or getprop")
+    try:
+        mem = _meminfo_mb()
+        device["ram_mb"] = _round(mem.get("MemTotal"), 1)
+        device["ram_available_mb"] = _round(mem.get("MemAvailable"), 1)
+    except Exception as exc:
+        try:
+            pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+            device["ram_mb"] = _round(pages / (1024.0 * 1024.0), 1)
+        except (OSError, ValueError, AttributeError):
+            report.not_measured("device.ram_mb", f"/proc/meminfo unreadable: {exc}")
+    if device["ram_available_mb"] is None:
+        report.not_measured("device.ram_available_mb", "/proc/meminfo has no MemAvailable")
+    try:
+        device["os"] = _os_name()
+    except Exception as exc:
+        report.not_measured("device.os", str(exc))
+    _changing_facts(report, "before", device)
+    return device
+
+
+# --------------------------------------------------------------------------- runtimes
+
+
+def _module_version(module, dist_name: str) -> str | None:
+    version = getattr(module, "__version__", None)
+    if version:
+        return str(version)
+    try:
+        from importlib import metadata
+
+        return metadata.version(dist_name)
+    except Exception:
+        return None
+
+
+RUNTIME_MODULES = (
+    ("llama_cpp", "llama-cpp-python"),
+    ("onnxruntime", "onnxruntime"),
+    ("tflite_runtime", "tflite-runtime"),
+    ("ai_edge_litert", "ai-edge-litert"),
+    ("numpy", "numpy"),
+    ("psutil", "psutil"),
+)
+
+
+def probe_runtimes() -> dict:
+    import importlib
+
+    runtimes = {}
+    for module_name, dist_name in RUNTIME_MODULES:
+        entry = {"available": False, "version": None, "distribution": dist_name}
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:  # ImportError, or OSError from a broken native library
+            entry["why"] = f"{type(exc).__name__}: {exc}"
+        else:
+            entry["available"] = True
+            entry["version"] = _module_version(module, dist_name)
+            if module_name == "llama_cpp":
+                try:
+                    entry["system_info"] = _llama_system_info(module.llama_cpp)
+                except Exception as exc:
+                    entry["system_info"] = None
+                    entry["why"] = f"llama_print_system_info failed: {exc}"
+        runtimes[module_name] = entry
+    return runtimes
+
+
+# --------------------------------------------------------------------------- GGUF / llama.cpp
+
+
+def _llama_system_info(lc) -> str:
+    raw = lc.llama_print_system_info()
+    return (raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)).strip()
+
+
+def check_gguf_file(path: str) -> int:
+    """Cheap checks before handing the file to llama.cpp; returns its size in bytes."""
+    if not os.path.exists(path):
+        raise AgentError(
+            "model_missing",
+            f"model file not found: {path}",
+            "check the path on the device; push the artifact first (edgeshrink push)",
+        )
+    if os.path.isdir(path):
+        raise AgentError(
+            "model_invalid", f"model path is a directory: {path}", "pass the .gguf file itself"
+        )
+    size = os.path.getsize(path)
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(24)
+    except OSError as exc:
+        raise AgentError(
+            "model_unreadable", f"cannot read {path}: {exc}", "check file permissions"
+        ) from exc
+    if head[:4] != b"GGUF":
+        raise AgentError(
+            "model_invalid",
+            f"{path} is not a GGUF file: it starts with {head[:4]!r}, a GGUF file starts with"
+            f" b'GGUF' ({size} bytes)",
+            "produce a .gguf with edgeshrink quantize/convert, or pass the right --format",
+        )
+    if len(head) < 24:
+        raise AgentError(
+            "model_truncated",
+            f"{path} is only {size} bytes: the GGUF header is incomplete",
+            "copy the file to the device again and compare its sha256",
+        )
+    version = struct.unpack("<I", head[4:8])[0]
+    if version not in (1, 2, 3):
+        raise AgentError(
+            "model_invalid",
+            f"{path}: unsupported GGUF version {version} (big-endian or corrupt file?)",
+            "re-create the file with a current gguf writer",
+        )
+    return size
+
+
+class LlamaLog:
+    """Captures llama.cpp/ggml log lines (to explain failures) and forwards warnings to stderr."""
+
+    GGML_LOG_LEVEL_WARN = 3
+    GGML_LOG_LEVEL_CONT = 5
+
+    def __init__(self) -> None:
+        self.lines = collections.deque(maxlen=400)  # type: collections.deque
+        self._last_level = 2
+        self._callback = None
+
+    def install(self, lc) -> None:
+        def on_log(level, text, user_data):
+            try:
+                message = text.decode("utf-8", "replace") if text else ""
+                if level == self.GGML_LOG_LEVEL_CONT:
+                    level = self._last_level
+                else:
+                    self._last_level = level
+                self.lines.append((level, message))
+                if level >= self.GGML_LOG_LEVEL_WARN:
+                    sys.stderr.write(message)
+            except BaseException:
+                # An exception cannot cross the C frames; a signal's Interrupted
+                # raised here is picked up again by _check_signal().
+                pass
+
+        # Keep a reference: ctypes callbacks are freed with their Python object.
+        self._callback = lc.llama_log_callback(on_log)
+        lc.llama_log_set(self._callback, None)
+
+    def text(self) -> str:
+        return "".join(message for _, message in self.lines)
+
+    def problems(self, limit: int = 4) -> str:
+        found = [m.strip() for level, m in self.lines if level >= self.GGML_LOG_LEVEL_WARN]
+        found = [m for m in found if m]
+        return "; ".join(found[-limit:])
+
+    def says_oom(self) -> bool:
+        text = self.text().lower()
+        return any(marker in text for marker in OOM_MARKERS)
+
+    def says_truncated(self) -> bool:
+        text = self.text().lower()
+        return any(marker in text for marker in TRUNCATION_MARKERS)
+
+
+def _struct_fields(params) -> set:
+    return {field[0] for field in type(params)._fields_}
+
+
+def _first_attr(module, *names):
+    for name in names:
+        function = getattr(module, name, None)
+        if function is not None:
+            return function
+    raise AgentError(
+        "runtime_incompatible",
+        f"llama_cpp has none of {', '.join(names)}",
+        "install a llama-cpp-python between 0.3.8 and the version edgeshrink was tested with",
+    )
+
+
+def _memory_clearer(lc, ctx):
+    """The KV cache/memory clear call of this llama-cpp-python version."""
+    if hasattr(lc, "llama_memory_clear") and hasattr(lc, "llama_get_memory"):
+        memory = lc.llama_get_memory(ctx)
+        return lambda: lc.llama_memory_clear(memory, True)
+    if hasattr(lc, "llama_kv_self_clear"):
+        return lambda: lc.llama_kv_self_clear(ctx)
+    if hasattr(lc, "llama_kv_cache_clear"):
+        return lambda: lc.llama_kv_cache_clear(ctx)
+    raise AgentError(
+        "runtime_incompatible",
+        "llama_cpp has no llama_memory_clear, llama_kv_self_clear or llama_kv_cache_clear",
+        "install llama-cpp-python >= 0.3.8",
+    )
+
+
+def run_gguf(args, report: Report, sampler: MemorySampler) -> None:
+    size = check_gguf_file(args.model)
+    report.model["size_bytes"] = size
+
+    _log("importing llama_cpp")
+    try:
+        import ctypes
+
+        import llama_cpp
+    except ImportError as exc:
+        raise AgentError(
+            "runtime_missing",
+            f"llama_cpp is not importable on this device: {exc}",
+            "pip install llama-cpp-python (on the device)",
+        ) from exc
+    except OSError as exc:
+        raise AgentError(
+            "runtime_broken",
+            f"llama_cpp is installed but its native library failed to load: {exc}",
+            "reinstall llama-cpp-python on the device (pip install --force-reinstall --no-cache-dir llama-cpp-python)",
+        ) from exc
+    lc = llama_cpp.llama_cpp
+    report.runtime = {
+        "name": "llama.cpp",
+        "binding": "llama-cpp-python",
+        "version": getattr(llama_cpp, "__version__", None),
+        "system_info": None,
+    }
+    llama_log = LlamaLog()
+    llama_log.install(lc)
+    lc.llama_backend_init()
+    try:
+        report.runtime["system_info"] = _llama_system_info(lc)
+    except Exception as exc:
+        report.not_measured("runtime.system_info", str(exc))
+
+    # Model.
+    mparams = lc.llama_model_default_params()
+    mfields = _struct_fields(mparams)
+    if "load_mode" in mfields:  # llama-cpp-python >= 0.3.3x replaced use_mmap by load_mode
+        mparams.load_mode = lc.LLAMA_LOAD_MODE_NONE if args.no_mmap else lc.LLAMA_LOAD_MODE_MMAP
+    elif "use_mmap" in mfields:
+        mparams.use_mmap = not args.no_mmap
+    else:
+        report.warn("cannot choose mmap on this llama-cpp-python; --no-mmap ignored")
+    load_model = _first_attr(lc, "llama_model_load_from_file", "llama_load_model_from_file")
+    _log(f"loading {args.model} ({size} bytes, mmap {'off' if args.no_mmap else 'on'})")
+    t0 = time.perf_counter()
+    model = load_model(os.fsencode(args.model), mparams)
+    report.load_s = time.perf_counter() - t0
+    _check_signal()
+    if not model:
+        report.load_s = None
+        details = llama_log.problems()
+        if llama_log.says_oom():
+            raise AgentOutOfMemory(
+                "oom",
+                f"llama.cpp could not allocate memory for the model: {details}",
+                "use a smaller quantization or a smaller model for this device",
+            )
+        if llama_log.says_truncated():
+            raise AgentError(
+                "model_truncated",
+                f"llama.cpp could not read {args.model}, it looks truncated or corrupt: {details}",
+                "copy the file to the device again and compare its sha256 with the artifact manifest",
+            )
+        raise AgentError(
+            "model_load_failed",
+            f"llama.cpp failed to load {args.model}: {details or 'no message'}",
+            "check that the GGUF's architecture is supported by llama-cpp-python"
+            f" {report.runtime['version']}",
+        )
+    report.rss_after_load_mb = sampler.rss_now_mb()
+
+    desc = ctypes.create_string_buffer(256)
+    lc.llama_model_desc(model, desc, ctypes.sizeof(desc))
+    report.model["desc"] = desc.value.decode("utf-8", "replace")
+    report.model["n_params"] = int(lc.llama_model_n_params(model))
+    if hasattr(lc, "llama_model_get_vocab") and hasattr(lc, "llama_vocab_n_tokens"):
+        vocab = lc.llama_model_get_vocab(model)
+        n_vocab = int(lc.llama_vocab_n_tokens(vocab))
+        bos = None
+        if hasattr(lc, "llama_vocab_get_add_bos") and lc.llama_vocab_get_add_bos(vocab):
+            bos = int(lc.llama_vocab_bos(vocab))
+    else:
+        n_vocab = int(lc.llama_n_vocab(model))
+        bos = None
+    report.model["n_vocab"] = n_vocab
+    _log(
+        f"model: {report.model['desc']}, {report.model['n_params']} params,"
+        f" vocab {n_vocab}, load {report.load_s:.3f} s"
+    )
+
+    # Context: threads and flash attention set explicitly, because the
+    # binding's defaults (cores/2, flash off) differ from llama-bench's.
+    resolved = report.params["resolved"]
+    cparams = lc.llama_context_default_params()
+    cfields = _struct_fields(cparams)
+    cparams.n_ctx = resolved["n_ctx"]
+    cparams.n_batch = args.batch_size
+    cparams.n_ubatch = args.ubatch_size
+    cparams.n_threads = resolved["threads"]
+    cparams.n_threads_batch = resolved["threads"]
+    if "flash_attn_type" in cfields:
+        cparams.flash_attn_type = (
+            lc.LLAMA_FLASH_ATTN_TYPE_ENABLED
+            if resolved["flash_attn"]
+            else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
+    elif "flash_attn" in cfields:
+        cparams.flash_attn = bool(resolved["flash_attn"])
+    else:
+        report.warn("this llama-cpp-python has no flash attention switch; --flash-attn ignored")
+    init_context = _first_attr(lc, "llama_init_from_model", "llama_new_context_with_model")
+    ctx = init_context(model, cparams)
+    if not ctx:
+        details = llama_log.problems()
+        if llama_log.says_oom():
+            raise AgentOutOfMemory(
+                "oom",
+                f"llama.cpp could not allocate the context (n_ctx {resolved['n_ctx']}): {details}",
+                "lower --n-ctx / --batch-size or use a smaller model",
+            )
+        raise AgentError(
+            "context_failed",
+            f"llama.cpp failed to create a context: {details or 'no message'}",
+            "check --n-ctx, --batch-size and --ubatch-size",
+        )
+    _check_signal()
+    resolved["n_ctx"] = int(lc.llama_n_ctx(ctx))
+    resolved["batch_size"] = (
+        int(lc.llama_n_batch(ctx)) if hasattr(lc, "llama_n_batch") else args.batch_size
+    )
+    resolved["ubatch_size"] = (
+        int(lc.llama_n_ubatch(ctx)) if hasattr(lc, "llama_n_ubatch") else args.ubatch_size
+    )
+    sampler.sample()
+
+    bench = LlamaBench(lc, ctypes, ctx, n_vocab, bos, resolved["batch_size"], args.seed, llama_log)
+    clear_memory = _memory_clearer(lc, ctx)
+    n_prompt, n_gen = args.prompt_tokens, args.gen_tokens
+    pp_samples, tg_samples, ttft_samples = [], [], []
+    report.llm_partial = (pp_samples, tg_samples, ttft_samples)
+
+    for index in range(args.warmup):
+        _log(f"warm-up {index + 1}/{args.warmup}")
+        clear_memory()
+        bench.prompt(min(n_prompt, resolved["ubatch_size"]))
+        bench.generate(1)
+    sampler.sample()
+
+    deadline_at = None
+    if args.deadline_s is not None:
+        deadline_at = report.t_start + args.deadline_s
+    rep_times = []
+    for rep in range(args.reps):
+        if deadline_at is not None and rep > 0:
+            expected_rep_s = statistics.mean(rep_times)
+            if time.perf_counter() + expected_rep_s > deadline_at:
+                report.warn(
+                    f"deadline of {args.deadline_s} s reached:"
+                    f" stopped after {rep} of {args.reps} repetitions"
+                )
+                break
+        _check_signal()
+        t_rep = time.perf_counter()
+        # Time to first token: prompt, greedy pick of the first token, and its decode.
+        clear_memory()
+        t_pp = bench.prompt(n_prompt)
+        t0 = time.perf_counter()
+        first = bench.argmax_last()
+        bench.decode_one(first)
+        t_first = time.perf_counter() - t0
+        sampler.sample()
+        # Generation from an empty cache, like llama-bench's tg test.
+        clear_memory()
+        t_tg = bench.generate(n_gen)
+        sampler.sample()
+        pp_samples.append(n_prompt / t_pp)
+        tg_samples.append(n_gen / t_tg)
+        ttft_samples.append((t_pp + t_first) * 1000.0)
+        rep_times.append(time.perf_counter() - t_rep)
+        _log(
+            f"rep {rep + 1}/{args.reps}: pp {pp_samples[-1]:.1f} tok/s,"
+            f" tg {tg_samples[-1]:.1f} tok/s, ttft {ttft_samples[-1]:.2f} ms"
+        )
+
+
+class LlamaBench:
+    """The llama-bench measurement loops on the low-level ctypes API.
+
+    Token arrays and batches are built before the clock starts so the timed
+    loops are nothing but llama_decode calls.
+    """
+
+    def __init__(self, lc, ctypes, ctx, n_vocab, bos, n_batch, seed, llama_log) -> None:
+        self.lc = lc
+        self.ctypes = ctypes
+        self.ctx = ctx
+        self.n_vocab = n_vocab
+        self.bos = bos
+        self.n_batch = max(1, n_batch)
+        self.rng = random.Random(seed)
+        self.llama_log = llama_log
+        self.token_size = ctypes.sizeof(lc.llama_token)
+        self.one_token = (lc.llama_token * 1)()
+        self.one_batch = lc.llama_batch_get_one(self.one_token, 1)
+
+    def _random_tokens(self, count: int, start_with_bos: bool) -> list:
+        randrange, n_vocab = self.rng.randrange, self.n_vocab
+        tokens = [randrange(n_vocab) for _ in range(count)]
+        if start_with_bos and self.bos is not None and tokens:
+            tokens[0] = self.bos
+        return tokens
+
+    def _check(self, rc: int, what: str) -> None:
+        if rc == 0:
+            return
+        details = self.llama_log.problems()
+        if self.llama_log.says_oom():
+            raise AgentOutOfMemory(
+                "oom",
+                f"llama_decode ({what}) could not allocate memory: {details}",
+                "lower --batch-size/--ubatch-size or use a smaller model",
+            )
+        hint = "raise --n-ctx" if rc == 1 else "see the llama.cpp messages on stderr"
+        raise AgentError(
+            "decode_failed",
+            f"llama_decode ({what}) returned {rc}: {details or 'no message'}",
+            hint,
+        )
+
+    def prompt(self, n_prompt: int) -> float:
+        """Decode n_prompt random tokens in batches of n_batch; returns seconds."""
+        lc, ctypes = self.lc, self.ctypes
+        tokens = (lc.llama_token * n_prompt)(*self._random_tokens(n_prompt, True))
+        batches = []
+        for offset in range(0, n_prompt, self.n_batch):
+            count = min(self.n_batch, n_prompt - offset)
+            pointer = ctypes.cast(
+                ctypes.addressof(tokens) + offset * self.token_size, ctypes.POINTER(lc.llama_token)
+            )
+            batches.append(lc.llama_batch_get_one(pointer, count))
+        decode, ctx = lc.llama_decode, self.ctx
+        t0 = time.perf_counter()
+        for batch in batches:
+            rc = decode(ctx, batch)
+            if rc:
+                self._check(rc, "prompt")
+        lc.llama_synchronize(ctx)
+        return time.perf_counter() - t0
+
+    def generate(self, n_gen: int) -> float:
+        """Decode n_gen random tokens one at a time; returns seconds."""
+        tokens = self._random_tokens(n_gen, True)
+        decode, ctx, batch, slot = self.lc.llama_decode, self.ctx, self.one_batch, self.one_token
+        t0 = time.perf_counter()
+        for token in tokens:
+            slot[0] = token
+            rc = decode(ctx, batch)
+            if rc:
+                self._check(rc, "generation")
+        self.lc.llama_synchronize(ctx)
+        return time.perf_counter() - t0
+
+    def argmax_last(self) -> int:
+        """Greedy pick from the logits of the last decoded token."""
+        import array
+
+        logits = self.lc.llama_get_logits_ith(self.ctx, -1)
+        if not logits:
+            raise AgentError(
+                "decode_failed",
+                "llama_get_logits_ith(-1) returned NULL",
+                "report this as an agent bug",
+            )
+        raw = self.ctypes.string_at(logits, self.n_vocab * 4)
+        values = array.array("f", raw)
+        return values.index(max(values))
+
+    def decode_one(self, token: int) -> None:
+        self.one_token[0] = token
+        rc = self.lc.llama_decode(self.ctx, self.one_batch)
+        if rc:
+            self._check(rc, "first token")
+        self.lc.llama_synchronize(self.ctx)
+
+
+RUNNERS = {
+    "gguf": run_gguf,
+}
+
+
+# --------------------------------------------------------------------------- commands
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise BadArguments(message, self.format_usage().strip())
+
+    def exit(self, status=0, message=None):
+        if message:
+            _log(message.strip())
+        raise BadArguments(
+            "help requested" if status == 0 else (message or "bad arguments"),
+            self.format_usage().strip(),
+        )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="edgeshrink_agent.py", description="edgeshrink on-device benchmark agent")
+    commands = parser.add_subparsers(dest="command", parser_class=_Parser)
+    bench = commands.add_parser("bench", help="load a model and measure it")
+    bench.add_argument("--model", required=True, help="model file on this device")
+    bench.add_argument("--format", default=None, help="gguf (default: from the file extension)")
+    bench.add_argument("--prompt-tokens", type=_positive_int, default=512)
+    bench.add_argument("--gen-tokens", type=_positive_int, default=128)
+    bench.add_argument("--reps", type=_positive_int, default=5)
+    bench.add_argument("--warmup", type=_non_negative_int, default=1)
+    bench.add_argument(
+        "--threads", type=_positive_int, default=None, help="default: os.cpu_count()"
+    )
+    bench.add_argument("--flash-attn", choices=("on", "off"), default="on")
+    bench.add_argument(
+        "--n-ctx",
+        type=_positive_int,
+        default=None,
+        help="default: prompt + gen tokens, at least 512",
+    )
+    bench.add_argument("--batch-size", type=_positive_int, default=2048)
+    bench.add_argument("--ubatch-size", type=_positive_int, default=512)
+    bench.add_argument("--no-mmap", action="store_true")
+    bench.add_argument("--seed", type=int, default=1234)
+    bench.add_argument(
+        "--deadline-s",
+        type=_positive_float,
+        default=None,
+        help="stop repeating when the next repetition would end after S seconds",
+    )
+    commands.add_parser("info", help="device facts and available runtimes")
+    return parser
+
+
+def _supported_formats() -> str:
+    return ", ".join(sorted(RUNNERS))
+
+
+def _resolve_format(args) -> str:
+    if args.format:
+        return args.format.strip().lower().lstrip(".")
+    extension = os.path.splitext(args.model)[1].lower()
+    if extension in FORMAT_BY_EXTENSION:
+        return FORMAT_BY_EXTENSION[extension]
+    raise AgentError(
+        "unknown_format",
+        f"cannot tell the format of {args.model} from its extension {extension!r}",
+        f"pass --format (supported: {_supported_formats()})",
+    )
+
+
+def command_bench(args, report: Report, sampler: MemorySampler) -> None:
+    threads = args.threads or os.cpu_count() or 1
+    n_ctx = args.n_ctx if args.n_ctx is not None else max(args.prompt_tokens + args.gen_tokens, 512)
+    report.params = {
+        "model": args.model,
+        "format": args.format,
+        "prompt_tokens": args.prompt_tokens,
+        "gen_tokens": args.gen_tokens,
+        "reps": args.reps,
+        "warmup": args.warmup,
+        "threads": args.threads,
+        "flash_attn": args.flash_attn,
+        "n_ctx": args.n_ctx,
+        "batch_size": args.batch_size,
+        "ubatch_size": args.ubatch_size,
+        "no_mmap": args.no_mmap,
+        "seed": args.seed,
+        "deadline_s": args.deadline_s,
+        "resolved": {
+            "format": None,
+            "threads": threads,
+            "n_ctx": n_ctx,
+            "flash_attn": args.flash_attn == "on",
+        },
+    }
+    report.model = {
+        "path": os.path.abspath(args.model),
+        "format": None,
+        "size_bytes": None,
+        "n_params": None,
+        "n_vocab": None,
+        "desc": None,
+    }
+    report.device = collect_device(report)
+    model_format = _resolve_format(args)
+    report.params["resolved"]["format"] = model_format
+    report.model["format"] = model_format
+    runner = RUNNERS.get(model_format)
+    if runner is None:
+        if model_format in ("onnx", "tflite"):
+            hint = (
+                f"this agent version measures {_supported_formats()};"
+                f" {model_format} support comes in a later agent version"
+            )
+        else:
+            hint = f"supported formats: {_supported_formats()}"
+        raise AgentError(
+            "unsupported_format",
+            f"agent {AGENT_VERSION} cannot measure format {model_format!r}",
+            hint,
+        )
+    if args.prompt_tokens + args.gen_tokens > n_ctx:
+        raise AgentError(
+            "bad_params",
+            f"prompt {args.prompt_tokens} + gen {args.gen_tokens} tokens"
+            f" do not fit in n_ctx {n_ctx}",
+            f"raise --n-ctx to at least {args.prompt_tokens + args.gen_tokens}"
+            " or lower --prompt-tokens/--gen-tokens",
+        )
+    runner(args, report, sampler)
+
+
+def _finish_bench(report: Report, sampler: MemorySampler, args) -> None:
+    """Fill the parts of the document that summarise whatever was measured."""
+    sampler.stop()
+    try:
+        report.memory = sampler.result(report, report.rss_after_load_mb)
+    except Exception as exc:
+        report.not_measured("memory", str(exc))
+    partial = report.llm_partial
+    if partial is not None:
+        pp, tg, ttft = partial
+        report.llm = {
+            "pp_tok_s": _stats(pp),
+            "tg_tok_s": _stats(tg),
+            "ttft_ms": _stats(ttft),
+            "n_prompt": args.prompt_tokens,
+            "n_gen": args.gen_tokens,
+            "reps": min(len(pp), len(tg), len(ttft)),
+        }
+    if report.device is not None:
+        try:
+            _changing_facts(report, "after", report.device)
+        except Exception as exc:
+            report.not_measured("device.after", str(exc))
+
+
+def command_info(report: Report) -> dict:
+    device = collect_device(report)
+    runtimes = probe_runtimes()
+    formats = {}
+    runtime_for_format = {
+        "gguf": ("llama_cpp",),
+        "onnx": ("onnxruntime",),
+        "tflite": ("ai_edge_litert", "tflite_runtime"),
+    }
+    for name, modules in runtime_for_format.items():
+        formats[name] = {
+            "runner": name in RUNNERS,
+            "runtime_available": any(runtimes[m]["available"] for m in modules),
+        }
+    return {
+        "schema": SCHEMA,
+        "agent_version": AGENT_VERSION,
+        "status": "ok",
+        "error": None,
+        "started_at": report.started_at,
+        "duration_s": _round(time.perf_counter() - report.t_start),
+        "device": device,
+        "runtimes": runtimes,
+        "formats": formats,
+        "unmeasured": report.unmeasured,
+        "warnings": report.warnings,
+    }
+
+
+def _bad_args_document(report: Report, exc: BadArguments) -> dict:
+    document = report.bench_document(
+        "error", _error_dict("bad_arguments", exc.message, exc.usage or "see --help on stderr")
+    )
+    return document
+
+
+def main(argv=None) -> int:
+    _protect_stdout()
+    _install_signal_handlers()
+    report = Report()
+    sampler = None
+    args = None
+    document = None
+    exit_code = 1
+    try:
+        try:
+            args = build_parser().parse_args(argv)
+        except BadArguments as exc:
+            _log(f"bad arguments: {exc.message}")
+            _emit(_bad_args_document(report, exc))
+            return EXIT_BAD_ARGS
+        if args.command is None:
+            exc = BadArguments(
+                "a command is required: bench or info", build_parser().format_usage().strip()
+            )
+            _emit(_bad_args_document(report, exc))
+            return EXIT_BAD_ARGS
+        if args.command == "info":
+            document = command_info(report)
+            _emit(document)
+            return 0
+        sampler = MemorySampler()
+        sampler.start()
+        command_bench(args, report, sampler)
+        _finish_bench(report, sampler, args)
+        document = report.bench_document("ok", None)
+        exit_code = 0
+    except Interrupted as exc:
+        # SIGTERM is how the host enforces its timeout; SIGINT is a person.
+        if exc.signum == getattr(signal, "SIGTERM", None):
+            status = "timeout"
+            error = _error_dict(
+                "timeout",
+                "terminated by SIGTERM while measuring",
+                "raise the host timeout or lower --reps/--prompt-tokens/--gen-tokens",
+            )
+        else:
+            status = "error"
+            error = _error_dict(
+                "interrupted", f"interrupted by signal {exc.signum}", "run it again"
+            )
+        document = _finish_safely(report, sampler, args, status, error)
+        exit_code = EXIT_CODES[status]
+    except AgentError as exc:
+        _log(f"{exc.kind}: {exc.message}")
+        document = _finish_safely(
+            report, sampler, args, exc.status, _error_dict(exc.kind, exc.message, exc.hint)
+        )
+        exit_code = EXIT_CODES[exc.status]
+    except MemoryError as exc:
+        document = _finish_safely(
+            report,
+            sampler,
+            args,
+            "oom",
+            _error_dict(
+                "oom", f"Python ran out of memory: {exc!r}", "use a smaller model or quantization"
+            ),
+        )
+        exit_code = EXIT_CODES["oom"]
+    except BaseException as exc:  # anything else still ends as one JSON document
+        _log(f"unexpected {type(exc).__name__}: {exc}")
+        document = _finish_safely(
+            report,
+            sampler,
+            args,
+            "error",
+            _error_dict(
+                "internal",
+                f"{type(exc).__name__}: {exc}",
+                "report this as an edgeshrink agent bug, with the stderr log",
+            ),
+        )
+        exit_code = EXIT_CODES["error"]
+    _emit(document)
+    return exit_code
+
+
+def _finish_safely(report, sampler, args, status, error) -> dict:
+    _Process.emitting = True
+    if sampler is not None and args is not None and getattr(args, "command", None) == "bench":
+        try:
+            _finish_bench(report, sampler, args)
+        except BaseException as exc:
+            report.warnings.append(f"could not summarise the partial run: {exc}")
+    return report.bench_document(status, error)
+
+
+if __name__ == "__main__":
+    code = main()
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
+    # Skip interpreter teardown: the result is out, and native destructors
+    # (llama.cpp threads, mmaps) have nothing left to report.
+    os._exit(code)

@@ -1,0 +1,115 @@
+"""Artifacts: a shrunk model file plus the JSON manifest that sits beside it."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from edgeshrink import __version__
+from edgeshrink.errors import ModelFileError
+from edgeshrink.util import sha256_file
+
+MANIFEST_SCHEMA = "edgeshrink.artifact/1"
+MANIFEST_SUFFIX = ".manifest.json"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    path: Path
+    format: str
+    quant: str
+    sha256: str
+    size_bytes: int
+    source_path: str
+    source_sha256: str
+    profile_id: str | None
+    tool_versions: dict[str, str] = field(default_factory=dict)
+    created_at: str = ""
+    fallbacks: tuple[tuple[str, str, str], ...] = ()
+    tensor_types: tuple[dict[str, Any], ...] = ()
+    notes: tuple[str, ...] = ()
+
+    @property
+    def manifest_path(self) -> Path:
+        return manifest_path_for(self.path)
+
+    def to_manifest(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc["schema"] = MANIFEST_SCHEMA
+        doc["path"] = self.path.name
+        doc["fallbacks"] = [
+            {"tensor": t, "wanted": w, "used": u} for t, w, u in self.fallbacks
+        ]
+        doc["tensor_types"] = list(self.tensor_types)
+        doc["notes"] = list(self.notes)
+        return doc
+
+
+def manifest_path_for(artifact: str | os.PathLike[str]) -> Path:
+    artifact = Path(artifact)
+    return artifact.with_name(artifact.name + MANIFEST_SUFFIX)
+
+
+def tool_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"edgeshrink": __version__, "python": platform.python_version()}
+    for dist in ("llama_cpp_python", "gguf", "onnxruntime", "onnx", "ai_edge_litert"):
+        try:
+            versions[dist.replace("_", "-")] = version(dist)
+        except PackageNotFoundError:
+            continue
+    return versions
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+def load_artifact(path: str | os.PathLike[str], *, verify: bool = True) -> Artifact:
+    """Read an artifact's manifest; with ``verify``, check size and sha256 of the file."""
+    path = Path(path)
+    manifest = manifest_path_for(path)
+    if not manifest.exists():
+        raise ModelFileError(f"{path}: no manifest ({manifest.name}) beside it")
+    try:
+        doc = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelFileError(f"{manifest}: unreadable manifest: {exc}") from exc
+    if doc.get("schema") != MANIFEST_SCHEMA:
+        raise ModelFileError(f"{manifest}: schema {doc.get('schema')!r}, expected {MANIFEST_SCHEMA}")
+    artifact = Artifact(
+        path=path,
+        format=doc["format"],
+        quant=doc["quant"],
+        sha256=doc["sha256"],
+        size_bytes=int(doc["size_bytes"]),
+        source_path=doc["source_path"],
+        source_sha256=doc["source_sha256"],
+        profile_id=doc.get("profile_id"),
+        tool_versions=dict(doc.get("tool_versions", {})),
+        created_at=doc.get("created_at", ""),
+        fallbacks=tuple((f["tensor"], f["wanted"], f["used"]) for f in doc.get("fallbacks", [])),
+        tensor_types=tuple(doc.get("tensor_types", [])),
+        notes=tuple(doc.get("notes", [])),
+    )
+    if verify:
+        if not path.exists():
+            raise ModelFileError(f"{path}: manifest exists but the artifact does not")
+        size = path.stat().st_size
+        if size != artifact.size_bytes:
+            raise ModelFileError(
+                f"{path}: size {size} does not match its manifest ({artifact.size_bytes})",
+                hint="the file changed after shrinking; shrink again",
+            )
+        if sha256_file(path) != artifact.sha256:
+            raise ModelFileError(
+                f"{path}: sha256 does not match its manifest",
+                hint="the file changed after shrinking; shrink again",
+            )
+    return artifact

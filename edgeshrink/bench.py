@@ -1,0 +1,202 @@
+"""Run the on-device agent through a transport and turn its JSON into a BenchResult."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeshrink.agent import AGENT_PATH, SCHEMA
+from edgeshrink.errors import AgentError
+from edgeshrink.transport.base import CommandResult, Transport
+from edgeshrink.util import sha256_file
+
+STATUSES = ("ok", "error", "timeout", "oom")
+SIGKILL = 9
+
+
+@dataclass(frozen=True)
+class BenchParams:
+    prompt_tokens: int = 512
+    gen_tokens: int = 128
+    reps: int = 5
+    warmup: int = 1
+    threads: int | None = None
+    flash_attn: bool = True
+    n_ctx: int | None = None
+    no_mmap: bool = False
+    seed: int = 1234
+
+    def agent_args(self) -> list[str]:
+        args = [
+            "--prompt-tokens", str(self.prompt_tokens),
+            "--gen-tokens", str(self.gen_tokens),
+            "--reps", str(self.reps),
+            "--warmup", str(self.warmup),
+            "--flash-attn", "on" if self.flash_attn else "off",
+            "--seed", str(self.seed),
+        ]  # fmt: skip
+        if self.threads:
+            args += ["--threads", str(self.threads)]
+        if self.n_ctx:
+            args += ["--n-ctx", str(self.n_ctx)]
+        if self.no_mmap:
+            args.append("--no-mmap")
+        return args
+
+
+@dataclass(frozen=True)
+class Stat:
+    mean: float
+    stddev: float
+    samples: tuple[float, ...]
+
+    @classmethod
+    def from_doc(cls, doc: Any) -> Stat | None:
+        if not isinstance(doc, dict) or doc.get("mean") is None:
+            return None
+        return cls(float(doc["mean"]), float(doc.get("stddev") or 0.0), tuple(doc.get("samples", ())))
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """The agent's document (``document``) plus the figures everyone reads, typed."""
+
+    status: str
+    error_message: str | None
+    error_hint: str | None
+    load_s: float | None
+    peak_rss_mb: float | None
+    rss_anon_mb: float | None
+    rss_file_mb: float | None
+    pp_tok_s: Stat | None
+    tg_tok_s: Stat | None
+    ttft_ms: Stat | None
+    device_cpu: str | None
+    device_arch: str | None
+    device_cores: int | None
+    runtime: str | None
+    runtime_version: str | None
+    threads: int | None
+    document: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @classmethod
+    def from_document(cls, doc: dict[str, Any]) -> BenchResult:
+        if doc.get("schema") != SCHEMA:
+            raise AgentError(f"agent printed schema {doc.get('schema')!r}, expected {SCHEMA!r}")
+        status = doc.get("status")
+        if status not in STATUSES:
+            raise AgentError(f"agent printed status {status!r}, expected one of {STATUSES}")
+        error = doc.get("error") or {}
+        memory = doc.get("memory") or {}
+        llm = doc.get("llm") or {}
+        device = doc.get("device") or {}
+        runtime = doc.get("runtime") or {}
+        params = doc.get("params") or {}
+        return cls(
+            status=status,
+            error_message=error.get("message"),
+            error_hint=error.get("hint"),
+            load_s=doc.get("load_s"),
+            peak_rss_mb=memory.get("peak_rss_mb"),
+            rss_anon_mb=memory.get("rss_anon_mb"),
+            rss_file_mb=memory.get("rss_file_mb"),
+            pp_tok_s=Stat.from_doc(llm.get("pp_tok_s")),
+            tg_tok_s=Stat.from_doc(llm.get("tg_tok_s")),
+            ttft_ms=Stat.from_doc(llm.get("ttft_ms")),
+            device_cpu=device.get("cpu"),
+            device_arch=device.get("arch"),
+            device_cores=device.get("cores"),
+            runtime=runtime.get("name"),
+            runtime_version=runtime.get("version"),
+            threads=params.get("threads"),
+            document=doc,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc.pop("document")
+        return doc
+
+
+def _synthetic(status: str, message: str, hint: str, params: dict[str, Any]) -> dict[str, Any]:
+    """A result document for a run that ended before the agent could write one."""
+    return {
+        "schema": SCHEMA,
+        "status": status,
+        "error": {"type": status, "message": message, "hint": hint},
+        "params": params,
+    }
+
+
+def interpret_agent_output(run: CommandResult, params: dict[str, Any]) -> BenchResult:
+    """Turn what the agent process left behind into a BenchResult, whatever happened."""
+    text = run.stdout.strip()
+    doc: dict[str, Any] | None = None
+    if text and not run.stdout_truncated:
+        try:
+            parsed = json.loads(text)
+            doc = parsed if isinstance(parsed, dict) else None
+        except json.JSONDecodeError:
+            doc = None
+    if doc is not None:
+        if run.timed_out and doc.get("status") == "ok":
+            doc["status"] = "timeout"
+        return BenchResult.from_document(doc)
+    tail = " | ".join(run.stderr.strip().splitlines()[-3:])
+    if run.timed_out:
+        return BenchResult.from_document(_synthetic(
+            "timeout",
+            f"the agent did not finish within {run.seconds:.0f} s and was stopped",
+            "raise --timeout, or lower --reps / --prompt-tokens",
+            params,
+        ))  # fmt: skip
+    if run.signal == SIGKILL or run.returncode == 128 + SIGKILL:
+        return BenchResult.from_document(_synthetic(
+            "oom",
+            "the agent was killed by SIGKILL, most likely by the kernel's out-of-memory killer",
+            "use a smaller quantization or a shorter context (edgeshrink plan shows the estimate)",
+            params,
+        ))  # fmt: skip
+    if run.stdout_truncated:
+        reason = "printed more output than the agent ever should"
+    elif not text:
+        reason = f"printed nothing on stdout (exit code {run.returncode})"
+    else:
+        reason = f"printed something that is not one JSON document (exit code {run.returncode})"
+    return BenchResult.from_document(_synthetic(
+        "error",
+        f"the agent {reason}" + (f": {tail}" if tail else ""),
+        "check the device's Python (3.9+) and run with EDGESHRINK_DEBUG=1",
+        params,
+    ))  # fmt: skip
+
+
+def install_agent(transport: Transport) -> str:
+    """Copy the agent to the device (only when it changed); return its path there."""
+    sha = sha256_file(AGENT_PATH)
+    pushed = transport.push_file(Path(AGENT_PATH), f"agent/{AGENT_PATH.name}", sha)
+    return pushed.remote
+
+
+def run_agent_bench(
+    transport: Transport,
+    remote_model: str,
+    params: BenchParams,
+    *,
+    timeout_s: float = 900.0,
+) -> tuple[BenchResult, CommandResult]:
+    agent = install_agent(transport)
+    argv = [transport.target.python, agent, "bench", "--model", remote_model, *params.agent_args()]
+    run = transport.run(argv, timeout_s=timeout_s)
+    return interpret_agent_output(run, asdict(params)), run
+
+
+def describe_command(run: CommandResult) -> str:
+    return " ".join(shlex.quote(a) for a in run.argv)

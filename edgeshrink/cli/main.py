@@ -1,0 +1,109 @@
+"""`edgeshrink`: the entry point, error mapping and shared options.
+
+Library code raises EdgeshrinkError; here it becomes one line and a hint on
+stderr with exit code 1 (click's usage errors keep 2).  EDGESHRINK_DEBUG=1
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgeshrink import __version__
+from edgeshrink.errors import EdgeshrinkError
+
+
+def debug_enabled() -> bool:
+    return os.environ.get("EDGESHRINK_DEBUG", "") not in ("", "0", "false", "no")
+
+
+def emit_json(document: Any) -> None:
+    click.echo(json.dumps(document, indent=2, default=str))
+
+
+def progress_printer(quiet: bool = False):
+    def say(message: str) -> None:
+        if not quiet:
+            click.echo(click.style(f"· {message}", dim=True), err=True)
+
+    return say
+
+
+class Context:
+    def __init__(self, profiles_dirs: tuple[Path, ...]) -> None:
+        self.profiles_dirs = profiles_dirs
+
+
+pass_context = click.make_pass_decorator(Context)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "--version", prog_name="edgeshrink")
+@click.option(
+    "--profiles-dir",
+    "profiles_dirs",
+    multiple=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Extra directory of hardware profile TOML files (repeatable; overrides built-ins).",
+)
+@click.pass_context
+def cli(ctx: click.Context, profiles_dirs: tuple[Path, ...]) -> None:
+    """Shrink AI models for one named small device, put them there, and measure them.
+
+    \b
+    Start with:  edgeshrink demo
+    Your model:  edgeshrink deploy model-f16.gguf --profile raspberry-pi-5-8gb --target local
+    """
+    ctx.obj = Context(profiles_dirs)
+
+
+def _register() -> None:
+    from edgeshrink.cli import catalog, models, results, run
+
+    for module in (catalog, models, results, run):
+        for command in module.COMMANDS:
+            cli.add_command(command)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="edgeshrink", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except EdgeshrinkError as exc:
+        if debug_enabled():
+            traceback.print_exc()
+        click.echo(f"error: {exc.message}", err=True)
+        if exc.hint:
+            click.echo(f"hint: {exc.hint}", err=True)
+        sys.exit(1)
+    except Exception as exc:  # noqa: BLE001 - last line of defence: one line, no traceback
+        if debug_enabled():
+            traceback.print_exc()
+        click.echo(f"error: internal error: {type(exc).__name__}: {exc}", err=True)
+        click.echo("hint: re-run with EDGESHRINK_DEBUG=1 and report the traceback", err=True)
+        sys.exit(1)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

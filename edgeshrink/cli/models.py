@@ -1,0 +1,188 @@
+"""`inspect`, `plan` and `shrink`: look at a model, choose a quantization, make it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from edgeshrink.cli.main import Context, emit_json, pass_context, progress_printer
+from edgeshrink.report.table import render_pairs, render_table
+from edgeshrink.util import human_bytes, human_count
+
+MODEL = click.argument("model", type=click.Path(path_type=Path))
+PROFILE = click.option("--profile", "-p", "profile_id", required=True, help="Hardware profile ID (see `edgeshrink profiles list`).")
+QUANT = click.option("--quant", "-q", default=None, help="llama.cpp type (Q4_0, Q4_K_M, Q8_0, ...); default: chosen by plan.")
+CTX = click.option("--ctx", "context", type=click.IntRange(16, 1 << 20), default=None, help="Context length to budget memory for [default: min(model, 2048)].")
+PREFER = click.option("--prefer", type=click.Choice(["quality", "speed"]), default="quality", show_default=True, help="quality: best type that fits; speed: the profile's fast-kernel type.")
+JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+def inspect_any(model: Path):
+    from edgeshrink.formats import detect_and_inspect
+
+    return detect_and_inspect(model)
+
+
+@click.command()
+@MODEL
+@CTX
+@JSON
+def inspect(model: Path, context: int | None, as_json: bool) -> None:
+    """Describe a model file and the memory it needs at a context length."""
+    from edgeshrink.formats import gguf
+
+    info = inspect_any(model)
+    estimate = None
+    if info.llm is not None:
+        ctx = context or min(info.llm.context_length or 2048, 2048)
+        weights = sum(t.n_bytes for t in info.tensor_types)
+        estimate = gguf.estimate_memory(info, weights, ctx)
+    if as_json:
+        doc = info.to_dict()
+        doc["memory_estimate"] = estimate.to_dict() if estimate else None
+        emit_json(doc)
+        return
+    pairs: list[tuple[str, object]] = [
+        ("file", info.path),
+        ("format", info.format),
+        ("size", f"{human_bytes(info.size_bytes)} ({info.size_bytes:,} bytes)"),
+        ("architecture", info.architecture),
+        ("name", info.name),
+        ("parameters", f"{human_count(info.n_params)} ({info.n_params:,})"),
+        ("file type", f"{info.file_type}{' (quantized)' if info.is_quantized else ''}"),
+    ]
+    if info.llm:
+        s = info.llm
+        pairs += [
+            ("context length", s.context_length),
+            ("vocabulary", f"{s.n_vocab} ({s.tokenizer or 'unknown'} tokenizer)"),
+            ("layers", s.n_layer),
+            ("embedding", s.n_embd),
+            ("heads", f"{s.n_head} query, {s.n_head_kv} key/value"),
+            ("feed-forward", s.n_ff),
+        ]
+    click.echo(render_pairs(pairs))
+    click.echo("\ntensor types:")
+    click.echo(render_table(
+        ["TYPE", "TENSORS", "PARAMS", "BYTES"],
+        [(t.type, t.count, human_count(t.n_params), human_bytes(t.n_bytes)) for t in info.tensor_types],
+        right=(1, 2, 3),
+    ))  # fmt: skip
+    if estimate:
+        click.echo(f"\nmemory at context {estimate.context} (llama.cpp on CPU, estimated):")
+        click.echo(render_pairs([
+            ("weights", human_bytes(estimate.weights_bytes)),
+            ("KV cache (f16)", human_bytes(estimate.kv_cache_bytes)),
+            ("compute buffer", human_bytes(estimate.compute_bytes)),
+            ("runtime overhead", human_bytes(estimate.overhead_bytes)),
+            ("total", human_bytes(estimate.total_bytes)),
+        ]))  # fmt: skip
+
+
+@click.command()
+@MODEL
+@PROFILE
+@QUANT
+@CTX
+@PREFER
+@JSON
+@pass_context
+def plan(obj: Context, model: Path, profile_id: str, quant: str | None, context: int | None, prefer: str, as_json: bool) -> None:
+    """Choose the quantization for MODEL on a device, and say why."""
+    from edgeshrink.plan import plan_gguf
+    from edgeshrink.profiles import get_profile
+
+    profile = get_profile(profile_id, obj.profiles_dirs)
+    info = inspect_any(model)
+    chosen = plan_gguf(info, profile, quant=quant, context=context, prefer=prefer)
+    if as_json:
+        emit_json(chosen.to_dict())
+        return
+    print_plan(chosen)
+
+
+def fallback_summary(fallbacks) -> str:
+    """llama.cpp's fallbacks grouped by (wanted -> used), a few tensor names each."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for tensor, wanted, used in fallbacks:
+        groups.setdefault((wanted, used), []).append(tensor)
+    lines = [f"llama.cpp kept {len(fallbacks)} tensor(s) at another type "
+             "(their rows are not a multiple of the type's block size):"]
+    for (wanted, used), names in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        shown = ", ".join(names[:3]) + (f", … ({len(names) - 3} more)" if len(names) > 3 else "")
+        lines.append(f"  {wanted} -> {used}: {len(names)} ({shown})")
+    return "\n".join(lines)
+
+
+def print_plan(chosen) -> None:
+    click.echo(f"plan for {chosen.model.name} on {chosen.profile_id} "
+               f"(budget {chosen.budget_mb} MB, context {chosen.context}, {chosen.threads} threads)")
+    rows = []
+    for c in chosen.candidates:
+        mark = "->" if c.quant == chosen.quant else ""
+        rows.append((
+            mark, c.quant, human_bytes(c.weights_bytes), f"{c.estimate.total_mb:.0f}",
+            "yes" if c.fits else "NO", f"{c.est_tg_tok_s:.1f}" if c.est_tg_tok_s else "-",
+        ))  # fmt: skip
+    click.echo(render_table(["", "TYPE", "WEIGHTS", "PEAK MB", "FITS", "TG TOK/S*"], rows, right=(2, 3, 5)))
+    click.echo("* memory-bound estimate: bandwidth x 0.6 / weight bytes")
+    click.echo(f"choice: {chosen.reason}")
+
+
+@click.command()
+@MODEL
+@PROFILE
+@QUANT
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Output .gguf [default: ./MODEL-QUANT.gguf, e.g. ./model-q4_0.gguf].")
+@CTX
+@PREFER
+@click.option("--allow-requantize", is_flag=True, help="Quantize a file that is already quantized (loses more quality).")
+@click.option("--threads", type=click.IntRange(1, 1024), default=None, help="Quantizer threads [default: all cores].")
+@click.option("--force", is_flag=True, help="Quantize again even if an identical artifact exists.")
+@click.option("--dry-run", is_flag=True, help="Show the plan and the output path; write nothing.")
+@JSON
+@pass_context
+def shrink(obj: Context, model: Path, profile_id: str, quant: str | None, output: Path | None,
+           context: int | None, prefer: str, allow_requantize: bool, threads: int | None,
+           force: bool, dry_run: bool, as_json: bool) -> None:
+    """Quantize MODEL for a device with llama.cpp's own quantizer."""
+    from edgeshrink.plan import plan_gguf
+    from edgeshrink.profiles import get_profile
+    from edgeshrink.shrink import default_output_path, shrink_gguf
+
+    profile = get_profile(profile_id, obj.profiles_dirs)
+    info = inspect_any(model)
+    if dry_run:
+        chosen = plan_gguf(info, profile, quant=quant, context=context, prefer=prefer)
+        out = output or default_output_path(model, chosen.quant)
+        if as_json:
+            emit_json({"dry_run": True, "output": str(out), "plan": chosen.to_dict()})
+            return
+        print_plan(chosen)
+        click.echo(f"would write: {out} (+ {out.name}.manifest.json)")
+        return
+    result = shrink_gguf(
+        model, profile, quant=quant, output=output, context=context, prefer=prefer,
+        allow_requantize=allow_requantize, threads=threads, force=force,
+        progress=progress_printer(as_json), info=info,
+    )  # fmt: skip
+    art = result.artifact
+    if as_json:
+        emit_json({"reused": result.reused, "seconds": result.seconds, "plan": result.plan.to_dict(),
+                   "artifact": art.to_manifest() | {"path": str(art.path)}})
+        return
+    click.echo(f"{'reused' if result.reused else 'wrote'} {art.path}")
+    click.echo(render_pairs([
+        ("type", art.quant),
+        ("size", f"{human_bytes(art.size_bytes)} (from {human_bytes(info.size_bytes)}, "
+                 f"{info.size_bytes / max(art.size_bytes, 1):.2f}x smaller)"),
+        ("sha256", art.sha256),
+        ("manifest", art.manifest_path),
+        ("why", result.plan.reason),
+    ]))  # fmt: skip
+    if art.fallbacks:
+        click.echo(fallback_summary(art.fallbacks))
+
+
+COMMANDS = (inspect, plan, shrink)

@@ -1,0 +1,56 @@
+"""`results`: what the results database holds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from edgeshrink.cli.main import emit_json
+from edgeshrink.report.table import render_table
+
+DB = click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None, envvar="EDGESHRINK_DB", help="Results database [default: user data dir; env EDGESHRINK_DB].")
+
+
+@click.group(invoke_without_command=True)
+@click.option("--limit", "-n", type=click.IntRange(1, 100000), default=20, show_default=True, help="How many, newest first.")
+@click.option("--target", "-t", default=None, help="Only this target.")
+@click.option("--status", type=click.Choice(["ok", "error", "timeout", "oom"]), default=None, help="Only this status.")
+@DB
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def results(ctx: click.Context, limit: int, target: str | None, status: str | None, db: Path | None, as_json: bool) -> None:
+    """List stored benchmark results, newest first."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from edgeshrink.store import ResultStore
+
+    with ResultStore(db) as store:
+        rows = store.list_results(limit=limit, target=target, status=status)
+        path = store.path
+    if as_json:
+        emit_json([r.to_dict() for r in rows])
+        return
+    if not rows:
+        click.echo(f"no results in {path} yet; run `edgeshrink demo`")
+        return
+    click.echo(render_table(
+        ["ID", "WHEN (UTC)", "TARGET", "PROFILE", "MODEL", "QUANT", "STATUS", "PP TOK/S", "TG TOK/S", "TTFT MS", "PEAK MB"],
+        [(r.id, r.created_at[:19].replace("T", " "), r.target, r.profile_id, r.model_name, r.quant, r.status,
+          r.pp_tok_s, r.tg_tok_s, r.ttft_ms, r.peak_rss_mb) for r in rows],
+        right=(0, 7, 8, 9, 10),
+    ))  # fmt: skip
+
+
+@results.command("show")
+@click.argument("result_id", type=int)
+@DB
+def results_show(result_id: int, db: Path | None) -> None:
+    """Print the agent's whole JSON document of one result."""
+    from edgeshrink.store import ResultStore
+
+    with ResultStore(db) as store:
+        emit_json(store.get_document(result_id))
+
+
+COMMANDS = (results,)

@@ -1,0 +1,222 @@
+"""`bench`, `deploy` and `demo`: run models on a device and report what they cost."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgeshrink.cli.main import Context, emit_json, pass_context, progress_printer
+from edgeshrink.cli.models import CTX, JSON, PREFER, QUANT, fallback_summary, print_plan
+from edgeshrink.report.table import render_pairs
+from edgeshrink.util import human_bytes
+
+
+def bench_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--prompt-tokens", type=click.IntRange(1, 1 << 16), default=512, show_default=True, help="Prompt-processing tokens (one batch)."),
+        click.option("--gen-tokens", type=click.IntRange(1, 1 << 16), default=128, show_default=True, help="Tokens generated one by one."),
+        click.option("--reps", type=click.IntRange(1, 1000), default=5, show_default=True, help="Repetitions (mean ± stddev)."),
+        click.option("--warmup", type=click.IntRange(0, 100), default=1, show_default=True, help="Warm-up runs, not measured."),
+        click.option("--threads", type=click.IntRange(1, 1024), default=None, help="Threads [default: the profile's, capped at the local cores]."),
+        click.option("--flash-attn", type=click.Choice(["on", "off"]), default="on", show_default=True, help="llama.cpp flash attention."),
+        click.option("--n-ctx", type=click.IntRange(16, 1 << 20), default=None, help="Context of the benchmark [default: prompt + gen]."),
+        click.option("--no-mmap", is_flag=True, help="Read the model into memory instead of mmap'ing it."),
+        click.option("--timeout", "timeout_s", type=click.FloatRange(1, None), default=900.0, show_default=True, help="Seconds before the agent is stopped."),
+        click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None, envvar="EDGESHRINK_DB", help="Results database [default: user data dir; env EDGESHRINK_DB]."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def params_from(kw: dict[str, Any]):
+    from edgeshrink.bench import BenchParams
+
+    return BenchParams(
+        prompt_tokens=kw["prompt_tokens"], gen_tokens=kw["gen_tokens"], reps=kw["reps"],
+        warmup=kw["warmup"], threads=kw["threads"], flash_attn=kw["flash_attn"] == "on",
+        n_ctx=kw["n_ctx"], no_mmap=kw["no_mmap"],
+    )  # fmt: skip
+
+
+def _fmt_stat(stat, unit: str, label: str) -> str:
+    if stat is None:
+        return "-"
+    return f"{stat.mean:,.1f} ± {stat.stddev:,.1f} {unit} ({label}, {len(stat.samples)} reps)"
+
+
+def print_bench(outcome) -> None:
+    r = outcome.result
+    device = r.document.get("device") or {}
+    where = f"{outcome.target.name}: {device.get('board') or r.device_cpu or '?'}, {r.device_cores or '?'} cores, {r.device_arch or '?'}"
+    params = r.document.get("params") or {}
+    pairs: list[tuple[str, object]] = [
+        ("model", f"{outcome.model_path} ({human_bytes(outcome.model_path.stat().st_size)})"),
+        ("device", where),
+        ("pushed", "already there (same sha256)" if outcome.push.skipped else f"{human_bytes(outcome.push.bytes_sent)} in {outcome.push.seconds:.2f} s"),
+        ("status", r.status),
+    ]  # fmt: skip
+    if r.ok:
+        temps = (device.get("temps_c") or {}).get("after") or {}
+        pairs += [
+            ("runtime", f"{r.runtime} {r.runtime_version}, {r.threads} threads, flash-attn {params.get('flash_attn')}"),
+            ("load", f"{r.load_s:.3f} s" if r.load_s is not None else "-"),
+            ("memory", f"peak RSS {r.peak_rss_mb:.1f} MB (anon {r.rss_anon_mb or 0:.1f}, file/mmap {r.rss_file_mb or 0:.1f})" if r.peak_rss_mb else "-"),
+            ("prompt", _fmt_stat(r.pp_tok_s, "tok/s", f"pp{params.get('prompt_tokens')}")),
+            ("generation", _fmt_stat(r.tg_tok_s, "tok/s", f"tg{params.get('gen_tokens')}")),
+            ("first token", _fmt_stat(r.ttft_ms, "ms", "time to first token")),
+            ("temperature", ", ".join(f"{k} {v:.0f}°C" for k, v in temps.items()) or "not readable"),
+        ]  # fmt: skip
+    else:
+        pairs.append(("error", r.error_message))
+    if outcome.result_id is not None:
+        pairs.append(("stored", f"result #{outcome.result_id} in {outcome.db_path}"))
+    click.echo(render_pairs(pairs))
+    unmeasured = r.document.get("unmeasured") or []
+    if unmeasured:
+        click.echo("not measured: " + "; ".join(f"{u.get('what')} ({u.get('why')})" for u in unmeasured))
+
+
+def bench_json(outcome) -> dict[str, Any]:
+    return {
+        "target": outcome.target.name,
+        "model": str(outcome.model_path),
+        "push": {"remote": outcome.push.remote, "skipped": outcome.push.skipped,
+                 "bytes_sent": outcome.push.bytes_sent, "seconds": outcome.push.seconds},
+        "result_id": outcome.result_id,
+        "db": str(outcome.db_path) if outcome.db_path else None,
+        "result": outcome.result.document,
+    }  # fmt: skip
+
+
+def _finish(outcome) -> None:
+    """A benchmark that did not end ok is a failure of the command, after it was shown and stored."""
+    r = outcome.result
+    if not r.ok:
+        from edgeshrink.errors import AgentError
+
+        raise AgentError(f"benchmark on {outcome.target.name} ended with status {r.status}: {r.error_message}",
+                         hint=r.error_hint or AgentError.default_hint)
+
+
+@click.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--target", "-t", "target_name", default="local", show_default=True, help="Target name (see `edgeshrink targets list`).")
+@click.option("--profile", "-p", "profile_id", default=None, help="Hardware profile ID, for thread count and the record.")
+@bench_options
+@click.option("--no-store", is_flag=True, help="Do not write the result to the database.")
+@JSON
+@pass_context
+def bench(obj: Context, model: Path, target_name: str, profile_id: str | None, no_store: bool, as_json: bool, **kw: Any) -> None:
+    """Benchmark MODEL on a target with the on-device agent."""
+    from edgeshrink.deploy import bench_model
+    from edgeshrink.profiles import get_profile
+    from edgeshrink.targets import get_target
+
+    target = get_target(target_name, profile=profile_id)
+    profile = get_profile(target.profile, obj.profiles_dirs) if target.profile else None
+    outcome = bench_model(
+        model, target, params_from(kw), profile=profile, db=kw["db"], store_result=not no_store,
+        timeout_s=kw["timeout_s"], progress=progress_printer(as_json),
+    )  # fmt: skip
+    if as_json:
+        emit_json(bench_json(outcome))
+    else:
+        print_bench(outcome)
+    _finish(outcome)
+
+
+@click.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--profile", "-p", "profile_id", default=None, help="Hardware profile ID [default: the target's].")
+@click.option("--target", "-t", "target_name", default="local", show_default=True, help="Target name.")
+@QUANT
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Artifact path [default: ./MODEL-QUANT.gguf].")
+@CTX
+@PREFER
+@bench_options
+@click.option("--dry-run", is_flag=True, help="Show the plan; quantize, push and run nothing.")
+@JSON
+@pass_context
+def deploy(obj: Context, model: Path, profile_id: str | None, target_name: str, quant: str | None,
+           output: Path | None, context: int | None, prefer: str, dry_run: bool, as_json: bool, **kw: Any) -> None:
+    """Plan, shrink, push and benchmark MODEL on a target, and store the result."""
+    from edgeshrink.deploy import deploy_gguf
+    from edgeshrink.errors import ProfileError
+    from edgeshrink.plan import plan_gguf
+    from edgeshrink.profiles import get_profile
+    from edgeshrink.targets import get_target
+
+    from edgeshrink.cli.models import inspect_any
+
+    target = get_target(target_name, profile=profile_id)
+    if not target.profile:
+        raise ProfileError(f"target '{target.name}' has no hardware profile and none was given",
+                           hint="pass --profile ID (see `edgeshrink profiles list`)")
+    profile = get_profile(target.profile, obj.profiles_dirs)
+    if dry_run:
+        chosen = plan_gguf(inspect_any(model), profile, quant=quant, context=context, prefer=prefer)
+        if as_json:
+            emit_json({"dry_run": True, "target": target.to_dict(), "plan": chosen.to_dict()})
+        else:
+            print_plan(chosen)
+            click.echo(f"would push to {target.name} ({target.describe()}) and benchmark there")
+        return
+    outcome = deploy_gguf(
+        model, profile, target, params_from(kw), quant=quant, output=output, context=context,
+        prefer=prefer, db=kw["db"], timeout_s=kw["timeout_s"], progress=progress_printer(as_json),
+    )  # fmt: skip
+    if as_json:
+        emit_json({"plan": outcome.shrink.plan.to_dict(), "artifact": str(outcome.shrink.artifact.path),
+                   "reused_artifact": outcome.shrink.reused, **bench_json(outcome.bench)})
+    else:
+        art = outcome.shrink.artifact
+        click.echo(f"plan: {outcome.shrink.plan.reason}")
+        click.echo(f"artifact: {art.path} ({art.quant}, {human_bytes(art.size_bytes)}"
+                   f"{', reused' if outcome.shrink.reused else ''})")
+        if art.fallbacks:
+            click.echo(fallback_summary(art.fallbacks))
+        print_bench(outcome.bench)
+    _finish(outcome.bench)
+
+
+@click.command()
+@click.option("--size", default="small", show_default=True, help="Size of the generated demo model (see scripts/make_test_models.py).")
+@click.option("--profile", "-p", "profile_id", default="raspberry-pi-5-8gb", show_default=True, help="Hardware profile to plan for.")
+@click.option("--target", "-t", "target_name", default="local", show_default=True, help="Target to run on.")
+@bench_options
+@JSON
+@pass_context
+def demo(obj: Context, size: str, profile_id: str, target_name: str, as_json: bool, **kw: Any) -> None:
+    """Make a small llama model, deploy it for a device, and show what it costs.
+
+    Needs nothing but the install: no download, no model of your own.
+    """
+    from edgeshrink.deploy import deploy_gguf
+    from edgeshrink.profiles import get_profile
+    from edgeshrink.targets import get_target
+    from edgeshrink.demo import demo_model_path
+
+    say = progress_printer(as_json)
+    profile = get_profile(profile_id, obj.profiles_dirs)
+    target = get_target(target_name, profile=profile.id)
+    say(f"making a {size} llama-architecture model (F16, random weights, fixed seed)")
+    model = demo_model_path(size)
+    outcome = deploy_gguf(model, profile, target, params_from(kw), db=kw["db"],
+                          timeout_s=kw["timeout_s"], progress=say)
+    if as_json:
+        emit_json({"model": str(model), "plan": outcome.shrink.plan.to_dict(), **bench_json(outcome.bench)})
+    else:
+        click.echo(f"demo model: {model}")
+        print_plan(outcome.shrink.plan)
+        click.echo("")
+        print_bench(outcome.bench)
+        click.echo("\nnext: edgeshrink deploy YOUR-MODEL-f16.gguf --profile ID --target local "
+                   "(edgeshrink profiles list shows the devices)")
+    _finish(outcome.bench)
+
+
+COMMANDS = (bench, deploy, demo)

@@ -1,0 +1,21 @@
+"""The demo's model: made on first use in the user's cache, never downloaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def demo_model_path(size: str = "small") -> Path:
+    import platformdirs
+
+    from edgeshrink.testmodels.llama_gguf import SIZES, make_llama_gguf
+
+    if size not in SIZES:
+        from edgeshrink.errors import EdgeshrinkError
+
+        raise EdgeshrinkError(f"unknown demo size '{size}'", hint=f"choose one of: {', '.join(SIZES)}")
+    folder = platformdirs.user_cache_path("edgeshrink") / "demo"
+    path = folder / f"edgeshrink-demo-llama-{size}-f16.gguf"
+    if not path.exists():
+        make_llama_gguf(path, size=size, ftype="f16", seed=0)
+    return path

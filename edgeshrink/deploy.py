@@ -1,0 +1,144 @@
+"""The whole chain for one model and one device: plan, shrink, push, bench, store."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from edgeshrink.artifacts import Artifact, load_artifact
+from edgeshrink.bench import BenchParams, BenchResult, run_agent_bench
+from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.formats import gguf
+from edgeshrink.profiles import HardwareProfile
+from edgeshrink.shrink import ShrinkResult, shrink_gguf
+from edgeshrink.store import ResultStore
+from edgeshrink.targets import Target
+from edgeshrink.transport import PushResult, open_transport
+from edgeshrink.util import sha256_file
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BenchOutcome:
+    target: Target
+    artifact: Artifact | None
+    model_path: Path
+    push: PushResult
+    result: BenchResult
+    result_id: int | None
+    db_path: Path | None
+
+
+@dataclass(frozen=True)
+class DeployOutcome:
+    shrink: ShrinkResult
+    bench: BenchOutcome
+
+
+def _threads_for(target: Target, profile: HardwareProfile | None, asked: int | None) -> int | None:
+    if asked:
+        return asked
+    if profile is None:
+        return None
+    if target.kind == "local":
+        # The profile describes the device being planned for; this machine may
+        # have fewer cores, and oversubscribed threads only measure contention.
+        return min(profile.threads, os.cpu_count() or profile.threads)
+    return profile.threads
+
+
+def bench_model(
+    model: str | os.PathLike[str],
+    target: Target,
+    params: BenchParams,
+    *,
+    profile: HardwareProfile | None = None,
+    db: str | os.PathLike[str] | None = None,
+    store_result: bool = True,
+    timeout_s: float = 900.0,
+    progress: Progress | None = None,
+) -> BenchOutcome:
+    say = progress or (lambda _msg: None)
+    model = Path(model)
+    info = gguf.inspect_gguf(model)
+    try:
+        artifact: Artifact | None = load_artifact(model, verify=True)
+        sha = artifact.sha256
+    except EdgeshrinkError:
+        artifact = None
+        say(f"hashing {model.name}")
+        sha = sha256_file(model)
+    params = replace(params, threads=_threads_for(target, profile, params.threads))
+    with open_transport(target) as transport:
+        say(f"pushing {model.name} to {target.name} ({target.describe()})")
+        pushed = transport.push_artifact(model, sha)
+        say(f"benchmarking on {target.name}: {params.reps} reps of pp{params.prompt_tokens} + tg{params.gen_tokens}")
+        result, _run = run_agent_bench(transport, pushed.remote, params, timeout_s=timeout_s)
+    result_id = None
+    db_path = None
+    if store_result:
+        with ResultStore(db) as store:
+            db_path = store.path
+            result_id = store.add_result(
+                {
+                    "target": target.name,
+                    "target_kind": target.kind,
+                    "profile_id": profile.id if profile else target.profile,
+                    "format": info.format,
+                    "quant": artifact.quant if artifact else info.file_type,
+                    "model_name": model.name,
+                    "source_sha256": artifact.source_sha256 if artifact else None,
+                    "artifact_sha256": sha,
+                    "artifact_size": model.stat().st_size,
+                    "status": result.status,
+                    "error": result.error_message,
+                    "load_s": result.load_s,
+                    "peak_rss_mb": result.peak_rss_mb,
+                    "rss_anon_mb": result.rss_anon_mb,
+                    "rss_file_mb": result.rss_file_mb,
+                    "pp_tok_s": result.pp_tok_s.mean if result.pp_tok_s else None,
+                    "pp_tok_s_stddev": result.pp_tok_s.stddev if result.pp_tok_s else None,
+                    "tg_tok_s": result.tg_tok_s.mean if result.tg_tok_s else None,
+                    "tg_tok_s_stddev": result.tg_tok_s.stddev if result.tg_tok_s else None,
+                    "ttft_ms": result.ttft_ms.mean if result.ttft_ms else None,
+                    "threads": result.threads,
+                    "device_cpu": result.device_cpu,
+                    "device_arch": result.device_arch,
+                    "runtime": result.runtime,
+                    "runtime_version": result.runtime_version,
+                },
+                result.document,
+            )
+    return BenchOutcome(target, artifact, model, pushed, result, result_id, db_path)
+
+
+def deploy_gguf(
+    model: str | os.PathLike[str],
+    profile: HardwareProfile,
+    target: Target,
+    params: BenchParams,
+    *,
+    quant: str | None = None,
+    output: str | os.PathLike[str] | None = None,
+    context: int | None = None,
+    prefer: str = "quality",
+    db: str | os.PathLike[str] | None = None,
+    timeout_s: float = 900.0,
+    progress: Progress | None = None,
+) -> DeployOutcome:
+    shrunk = shrink_gguf(
+        model, profile, quant=quant, output=output, context=context, prefer=prefer, progress=progress
+    )
+    outcome = bench_model(
+        shrunk.artifact.path,
+        target,
+        params,
+        profile=profile,
+        db=db,
+        timeout_s=timeout_s,
+        progress=progress,
+    )
+    return DeployOutcome(shrink=shrunk, bench=outcome)

@@ -1,0 +1,763 @@
+"""Hardware profiles: one TOML file per device, loaded, validated and budgeted.
+
+A profile says what a device is (CPU, ISA features, RAM, memory bandwidth,
+accelerators) and what edgeshrink should do for it by default (formats and
+runtimes in order of preference, threads, default quantization per format,
+how much memory a model may take).  The files live in ``hardware-profiles/``;
+users add or override profiles in their own directories.
+
+Validation is strict on purpose: a typo in a profile would otherwise turn into
+a silently wrong memory budget or quantization choice much later.  Every
+problem is reported as one :class:`~edgeshrink.errors.ProfileError` naming the
+file and the field.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.resources
+import os
+import re
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+from edgeshrink.errors import ProfileError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on Python 3.10
+    import tomli as tomllib
+
+__all__ = [
+    "ACCELERATOR_KINDS",
+    "ARCHES",
+    "BUILTIN_PROFILES_DIR",
+    "FORMATS",
+    "GGUF_QUANT_TYPES",
+    "ONNX_QUANT_TYPES",
+    "PROFILES_PATH_ENV",
+    "TFLITE_QUANT_TYPES",
+    "Accelerator",
+    "CpuSpec",
+    "HardwareProfile",
+    "get_profile",
+    "list_profiles",
+    "load_profile_file",
+    "profile_dirs",
+]
+
+PROFILES_PATH_ENV = "EDGESHRINK_PROFILES_PATH"
+
+ARCHES = ("aarch64", "armv7l", "x86_64")
+FORMATS = ("gguf", "onnx", "tflite")
+ACCELERATOR_KINDS = ("gpu", "npu", "dsp", "tpu")
+
+# The type names `llama-quantize` accepts (tools/quantize/quantize.cpp), minus COPY.
+GGUF_QUANT_TYPES = (
+    "F32",
+    "F16",
+    "BF16",
+    "Q8_0",
+    "Q6_K",
+    "Q5_K",
+    "Q5_K_M",
+    "Q5_K_S",
+    "Q5_1",
+    "Q5_0",
+    "Q4_K",
+    "Q4_K_M",
+    "Q4_K_S",
+    "Q4_1",
+    "Q4_0",
+    "IQ4_NL",
+    "IQ4_XS",
+    "Q3_K",
+    "Q3_K_L",
+    "Q3_K_M",
+    "Q3_K_S",
+    "IQ3_M",
+    "IQ3_S",
+    "IQ3_XS",
+    "IQ3_XXS",
+    "Q2_K",
+    "Q2_K_S",
+    "IQ2_M",
+    "IQ2_S",
+    "IQ2_XS",
+    "IQ2_XXS",
+    "IQ1_M",
+    "IQ1_S",
+    "TQ2_0",
+    "TQ1_0",
+    "MXFP4_MOE",
+)
+ONNX_QUANT_TYPES = ("fp32", "fp16", "int8-dynamic", "int8-static")
+TFLITE_QUANT_TYPES = ("float32", "fp16", "dynamic-int8", "int8")
+_QUANT_TYPES: dict[str, tuple[str, ...]] = {
+    "gguf": GGUF_QUANT_TYPES,
+    "onnx": ONNX_QUANT_TYPES,
+    "tflite": TFLITE_QUANT_TYPES,
+}
+
+# Names people use for the same ARM feature; /proc/cpuinfo spells them differently.
+_FEATURE_ALIASES = {"neon": "asimd", "dotprod": "asimddp"}
+
+_ID_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+_FEATURE_RE = re.compile(r"^[a-z0-9_]+$")
+
+# key -> required?  Order is the order of the documented schema.
+_TOP_KEYS = {
+    "id": True,
+    "name": True,
+    "arch": True,
+    "os_notes": True,
+    "ram_mb": True,
+    "memory_bandwidth_gbs": True,
+    "soc": True,
+    "external_delegate": False,
+    "sources": True,
+    "cpu": True,
+    "memory": True,
+    "runtime": True,
+    "quantization": True,
+    "accelerators": False,
+    "thermal": False,
+}
+_TABLE_KEYS = frozenset({"cpu", "memory", "runtime", "quantization", "thermal"})
+_CPU_KEYS = {
+    "model": True,
+    "cores": True,
+    "big_cores": True,
+    "little_cores": True,
+    "max_mhz": True,
+    "features": True,
+}
+_MEMORY_KEYS = {"reserved_mb": True, "budget_fraction": True}
+_RUNTIME_KEYS = {"preferred_formats": True, "preferred_runtimes": True, "threads": True}
+_QUANTIZATION_KEYS = {fmt: False for fmt in FORMATS}
+_ACCELERATOR_KEYS = {"name": True, "kind": True, "usable_by": True, "notes": False}
+_THERMAL_KEYS = {"throttle_c": True, "notes": False}
+
+_SCHEMA_HINT = (
+    "compare with a built-in profile such as raspberry-pi-5-8gb.toml "
+    "(`edgeshrink profiles show raspberry-pi-5-8gb`)"
+)
+
+
+def _builtin_profiles_dir() -> Path:
+    """The profiles shipped with edgeshrink.
+
+    A source checkout or editable install has them beside the package, in the
+    top-level ``hardware-profiles/``; a wheel carries a copy as package data.
+    """
+    beside_package = Path(__file__).resolve().parent.parent / "hardware-profiles"
+    if beside_package.is_dir():
+        return beside_package
+    return Path(str(importlib.resources.files("edgeshrink") / "data" / "hardware-profiles"))
+
+
+BUILTIN_PROFILES_DIR: Path = _builtin_profiles_dir()
+
+
+@dataclass(frozen=True)
+class CpuSpec:
+    """The CPU of a device as /proc/cpuinfo and the vendor describe it."""
+
+    model: str
+    cores: int
+    big_cores: int
+    little_cores: int
+    max_mhz: int
+    features: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Accelerator:
+    """A GPU, NPU, DSP or TPU and the runtimes/delegates that can reach it."""
+
+    name: str
+    kind: str
+    usable_by: tuple[str, ...]
+    notes: str = ""
+
+
+@dataclass(frozen=True)
+class HardwareProfile:
+    """One device, as described by one ``hardware-profiles/<id>.toml``."""
+
+    id: str
+    name: str
+    arch: str
+    soc: str
+    os_notes: str
+    ram_mb: int
+    memory_bandwidth_gbs: float
+    cpu: CpuSpec
+    reserved_mb: int
+    budget_fraction: float
+    preferred_formats: tuple[str, ...]
+    preferred_runtimes: tuple[str, ...]
+    threads: int
+    # (format, quantization type) pairs: a tuple keeps the profile hashable.
+    default_quant: tuple[tuple[str, str], ...]
+    accelerators: tuple[Accelerator, ...]
+    throttle_c: float | None
+    external_delegate: str | None
+    sources: tuple[str, ...]
+    path: Path
+    thermal_notes: str = field(default="")
+
+    @property
+    def budget_mb(self) -> int:
+        """Memory a model may use on this device, in MiB."""
+        return int((self.ram_mb - self.reserved_mb) * self.budget_fraction)
+
+    def default_quant_for(self, fmt: str) -> str:
+        """The speed-oriented default quantization type for ``fmt`` on this device."""
+        for known_fmt, quant in self.default_quant:
+            if known_fmt == fmt:
+                return quant
+        if fmt not in FORMATS:
+            raise ProfileError(
+                f"unknown model format '{fmt}'",
+                hint=f"known formats: {', '.join(FORMATS)}",
+            )
+        raise ProfileError(
+            f"hardware profile '{self.id}' has no default quantization for '{fmt}'",
+            hint=f"add `{fmt} = ...` under [quantization] in {self.path}",
+        )
+
+    def has_feature(self, name: str) -> bool:
+        """Whether the CPU has an ISA feature, by its /proc/cpuinfo name.
+
+        ``neon`` and ``dotprod`` are accepted as the usual names of ``asimd``
+        and ``asimddp``.
+        """
+        wanted = name.strip().lower()
+        wanted = _FEATURE_ALIASES.get(wanted, wanted)
+        return wanted in self.cpu.features
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly view, including the computed ``budget_mb``."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "arch": self.arch,
+            "soc": self.soc,
+            "os_notes": self.os_notes,
+            "ram_mb": self.ram_mb,
+            "memory_bandwidth_gbs": self.memory_bandwidth_gbs,
+            "cpu": {
+                "model": self.cpu.model,
+                "cores": self.cpu.cores,
+                "big_cores": self.cpu.big_cores,
+                "little_cores": self.cpu.little_cores,
+                "max_mhz": self.cpu.max_mhz,
+                "features": list(self.cpu.features),
+            },
+            "reserved_mb": self.reserved_mb,
+            "budget_fraction": self.budget_fraction,
+            "budget_mb": self.budget_mb,
+            "preferred_formats": list(self.preferred_formats),
+            "preferred_runtimes": list(self.preferred_runtimes),
+            "threads": self.threads,
+            "default_quant": dict(self.default_quant),
+            "accelerators": [
+                {
+                    "name": acc.name,
+                    "kind": acc.kind,
+                    "usable_by": list(acc.usable_by),
+                    "notes": acc.notes,
+                }
+                for acc in self.accelerators
+            ],
+            "throttle_c": self.throttle_c,
+            "thermal_notes": self.thermal_notes,
+            "external_delegate": self.external_delegate,
+            "sources": list(self.sources),
+            "path": str(self.path),
+        }
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _display_path(path: Path) -> str:
+    """The path as a user would type it: relative to the working directory if inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return str(path)
+
+
+def _toml_type(value: object) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "table"
+    return "date/time"
+
+
+def _describe(value: object) -> str:
+    """``string '4'``, ``boolean true``, ``table``: what a user wrote, shortly."""
+    kind = _toml_type(value)
+    if isinstance(value, dict):
+        return kind
+    if isinstance(value, bool):
+        return f"{kind} {str(value).lower()}"
+    shown = repr(value)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return f"{kind} {shown}"
+
+
+def _fold(word: str) -> str:
+    # Case and the letter O for the digit 0 are the usual slips in names like "q4_O".
+    return word.lower().replace("o", "0")
+
+
+def _closest(word: str, choices: Iterable[str]) -> str | None:
+    """The choice a user most likely meant, or None if nothing is close."""
+    by_fold = {_fold(choice): choice for choice in choices}
+    if _fold(word) in by_fold:
+        return by_fold[_fold(word)]
+    matches = difflib.get_close_matches(_fold(word), list(by_fold), n=1, cutoff=0.5)
+    return by_fold[matches[0]] if matches else None
+
+
+def _find_nested_key(doc: Mapping[str, Any], key: str) -> str | None:
+    """Where ``key`` sits one level down (``thermal.sources``), if it does."""
+    for name, value in doc.items():
+        if isinstance(value, dict) and key in value:
+            return f"{name}.{key}"
+        if isinstance(value, list):
+            for index, item in enumerate(value):
+                if isinstance(item, dict) and key in item:
+                    return f"{name}[{index}].{key}"
+    return None
+
+
+class _ProfileReader:
+    """Reads one parsed TOML document into a HardwareProfile, failing on the first problem."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.where = _display_path(path)
+
+    def fail(self, message: str, hint: str | None = None) -> NoReturn:
+        raise ProfileError(f"{self.where}: {message}", hint=hint or _SCHEMA_HINT)
+
+    # -- structure
+
+    def check_keys(self, table: Mapping[str, Any], schema: Mapping[str, bool], prefix: str) -> None:
+        for key in table:
+            if key in schema:
+                continue
+            dotted = f"{prefix}{key}"
+            if prefix and key in _TOP_KEYS:
+                # A top-level key written after a [table] header lands inside that table.
+                self.fail(
+                    f"unknown key '{dotted}': '{key}' is a top-level key",
+                    hint=f"move `{key} = ...` above the first [table] header of the file",
+                )
+            suggestion = _closest(key, schema)
+            where = f"[{prefix.rstrip('.')}]" if prefix else "the top level"
+            valid = ", ".join(schema)
+            if suggestion is not None:
+                self.fail(
+                    f"unknown key '{dotted}' (did you mean '{prefix}{suggestion}'?)",
+                    hint=f"valid keys at {where}: {valid}",
+                )
+            self.fail(f"unknown key '{dotted}'", hint=f"valid keys at {where}: {valid}")
+        for key, required in schema.items():
+            if required and key not in table:
+                misplaced = _find_nested_key(table, key) if not prefix else None
+                if misplaced is not None:
+                    # A top-level key written after a [table] header lands inside that table.
+                    self.fail(
+                        f"unknown key '{misplaced}': '{key}' is a top-level key",
+                        hint=f"move `{key} = ...` above the first [table] header of the file",
+                    )
+                if not prefix and key in _TABLE_KEYS:
+                    self.fail(f"missing required table [{key}]")
+                self.fail(f"missing required key '{prefix}{key}'")
+
+    def table(self, parent: Mapping[str, Any], key: str, prefix: str = "") -> dict[str, Any]:
+        value = parent[key]
+        if not isinstance(value, dict):
+            self.fail(f"{prefix}{key} must be a table ([{key}]), got {_describe(value)}")
+        return value
+
+    # -- scalars
+
+    def string(self, table: Mapping[str, Any], key: str, prefix: str = "") -> str:
+        value = table[key]
+        if not isinstance(value, str):
+            self.fail(f"{prefix}{key} must be a string, got {_describe(value)}")
+        if not value.strip():
+            self.fail(f"{prefix}{key} must not be empty")
+        return value
+
+    def optional_string(self, table: Mapping[str, Any], key: str, prefix: str = "") -> str | None:
+        if key not in table:
+            return None
+        return self.string(table, key, prefix)
+
+    def integer(self, table: Mapping[str, Any], key: str, prefix: str = "", *, minimum: int) -> int:
+        value = table[key]
+        # bool is an int subclass in Python; `cores = true` is still a mistake.
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.fail(f"{prefix}{key} must be an integer, got {_describe(value)}")
+        if value < minimum:
+            self.fail(f"{prefix}{key} must be at least {minimum}, got {value}")
+        return value
+
+    def number(self, table: Mapping[str, Any], key: str, prefix: str = "") -> float:
+        value = table[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            self.fail(f"{prefix}{key} must be a number, got {_describe(value)}")
+        return float(value)
+
+    def choice(
+        self, table: Mapping[str, Any], key: str, choices: tuple[str, ...], prefix: str = ""
+    ) -> str:
+        value = self.string(table, key, prefix)
+        if value not in choices:
+            self._unknown_choice(f"{prefix}{key}", value, choices)
+        return value
+
+    def _unknown_choice(self, field_name: str, value: str, choices: tuple[str, ...]) -> NoReturn:
+        suggestion = _closest(value, choices)
+        known = ", ".join(choices)
+        if suggestion is not None:
+            self.fail(
+                f"{field_name} has unknown value '{value}' (did you mean '{suggestion}'?)",
+                hint=f"one of: {known}",
+            )
+        self.fail(f"{field_name} has unknown value '{value}'", hint=f"one of: {known}")
+
+    def string_list(
+        self, table: Mapping[str, Any], key: str, prefix: str = "", *, allow_empty: bool
+    ) -> tuple[str, ...]:
+        value = table[key]
+        name = f"{prefix}{key}"
+        if not isinstance(value, list):
+            self.fail(f"{name} must be an array of strings, got {_describe(value)}")
+        if not value and not allow_empty:
+            self.fail(f"{name} must not be empty")
+        seen: set[str] = set()
+        for index, item in enumerate(value):
+            if not isinstance(item, str):
+                self.fail(f"{name}[{index}] must be a string, got {_describe(item)}")
+            if not item.strip():
+                self.fail(f"{name}[{index}] must not be empty")
+            if item in seen:
+                self.fail(f"{name} lists '{item}' twice")
+            seen.add(item)
+        return tuple(value)
+
+    # -- sections
+
+    def cpu(self, doc: Mapping[str, Any]) -> CpuSpec:
+        cpu = self.table(doc, "cpu")
+        self.check_keys(cpu, _CPU_KEYS, "cpu.")
+        model = self.string(cpu, "model", "cpu.")
+        cores = self.integer(cpu, "cores", "cpu.", minimum=1)
+        big = self.integer(cpu, "big_cores", "cpu.", minimum=0)
+        little = self.integer(cpu, "little_cores", "cpu.", minimum=0)
+        if big + little != cores:
+            self.fail(
+                f"cpu.big_cores + cpu.little_cores must equal cpu.cores "
+                f"({big} + {little} != {cores})",
+                hint="count every core once: performance cores in big_cores, "
+                "efficiency cores in little_cores",
+            )
+        max_mhz = self.integer(cpu, "max_mhz", "cpu.", minimum=1)
+        features = self.string_list(cpu, "features", "cpu.", allow_empty=False)
+        for index, feature in enumerate(features):
+            if feature != feature.lower():
+                self.fail(
+                    f"cpu.features[{index}] must be lower case as in /proc/cpuinfo, "
+                    f"got '{feature}'",
+                    hint=f"write '{feature.lower()}'",
+                )
+            if not _FEATURE_RE.match(feature):
+                self.fail(
+                    f"cpu.features[{index}] must be one /proc/cpuinfo feature name "
+                    f"(letters, digits, '_'), got '{feature}'",
+                    hint="list each feature as its own string",
+                )
+        return CpuSpec(
+            model=model,
+            cores=cores,
+            big_cores=big,
+            little_cores=little,
+            max_mhz=max_mhz,
+            features=features,
+        )
+
+    def memory(self, doc: Mapping[str, Any], ram_mb: int) -> tuple[int, float]:
+        memory = self.table(doc, "memory")
+        self.check_keys(memory, _MEMORY_KEYS, "memory.")
+        reserved = self.integer(memory, "reserved_mb", "memory.", minimum=0)
+        if reserved >= ram_mb:
+            self.fail(
+                f"memory.reserved_mb ({reserved}) must be less than ram_mb ({ram_mb})",
+                hint="reserved_mb is what the OS and services keep; the rest is for models",
+            )
+        fraction = self.number(memory, "budget_fraction", "memory.")
+        if not 0.0 < fraction <= 1.0:
+            self.fail(f"memory.budget_fraction must be in (0, 1], got {fraction}")
+        return reserved, fraction
+
+    def runtime(
+        self, doc: Mapping[str, Any], cores: int
+    ) -> tuple[tuple[str, ...], tuple[str, ...], int]:
+        runtime = self.table(doc, "runtime")
+        self.check_keys(runtime, _RUNTIME_KEYS, "runtime.")
+        formats = self.string_list(runtime, "preferred_formats", "runtime.", allow_empty=False)
+        for index, fmt in enumerate(formats):
+            if fmt not in FORMATS:
+                self._unknown_choice(f"runtime.preferred_formats[{index}]", fmt, FORMATS)
+        runtimes = self.string_list(runtime, "preferred_runtimes", "runtime.", allow_empty=False)
+        threads = self.integer(runtime, "threads", "runtime.", minimum=1)
+        if threads > cores:
+            self.fail(f"runtime.threads ({threads}) must not exceed cpu.cores ({cores})")
+        return formats, runtimes, threads
+
+    def quantization(
+        self, doc: Mapping[str, Any], formats: tuple[str, ...]
+    ) -> tuple[tuple[str, str], ...]:
+        quant = self.table(doc, "quantization")
+        self.check_keys(quant, _QUANTIZATION_KEYS, "quantization.")
+        pairs = []
+        for fmt in FORMATS:
+            if fmt in quant:
+                pairs.append((fmt, self.choice(quant, fmt, _QUANT_TYPES[fmt], "quantization.")))
+        for fmt in formats:
+            if fmt not in quant:
+                self.fail(
+                    f"missing required key 'quantization.{fmt}' "
+                    f"('{fmt}' is in runtime.preferred_formats)",
+                    hint=f"one of: {', '.join(_QUANT_TYPES[fmt])}",
+                )
+        return tuple(pairs)
+
+    def accelerators(self, doc: Mapping[str, Any]) -> tuple[Accelerator, ...]:
+        if "accelerators" not in doc:
+            return ()
+        value = doc["accelerators"]
+        if not isinstance(value, list):
+            self.fail(
+                f"accelerators must be an array of tables ([[accelerators]]), got {_describe(value)}"
+            )
+        found = []
+        for index, entry in enumerate(value):
+            prefix = f"accelerators[{index}]."
+            if not isinstance(entry, dict):
+                self.fail(f"accelerators[{index}] must be a table, got {_describe(entry)}")
+            self.check_keys(entry, _ACCELERATOR_KEYS, prefix)
+            found.append(
+                Accelerator(
+                    name=self.string(entry, "name", prefix),
+                    kind=self.choice(entry, "kind", ACCELERATOR_KINDS, prefix),
+                    usable_by=self.string_list(entry, "usable_by", prefix, allow_empty=True),
+                    notes=self.optional_string(entry, "notes", prefix) or "",
+                )
+            )
+        return tuple(found)
+
+    def thermal(self, doc: Mapping[str, Any]) -> tuple[float | None, str]:
+        if "thermal" not in doc:
+            return None, ""
+        thermal = self.table(doc, "thermal")
+        self.check_keys(thermal, _THERMAL_KEYS, "thermal.")
+        throttle_c = self.number(thermal, "throttle_c", "thermal.")
+        if not 0.0 < throttle_c < 150.0:
+            self.fail(f"thermal.throttle_c must be a temperature in °C, got {throttle_c}")
+        return throttle_c, self.optional_string(thermal, "notes", "thermal.") or ""
+
+    # -- whole document
+
+    def read(self, doc: Mapping[str, Any]) -> HardwareProfile:
+        self.check_keys(doc, _TOP_KEYS, "")
+        profile_id = self.string(doc, "id")
+        if not _ID_RE.match(profile_id):
+            self.fail(
+                f"id must be kebab-case (lower-case letters, digits and '-'), got '{profile_id}'"
+            )
+        if profile_id != self.path.stem:
+            self.fail(
+                f"id '{profile_id}' must equal the file name '{self.path.stem}'",
+                hint=f'rename the file to {profile_id}.toml or set id = "{self.path.stem}"',
+            )
+        ram_mb = self.integer(doc, "ram_mb", minimum=1)
+        bandwidth = self.number(doc, "memory_bandwidth_gbs")
+        if bandwidth <= 0:
+            self.fail(f"memory_bandwidth_gbs must be positive, got {bandwidth}")
+        cpu = self.cpu(doc)
+        reserved_mb, budget_fraction = self.memory(doc, ram_mb)
+        formats, runtimes, threads = self.runtime(doc, cpu.cores)
+        throttle_c, thermal_notes = self.thermal(doc)
+        return HardwareProfile(
+            id=profile_id,
+            name=self.string(doc, "name"),
+            arch=self.choice(doc, "arch", ARCHES),
+            soc=self.string(doc, "soc"),
+            os_notes=self.string(doc, "os_notes"),
+            ram_mb=ram_mb,
+            memory_bandwidth_gbs=bandwidth,
+            cpu=cpu,
+            reserved_mb=reserved_mb,
+            budget_fraction=budget_fraction,
+            preferred_formats=formats,
+            preferred_runtimes=runtimes,
+            threads=threads,
+            default_quant=self.quantization(doc, formats),
+            accelerators=self.accelerators(doc),
+            throttle_c=throttle_c,
+            thermal_notes=thermal_notes,
+            external_delegate=self.optional_string(doc, "external_delegate"),
+            sources=self.string_list(doc, "sources", allow_empty=False),
+            path=self.path.resolve(),
+        )
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def load_profile_file(path: str | os.PathLike[str]) -> HardwareProfile:
+    """Load and validate one profile file; any problem raises one ProfileError."""
+    path = Path(path)
+    reader = _ProfileReader(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ProfileError(
+            f"{reader.where}: cannot read hardware profile: {exc.strerror or exc}",
+            hint="check the path; `edgeshrink profiles list` shows the known profiles",
+        ) from exc
+    try:
+        doc = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ProfileError(
+            f"{reader.where}: not UTF-8 text (byte {exc.start})",
+            hint="save the profile as UTF-8",
+        ) from exc
+    except tomllib.TOMLDecodeError as exc:
+        # The message carries "(at line N, column M)".
+        raise ProfileError(
+            f"{reader.where}: invalid TOML: {exc}",
+            hint="fix the syntax at that line; strings need quotes, tables need [brackets]",
+        ) from exc
+    return reader.read(doc)
+
+
+def _user_config_profiles_dir() -> Path:
+    import platformdirs  # only needed when profiles are looked up
+
+    return platformdirs.user_config_path("edgeshrink") / "hardware-profiles"
+
+
+def profile_dirs(extra: Iterable[str | os.PathLike[str]] = ()) -> list[Path]:
+    """Directories searched for profiles, highest precedence first.
+
+    ``extra`` directories, then each entry of ``$EDGESHRINK_PROFILES_PATH``
+    (``os.pathsep``-separated), then the user's config directory if it
+    exists, then the built-in profiles.
+    """
+    candidates = [Path(d) for d in extra]
+    env_value = os.environ.get(PROFILES_PATH_ENV, "")
+    candidates += [Path(entry) for entry in env_value.split(os.pathsep) if entry.strip()]
+    user_dir = _user_config_profiles_dir()
+    if user_dir.is_dir():
+        candidates.append(user_dir)
+    candidates.append(BUILTIN_PROFILES_DIR)
+
+    dirs: list[Path] = []
+    seen: set[Path] = set()
+    for directory in candidates:
+        key = directory.expanduser().resolve()
+        if key not in seen:
+            seen.add(key)
+            dirs.append(directory.expanduser())
+    return dirs
+
+
+def _searchable_dirs(extra: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """profile_dirs(), refusing a directory the user named that does not exist."""
+    dirs = profile_dirs(extra)
+    for directory in dirs:
+        if directory.is_dir() or directory == BUILTIN_PROFILES_DIR:
+            continue
+        if directory.exists():
+            raise ProfileError(
+                f"{directory}: not a directory of hardware profiles",
+                hint=f"check --profiles-dir and ${PROFILES_PATH_ENV}",
+            )
+        raise ProfileError(
+            f"{directory}: hardware profile directory does not exist",
+            hint=f"create it or fix --profiles-dir / ${PROFILES_PATH_ENV}",
+        )
+    return [d for d in dirs if d.is_dir()]
+
+
+def list_profiles(extra: Iterable[str | os.PathLike[str]] = ()) -> list[HardwareProfile]:
+    """Every profile, sorted by id; a profile in a user directory overrides a built-in one.
+
+    A malformed file raises ProfileError rather than being skipped, so a user
+    never benchmarks against a profile they did not mean.
+    """
+    by_id: dict[str, HardwareProfile] = {}
+    for directory in _searchable_dirs(extra):
+        for path in sorted(directory.glob("*.toml")):
+            profile = load_profile_file(path)
+            by_id.setdefault(profile.id, profile)
+    return [by_id[key] for key in sorted(by_id)]
+
+
+def _looks_like_path(id_or_path: str | os.PathLike[str]) -> bool:
+    if not isinstance(id_or_path, str):
+        return True
+    return id_or_path.endswith(".toml") or "/" in id_or_path or os.sep in id_or_path
+
+
+def get_profile(
+    id_or_path: str | os.PathLike[str], extra: Iterable[str | os.PathLike[str]] = ()
+) -> HardwareProfile:
+    """A profile by id (searched in profile_dirs()) or by the path of a .toml file."""
+    if _looks_like_path(id_or_path):
+        path = Path(id_or_path).expanduser()
+        if not path.is_file():
+            raise ProfileError(
+                f"hardware profile file not found: {path}",
+                hint="give a profile id or the path of an existing .toml file; "
+                "`edgeshrink profiles list` shows all",
+            )
+        return load_profile_file(path)
+
+    profile_id = str(id_or_path)
+    dirs = _searchable_dirs(extra)
+    for directory in dirs:
+        candidate = directory / f"{profile_id}.toml"
+        if candidate.is_file():
+            return load_profile_file(candidate)
+
+    known = sorted({path.stem for directory in dirs for path in directory.glob("*.toml")})
+    suggestions = difflib.get_close_matches(profile_id, known, n=1, cutoff=0.5)
+    if suggestions:
+        hint = f"did you mean '{suggestions[0]}'? `edgeshrink profiles list` shows all"
+    else:
+        hint = "`edgeshrink profiles list` shows all"
+    raise ProfileError(f"unknown hardware profile '{profile_id}'", hint=hint)

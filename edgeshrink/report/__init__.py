@@ -1,0 +1,1 @@
+"""Writers that turn results into something a person reads: text tables (JSON is json.dumps)."""

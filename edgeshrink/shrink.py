@@ -1,0 +1,111 @@
+"""Shrink one model for one device: plan, quantize, write the artifact and its manifest."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeshrink.artifacts import Artifact, load_artifact, now_iso, tool_versions
+from edgeshrink.errors import EdgeshrinkError, ModelFileError
+from edgeshrink.formats import gguf
+from edgeshrink.formats.base import ModelInfo
+from edgeshrink.plan import ShrinkPlan, plan_gguf
+from edgeshrink.profiles import HardwareProfile
+from edgeshrink.util import atomic_path, sha256_file, write_json_atomic
+
+Progress = Callable[[str], None]
+
+_PRECISION_SUFFIX = re.compile(r"[-_.](f32|f16|bf16|fp16|fp32)$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ShrinkResult:
+    plan: ShrinkPlan
+    artifact: Artifact
+    reused: bool
+    seconds: float
+
+
+def default_output_path(src: Path, quant: str) -> Path:
+    """``model-f16.gguf`` -> ``./model-q4_0.gguf``: in the current directory, like
+    most tools that make a new file, so a read-only model folder is never written."""
+    stem = _PRECISION_SUFFIX.sub("", src.stem)
+    return Path.cwd() / f"{stem}-{quant.lower()}.gguf"
+
+
+def _reusable(output: Path, source_sha: str, quant: str) -> Artifact | None:
+    """An artifact already at ``output`` made from the same bytes with the same type."""
+    if not output.exists():
+        return None
+    try:
+        existing = load_artifact(output, verify=True)
+    except EdgeshrinkError:
+        return None
+    if existing.source_sha256 == source_sha and existing.quant == quant:
+        return existing
+    return None
+
+
+def shrink_gguf(
+    src: str | os.PathLike[str],
+    profile: HardwareProfile,
+    *,
+    quant: str | None = None,
+    output: str | os.PathLike[str] | None = None,
+    context: int | None = None,
+    prefer: str = "quality",
+    allow_requantize: bool = False,
+    threads: int | None = None,
+    force: bool = False,
+    progress: Progress | None = None,
+    info: ModelInfo | None = None,
+) -> ShrinkResult:
+    import time
+
+    say = progress or (lambda _msg: None)
+    src = Path(src)
+    info = info or gguf.inspect_gguf(src)
+    plan = plan_gguf(info, profile, quant=quant, context=context, prefer=prefer)
+    out = Path(output) if output else default_output_path(src, plan.quant)
+    if out.resolve() == src.resolve():
+        raise ModelFileError(
+            f"{out}: the output would overwrite the input", hint="choose another -o path"
+        )
+    say(f"hashing {src.name}")
+    source_sha = sha256_file(src)
+    if not force and (existing := _reusable(out, source_sha, plan.quant)):
+        return ShrinkResult(plan=plan, artifact=existing, reused=True, seconds=0.0)
+    say(f"quantizing {src.name} to {plan.quant} with llama.cpp")
+    start = time.perf_counter()
+    with atomic_path(out) as tmp:
+        outcome = gguf.quantize_gguf(
+            src, tmp, plan.quant, threads=threads, allow_requantize=allow_requantize
+        )
+        say(f"verifying {out.name}")
+        artifact = Artifact(
+            path=out,
+            format=gguf.FORMAT,
+            quant=plan.quant,
+            sha256=sha256_file(tmp),
+            size_bytes=tmp.stat().st_size,
+            source_path=str(src.resolve()),
+            source_sha256=source_sha,
+            profile_id=profile.id,
+            tool_versions={**tool_versions(), "llama-cpp-python": outcome.llama_cpp_version},
+            created_at=now_iso(),
+            fallbacks=outcome.fallbacks,
+            tensor_types=tuple(
+                {"type": t.type, "count": t.count, "n_bytes": t.n_bytes}
+                for t in outcome.tensor_types
+            ),
+            notes=(plan.reason,),
+        )
+        # The manifest goes in first: an artifact whose manifest is missing is
+        # never reused, so a crash between the two renames only costs a redo.
+        write_json_atomic(artifact.manifest_path, artifact.to_manifest())
+    return ShrinkResult(
+        plan=plan, artifact=artifact, reused=False, seconds=time.perf_counter() - start
+    )

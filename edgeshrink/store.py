@@ -1,0 +1,212 @@
+"""The results database: SQLite, WAL mode, numbered migrations recorded in a table.
+
+Every benchmark run, ok or not, becomes one row of ``results`` with the figures
+people query on as columns and the agent's whole JSON document beside them, so
+any number can be traced back to exactly what produced it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from edgeshrink.errors import StoreError
+
+# Append only: a step, once released, never changes.  Its number is its position.
+MIGRATIONS: tuple[tuple[str, str], ...] = (
+    (
+        "create results",
+        """
+        CREATE TABLE results (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            created_at TEXT NOT NULL,
+            target TEXT NOT NULL,
+            target_kind TEXT NOT NULL,
+            profile_id TEXT,
+            format TEXT NOT NULL,
+            quant TEXT,
+            model_name TEXT NOT NULL,
+            source_sha256 TEXT,
+            artifact_sha256 TEXT,
+            artifact_size INTEGER,
+            status TEXT NOT NULL,
+            error TEXT,
+            load_s REAL,
+            peak_rss_mb REAL,
+            rss_anon_mb REAL,
+            rss_file_mb REAL,
+            pp_tok_s REAL,
+            pp_tok_s_stddev REAL,
+            tg_tok_s REAL,
+            tg_tok_s_stddev REAL,
+            ttft_ms REAL,
+            threads INTEGER,
+            device_cpu TEXT,
+            device_arch TEXT,
+            runtime TEXT,
+            runtime_version TEXT,
+            document TEXT NOT NULL
+        );
+        CREATE INDEX results_by_time ON results (created_at);
+        CREATE INDEX results_by_artifact ON results (artifact_sha256);
+        """,
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+RESULT_COLUMNS = (
+    "id", "created_at", "target", "target_kind", "profile_id", "format", "quant", "model_name",
+    "source_sha256", "artifact_sha256", "artifact_size", "status", "error", "load_s",
+    "peak_rss_mb", "rss_anon_mb", "rss_file_mb", "pp_tok_s", "pp_tok_s_stddev", "tg_tok_s",
+    "tg_tok_s_stddev", "ttft_ms", "threads", "device_cpu", "device_arch", "runtime",
+    "runtime_version",
+)  # fmt: skip
+
+
+def default_db_path() -> Path:
+    env = os.environ.get("EDGESHRINK_DB")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return platformdirs.user_data_path("edgeshrink") / "results.db"
+
+
+@dataclass(frozen=True)
+class StoredResult:
+    id: int
+    created_at: str
+    target: str
+    target_kind: str
+    profile_id: str | None
+    format: str
+    quant: str | None
+    model_name: str
+    source_sha256: str | None
+    artifact_sha256: str | None
+    artifact_size: int | None
+    status: str
+    error: str | None
+    load_s: float | None
+    peak_rss_mb: float | None
+    rss_anon_mb: float | None
+    rss_file_mb: float | None
+    pp_tok_s: float | None
+    pp_tok_s_stddev: float | None
+    tg_tok_s: float | None
+    tg_tok_s_stddev: float | None
+    ttft_ms: float | None
+    threads: int | None
+    device_cpu: str | None
+    device_arch: str | None
+    runtime: str | None
+    runtime_version: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in RESULT_COLUMNS}
+
+
+class ResultStore:
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self.path = Path(path) if path else default_db_path()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=30.0)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: cannot open the results database: {exc}") from exc
+        except OSError as exc:
+            raise StoreError(f"{self.path}: cannot create the results database: {exc}") from exc
+
+    def __enter__(self) -> ResultStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        try:
+            with self._db:
+                yield self._db
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: {exc}") from exc
+
+    def schema_version(self) -> int:
+        row = self._db.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
+        return int(row[0] or 0)
+
+    def _migrate(self) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+            )
+        current = self.schema_version()
+        if current > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path}: schema version {current} is newer than this edgeshrink knows "
+                f"({SCHEMA_VERSION})",
+                hint="upgrade edgeshrink, or use another --db",
+            )
+        for version, (name, sql) in enumerate(MIGRATIONS, start=1):
+            if version <= current:
+                continue
+            with self._transaction() as db:
+                for statement in filter(str.strip, sql.split(";")):
+                    db.execute(statement)
+                db.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                    (version, name, _now()),
+                )
+
+    def add_result(self, row: dict[str, Any], document: dict[str, Any]) -> int:
+        unknown = set(row) - set(RESULT_COLUMNS)
+        if unknown:
+            raise StoreError(f"unknown result columns: {sorted(unknown)}")
+        values = {"created_at": _now(), **row, "document": json.dumps(document, sort_keys=True)}
+        names = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        with self._transaction() as db:
+            cursor = db.execute(f"INSERT INTO results ({names}) VALUES ({marks})", tuple(values.values()))
+        return int(cursor.lastrowid or 0)
+
+    def list_results(
+        self, *, limit: int = 20, target: str | None = None, status: str | None = None
+    ) -> list[StoredResult]:
+        where, args = [], []
+        if target:
+            where.append("target = ?")
+            args.append(target)
+        if status:
+            where.append("status = ?")
+            args.append(status)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = self._db.execute(
+            f"SELECT {', '.join(RESULT_COLUMNS)} FROM results {clause} ORDER BY id DESC LIMIT ?",
+            (*args, limit),
+        ).fetchall()
+        return [StoredResult(**dict(row)) for row in rows]
+
+    def get_document(self, result_id: int) -> dict[str, Any]:
+        row = self._db.execute("SELECT document FROM results WHERE id = ?", (result_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"no result with id {result_id} in {self.path}", hint="see `edgeshrink results`")
+        return json.loads(row["document"])
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,389 @@
+"""The on-device agent, run as its own process on a real GGUF model with real llama.cpp."""
+
+from __future__ import annotations
+
+import ast
+import glob
+import json
+import os
+import platform
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from edgeshrink.agent import AGENT_PATH, AGENT_VERSION, SCHEMA
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = REPO.parent / "shared" / "models" / "stories260K.gguf"
+SMALL = ["--prompt-tokens", "64", "--gen-tokens", "16", "--reps", "2", "--threads", "1"]
+TOP_KEYS = {
+    "schema",
+    "agent_version",
+    "status",
+    "error",
+    "started_at",
+    "duration_s",
+    "params",
+    "model",
+    "device",
+    "runtime",
+    "load_s",
+    "memory",
+    "llm",
+    "unmeasured",
+    "warnings",
+}
+DEVICE_KEYS = {
+    "hostname",
+    "cpu",
+    "board",
+    "arch",
+    "cores",
+    "cpu_features",
+    "ram_mb",
+    "ram_available_mb",
+    "os",
+    "kernel",
+    "python",
+    "temps_c",
+    "cpu_mhz",
+    "throttled",
+}
+
+
+def one_document(stdout: str) -> dict:
+    """The agent's stdout must be exactly one JSON document and nothing else."""
+    document, end = json.JSONDecoder().raw_decode(stdout.lstrip())
+    assert stdout.lstrip()[end:].strip() == "", f"extra output after the JSON: {stdout[end:]!r}"
+    return document
+
+
+def run_agent(*args: str | Path, timeout: float = 60) -> tuple[int, dict, str]:
+    done = subprocess.run(
+        [sys.executable, str(AGENT_PATH), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return done.returncode, one_document(done.stdout), done.stderr
+
+
+@pytest.fixture(scope="module")
+def real_model() -> Path:
+    pytest.importorskip("llama_cpp")
+    if not MODEL.exists():
+        pytest.skip(f"{MODEL} not present")
+    return MODEL
+
+
+@pytest.fixture(scope="module")
+def mmap_run(real_model: Path) -> tuple[int, dict, str]:
+    return run_agent("bench", "--model", real_model, *SMALL)
+
+
+@pytest.fixture(scope="module")
+def no_mmap_run(real_model: Path) -> tuple[int, dict, str]:
+    return run_agent("bench", "--model", real_model, *SMALL, "--no-mmap")
+
+
+def test_bench_prints_one_ok_document(mmap_run: tuple[int, dict, str], real_model: Path) -> None:
+    code, doc, stderr = mmap_run
+    assert code == 0, stderr
+    assert set(doc) == TOP_KEYS
+    assert doc["schema"] == SCHEMA
+    assert doc["agent_version"] == AGENT_VERSION
+    assert doc["status"] == "ok"
+    assert doc["error"] is None
+    assert doc["started_at"].endswith("Z")
+    assert doc["duration_s"] > 0
+    assert doc["load_s"] > 0
+
+    params = doc["params"]
+    assert params["prompt_tokens"] == 64 and params["gen_tokens"] == 16 and params["reps"] == 2
+    assert params["resolved"]["threads"] == 1
+    assert params["resolved"]["flash_attn"] is True
+    assert params["resolved"]["format"] == "gguf"
+    assert params["resolved"]["n_ctx"] >= 512
+
+    model = doc["model"]
+    assert model["format"] == "gguf"
+    assert model["size_bytes"] == real_model.stat().st_size
+    assert model["n_params"] > 0 and model["n_vocab"] > 0
+    assert "llama" in model["desc"]
+
+    runtime = doc["runtime"]
+    assert runtime["name"] == "llama.cpp" and runtime["binding"] == "llama-cpp-python"
+    assert runtime["version"] and "CPU" in runtime["system_info"]
+
+    llm = doc["llm"]
+    assert (llm["n_prompt"], llm["n_gen"], llm["reps"]) == (64, 16, 2)
+    for metric in ("pp_tok_s", "tg_tok_s", "ttft_ms"):
+        stats = llm[metric]
+        assert len(stats["samples"]) == 2
+        assert all(sample > 0 for sample in stats["samples"])
+        assert stats["mean"] > 0 and stats["stddev"] >= 0
+    assert "rep 2/2" in stderr
+
+
+def test_bench_memory_split_adds_up(mmap_run: tuple[int, dict, str]) -> None:
+    memory = mmap_run[1]["memory"]
+    assert memory["source"] == "proc"
+    for key in ("peak_rss_mb", "rss_anon_mb", "rss_file_mb", "rss_after_load_mb"):
+        assert memory[key] > 0, key
+    assert memory["rss_anon_mb"] + memory["rss_file_mb"] <= memory["peak_rss_mb"] * 1.05
+    assert memory["rss_after_load_mb"] <= memory["peak_rss_mb"]
+
+
+def test_bench_reports_device_facts(mmap_run: tuple[int, dict, str]) -> None:
+    doc = mmap_run[1]
+    device = doc["device"]
+    assert set(device) >= DEVICE_KEYS
+    assert device["arch"] == platform.machine()
+    assert device["cores"] == os.cpu_count()
+    assert device["python"] == platform.python_version()
+    assert device["hostname"] and device["cpu"] and device["os"] and device["kernel"]
+    assert device["ram_mb"] > 0 and 0 < device["ram_available_mb"] <= device["ram_mb"]
+    assert device["cpu_features"] == sorted(device["cpu_features"])
+    assert set(device["temps_c"]) == {"before", "after"}
+    assert set(device["cpu_mhz"]) == {"before", "after"}
+    unmeasured = {item["what"] for item in doc["unmeasured"]}
+    assert all(item["why"] for item in doc["unmeasured"])
+    # A fact is either measured or says why not.
+    if device["temps_c"]["before"] is None:
+        assert "device.temps_c" in unmeasured
+    if device["cpu_mhz"]["before"] is None:
+        assert "device.cpu_mhz" in unmeasured
+
+
+def test_no_mmap_moves_the_weights_from_file_to_anon_memory(
+    mmap_run: tuple[int, dict, str], no_mmap_run: tuple[int, dict, str], real_model: Path
+) -> None:
+    code, doc, stderr = no_mmap_run
+    assert code == 0, stderr
+    assert doc["params"]["no_mmap"] is True
+    model_mb = real_model.stat().st_size / 2**20
+    mapped, read = mmap_run[1]["memory"], doc["memory"]
+    assert mapped["rss_file_mb"] - read["rss_file_mb"] >= 0.5 * model_mb
+    assert read["rss_anon_mb"] - mapped["rss_anon_mb"] >= 0.5 * model_mb
+    share = lambda m: m["rss_file_mb"] / m["peak_rss_mb"]  # noqa: E731
+    assert share(read) < share(mapped)
+
+
+def test_missing_model_is_an_error_document(tmp_path: Path) -> None:
+    code, doc, _ = run_agent("bench", "--model", tmp_path / "absent.gguf")
+    assert code == 1
+    assert set(doc) == TOP_KEYS
+    assert doc["status"] == "error"
+    assert doc["error"]["type"] == "model_missing"
+    assert "absent.gguf" in doc["error"]["message"] and doc["error"]["hint"]
+    assert doc["llm"] is None
+
+
+def test_text_file_named_gguf_is_rejected(tmp_path: Path) -> None:
+    fake = tmp_path / "x.gguf"
+    fake.write_text("not a model at all\n")
+    code, doc, _ = run_agent("bench", "--model", fake)
+    assert code == 1
+    assert doc["status"] == "error"
+    assert doc["error"]["type"] == "model_invalid"
+    assert "GGUF" in doc["error"]["message"]
+
+
+def test_truncated_gguf_is_reported_as_truncated(real_model: Path, tmp_path: Path) -> None:
+    cut = tmp_path / "cut.gguf"
+    data = real_model.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    code, doc, _ = run_agent("bench", "--model", cut)
+    assert code == 1
+    assert doc["status"] == "error"
+    assert doc["error"]["type"] == "model_truncated"
+    assert doc["runtime"]["version"]
+
+
+def test_unsupported_format_says_what_is_supported(tmp_path: Path) -> None:
+    model = tmp_path / "net.onnx"
+    model.write_bytes(b"\x08\x07")
+    code, doc, _ = run_agent("bench", "--model", model)
+    assert code == 1
+    assert doc["error"]["type"] == "unsupported_format"
+    assert "gguf" in doc["error"]["hint"]
+
+
+def test_prompt_and_generation_must_fit_the_context() -> None:
+    code, doc, _ = run_agent(
+        "bench", "--model", MODEL, "--prompt-tokens", "500", "--gen-tokens", "20", "--n-ctx", "512"
+    )
+    assert code == 1
+    assert doc["error"]["type"] == "bad_params"
+    assert "520" in doc["error"]["hint"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["bench", "--model", "m.gguf", "--no-such-option"],
+        ["bench"],
+        ["bench", "--model", "m.gguf", "--reps", "0"],
+        ["bench", "--model", "m.gguf", "--flash-attn", "maybe"],
+        [],
+        ["--help"],
+    ],
+    ids=["unknown-option", "no-model", "zero-reps", "bad-choice", "no-command", "help"],
+)
+def test_bad_arguments_are_an_error_document_with_exit_2(args: list[str]) -> None:
+    code, doc, _ = run_agent(*args)
+    assert code == 2
+    assert doc["schema"] == SCHEMA
+    assert doc["status"] == "error"
+    assert doc["error"]["type"] == "bad_arguments"
+    assert doc["error"]["hint"].startswith("usage:")
+
+
+def test_info_lists_device_and_runtimes() -> None:
+    code, doc, stderr = run_agent("info")
+    assert code == 0, stderr
+    assert doc["schema"] == SCHEMA and doc["status"] == "ok"
+    assert set(doc["device"]) >= DEVICE_KEYS
+    llama = doc["runtimes"]["llama_cpp"]
+    try:
+        import llama_cpp
+    except ImportError:
+        assert llama["available"] is False and llama["why"]
+    else:
+        assert llama["available"] is True
+        assert llama["version"] == llama_cpp.__version__
+        assert "CPU" in llama["system_info"]
+    assert doc["formats"]["gguf"]["runner"] is True
+    assert doc["formats"]["gguf"]["runtime_available"] is llama["available"]
+
+
+def test_sigterm_mid_run_reports_timeout_with_what_was_measured(real_model: Path) -> None:
+    process = subprocess.Popen(
+        [sys.executable, str(AGENT_PATH), "bench", "--model", str(real_model), *SMALL[:4]]
+        + ["--reps", "1000000", "--threads", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    stderr_lines: list[str] = []
+
+    def pump() -> None:
+        for line in process.stderr:
+            lines.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + 30
+    try:
+        while True:
+            line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            stderr_lines.append(line)
+            if re.search(r"rep 3/", line):
+                break
+        process.send_signal(signal.SIGTERM)
+        stdout = process.stdout.read()
+        code = process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    doc = one_document(stdout)
+    assert code == 124
+    assert doc["status"] == "timeout"
+    assert doc["error"]["type"] == "timeout"
+    reps = doc["llm"]["reps"]
+    assert 3 <= reps < 1000000
+    assert len(doc["llm"]["pp_tok_s"]["samples"]) == reps
+    assert doc["memory"]["peak_rss_mb"] > 0
+
+
+def test_deadline_stops_repetitions_but_stays_ok(real_model: Path) -> None:
+    code, doc, stderr = run_agent(
+        "bench", "--model", real_model, *SMALL[:4], "--reps", "1000000", "--deadline-s", "1.5"
+    )
+    assert code == 0, stderr
+    assert doc["status"] == "ok"
+    assert 1 <= doc["llm"]["reps"] < 1000000
+    assert doc["duration_s"] < 5
+    assert any("deadline" in warning for warning in doc["warnings"])
+
+
+def _module_level_imports(tree: ast.Module) -> list[str]:
+    names: list[str] = []
+    pending: list[ast.AST] = list(tree.body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            continue
+        if isinstance(node, ast.Import):
+            names += [alias.name.split(".")[0] for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names.append((node.module or "").split(".")[0])
+        else:
+            pending.extend(ast.iter_child_nodes(node))
+    return names
+
+
+def test_agent_is_python39_and_stdlib_only_at_import() -> None:
+    source = AGENT_PATH.read_text(encoding="utf-8")
+    tree = ast.parse(source, feature_version=(3, 9))
+    imports = _module_level_imports(tree)
+    assert "json" in imports
+    outside = [name for name in imports if name not in sys.stdlib_module_names]
+    assert outside == [], f"non-stdlib imports at module level: {outside}"
+
+
+def test_agent_version_is_read_from_the_file_without_importing_it() -> None:
+    source = AGENT_PATH.read_text(encoding="utf-8")
+    assert f'AGENT_VERSION = "{AGENT_VERSION}"' in source
+    assert f'SCHEMA = "{SCHEMA}"' in source
+    assert re.fullmatch(r"\d+\.\d+\.\d+", AGENT_VERSION)
+    assert "edgeshrink_agent" not in sys.modules
+
+
+def _python39() -> str | None:
+    """A real Python 3.9 interpreter, the oldest the agent supports, if this machine has one."""
+    candidates = [
+        shutil.which("python3.9"),
+        *glob.glob(os.path.expanduser("~/.pyenv/versions/3.9*/bin/python3.9")),
+    ]
+    for candidate in filter(None, candidates):
+        try:
+            probe = subprocess.run(
+                [candidate, "-c", "import sys; print(sys.version_info[:2])"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            )
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if probe.returncode == 0 and probe.stdout.strip() == "(3, 9)":
+            return candidate
+    return None
+
+
+def test_agent_runs_on_python39(tmp_path: Path) -> None:
+    python39 = _python39()
+    if python39 is None:
+        pytest.skip("no Python 3.9 interpreter on this machine")
+    info = subprocess.run(
+        [python39, str(AGENT_PATH), "info"], capture_output=True, text=True, timeout=60
+    )
+    assert info.returncode == 0, info.stderr
+    doc = one_document(info.stdout)
+    assert doc["status"] == "ok" and doc["device"]["python"].startswith("3.9.")
+    missing = subprocess.run(
+        [python39, str(AGENT_PATH), "bench", "--model", str(tmp_path / "absent.gguf")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert missing.returncode == 1
+    assert one_document(missing.stdout)["error"]["type"] == "model_missing"
