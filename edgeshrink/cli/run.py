@@ -144,13 +144,12 @@ def bench(obj: Context, model: Path, target_name: str, profile_id: str | None, n
 def deploy(obj: Context, model: Path, profile_id: str | None, target_name: str, quant: str | None,
            output: Path | None, context: int | None, prefer: str, dry_run: bool, as_json: bool, **kw: Any) -> None:
     """Plan, shrink, push and benchmark MODEL on a target, and store the result."""
+    from edgeshrink.cli.models import inspect_any
     from edgeshrink.deploy import deploy_gguf
     from edgeshrink.errors import ProfileError
     from edgeshrink.plan import plan_gguf
     from edgeshrink.profiles import get_profile
     from edgeshrink.targets import get_target
-
-    from edgeshrink.cli.models import inspect_any
 
     target = get_target(target_name, profile=profile_id)
     if not target.profile:
@@ -195,17 +194,18 @@ def demo(obj: Context, size: str, profile_id: str, target_name: str, as_json: bo
 
     Needs nothing but the install: no download, no model of your own.
     """
+    from edgeshrink.demo import demo_model_path
     from edgeshrink.deploy import deploy_gguf
     from edgeshrink.profiles import get_profile
     from edgeshrink.targets import get_target
-    from edgeshrink.demo import demo_model_path
 
     say = progress_printer(as_json)
     profile = get_profile(profile_id, obj.profiles_dirs)
     target = get_target(target_name, profile=profile.id)
     say(f"making a {size} llama-architecture model (F16, random weights, fixed seed)")
     model = demo_model_path(size)
-    outcome = deploy_gguf(model, profile, target, params_from(kw), db=kw["db"],
+    output = model.with_name(model.name.replace("-f16.gguf", f"-for-{profile.id}.gguf"))
+    outcome = deploy_gguf(model, profile, target, params_from(kw), db=kw["db"], output=output,
                           timeout_s=kw["timeout_s"], progress=say)
     if as_json:
         emit_json({"model": str(model), "plan": outcome.shrink.plan.to_dict(), **bench_json(outcome.bench)})
