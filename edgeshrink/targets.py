@@ -52,6 +52,8 @@ class Target:
     jump: str | None = None
     tags: tuple[str, ...] = ()
     source: str | None = None
+    # Set per command (--accept-new-host-key), never stored in a target file.
+    accept_new_host_key: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -26,6 +26,7 @@ def bench_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--no-mmap", is_flag=True, help="Read the model into memory instead of mmap'ing it."),
         click.option("--timeout", "timeout_s", type=click.FloatRange(1, None), default=900.0, show_default=True, help="Seconds before the agent is stopped."),
         click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None, envvar="EDGESHRINK_DB", help="Results database [default: user data dir; env EDGESHRINK_DB]."),
+        click.option("--accept-new-host-key", is_flag=True, help="Trust and store an SSH host key seen for the first time (like OpenSSH's accept-new)."),
     ]  # fmt: skip
     for option in reversed(options):
         func = option(func)
@@ -40,6 +41,15 @@ def params_from(kw: dict[str, Any]):
         warmup=kw["warmup"], threads=kw["threads"], flash_attn=kw["flash_attn"] == "on",
         n_ctx=kw["n_ctx"], no_mmap=kw["no_mmap"],
     )  # fmt: skip
+
+
+def connect_target(name: str, profile_id: str | None, kw: dict[str, Any]):
+    from dataclasses import replace
+
+    from edgeshrink.targets import get_target
+
+    target = get_target(name, profile=profile_id)
+    return replace(target, accept_new_host_key=bool(kw.get("accept_new_host_key")))
 
 
 def _fmt_stat(stat, unit: str, label: str) -> str:
@@ -114,9 +124,8 @@ def bench(obj: Context, model: Path, target_name: str, profile_id: str | None, n
     """Benchmark MODEL on a target with the on-device agent."""
     from edgeshrink.deploy import bench_model
     from edgeshrink.profiles import get_profile
-    from edgeshrink.targets import get_target
 
-    target = get_target(target_name, profile=profile_id)
+    target = connect_target(target_name, profile_id, kw)
     profile = get_profile(target.profile, obj.profiles_dirs) if target.profile else None
     outcome = bench_model(
         model, target, params_from(kw), profile=profile, db=kw["db"], store_result=not no_store,
@@ -149,9 +158,8 @@ def deploy(obj: Context, model: Path, profile_id: str | None, target_name: str, 
     from edgeshrink.errors import ProfileError
     from edgeshrink.plan import plan_gguf
     from edgeshrink.profiles import get_profile
-    from edgeshrink.targets import get_target
 
-    target = get_target(target_name, profile=profile_id)
+    target = connect_target(target_name, profile_id, kw)
     if not target.profile:
         raise ProfileError(f"target '{target.name}' has no hardware profile and none was given",
                            hint="pass --profile ID (see `edgeshrink profiles list`)")
@@ -197,11 +205,10 @@ def demo(obj: Context, size: str, profile_id: str, target_name: str, as_json: bo
     from edgeshrink.demo import demo_model_path
     from edgeshrink.deploy import deploy_gguf
     from edgeshrink.profiles import get_profile
-    from edgeshrink.targets import get_target
 
     say = progress_printer(as_json)
     profile = get_profile(profile_id, obj.profiles_dirs)
-    target = get_target(target_name, profile=profile.id)
+    target = connect_target(target_name, profile.id, kw)
     say(f"making a {size} llama-architecture model (F16, random weights, fixed seed)")
     model = demo_model_path(size)
     output = model.with_name(model.name.replace("-f16.gguf", f"-for-{profile.id}.gguf"))

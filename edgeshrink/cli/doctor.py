@@ -1,0 +1,5 @@
+"""`doctor`: what a device really is and has (written with the SSH targets issue)."""
+
+from __future__ import annotations
+
+COMMANDS: tuple = ()
