@@ -42,9 +42,7 @@ class Artifact:
         doc = asdict(self)
         doc["schema"] = MANIFEST_SCHEMA
         doc["path"] = self.path.name
-        doc["fallbacks"] = [
-            {"tensor": t, "wanted": w, "used": u} for t, w, u in self.fallbacks
-        ]
+        doc["fallbacks"] = [{"tensor": t, "wanted": w, "used": u} for t, w, u in self.fallbacks]
         doc["tensor_types"] = list(self.tensor_types)
         doc["notes"] = list(self.notes)
         return doc
@@ -82,7 +80,9 @@ def load_artifact(path: str | os.PathLike[str], *, verify: bool = True) -> Artif
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelFileError(f"{manifest}: unreadable manifest: {exc}") from exc
     if doc.get("schema") != MANIFEST_SCHEMA:
-        raise ModelFileError(f"{manifest}: schema {doc.get('schema')!r}, expected {MANIFEST_SCHEMA}")
+        raise ModelFileError(
+            f"{manifest}: schema {doc.get('schema')!r}, expected {MANIFEST_SCHEMA}"
+        )
     artifact = Artifact(
         path=path,
         format=doc["format"],

@@ -57,7 +57,9 @@ class Stat:
     def from_doc(cls, doc: Any) -> Stat | None:
         if not isinstance(doc, dict) or doc.get("mean") is None:
             return None
-        return cls(float(doc["mean"]), float(doc.get("stddev") or 0.0), tuple(doc.get("samples", ())))
+        return cls(
+            float(doc["mean"]), float(doc.get("stddev") or 0.0), tuple(doc.get("samples", ()))
+        )
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,9 @@ def demo_model_path(size: str = "small") -> Path:
     if size not in SIZES:
         from edgeshrink.errors import EdgeshrinkError
 
-        raise EdgeshrinkError(f"unknown demo size '{size}'", hint=f"choose one of: {', '.join(SIZES)}")
+        raise EdgeshrinkError(
+            f"unknown demo size '{size}'", hint=f"choose one of: {', '.join(SIZES)}"
+        )
     folder = platformdirs.user_cache_path("edgeshrink") / "demo"
     path = folder / f"edgeshrink-demo-llama-{size}-f16.gguf"
     if not path.exists():

@@ -75,7 +75,9 @@ def bench_model(
     with open_transport(target) as transport:
         say(f"pushing {model.name} to {target.name} ({target.describe()})")
         pushed = transport.push_artifact(model, sha)
-        say(f"benchmarking on {target.name}: {params.reps} reps of pp{params.prompt_tokens} + tg{params.gen_tokens}")
+        say(
+            f"benchmarking on {target.name}: {params.reps} reps of pp{params.prompt_tokens} + tg{params.gen_tokens}"
+        )
         result, _run = run_agent_bench(transport, pushed.remote, params, timeout_s=timeout_s)
     result_id = None
     db_path = None
@@ -130,7 +132,13 @@ def deploy_gguf(
     progress: Progress | None = None,
 ) -> DeployOutcome:
     shrunk = shrink_gguf(
-        model, profile, quant=quant, output=output, context=context, prefer=prefer, progress=progress
+        model,
+        profile,
+        quant=quant,
+        output=output,
+        context=context,
+        prefer=prefer,
+        progress=progress,
     )
     outcome = bench_model(
         shrunk.artifact.path,

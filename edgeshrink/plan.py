@@ -71,7 +71,9 @@ class ShrinkPlan:
 
 
 def _fast_kernel_note(profile: HardwareProfile) -> str | None:
-    if profile.arch == "aarch64" and (profile.has_feature("i8mm") or profile.has_feature("asimddp")):
+    if profile.arch == "aarch64" and (
+        profile.has_feature("i8mm") or profile.has_feature("asimddp")
+    ):
         return "Q4_0 is repacked at load time for this CPU's dotprod/i8mm kernels"
     if profile.arch == "x86_64" and profile.has_feature("avx2"):
         return "Q4_0 is repacked at load time for this CPU's AVX2 kernels"
@@ -87,7 +89,9 @@ def plan_gguf(
     prefer: str = "quality",
 ) -> ShrinkPlan:
     if info.format != gguf.FORMAT:
-        raise UnsupportedFormatError(f"{info.path}: planning for {info.format} is not supported yet")
+        raise UnsupportedFormatError(
+            f"{info.path}: planning for {info.format} is not supported yet"
+        )
     if prefer not in ("quality", "speed"):
         raise ValueError(f"prefer must be 'quality' or 'speed', not {prefer!r}")
     shape = info.llm
@@ -144,9 +148,13 @@ def plan_gguf(
         )
     else:
         chosen = fitting[0]
-        higher = "the highest-quality type" if chosen is ladder[0] else (
-            f"the highest-quality type that fits ({ladder[ladder.index(chosen) - 1].quant} "
-            "does not)"
+        higher = (
+            "the highest-quality type"
+            if chosen is ladder[0]
+            else (
+                f"the highest-quality type that fits ({ladder[ladder.index(chosen) - 1].quant} "
+                "does not)"
+            )
         )
         reason = f"{chosen.quant}: {higher}; it " + need.format(mb=chosen.estimate.total_mb)
     note = _fast_kernel_note(profile)

@@ -181,7 +181,9 @@ class ResultStore:
         names = ", ".join(values)
         marks = ", ".join("?" for _ in values)
         with self._transaction() as db:
-            cursor = db.execute(f"INSERT INTO results ({names}) VALUES ({marks})", tuple(values.values()))
+            cursor = db.execute(
+                f"INSERT INTO results ({names}) VALUES ({marks})", tuple(values.values())
+            )
         return int(cursor.lastrowid or 0)
 
     def list_results(
@@ -204,7 +206,9 @@ class ResultStore:
     def get_document(self, result_id: int) -> dict[str, Any]:
         row = self._db.execute("SELECT document FROM results WHERE id = ?", (result_id,)).fetchone()
         if row is None:
-            raise StoreError(f"no result with id {result_id} in {self.path}", hint="see `edgeshrink results`")
+            raise StoreError(
+                f"no result with id {result_id} in {self.path}", hint="see `edgeshrink results`"
+            )
         return json.loads(row["document"])
 
 

@@ -86,7 +86,11 @@ def local_target(profile: str | None = None) -> Target:
 
 
 def target_dirs() -> list[Path]:
-    dirs = [Path(p).expanduser() for p in os.environ.get("EDGESHRINK_TARGETS_PATH", "").split(os.pathsep) if p]
+    dirs = [
+        Path(p).expanduser()
+        for p in os.environ.get("EDGESHRINK_TARGETS_PATH", "").split(os.pathsep)
+        if p
+    ]
     import platformdirs
 
     dirs.append(platformdirs.user_config_path("edgeshrink") / "targets")
@@ -115,12 +119,20 @@ def load_target_file(path: str | os.PathLike[str]) -> Target:
             close = difflib.get_close_matches(key, list(_FIELDS), n=1)
             raise TargetError(
                 f"{path}: unknown key '{key}'",
-                hint=f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(_FIELDS)}",
+                hint=f"did you mean '{close[0]}'?"
+                if close
+                else f"known keys: {', '.join(_FIELDS)}",
             )
         expected = _FIELDS[key]
         if isinstance(value, bool) or not isinstance(value, expected):
-            names = expected.__name__ if isinstance(expected, type) else "/".join(t.__name__ for t in expected)
-            raise TargetError(f"{path}: {key} must be {names}, got {type(value).__name__} {value!r}")
+            names = (
+                expected.__name__
+                if isinstance(expected, type)
+                else "/".join(t.__name__ for t in expected)
+            )
+            raise TargetError(
+                f"{path}: {key} must be {names}, got {type(value).__name__} {value!r}"
+            )
     for key in _REQUIRED:
         if key not in doc:
             raise TargetError(f"{path}: missing required key '{key}'")

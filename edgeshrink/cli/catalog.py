@@ -52,10 +52,16 @@ def profiles_show(obj: Context, profile_id: str, as_json: bool) -> None:
         ("name", p.name),
         ("soc", p.soc),
         ("arch", p.arch),
-        ("cpu", f"{p.cpu.model} ({p.cpu.cores} cores: {p.cpu.big_cores} big, {p.cpu.little_cores} little)"),
+        (
+            "cpu",
+            f"{p.cpu.model} ({p.cpu.cores} cores: {p.cpu.big_cores} big, {p.cpu.little_cores} little)",
+        ),
         ("features", " ".join(p.cpu.features)),
         ("ram", f"{p.ram_mb} MB, {p.memory_bandwidth_gbs} GB/s"),
-        ("budget", f"{p.budget_mb} MB = ({p.ram_mb} - {p.reserved_mb} reserved) x {p.budget_fraction}"),
+        (
+            "budget",
+            f"{p.budget_mb} MB = ({p.ram_mb} - {p.reserved_mb} reserved) x {p.budget_fraction}",
+        ),
         ("threads", p.threads),
         ("formats", ", ".join(p.preferred_formats)),
         ("runtimes", ", ".join(p.preferred_runtimes)),

@@ -11,10 +11,33 @@ from edgeshrink.report.table import render_pairs, render_table
 from edgeshrink.util import human_bytes, human_count
 
 MODEL = click.argument("model", type=click.Path(path_type=Path))
-PROFILE = click.option("--profile", "-p", "profile_id", required=True, help="Hardware profile ID (see `edgeshrink profiles list`).")
-QUANT = click.option("--quant", "-q", default=None, help="llama.cpp type (Q4_0, Q4_K_M, Q8_0, ...); default: chosen by plan.")
-CTX = click.option("--ctx", "context", type=click.IntRange(16, 1 << 20), default=None, help="Context length to budget memory for [default: min(model, 2048)].")
-PREFER = click.option("--prefer", type=click.Choice(["quality", "speed"]), default="quality", show_default=True, help="quality: best type that fits; speed: the profile's fast-kernel type.")
+PROFILE = click.option(
+    "--profile",
+    "-p",
+    "profile_id",
+    required=True,
+    help="Hardware profile ID (see `edgeshrink profiles list`).",
+)
+QUANT = click.option(
+    "--quant",
+    "-q",
+    default=None,
+    help="llama.cpp type (Q4_0, Q4_K_M, Q8_0, ...); default: chosen by plan.",
+)
+CTX = click.option(
+    "--ctx",
+    "context",
+    type=click.IntRange(16, 1 << 20),
+    default=None,
+    help="Context length to budget memory for [default: min(model, 2048)].",
+)
+PREFER = click.option(
+    "--prefer",
+    type=click.Choice(["quality", "speed"]),
+    default="quality",
+    show_default=True,
+    help="quality: best type that fits; speed: the profile's fast-kernel type.",
+)
 JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
 
@@ -88,7 +111,15 @@ def inspect(model: Path, context: int | None, as_json: bool) -> None:
 @PREFER
 @JSON
 @pass_context
-def plan(obj: Context, model: Path, profile_id: str, quant: str | None, context: int | None, prefer: str, as_json: bool) -> None:
+def plan(
+    obj: Context,
+    model: Path,
+    profile_id: str,
+    quant: str | None,
+    context: int | None,
+    prefer: str,
+    as_json: bool,
+) -> None:
     """Choose the quantization for MODEL on a device, and say why."""
     from edgeshrink.plan import plan_gguf
     from edgeshrink.profiles import get_profile
@@ -107,8 +138,10 @@ def fallback_summary(fallbacks) -> str:
     groups: dict[tuple[str, str], list[str]] = {}
     for tensor, wanted, used in fallbacks:
         groups.setdefault((wanted, used), []).append(tensor)
-    lines = [f"llama.cpp kept {len(fallbacks)} tensor(s) at another type "
-             "(their rows are not a multiple of the type's block size):"]
+    lines = [
+        f"llama.cpp kept {len(fallbacks)} tensor(s) at another type "
+        "(their rows are not a multiple of the type's block size):"
+    ]
     for (wanted, used), names in sorted(groups.items(), key=lambda kv: -len(kv[1])):
         shown = ", ".join(names[:3]) + (f", … ({len(names) - 3} more)" if len(names) > 3 else "")
         lines.append(f"  {wanted} -> {used}: {len(names)} ({shown})")
@@ -116,8 +149,10 @@ def fallback_summary(fallbacks) -> str:
 
 
 def print_plan(chosen) -> None:
-    click.echo(f"plan for {chosen.model.name} on {chosen.profile_id} "
-               f"(budget {chosen.budget_mb} MB, context {chosen.context}, {chosen.threads} threads)")
+    click.echo(
+        f"plan for {chosen.model.name} on {chosen.profile_id} "
+        f"(budget {chosen.budget_mb} MB, context {chosen.context}, {chosen.threads} threads)"
+    )
     rows = []
     for c in chosen.candidates:
         mark = "->" if c.quant == chosen.quant else ""
@@ -125,7 +160,9 @@ def print_plan(chosen) -> None:
             mark, c.quant, human_bytes(c.weights_bytes), f"{c.estimate.total_mb:.0f}",
             "yes" if c.fits else "NO", f"{c.est_tg_tok_s:.1f}" if c.est_tg_tok_s else "-",
         ))  # fmt: skip
-    click.echo(render_table(["", "TYPE", "WEIGHTS", "PEAK MB", "FITS", "TG TOK/S*"], rows, right=(2, 3, 5)))
+    click.echo(
+        render_table(["", "TYPE", "WEIGHTS", "PEAK MB", "FITS", "TG TOK/S*"], rows, right=(2, 3, 5))
+    )
     click.echo("* memory-bound estimate: bandwidth x 0.6 / weight bytes")
     click.echo(f"choice: {chosen.reason}")
 
@@ -134,18 +171,44 @@ def print_plan(chosen) -> None:
 @MODEL
 @PROFILE
 @QUANT
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Output .gguf [default: ./MODEL-QUANT.gguf, e.g. ./model-q4_0.gguf].")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Output .gguf [default: ./MODEL-QUANT.gguf, e.g. ./model-q4_0.gguf].",
+)
 @CTX
 @PREFER
-@click.option("--allow-requantize", is_flag=True, help="Quantize a file that is already quantized (loses more quality).")
-@click.option("--threads", type=click.IntRange(1, 1024), default=None, help="Quantizer threads [default: all cores].")
+@click.option(
+    "--allow-requantize",
+    is_flag=True,
+    help="Quantize a file that is already quantized (loses more quality).",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 1024),
+    default=None,
+    help="Quantizer threads [default: all cores].",
+)
 @click.option("--force", is_flag=True, help="Quantize again even if an identical artifact exists.")
 @click.option("--dry-run", is_flag=True, help="Show the plan and the output path; write nothing.")
 @JSON
 @pass_context
-def shrink(obj: Context, model: Path, profile_id: str, quant: str | None, output: Path | None,
-           context: int | None, prefer: str, allow_requantize: bool, threads: int | None,
-           force: bool, dry_run: bool, as_json: bool) -> None:
+def shrink(
+    obj: Context,
+    model: Path,
+    profile_id: str,
+    quant: str | None,
+    output: Path | None,
+    context: int | None,
+    prefer: str,
+    allow_requantize: bool,
+    threads: int | None,
+    force: bool,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
     """Quantize MODEL for a device with llama.cpp's own quantizer."""
     from edgeshrink.plan import plan_gguf
     from edgeshrink.profiles import get_profile
@@ -169,8 +232,14 @@ def shrink(obj: Context, model: Path, profile_id: str, quant: str | None, output
     )  # fmt: skip
     art = result.artifact
     if as_json:
-        emit_json({"reused": result.reused, "seconds": result.seconds, "plan": result.plan.to_dict(),
-                   "artifact": art.to_manifest() | {"path": str(art.path)}})
+        emit_json(
+            {
+                "reused": result.reused,
+                "seconds": result.seconds,
+                "plan": result.plan.to_dict(),
+                "artifact": art.to_manifest() | {"path": str(art.path)},
+            }
+        )
         return
     click.echo(f"{'reused' if result.reused else 'wrote'} {art.path}")
     click.echo(render_pairs([

@@ -9,17 +9,42 @@ import click
 from edgeshrink.cli.main import emit_json
 from edgeshrink.report.table import render_table
 
-DB = click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None, envvar="EDGESHRINK_DB", help="Results database [default: user data dir; env EDGESHRINK_DB].")
+DB = click.option(
+    "--db",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    envvar="EDGESHRINK_DB",
+    help="Results database [default: user data dir; env EDGESHRINK_DB].",
+)
 
 
 @click.group(invoke_without_command=True)
-@click.option("--limit", "-n", type=click.IntRange(1, 100000), default=20, show_default=True, help="How many, newest first.")
+@click.option(
+    "--limit",
+    "-n",
+    type=click.IntRange(1, 100000),
+    default=20,
+    show_default=True,
+    help="How many, newest first.",
+)
 @click.option("--target", "-t", default=None, help="Only this target.")
-@click.option("--status", type=click.Choice(["ok", "error", "timeout", "oom"]), default=None, help="Only this status.")
+@click.option(
+    "--status",
+    type=click.Choice(["ok", "error", "timeout", "oom"]),
+    default=None,
+    help="Only this status.",
+)
 @DB
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
-def results(ctx: click.Context, limit: int, target: str | None, status: str | None, db: Path | None, as_json: bool) -> None:
+def results(
+    ctx: click.Context,
+    limit: int,
+    target: str | None,
+    status: str | None,
+    db: Path | None,
+    as_json: bool,
+) -> None:
     """List stored benchmark results, newest first."""
     if ctx.invoked_subcommand is not None:
         return

@@ -87,7 +87,9 @@ def print_bench(outcome) -> None:
     click.echo(render_pairs(pairs))
     unmeasured = r.document.get("unmeasured") or []
     if unmeasured:
-        click.echo("not measured: " + "; ".join(f"{u.get('what')} ({u.get('why')})" for u in unmeasured))
+        click.echo(
+            "not measured: " + "; ".join(f"{u.get('what')} ({u.get('why')})" for u in unmeasured)
+        )
 
 
 def bench_json(outcome) -> dict[str, Any]:
@@ -108,19 +110,42 @@ def _finish(outcome) -> None:
     if not r.ok:
         from edgeshrink.errors import AgentError
 
-        raise AgentError(f"benchmark on {outcome.target.name} ended with status {r.status}: {r.error_message}",
-                         hint=r.error_hint or AgentError.default_hint)
+        raise AgentError(
+            f"benchmark on {outcome.target.name} ended with status {r.status}: {r.error_message}",
+            hint=r.error_hint or AgentError.default_hint,
+        )
 
 
 @click.command()
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--target", "-t", "target_name", default="local", show_default=True, help="Target name (see `edgeshrink targets list`).")
-@click.option("--profile", "-p", "profile_id", default=None, help="Hardware profile ID, for thread count and the record.")
+@click.option(
+    "--target",
+    "-t",
+    "target_name",
+    default="local",
+    show_default=True,
+    help="Target name (see `edgeshrink targets list`).",
+)
+@click.option(
+    "--profile",
+    "-p",
+    "profile_id",
+    default=None,
+    help="Hardware profile ID, for thread count and the record.",
+)
 @bench_options
 @click.option("--no-store", is_flag=True, help="Do not write the result to the database.")
 @JSON
 @pass_context
-def bench(obj: Context, model: Path, target_name: str, profile_id: str | None, no_store: bool, as_json: bool, **kw: Any) -> None:
+def bench(
+    obj: Context,
+    model: Path,
+    target_name: str,
+    profile_id: str | None,
+    no_store: bool,
+    as_json: bool,
+    **kw: Any,
+) -> None:
     """Benchmark MODEL on a target with the on-device agent."""
     from edgeshrink.deploy import bench_model
     from edgeshrink.profiles import get_profile
@@ -140,18 +165,43 @@ def bench(obj: Context, model: Path, target_name: str, profile_id: str | None, n
 
 @click.command()
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--profile", "-p", "profile_id", default=None, help="Hardware profile ID [default: the target's].")
-@click.option("--target", "-t", "target_name", default="local", show_default=True, help="Target name.")
+@click.option(
+    "--profile",
+    "-p",
+    "profile_id",
+    default=None,
+    help="Hardware profile ID [default: the target's].",
+)
+@click.option(
+    "--target", "-t", "target_name", default="local", show_default=True, help="Target name."
+)
 @QUANT
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Artifact path [default: ./MODEL-QUANT.gguf].")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Artifact path [default: ./MODEL-QUANT.gguf].",
+)
 @CTX
 @PREFER
 @bench_options
 @click.option("--dry-run", is_flag=True, help="Show the plan; quantize, push and run nothing.")
 @JSON
 @pass_context
-def deploy(obj: Context, model: Path, profile_id: str | None, target_name: str, quant: str | None,
-           output: Path | None, context: int | None, prefer: str, dry_run: bool, as_json: bool, **kw: Any) -> None:
+def deploy(
+    obj: Context,
+    model: Path,
+    profile_id: str | None,
+    target_name: str,
+    quant: str | None,
+    output: Path | None,
+    context: int | None,
+    prefer: str,
+    dry_run: bool,
+    as_json: bool,
+    **kw: Any,
+) -> None:
     """Plan, shrink, push and benchmark MODEL on a target, and store the result."""
     from edgeshrink.cli.models import inspect_any
     from edgeshrink.deploy import deploy_gguf
@@ -161,8 +211,10 @@ def deploy(obj: Context, model: Path, profile_id: str | None, target_name: str, 
 
     target = connect_target(target_name, profile_id, kw)
     if not target.profile:
-        raise ProfileError(f"target '{target.name}' has no hardware profile and none was given",
-                           hint="pass --profile ID (see `edgeshrink profiles list`)")
+        raise ProfileError(
+            f"target '{target.name}' has no hardware profile and none was given",
+            hint="pass --profile ID (see `edgeshrink profiles list`)",
+        )
     profile = get_profile(target.profile, obj.profiles_dirs)
     if dry_run:
         chosen = plan_gguf(inspect_any(model), profile, quant=quant, context=context, prefer=prefer)
@@ -177,13 +229,21 @@ def deploy(obj: Context, model: Path, profile_id: str | None, target_name: str, 
         prefer=prefer, db=kw["db"], timeout_s=kw["timeout_s"], progress=progress_printer(as_json),
     )  # fmt: skip
     if as_json:
-        emit_json({"plan": outcome.shrink.plan.to_dict(), "artifact": str(outcome.shrink.artifact.path),
-                   "reused_artifact": outcome.shrink.reused, **bench_json(outcome.bench)})
+        emit_json(
+            {
+                "plan": outcome.shrink.plan.to_dict(),
+                "artifact": str(outcome.shrink.artifact.path),
+                "reused_artifact": outcome.shrink.reused,
+                **bench_json(outcome.bench),
+            }
+        )
     else:
         art = outcome.shrink.artifact
         click.echo(f"plan: {outcome.shrink.plan.reason}")
-        click.echo(f"artifact: {art.path} ({art.quant}, {human_bytes(art.size_bytes)}"
-                   f"{', reused' if outcome.shrink.reused else ''})")
+        click.echo(
+            f"artifact: {art.path} ({art.quant}, {human_bytes(art.size_bytes)}"
+            f"{', reused' if outcome.shrink.reused else ''})"
+        )
         if art.fallbacks:
             click.echo(fallback_summary(art.fallbacks))
         print_bench(outcome.bench)
@@ -191,13 +251,29 @@ def deploy(obj: Context, model: Path, profile_id: str | None, target_name: str, 
 
 
 @click.command()
-@click.option("--size", default="small", show_default=True, help="Size of the generated demo model (see scripts/make_test_models.py).")
-@click.option("--profile", "-p", "profile_id", default="raspberry-pi-5-8gb", show_default=True, help="Hardware profile to plan for.")
-@click.option("--target", "-t", "target_name", default="local", show_default=True, help="Target to run on.")
+@click.option(
+    "--size",
+    default="small",
+    show_default=True,
+    help="Size of the generated demo model (see scripts/make_test_models.py).",
+)
+@click.option(
+    "--profile",
+    "-p",
+    "profile_id",
+    default="raspberry-pi-5-8gb",
+    show_default=True,
+    help="Hardware profile to plan for.",
+)
+@click.option(
+    "--target", "-t", "target_name", default="local", show_default=True, help="Target to run on."
+)
 @bench_options
 @JSON
 @pass_context
-def demo(obj: Context, size: str, profile_id: str, target_name: str, as_json: bool, **kw: Any) -> None:
+def demo(
+    obj: Context, size: str, profile_id: str, target_name: str, as_json: bool, **kw: Any
+) -> None:
     """Make a small llama model, deploy it for a device, and show what it costs.
 
     Needs nothing but the install: no download, no model of your own.
@@ -212,17 +288,33 @@ def demo(obj: Context, size: str, profile_id: str, target_name: str, as_json: bo
     say(f"making a {size} llama-architecture model (F16, random weights, fixed seed)")
     model = demo_model_path(size)
     output = model.with_name(model.name.replace("-f16.gguf", f"-for-{profile.id}.gguf"))
-    outcome = deploy_gguf(model, profile, target, params_from(kw), db=kw["db"], output=output,
-                          timeout_s=kw["timeout_s"], progress=say)
+    outcome = deploy_gguf(
+        model,
+        profile,
+        target,
+        params_from(kw),
+        db=kw["db"],
+        output=output,
+        timeout_s=kw["timeout_s"],
+        progress=say,
+    )
     if as_json:
-        emit_json({"model": str(model), "plan": outcome.shrink.plan.to_dict(), **bench_json(outcome.bench)})
+        emit_json(
+            {
+                "model": str(model),
+                "plan": outcome.shrink.plan.to_dict(),
+                **bench_json(outcome.bench),
+            }
+        )
     else:
         click.echo(f"demo model: {model}")
         print_plan(outcome.shrink.plan)
         click.echo("")
         print_bench(outcome.bench)
-        click.echo("\nnext: edgeshrink deploy YOUR-MODEL-f16.gguf --profile ID --target local "
-                   "(edgeshrink profiles list shows the devices)")
+        click.echo(
+            "\nnext: edgeshrink deploy YOUR-MODEL-f16.gguf --profile ID --target local "
+            "(edgeshrink profiles list shows the devices)"
+        )
     _finish(outcome.bench)
 
 

@@ -23,9 +23,11 @@ def detect_format(path: str | os.PathLike[str]) -> str:
         for magic, name in MAGIC.items():
             if head.startswith(magic):
                 return name
-        if path.suffix.lower() in SUFFIXES:
+        claimed = SUFFIXES.get(path.suffix.lower())
+        if claimed:
+            what = "is empty" if not head else f"starts with {head[:4]!r}"
             raise ModelFileError(
-                f"{path}: named {path.suffix} but is not one (starts with {head[:4]!r})",
+                f"{path}: not a {claimed.upper()} file ({what})",
                 hint="the file is damaged or of another kind; copy it again",
             )
     raise UnsupportedFormatError(

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
-def render_table(headers: Sequence[str], rows: Sequence[Sequence[object]], *, right: Sequence[int] = ()) -> str:
+def render_table(
+    headers: Sequence[str], rows: Sequence[Sequence[object]], *, right: Sequence[int] = ()
+) -> str:
     """Columns padded to their widest cell; column indexes in ``right`` align right."""
     cells = [[_cell(v) for v in row] for row in rows]
     widths = [len(h) for h in headers]
@@ -14,7 +16,9 @@ def render_table(headers: Sequence[str], rows: Sequence[Sequence[object]], *, ri
             widths[i] = max(widths[i], len(value))
 
     def line(values: Sequence[str]) -> str:
-        parts = [v.rjust(widths[i]) if i in right else v.ljust(widths[i]) for i, v in enumerate(values)]
+        parts = [
+            v.rjust(widths[i]) if i in right else v.ljust(widths[i]) for i, v in enumerate(values)
+        ]
         return "  ".join(parts).rstrip()
 
     out = [line(list(headers)), line(["-" * w for w in widths])]
@@ -31,5 +35,11 @@ def _cell(value: object) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:,.1f}" if abs(value) >= 100 else f"{value:.3g}" if abs(value) < 1 else f"{value:.2f}"
+        return (
+            f"{value:,.1f}"
+            if abs(value) >= 100
+            else f"{value:.3g}"
+            if abs(value) < 1
+            else f"{value:.2f}"
+        )
     return str(value)

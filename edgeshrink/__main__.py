@@ -1,0 +1,5 @@
+"""`python -m edgeshrink` is the `edgeshrink` command."""
+
+from edgeshrink.cli.main import main
+
+main()
