@@ -90,6 +90,14 @@ def test_help_is_fast_and_imports_no_runtime() -> None:
         (["bench", "{model}", "--target", "nosuchdevice"], "unknown target 'nosuchdevice'"),
         (["plan", "{notmodel}", "--profile", "raspberry-pi-5-8gb"], "not a model format"),
         (["deploy", "{model}", "--target", "local"], "has no hardware profile"),
+        (
+            ["plan", "{model}", "--profile", "raspberry-pi-zero-2w", "--ctx", "1000000"],
+            "does not fit raspberry-pi-zero-2w",
+        ),
+        (
+            ["deploy", "{model}", "--profile", "raspberry-pi-zero-2w", "--ctx", "1000000"],
+            "does not fit raspberry-pi-zero-2w",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_a_hint(

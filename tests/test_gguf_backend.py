@@ -142,3 +142,26 @@ def test_imatrix_types_are_refused_with_a_way_out(tiny_f16: Path, tmp_path: Path
     with pytest.raises(QuantizationError, match="importance matrix") as err:
         gguf.quantize_gguf(tiny_f16, tmp_path / "x.gguf", "IQ2_XS")
     assert "Q2_K" in err.value.hint
+
+
+@needs_llama_cpp
+@pytest.mark.parametrize(
+    "quant",
+    [
+        q.name
+        for q in gguf.QUANT_TYPES.values()
+        if not q.needs_imatrix and gguf.supported_by_llama_cpp(q.name)
+    ],
+)
+def test_every_supported_type_quantizes_and_is_what_it_says(
+    tiny_f16: Path, tmp_path: Path, quant: str
+) -> None:
+    out = tmp_path / f"{quant}.gguf"
+    outcome = gguf.quantize_gguf(
+        tiny_f16, out, quant, threads=2, allow_requantize=quant in gguf.UNQUANTIZED
+    )
+    info = gguf.inspect_gguf(out)
+    assert info.file_type == quant
+    assert info.n_params == gguf.inspect_gguf(tiny_f16).n_params
+    if quant not in gguf.UNQUANTIZED:
+        assert info.is_quantized and outcome.output.stat().st_size < tiny_f16.stat().st_size

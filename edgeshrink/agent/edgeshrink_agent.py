@@ -708,18 +708,6 @@ def collect_device(report: Report) -> dict:
 # --------------------------------------------------------------------------- runtimes
 
 
-def _module_version(module, dist_name: str) -> str | None:
-    version = getattr(module, "__version__", None)
-    if version:
-        return str(version)
-    try:
-        from importlib import metadata
-
-        return metadata.version(dist_name)
-    except Exception:
-        return None
-
-
 RUNTIME_MODULES = (
     ("llama_cpp", "llama-cpp-python"),
     ("onnxruntime", "onnxruntime"),
@@ -729,28 +717,81 @@ RUNTIME_MODULES = (
     ("psutil", "psutil"),
 )
 
-
-def probe_runtimes() -> dict:
-    import importlib
-
-    runtimes = {}
-    for module_name, dist_name in RUNTIME_MODULES:
-        entry = {"available": False, "version": None, "distribution": dist_name}
+# Run in a child interpreter per runtime: a native library built for another
+# CPU can kill the importing process (SIGILL), and `info` must still answer.
+_PROBE_SOURCE = r"""
+import json, sys
+name, dist = sys.argv[1], sys.argv[2]
+out = {"available": False, "version": None}
+try:
+    module = __import__(name)
+except Exception as exc:
+    out["why"] = "%s: %s" % (type(exc).__name__, exc)
+else:
+    out["available"] = True
+    version = getattr(module, "__version__", None)
+    if not version:
         try:
-            module = importlib.import_module(module_name)
-        except Exception as exc:  # ImportError, or OSError from a broken native library
-            entry["why"] = f"{type(exc).__name__}: {exc}"
-        else:
-            entry["available"] = True
-            entry["version"] = _module_version(module, dist_name)
-            if module_name == "llama_cpp":
-                try:
-                    entry["system_info"] = _llama_system_info(module.llama_cpp)
-                except Exception as exc:
-                    entry["system_info"] = None
-                    entry["why"] = f"llama_print_system_info failed: {exc}"
-        runtimes[module_name] = entry
-    return runtimes
+            from importlib import metadata
+            version = metadata.version(dist)
+        except Exception:
+            version = None
+    out["version"] = None if version is None else str(version)
+    if name == "llama_cpp":
+        try:
+            raw = module.llama_cpp.llama_print_system_info()
+            out["system_info"] = raw.decode("utf-8", "replace").strip()
+        except Exception as exc:
+            out["system_info"] = None
+            out["why"] = "llama_print_system_info failed: %s" % exc
+sys.stdout.write("\n" + json.dumps(out) + "\n")
+"""
+
+
+def _probe_result(module_name: str, dist_name: str, process, timeout_s: float) -> dict:
+    entry = {"available": False, "version": None, "distribution": dist_name}
+    try:
+        stdout, stderr = process.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        entry["why"] = f"importing {module_name} took longer than {timeout_s:.0f} s"
+        return entry
+    lines = stdout.strip().splitlines()
+    if process.returncode == 0 and lines:
+        try:
+            entry.update(json.loads(lines[-1]))
+            return entry
+        except ValueError:
+            pass
+    if process.returncode is not None and process.returncode < 0:
+        try:
+            died = signal.Signals(-process.returncode).name
+        except ValueError:
+            died = f"signal {-process.returncode}"
+        hint = " (native code built for another CPU?)" if died == "SIGILL" else ""
+        entry["why"] = f"importing {module_name} killed the interpreter with {died}{hint}"
+    else:
+        tail = (stderr or "").strip().splitlines()[-1:] or ["no output"]
+        entry["why"] = f"probe exited with {process.returncode}: {tail[0]}"
+    return entry
+
+
+def probe_runtimes(timeout_s: float = 60.0) -> dict:
+    """Which runtimes import on this device, with versions; each probed in a child process."""
+    processes = {}
+    for module_name, dist_name in RUNTIME_MODULES:
+        processes[module_name] = subprocess.Popen(
+            [sys.executable, "-c", _PROBE_SOURCE, module_name, dist_name],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    return {
+        module_name: _probe_result(module_name, dist_name, processes[module_name], timeout_s)
+        for module_name, dist_name in RUNTIME_MODULES
+    }
 
 
 # --------------------------------------------------------------------------- GGUF / llama.cpp
@@ -1091,6 +1132,12 @@ class LlamaBench:
         self.token_size = ctypes.sizeof(lc.llama_token)
         self.one_token = (lc.llama_token * 1)()
         self.one_batch = lc.llama_batch_get_one(self.one_token, 1)
+        try:
+            import numpy  # a llama-cpp-python dependency; argmax in C instead of Python
+
+            self.numpy = numpy
+        except ImportError:
+            self.numpy = None
 
     def _random_tokens(self, count: int, start_with_bos: bool) -> list:
         randrange, n_vocab = self.rng.randrange, self.n_vocab
@@ -1160,8 +1207,9 @@ class LlamaBench:
                 "llama_get_logits_ith(-1) returned NULL",
                 "report this as an agent bug",
             )
-        raw = self.ctypes.string_at(logits, self.n_vocab * 4)
-        values = array.array("f", raw)
+        if self.numpy is not None:
+            return int(self.numpy.ctypeslib.as_array(logits, shape=(self.n_vocab,)).argmax())
+        values = array.array("f", self.ctypes.string_at(logits, self.n_vocab * 4))
         return values.index(max(values))
 
     def decode_one(self, token: int) -> None:
