@@ -387,3 +387,47 @@ def test_agent_runs_on_python39(tmp_path: Path) -> None:
     )
     assert missing.returncode == 1
     assert one_document(missing.stdout)["error"]["type"] == "model_missing"
+
+
+PI5_CPUINFO = (
+    "".join(
+        f"processor\t: {n}\nBogoMIPS\t: 108.00\n"
+        "Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid"
+        " asimdrdm lrcpc dcpop asimddp\n"
+        "CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x4\n"
+        "CPU part\t: 0xd0b\nCPU revision\t: 1\n\n"
+        for n in range(4)
+    )
+    + "Revision\t: d04170\nSerial\t\t: 0123456789abcdef\nModel\t\t: Raspberry Pi 5 Model B Rev 1.0\n"
+)
+
+
+def _agent_module():
+    """The agent loaded as a plain module (its main() only runs as a script)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_edgeshrink_agent_under_test", AGENT_PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_arm_cpuinfo_names_the_cores() -> None:
+    agent = _agent_module()
+    blocks = agent.parse_cpuinfo(PI5_CPUINFO)
+    assert agent.cpu_name_from_cpuinfo(blocks) == "4x Cortex-A76"
+    features = agent.cpu_features_from_cpuinfo(blocks)
+    assert "asimddp" in features and features == sorted(features)
+
+    def core(part: str) -> str:
+        return f"processor\t: 0\nCPU implementer\t: 0x41\nCPU part\t: {part}\n\n"
+
+    phone = core("0xd05") * 4 + core("0xd41") * 3 + core("0xd44")
+    assert (
+        agent.cpu_name_from_cpuinfo(agent.parse_cpuinfo(phone))
+        == "4x Cortex-A55 + 3x Cortex-A78 + 1x Cortex-X1"
+    )
+    old_kernel = "processor\t: 0\nmodel name\t: ARMv7 Processor rev 4 (v7l)\n" + core("0xd03")
+    assert agent.cpu_name_from_cpuinfo(agent.parse_cpuinfo(old_kernel)) == "1x Cortex-A53"
+    unknown = "processor\t: 0\nCPU implementer\t: 0x51\nCPU part\t: 0x805\n\n"
+    assert agent.cpu_name_from_cpuinfo(agent.parse_cpuinfo(unknown)) == "1x Qualcomm part 0x805"

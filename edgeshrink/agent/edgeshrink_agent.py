@@ -461,10 +461,14 @@ class MemorySampler:
 
 
 def _cpuinfo_fields() -> list:
-    """/proc/cpuinfo as a list of per-block dicts (one per CPU, plus trailers)."""
+    return parse_cpuinfo(_read_text("/proc/cpuinfo"))
+
+
+def parse_cpuinfo(text: str) -> list:
+    """/proc/cpuinfo text as a list of per-block dicts (one per CPU, plus trailers)."""
     blocks = []
     current = {}  # type: dict
-    for line in _read_text("/proc/cpuinfo").splitlines():
+    for line in text.splitlines():
         if not line.strip():
             if current:
                 blocks.append(current)
@@ -478,12 +482,12 @@ def _cpuinfo_fields() -> list:
     return blocks
 
 
-def _cpu_name_from_blocks(blocks: list) -> str | None:
-    for block in blocks:
-        for key in ("model name", "Model Name", "cpu model", "Processor"):
-            value = block.get(key)
-            if value and not value.isdigit():
-                return value
+def cpu_name_from_cpuinfo(blocks: list) -> str | None:
+    """The CPU's name; on ARM the cores by "CPU part" (e.g. "4x Cortex-A55 + 4x Cortex-A76").
+
+    ARM kernels give no "model name", or a useless one ("ARMv7 Processor rev 3"),
+    so the part ids win over it when present.
+    """
     counts = collections.OrderedDict()  # type: collections.OrderedDict
     for block in blocks:
         part = block.get("CPU part")
@@ -500,12 +504,17 @@ def _cpu_name_from_blocks(blocks: list) -> str | None:
     if counts:
         return " + ".join(f"{n}x {name}" for name, n in counts.items())
     for block in blocks:
+        for key in ("model name", "Model Name", "cpu model", "Processor"):
+            value = block.get(key)
+            if value and not value.isdigit():
+                return value
+    for block in blocks:
         if block.get("Hardware"):
             return block["Hardware"]
     return None
 
 
-def _cpu_features_from_blocks(blocks: list) -> list | None:
+def cpu_features_from_cpuinfo(blocks: list) -> list | None:
     for block in blocks:
         for key in ("Features", "flags"):
             if block.get(key):
@@ -671,10 +680,10 @@ def collect_device(report: Report) -> dict:
     except Exception as exc:
         blocks = []
         report.not_measured("device.cpu_features", f"/proc/cpuinfo unreadable: {exc}")
-    device["cpu"] = _cpu_name_from_blocks(blocks) or platform.processor() or None
+    device["cpu"] = cpu_name_from_cpuinfo(blocks) or platform.processor() or None
     if device["cpu"] is None:
         report.not_measured("device.cpu", "no model name or CPU part in /proc/cpuinfo")
-    features = _cpu_features_from_blocks(blocks)
+    features = cpu_features_from_cpuinfo(blocks)
     if features is None:
         report.not_measured("device.cpu_features", "no Features/flags line in /proc/cpuinfo")
     else:
