@@ -28,22 +28,32 @@ class BenchParams:
     n_ctx: int | None = None
     no_mmap: bool = False
     seed: int = 1234
+    # Models that are not LLMs: at least ``runs`` timed runs and at least
+    # ``min_seconds`` of them (TFLite benchmark_model's rule), on ``inputs``
+    # (an .npz on the host) or on random inputs of the declared shapes.
+    runs: int = 50
+    min_seconds: float = 1.0
+    inputs: Path | None = None
 
-    def agent_args(self) -> list[str]:
-        args = [
-            "--prompt-tokens", str(self.prompt_tokens),
-            "--gen-tokens", str(self.gen_tokens),
-            "--reps", str(self.reps),
-            "--warmup", str(self.warmup),
-            "--flash-attn", "on" if self.flash_attn else "off",
-            "--seed", str(self.seed),
-        ]  # fmt: skip
+    def agent_args(self, model_format: str = "gguf", remote_inputs: str | None = None) -> list[str]:
+        args = ["--format", model_format, "--warmup", str(self.warmup), "--seed", str(self.seed)]
         if self.threads:
             args += ["--threads", str(self.threads)]
-        if self.n_ctx:
-            args += ["--n-ctx", str(self.n_ctx)]
-        if self.no_mmap:
-            args.append("--no-mmap")
+        if model_format == "gguf":
+            args += [
+                "--prompt-tokens", str(self.prompt_tokens),
+                "--gen-tokens", str(self.gen_tokens),
+                "--reps", str(self.reps),
+                "--flash-attn", "on" if self.flash_attn else "off",
+            ]  # fmt: skip
+            if self.n_ctx:
+                args += ["--n-ctx", str(self.n_ctx)]
+            if self.no_mmap:
+                args.append("--no-mmap")
+            return args
+        args += ["--runs", str(self.runs), "--min-seconds", str(self.min_seconds)]
+        if remote_inputs:
+            args += ["--inputs", remote_inputs]
         return args
 
 
@@ -63,6 +73,30 @@ class Stat:
 
 
 @dataclass(frozen=True)
+class Latency:
+    mean: float
+    stddev: float
+    min: float
+    p50: float
+    p90: float
+    p99: float
+    max: float
+    samples: int
+
+    @classmethod
+    def from_doc(cls, doc: Any) -> Latency | None:
+        if not isinstance(doc, dict) or doc.get("mean") is None:
+            return None
+        return cls(
+            **{
+                k: float(doc.get(k) or 0.0)
+                for k in ("mean", "stddev", "min", "p50", "p90", "p99", "max")
+            },
+            samples=int(doc.get("count") or len(doc.get("samples") or ())),
+        )
+
+
+@dataclass(frozen=True)
 class BenchResult:
     """The agent's document (``document``) plus the figures everyone reads, typed."""
 
@@ -76,6 +110,8 @@ class BenchResult:
     pp_tok_s: Stat | None
     tg_tok_s: Stat | None
     ttft_ms: Stat | None
+    latency_ms: Latency | None
+    throughput_per_s: float | None
     device_cpu: str | None
     device_arch: str | None
     device_cores: int | None
@@ -112,6 +148,8 @@ class BenchResult:
             pp_tok_s=Stat.from_doc(llm.get("pp_tok_s")),
             tg_tok_s=Stat.from_doc(llm.get("tg_tok_s")),
             ttft_ms=Stat.from_doc(llm.get("ttft_ms")),
+            latency_ms=Latency.from_doc(doc.get("latency_ms")),
+            throughput_per_s=doc.get("throughput_per_s"),
             device_cpu=device.get("cpu"),
             device_arch=device.get("arch"),
             device_cores=device.get("cores"),
@@ -192,12 +230,18 @@ def run_agent_bench(
     remote_model: str,
     params: BenchParams,
     *,
+    model_format: str = "gguf",
+    remote_inputs: str | None = None,
     timeout_s: float = 900.0,
 ) -> tuple[BenchResult, CommandResult]:
     agent = install_agent(transport)
-    argv = [transport.target.python, agent, "bench", "--model", remote_model, *params.agent_args()]
+    argv = [
+        transport.target.python, agent, "bench", "--model", remote_model,
+        *params.agent_args(model_format, remote_inputs),
+    ]  # fmt: skip
     run = transport.run(argv, timeout_s=timeout_s)
-    return interpret_agent_output(run, asdict(params)), run
+    asked = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(params).items()}
+    return interpret_agent_output(run, asked), run
 
 
 def describe_command(run: CommandResult) -> str:

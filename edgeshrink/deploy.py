@@ -10,9 +10,10 @@ from pathlib import Path
 from edgeshrink.artifacts import Artifact, load_artifact
 from edgeshrink.bench import BenchParams, BenchResult, run_agent_bench
 from edgeshrink.errors import EdgeshrinkError
-from edgeshrink.formats import gguf
+from edgeshrink.formats import detect_and_inspect
+from edgeshrink.plan import ShrinkOptions
 from edgeshrink.profiles import HardwareProfile
-from edgeshrink.shrink import ShrinkResult, shrink_gguf
+from edgeshrink.shrink import ShrinkResult, shrink_model
 from edgeshrink.store import ResultStore
 from edgeshrink.targets import Target
 from edgeshrink.transport import PushResult, open_transport
@@ -63,7 +64,7 @@ def bench_model(
 ) -> BenchOutcome:
     say = progress or (lambda _msg: None)
     model = Path(model)
-    info = gguf.inspect_gguf(model)
+    info = detect_and_inspect(model)
     try:
         artifact: Artifact | None = load_artifact(model, verify=True)
         sha = artifact.sha256
@@ -78,7 +79,18 @@ def bench_model(
         say(
             f"benchmarking on {target.name}: {params.reps} reps of pp{params.prompt_tokens} + tg{params.gen_tokens}"
         )
-        result, _run = run_agent_bench(transport, pushed.remote, params, timeout_s=timeout_s)
+        inputs = None
+        if params.inputs is not None:
+            inputs_path = Path(params.inputs)
+            inputs = transport.push_artifact(inputs_path, sha256_file(inputs_path)).remote
+        result, _run = run_agent_bench(
+            transport,
+            pushed.remote,
+            params,
+            model_format=info.format,
+            remote_inputs=inputs,
+            timeout_s=timeout_s,
+        )
     result_id = None
     db_path = None
     if store_result:
@@ -91,6 +103,9 @@ def bench_model(
                     "profile_id": profile.id if profile else target.profile,
                     "format": info.format,
                     "quant": artifact.quant if artifact else info.file_type,
+                    "latency_ms": result.latency_ms.mean if result.latency_ms else None,
+                    "latency_p90_ms": result.latency_ms.p90 if result.latency_ms else None,
+                    "throughput_per_s": result.throughput_per_s,
                     "model_name": model.name,
                     "source_sha256": artifact.source_sha256 if artifact else None,
                     "artifact_sha256": sha,
@@ -117,28 +132,20 @@ def bench_model(
     return BenchOutcome(target, artifact, model, pushed, result, result_id, db_path)
 
 
-def deploy_gguf(
+def deploy_model(
     model: str | os.PathLike[str],
     profile: HardwareProfile,
     target: Target,
     params: BenchParams,
+    options: ShrinkOptions | None = None,
     *,
-    quant: str | None = None,
     output: str | os.PathLike[str] | None = None,
-    context: int | None = None,
-    prefer: str = "quality",
     db: str | os.PathLike[str] | None = None,
     timeout_s: float = 900.0,
     progress: Progress | None = None,
 ) -> DeployOutcome:
-    shrunk = shrink_gguf(
-        model,
-        profile,
-        quant=quant,
-        output=output,
-        context=context,
-        prefer=prefer,
-        progress=progress,
+    shrunk = shrink_model(
+        model, profile, options or ShrinkOptions(), output=output, progress=progress
     )
     outcome = bench_model(
         shrunk.artifact.path,

@@ -27,6 +27,28 @@ DEFAULT_CONTEXT = 2048
 
 
 @dataclass(frozen=True)
+class ShrinkOptions:
+    """What the user asked of a shrink; each backend reads the fields that apply to it."""
+
+    quant: str | None = None
+    context: int | None = None
+    prefer: str = "quality"  # quality | speed
+    allow_requantize: bool = False
+    threads: int | None = None
+    force: bool = False
+    # ONNX / TFLite: calibration data for static int8 (.npz file or a directory of .npy/.npz)
+    calibration: Path | None = None
+    calibration_method: str = "minmax"  # minmax | entropy | percentile
+    per_channel: bool | None = None  # None: the backend decides
+    allow_random_calibration: bool = False
+    to_format: str | None = None  # convert to another format first (e.g. a SavedModel to tflite)
+
+    def __post_init__(self) -> None:
+        if self.prefer not in ("quality", "speed"):
+            raise ValueError(f"prefer must be 'quality' or 'speed', not {self.prefer!r}")
+
+
+@dataclass(frozen=True)
 class Candidate:
     quant: str
     weights_bytes: int
@@ -47,7 +69,7 @@ class ShrinkPlan:
     profile_id: str
     quant: str
     reason: str
-    context: int
+    context: int | None
     threads: int
     budget_mb: int
     chosen: Candidate
@@ -81,19 +103,12 @@ def _fast_kernel_note(profile: HardwareProfile) -> str | None:
 
 
 def plan_gguf(
-    info: ModelInfo,
-    profile: HardwareProfile,
-    *,
-    quant: str | None = None,
-    context: int | None = None,
-    prefer: str = "quality",
+    info: ModelInfo, profile: HardwareProfile, options: ShrinkOptions | None = None
 ) -> ShrinkPlan:
+    options = options or ShrinkOptions()
+    quant, context, prefer = options.quant, options.context, options.prefer
     if info.format != gguf.FORMAT:
-        raise UnsupportedFormatError(
-            f"{info.path}: planning for {info.format} is not supported yet"
-        )
-    if prefer not in ("quality", "speed"):
-        raise ValueError(f"prefer must be 'quality' or 'speed', not {prefer!r}")
+        raise UnsupportedFormatError(f"{info.path}: is {info.format}, not GGUF")
     shape = info.llm
     if context:
         ctx = context

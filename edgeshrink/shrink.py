@@ -12,7 +12,7 @@ from edgeshrink.artifacts import Artifact, load_artifact, now_iso, tool_versions
 from edgeshrink.errors import EdgeshrinkError, ModelFileError
 from edgeshrink.formats import gguf
 from edgeshrink.formats.base import ModelInfo
-from edgeshrink.plan import ShrinkPlan, plan_gguf
+from edgeshrink.plan import ShrinkOptions, ShrinkPlan, plan_gguf
 from edgeshrink.profiles import HardwareProfile
 from edgeshrink.util import atomic_path, sha256_file, write_json_atomic
 
@@ -29,14 +29,38 @@ class ShrinkResult:
     seconds: float
 
 
-def default_output_path(src: Path, quant: str) -> Path:
+def default_output_path(src: Path, quant: str, suffix: str | None = None) -> Path:
     """``model-f16.gguf`` -> ``./model-q4_0.gguf``: in the current directory, like
     most tools that make a new file, so a read-only model folder is never written."""
-    stem = _PRECISION_SUFFIX.sub("", src.stem)
-    return Path.cwd() / f"{stem}-{quant.lower()}.gguf"
+    stem = _PRECISION_SUFFIX.sub("", src.name if src.is_dir() else src.stem)
+    suffix = suffix or (".gguf" if src.is_dir() else src.suffix)
+    return Path.cwd() / f"{stem}-{quant.lower()}{suffix}"
 
 
-def _reusable(output: Path, source_sha: str, quant: str) -> Artifact | None:
+def plan_model(info: ModelInfo, profile: HardwareProfile, options: ShrinkOptions) -> ShrinkPlan:
+    from edgeshrink.formats import backend
+
+    return backend(info.format).function("plan")(info, profile, options)
+
+
+def shrink_model(
+    src: str | os.PathLike[str],
+    profile: HardwareProfile,
+    options: ShrinkOptions,
+    *,
+    output: str | os.PathLike[str] | None = None,
+    progress: Progress | None = None,
+    info: ModelInfo | None = None,
+) -> ShrinkResult:
+    """Shrink ``src`` with the backend of its format (see edgeshrink.formats)."""
+    from edgeshrink.formats import backend, detect_and_inspect
+
+    info = info or detect_and_inspect(src)
+    shrink = backend(info.format).function("shrink")
+    return shrink(src, profile, options, output=output, progress=progress, info=info)
+
+
+def reusable_artifact(output: Path, source_sha: str, quant: str) -> Artifact | None:
     """An artifact already at ``output`` made from the same bytes with the same type."""
     if not output.exists():
         return None
@@ -52,23 +76,24 @@ def _reusable(output: Path, source_sha: str, quant: str) -> Artifact | None:
 def shrink_gguf(
     src: str | os.PathLike[str],
     profile: HardwareProfile,
+    options: ShrinkOptions | None = None,
     *,
-    quant: str | None = None,
     output: str | os.PathLike[str] | None = None,
-    context: int | None = None,
-    prefer: str = "quality",
-    allow_requantize: bool = False,
-    threads: int | None = None,
-    force: bool = False,
     progress: Progress | None = None,
     info: ModelInfo | None = None,
 ) -> ShrinkResult:
     import time
 
+    options = options or ShrinkOptions()
+    if options.calibration or options.allow_random_calibration:
+        raise EdgeshrinkError(
+            "calibration data applies to ONNX and TFLite static int8, not to GGUF",
+            hint="drop --calibration; llama.cpp's quantizer needs none",
+        )
     say = progress or (lambda _msg: None)
     src = Path(src)
     info = info or gguf.inspect_gguf(src)
-    plan = plan_gguf(info, profile, quant=quant, context=context, prefer=prefer)
+    plan = plan_gguf(info, profile, options)
     out = Path(output) if output else default_output_path(src, plan.quant)
     if out.resolve() == src.resolve():
         raise ModelFileError(
@@ -76,13 +101,13 @@ def shrink_gguf(
         )
     say(f"hashing {src.name}")
     source_sha = sha256_file(src)
-    if not force and (existing := _reusable(out, source_sha, plan.quant)):
+    if not options.force and (existing := reusable_artifact(out, source_sha, plan.quant)):
         return ShrinkResult(plan=plan, artifact=existing, reused=True, seconds=0.0)
     say(f"quantizing {src.name} to {plan.quant} with llama.cpp")
     start = time.perf_counter()
     with atomic_path(out) as tmp:
         outcome = gguf.quantize_gguf(
-            src, tmp, plan.quant, threads=threads, allow_requantize=allow_requantize
+            src, tmp, plan.quant, threads=options.threads, allow_requantize=options.allow_requantize
         )
         say(f"verifying {out.name}")
         artifact = Artifact(

@@ -58,6 +58,14 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         CREATE INDEX results_by_artifact ON results (artifact_sha256);
         """,
     ),
+    (
+        "latency columns for models that are not LLMs",
+        """
+        ALTER TABLE results ADD COLUMN latency_ms REAL;
+        ALTER TABLE results ADD COLUMN latency_p90_ms REAL;
+        ALTER TABLE results ADD COLUMN throughput_per_s REAL;
+        """,
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -66,7 +74,7 @@ RESULT_COLUMNS = (
     "source_sha256", "artifact_sha256", "artifact_size", "status", "error", "load_s",
     "peak_rss_mb", "rss_anon_mb", "rss_file_mb", "pp_tok_s", "pp_tok_s_stddev", "tg_tok_s",
     "tg_tok_s_stddev", "ttft_ms", "threads", "device_cpu", "device_arch", "runtime",
-    "runtime_version",
+    "runtime_version", "latency_ms", "latency_p90_ms", "throughput_per_s",
 )  # fmt: skip
 
 
@@ -108,6 +116,9 @@ class StoredResult:
     device_arch: str | None
     runtime: str | None
     runtime_version: str | None
+    latency_ms: float | None
+    latency_p90_ms: float | None
+    throughput_per_s: float | None
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in RESULT_COLUMNS}

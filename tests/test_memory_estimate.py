@@ -9,6 +9,7 @@ import pytest
 from conftest import needs_llama_cpp, run_cli
 
 from edgeshrink.formats import gguf
+from edgeshrink.plan import ShrinkOptions
 from edgeshrink.profiles import get_profile
 from edgeshrink.shrink import shrink_gguf
 
@@ -21,7 +22,7 @@ def test_estimate_is_within_20_percent_of_the_measured_peak(
 ) -> None:
     out = tmp_path_factory.getbasetemp() / f"small-{quant}.gguf"
     if not out.exists():
-        shrink_gguf(small_f16, get_profile("x86-64-host"), quant=quant, output=out)
+        shrink_gguf(small_f16, get_profile("x86-64-host"), ShrinkOptions(quant=quant), output=out)
     info = gguf.inspect_gguf(out)
     estimate = gguf.estimate_memory(info, sum(t.n_bytes for t in info.tensor_types), ctx)
     result = run_cli("bench", str(out), "--n-ctx", str(ctx), "--reps", "1", "--prompt-tokens", "256",

@@ -12,7 +12,7 @@ from conftest import needs_llama_cpp
 from edgeshrink.artifacts import load_artifact, manifest_path_for
 from edgeshrink.errors import DoesNotFitError, ModelFileError, QuantizationError
 from edgeshrink.formats import gguf
-from edgeshrink.plan import plan_gguf
+from edgeshrink.plan import ShrinkOptions, plan_gguf
 from edgeshrink.profiles import get_profile
 from edgeshrink.shrink import default_output_path, shrink_gguf
 from edgeshrink.util import sha256_file
@@ -47,7 +47,7 @@ def test_plan_picks_the_highest_quality_type_that_fits(small_f16: Path) -> None:
 def test_plan_prefer_speed_takes_the_profile_default(tiny_f16: Path) -> None:
     info = gguf.inspect_gguf(tiny_f16)
     pi5 = get_profile("raspberry-pi-5-8gb")
-    fast = plan_gguf(info, pi5, prefer="speed")
+    fast = plan_gguf(info, pi5, ShrinkOptions(prefer="speed"))
     assert fast.quant == pi5.default_quant_for("gguf")
 
 
@@ -69,15 +69,15 @@ def test_plan_with_an_explicit_type_that_does_not_fit_suggests_one_that_does(
     budget = int((ladder["Q4_0"].estimate.total_mb + ladder["Q8_0"].estimate.total_mb) / 2)
     small = profile_with_budget("raspberry-pi-4-2gb", budget)
     with pytest.raises(DoesNotFitError, match="at Q8_0 does not fit") as err:
-        plan_gguf(info, small, quant="Q8_0")
+        plan_gguf(info, small, ShrinkOptions(quant="Q8_0"))
     assert "--quant" in err.value.hint
 
 
 def test_longer_context_needs_more_memory(tiny_f16: Path) -> None:
     info = gguf.inspect_gguf(tiny_f16)
     pi5 = get_profile("raspberry-pi-5-8gb")
-    short = plan_gguf(info, pi5, context=512)
-    long = plan_gguf(info, pi5, context=32768)
+    short = plan_gguf(info, pi5, ShrinkOptions(context=512))
+    long = plan_gguf(info, pi5, ShrinkOptions(context=32768))
     assert long.chosen.estimate.kv_cache_bytes == 64 * short.chosen.estimate.kv_cache_bytes
 
 
@@ -95,7 +95,9 @@ def test_default_output_goes_to_the_current_directory(
 @needs_llama_cpp
 def test_shrink_writes_a_verified_artifact_and_manifest(tiny_f16: Path, tmp_path: Path) -> None:
     out = tmp_path / "tiny-q4_0.gguf"
-    result = shrink_gguf(tiny_f16, get_profile("raspberry-pi-5-8gb"), quant="Q4_0", output=out)
+    result = shrink_gguf(
+        tiny_f16, get_profile("raspberry-pi-5-8gb"), ShrinkOptions(quant="Q4_0"), output=out
+    )
     assert not result.reused
     art = result.artifact
     assert art.path == out and out.exists()
@@ -114,7 +116,9 @@ def test_shrink_writes_a_verified_artifact_and_manifest(tiny_f16: Path, tmp_path
     )
     assert load_artifact(out).sha256 == art.sha256
 
-    again = shrink_gguf(tiny_f16, get_profile("raspberry-pi-5-8gb"), quant="Q4_0", output=out)
+    again = shrink_gguf(
+        tiny_f16, get_profile("raspberry-pi-5-8gb"), ShrinkOptions(quant="Q4_0"), output=out
+    )
     assert again.reused and again.artifact.sha256 == art.sha256
 
 
@@ -122,13 +126,13 @@ def test_shrink_writes_a_verified_artifact_and_manifest(tiny_f16: Path, tmp_path
 def test_a_changed_artifact_is_not_reused(tiny_f16: Path, tmp_path: Path) -> None:
     out = tmp_path / "tiny-q8_0.gguf"
     pi5 = get_profile("raspberry-pi-5-8gb")
-    first = shrink_gguf(tiny_f16, pi5, quant="Q8_0", output=out)
+    first = shrink_gguf(tiny_f16, pi5, ShrinkOptions(quant="Q8_0"), output=out)
     with open(out, "r+b") as handle:
         handle.seek(-10, 2)
         handle.write(b"corrupted!")
     with pytest.raises(ModelFileError, match="sha256 does not match"):
         load_artifact(out)
-    redone = shrink_gguf(tiny_f16, pi5, quant="Q8_0", output=out)
+    redone = shrink_gguf(tiny_f16, pi5, ShrinkOptions(quant="Q8_0"), output=out)
     assert not redone.reused and redone.artifact.sha256 == first.artifact.sha256
 
 
@@ -136,14 +140,27 @@ def test_a_changed_artifact_is_not_reused(tiny_f16: Path, tmp_path: Path) -> Non
 def test_a_failed_quantization_leaves_no_file(tiny_f16: Path, tmp_path: Path) -> None:
     out = tmp_path / "x.gguf"
     q8 = shrink_gguf(
-        tiny_f16, get_profile("raspberry-pi-5-8gb"), quant="Q8_0", output=tmp_path / "q8.gguf"
+        tiny_f16,
+        get_profile("raspberry-pi-5-8gb"),
+        ShrinkOptions(quant="Q8_0"),
+        output=tmp_path / "q8.gguf",
     )
     before = sorted(p.name for p in tmp_path.iterdir())
     with pytest.raises(QuantizationError, match="already quantized"):
-        shrink_gguf(q8.artifact.path, get_profile("raspberry-pi-5-8gb"), quant="Q4_0", output=out)
+        shrink_gguf(
+            q8.artifact.path,
+            get_profile("raspberry-pi-5-8gb"),
+            ShrinkOptions(quant="Q4_0"),
+            output=out,
+        )
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
 def test_shrink_refuses_to_overwrite_its_input(tiny_f16: Path) -> None:
     with pytest.raises(ModelFileError, match="overwrite the input"):
-        shrink_gguf(tiny_f16, get_profile("raspberry-pi-5-8gb"), quant="Q8_0", output=tiny_f16)
+        shrink_gguf(
+            tiny_f16,
+            get_profile("raspberry-pi-5-8gb"),
+            ShrinkOptions(quant="Q8_0"),
+            output=tiny_f16,
+        )

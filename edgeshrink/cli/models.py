@@ -22,8 +22,34 @@ QUANT = click.option(
     "--quant",
     "-q",
     default=None,
-    help="llama.cpp type (Q4_0, Q4_K_M, Q8_0, ...); default: chosen by plan.",
+    help="Quantization: a llama.cpp type for GGUF (Q4_0, Q4_K_M, Q8_0, ...), "
+    "int8-dynamic/int8-static/fp16 for ONNX; default: chosen by plan.",
 )
+
+
+def format_options(func):
+    """Options that only some formats read (ONNX/TFLite static quantization)."""
+    options = [
+        click.option("--calibration", type=click.Path(exists=True, path_type=Path), default=None,
+                     help="Calibration inputs for static int8 (ONNX/TFLite): an .npz file or a directory of .npy/.npz."),
+        click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]),
+                     default="minmax", show_default=True, help="How static int8 ranges are chosen."),
+        click.option("--per-channel/--per-tensor", default=None,
+                     help="Weight scales per output channel or per tensor [default: the backend's choice]."),
+        click.option("--allow-random-calibration", is_flag=True,
+                     help="Calibrate static int8 on random inputs (recorded as a warning in the manifest)."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def shrink_options(**kw):
+    from edgeshrink.plan import ShrinkOptions
+
+    return ShrinkOptions(**kw)
+
+
 CTX = click.option(
     "--ctx",
     "context",
@@ -121,12 +147,13 @@ def plan(
     as_json: bool,
 ) -> None:
     """Choose the quantization for MODEL on a device, and say why."""
-    from edgeshrink.plan import plan_gguf
+    from edgeshrink.plan import ShrinkOptions
     from edgeshrink.profiles import get_profile
+    from edgeshrink.shrink import plan_model
 
     profile = get_profile(profile_id, obj.profiles_dirs)
     info = inspect_any(model)
-    chosen = plan_gguf(info, profile, quant=quant, context=context, prefer=prefer)
+    chosen = plan_model(info, profile, ShrinkOptions(quant=quant, context=context, prefer=prefer))
     if as_json:
         emit_json(chosen.to_dict())
         return
@@ -192,6 +219,7 @@ def print_plan(chosen) -> None:
     help="Quantizer threads [default: all cores].",
 )
 @click.option("--force", is_flag=True, help="Quantize again even if an identical artifact exists.")
+@format_options
 @click.option("--dry-run", is_flag=True, help="Show the plan and the output path; write nothing.")
 @JSON
 @pass_context
@@ -208,16 +236,18 @@ def shrink(
     force: bool,
     dry_run: bool,
     as_json: bool,
+    **format_kw: object,
 ) -> None:
-    """Quantize MODEL for a device with llama.cpp's own quantizer."""
-    from edgeshrink.plan import plan_gguf
+    """Quantize MODEL for a device (GGUF with llama.cpp's own quantizer)."""
     from edgeshrink.profiles import get_profile
-    from edgeshrink.shrink import default_output_path, shrink_gguf
+    from edgeshrink.shrink import default_output_path, plan_model, shrink_model
 
     profile = get_profile(profile_id, obj.profiles_dirs)
     info = inspect_any(model)
+    options = shrink_options(quant=quant, context=context, prefer=prefer, allow_requantize=allow_requantize,
+                             threads=threads, force=force, **format_kw)  # fmt: skip
     if dry_run:
-        chosen = plan_gguf(info, profile, quant=quant, context=context, prefer=prefer)
+        chosen = plan_model(info, profile, options)
         out = output or default_output_path(model, chosen.quant)
         if as_json:
             emit_json({"dry_run": True, "output": str(out), "plan": chosen.to_dict()})
@@ -225,11 +255,9 @@ def shrink(
         print_plan(chosen)
         click.echo(f"would write: {out} (+ {out.name}.manifest.json)")
         return
-    result = shrink_gguf(
-        model, profile, quant=quant, output=output, context=context, prefer=prefer,
-        allow_requantize=allow_requantize, threads=threads, force=force,
-        progress=progress_printer(as_json), info=info,
-    )  # fmt: skip
+    result = shrink_model(
+        model, profile, options, output=output, progress=progress_printer(as_json), info=info
+    )
     art = result.artifact
     if as_json:
         emit_json(

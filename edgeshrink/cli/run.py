@@ -9,9 +9,19 @@ from typing import Any
 import click
 
 from edgeshrink.cli.main import Context, emit_json, pass_context, progress_printer
-from edgeshrink.cli.models import CTX, JSON, PREFER, QUANT, fallback_summary, print_plan
+from edgeshrink.cli.models import (
+    CTX,
+    JSON,
+    PREFER,
+    QUANT,
+    fallback_summary,
+    format_options,
+    print_plan,
+)
 from edgeshrink.report.table import render_pairs
 from edgeshrink.util import human_bytes
+
+FORMAT_KEYS = ("calibration", "calibration_method", "per_channel", "allow_random_calibration")
 
 
 def bench_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -23,6 +33,9 @@ def bench_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--threads", type=click.IntRange(1, 1024), default=None, help="Threads [default: the profile's, capped at the local cores]."),
         click.option("--flash-attn", type=click.Choice(["on", "off"]), default="on", show_default=True, help="llama.cpp flash attention."),
         click.option("--n-ctx", type=click.IntRange(16, 1 << 20), default=None, help="Context of the benchmark [default: prompt + gen]."),
+        click.option("--runs", type=click.IntRange(1, 1 << 20), default=50, show_default=True, help="Non-LLM models: at least this many timed runs."),
+        click.option("--min-seconds", type=click.FloatRange(0, None), default=1.0, show_default=True, help="Non-LLM models: keep running until this long has passed too."),
+        click.option("--inputs", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="Non-LLM models: an .npz of inputs pushed with the model [default: random from the declared shapes]."),
         click.option("--no-mmap", is_flag=True, help="Read the model into memory instead of mmap'ing it."),
         click.option("--timeout", "timeout_s", type=click.FloatRange(1, None), default=900.0, show_default=True, help="Seconds before the agent is stopped."),
         click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None, envvar="EDGESHRINK_DB", help="Results database [default: user data dir; env EDGESHRINK_DB]."),
@@ -39,7 +52,8 @@ def params_from(kw: dict[str, Any]):
     return BenchParams(
         prompt_tokens=kw["prompt_tokens"], gen_tokens=kw["gen_tokens"], reps=kw["reps"],
         warmup=kw["warmup"], threads=kw["threads"], flash_attn=kw["flash_attn"] == "on",
-        n_ctx=kw["n_ctx"], no_mmap=kw["no_mmap"],
+        n_ctx=kw["n_ctx"], no_mmap=kw["no_mmap"], runs=kw["runs"], min_seconds=kw["min_seconds"],
+        inputs=kw["inputs"],
     )  # fmt: skip
 
 
@@ -186,6 +200,7 @@ def bench(
 @CTX
 @PREFER
 @bench_options
+@format_options
 @click.option("--dry-run", is_flag=True, help="Show the plan; quantize, push and run nothing.")
 @JSON
 @pass_context
@@ -203,11 +218,11 @@ def deploy(
     **kw: Any,
 ) -> None:
     """Plan, shrink, push and benchmark MODEL on a target, and store the result."""
-    from edgeshrink.cli.models import inspect_any
-    from edgeshrink.deploy import deploy_gguf
+    from edgeshrink.cli.models import inspect_any, shrink_options
+    from edgeshrink.deploy import deploy_model
     from edgeshrink.errors import ProfileError
-    from edgeshrink.plan import plan_gguf
     from edgeshrink.profiles import get_profile
+    from edgeshrink.shrink import plan_model
 
     target = connect_target(target_name, profile_id, kw)
     if not target.profile:
@@ -216,17 +231,20 @@ def deploy(
             hint="pass --profile ID (see `edgeshrink profiles list`)",
         )
     profile = get_profile(target.profile, obj.profiles_dirs)
+    options = shrink_options(
+        quant=quant, context=context, prefer=prefer, **{k: kw.pop(k) for k in FORMAT_KEYS}
+    )
     if dry_run:
-        chosen = plan_gguf(inspect_any(model), profile, quant=quant, context=context, prefer=prefer)
+        chosen = plan_model(inspect_any(model), profile, options)
         if as_json:
             emit_json({"dry_run": True, "target": target.to_dict(), "plan": chosen.to_dict()})
         else:
             print_plan(chosen)
             click.echo(f"would push to {target.name} ({target.describe()}) and benchmark there")
         return
-    outcome = deploy_gguf(
-        model, profile, target, params_from(kw), quant=quant, output=output, context=context,
-        prefer=prefer, db=kw["db"], timeout_s=kw["timeout_s"], progress=progress_printer(as_json),
+    outcome = deploy_model(
+        model, profile, target, params_from(kw), options, output=output, db=kw["db"],
+        timeout_s=kw["timeout_s"], progress=progress_printer(as_json),
     )  # fmt: skip
     if as_json:
         emit_json(
@@ -279,7 +297,8 @@ def demo(
     Needs nothing but the install: no download, no model of your own.
     """
     from edgeshrink.demo import demo_model_path
-    from edgeshrink.deploy import deploy_gguf
+    from edgeshrink.deploy import deploy_model
+    from edgeshrink.plan import ShrinkOptions
     from edgeshrink.profiles import get_profile
 
     say = progress_printer(as_json)
@@ -288,11 +307,12 @@ def demo(
     say(f"making a {size} llama-architecture model (F16, random weights, fixed seed)")
     model = demo_model_path(size)
     output = model.with_name(model.name.replace("-f16.gguf", f"-for-{profile.id}.gguf"))
-    outcome = deploy_gguf(
+    outcome = deploy_model(
         model,
         profile,
         target,
         params_from(kw),
+        ShrinkOptions(),
         db=kw["db"],
         output=output,
         timeout_s=kw["timeout_s"],

@@ -1,16 +1,65 @@
-"""Format backends, registered by name; heavy imports happen inside their functions."""
+"""Format backends, described as data and imported only when used.
+
+Each backend names, as "module:function" strings, how to inspect, plan and
+shrink its format, so listing what edgeshrink supports imports nothing heavy:
+
+    inspect(path) -> ModelInfo
+    plan(info, profile, options: ShrinkOptions) -> ShrinkPlan
+    shrink(src, profile, options, *, output, progress, info) -> ShrinkResult
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from edgeshrink.errors import ModelFileError, UnsupportedFormatError
 from edgeshrink.formats.base import ModelInfo
 
-# Suffix -> backend format name.  ONNX and TFLite join with their issues.
-SUFFIXES = {".gguf": "gguf"}
-MAGIC = {b"GGUF": "gguf"}
+
+@dataclass(frozen=True)
+class Backend:
+    format: str
+    suffixes: tuple[str, ...]
+    magic: tuple[tuple[int, bytes], ...]  # (offset, bytes) that identify the format
+    inspect: str
+    plan: str
+    shrink: str
+    runtime: str  # what runs it on the device, for messages
+
+    def function(self, role: str) -> Callable[..., Any]:
+        module, _, name = getattr(self, role).partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+BACKENDS: dict[str, Backend] = {
+    "gguf": Backend(
+        format="gguf",
+        suffixes=(".gguf",),
+        magic=((0, b"GGUF"),),
+        inspect="edgeshrink.formats.gguf:inspect_gguf",
+        plan="edgeshrink.plan:plan_gguf",
+        shrink="edgeshrink.shrink:shrink_gguf",
+        runtime="llama.cpp (llama-cpp-python)",
+    ),
+}
+
+
+def register(backend: Backend) -> None:
+    BACKENDS[backend.format] = backend
+
+
+def backend(name: str) -> Backend:
+    if name not in BACKENDS:
+        raise UnsupportedFormatError(
+            f"format '{name}' has no backend in this version",
+            hint=f"supported: {', '.join(sorted(BACKENDS))}",
+        )
+    return BACKENDS[name]
 
 
 def detect_format(path: str | os.PathLike[str]) -> str:
@@ -19,27 +68,27 @@ def detect_format(path: str | os.PathLike[str]) -> str:
         raise ModelFileError(f"{path}: no such file or directory", hint="check the path")
     if path.is_file():
         with open(path, "rb") as handle:
-            head = handle.read(8)
-        for magic, name in MAGIC.items():
-            if head.startswith(magic):
-                return name
-        claimed = SUFFIXES.get(path.suffix.lower())
-        if claimed:
-            what = "is empty" if not head else f"starts with {head[:4]!r}"
+            head = handle.read(16)
+        for candidate in BACKENDS.values():
+            if any(
+                head[offset : offset + len(magic)] == magic for offset, magic in candidate.magic
+            ):
+                return candidate.format
+        claimed = next((b for b in BACKENDS.values() if path.suffix.lower() in b.suffixes), None)
+        if claimed is not None:
+            if not claimed.magic:
+                return claimed.format  # no magic to check (ONNX is a bare protobuf)
+            what = "is empty" if not head else f"starts with {head[:8]!r}"
             raise ModelFileError(
-                f"{path}: not a {claimed.upper()} file ({what})",
+                f"{path}: not a {claimed.format.upper()} file ({what})",
                 hint="the file is damaged or of another kind; copy it again",
             )
+    suffixes = sorted(s for b in BACKENDS.values() for s in b.suffixes)
     raise UnsupportedFormatError(
         f"{path}: not a model format edgeshrink reads",
-        hint=f"supported: {', '.join(sorted(SUFFIXES))} files",
+        hint=f"supported: {', '.join(suffixes)} files",
     )
 
 
 def detect_and_inspect(path: str | os.PathLike[str]) -> ModelInfo:
-    name = detect_format(path)
-    if name == "gguf":
-        from edgeshrink.formats import gguf
-
-        return gguf.inspect_gguf(path)
-    raise UnsupportedFormatError(f"{path}: format {name} has no backend")
+    return backend(detect_format(path)).function("inspect")(path)
