@@ -46,6 +46,15 @@ BACKENDS: dict[str, Backend] = {
         shrink="edgeshrink.shrink:shrink_gguf",
         runtime="llama.cpp (llama-cpp-python)",
     ),
+    "onnx": Backend(
+        format="onnx",
+        suffixes=(".onnx",),
+        magic=(),  # a bare protobuf: recognised by its suffix, validated by onnx on load
+        inspect="edgeshrink.formats.onnx:inspect_onnx",
+        plan="edgeshrink.formats.onnx:plan_onnx",
+        shrink="edgeshrink.formats.onnx:shrink_onnx",
+        runtime="onnxruntime",
+    ),
 }
 
 
