@@ -60,11 +60,19 @@ def results(
         click.echo(f"no results in {path} yet; run `edgeshrink demo`")
         return
     click.echo(render_table(
-        ["ID", "WHEN (UTC)", "TARGET", "PROFILE", "MODEL", "QUANT", "STATUS", "PP TOK/S", "TG TOK/S", "TTFT MS", "PEAK MB"],
+        ["ID", "WHEN (UTC)", "TARGET", "PROFILE", "MODEL", "QUANT", "STATUS", "PP TOK/S", "TG TOK/S",
+         "TTFT MS", "LAT P50/P90 MS", "PEAK MB"],
         [(r.id, r.created_at[:19].replace("T", " "), r.target, r.profile_id, r.model_name, r.quant, r.status,
-          r.pp_tok_s, r.tg_tok_s, r.ttft_ms, r.peak_rss_mb) for r in rows],
-        right=(0, 7, 8, 9, 10),
+          r.pp_tok_s, r.tg_tok_s, r.ttft_ms, _latency(r), r.peak_rss_mb) for r in rows],
+        right=(0, 7, 8, 9, 10, 11),
     ))  # fmt: skip
+
+
+def _latency(r) -> str | None:
+    if r.latency_ms is None:
+        return None
+    p90 = f"{r.latency_p90_ms:.3g}" if r.latency_p90_ms is not None else "-"
+    return f"{r.latency_ms:.3g}/{p90}"
 
 
 @results.command("show")

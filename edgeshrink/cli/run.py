@@ -85,15 +85,26 @@ def print_bench(outcome) -> None:
     ]  # fmt: skip
     if r.ok:
         temps = (device.get("temps_c") or {}).get("after") or {}
+        flash = f", flash-attn {params.get('flash_attn')}" if r.pp_tok_s else ""
         pairs += [
-            ("runtime", f"{r.runtime} {r.runtime_version}, {r.threads} threads, flash-attn {params.get('flash_attn')}"),
+            ("runtime", f"{r.runtime} {r.runtime_version}, {r.threads} threads{flash}"),
             ("load", f"{r.load_s:.3f} s" if r.load_s is not None else "-"),
             ("memory", f"peak RSS {r.peak_rss_mb:.1f} MB (anon {r.rss_anon_mb or 0:.1f}, file/mmap {r.rss_file_mb or 0:.1f})" if r.peak_rss_mb else "-"),
-            ("prompt", _fmt_stat(r.pp_tok_s, "tok/s", f"pp{params.get('prompt_tokens')}")),
-            ("generation", _fmt_stat(r.tg_tok_s, "tok/s", f"tg{params.get('gen_tokens')}")),
-            ("first token", _fmt_stat(r.ttft_ms, "ms", "time to first token")),
-            ("temperature", ", ".join(f"{k} {v:.0f}°C" for k, v in temps.items()) or "not readable"),
         ]  # fmt: skip
+        if r.pp_tok_s or r.tg_tok_s:
+            pairs += [
+                ("prompt", _fmt_stat(r.pp_tok_s, "tok/s", f"pp{params.get('prompt_tokens')}")),
+                ("generation", _fmt_stat(r.tg_tok_s, "tok/s", f"tg{params.get('gen_tokens')}")),
+                ("first token", _fmt_stat(r.ttft_ms, "ms", "time to first token")),
+            ]  # fmt: skip
+        if r.latency_ms:
+            lat = r.latency_ms
+            pairs += [
+                ("latency", f"{lat.mean:.3f} ± {lat.stddev:.3f} ms over {lat.samples} runs "
+                            f"(p50 {lat.p50:.3f}, p90 {lat.p90:.3f}, p99 {lat.p99:.3f}, max {lat.max:.3f})"),
+                ("throughput", f"{r.throughput_per_s:,.1f} inferences/s" if r.throughput_per_s else "-"),
+            ]  # fmt: skip
+        pairs.append(("temperature", ", ".join(f"{k} {v:.0f}°C" for k, v in temps.items()) or "not readable"))
     else:
         pairs.append(("error", r.error_message))
     if outcome.result_id is not None:
