@@ -64,6 +64,13 @@ PREFER = click.option(
     show_default=True,
     help="quality: best type that fits; speed: the profile's fast-kernel type.",
 )
+OUTPUT = click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Artifact path [default: ./MODEL-QUANT.EXT in the current directory, e.g. ./model-q4_0.gguf].",
+)
 JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
 
@@ -198,13 +205,7 @@ def print_plan(chosen) -> None:
 @MODEL
 @PROFILE
 @QUANT
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Output .gguf [default: ./MODEL-QUANT.gguf, e.g. ./model-q4_0.gguf].",
-)
+@OUTPUT
 @CTX
 @PREFER
 @click.option(

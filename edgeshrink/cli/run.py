@@ -12,6 +12,7 @@ from edgeshrink.cli.main import Context, emit_json, pass_context, progress_print
 from edgeshrink.cli.models import (
     CTX,
     JSON,
+    OUTPUT,
     PREFER,
     QUANT,
     fallback_summary,
@@ -201,13 +202,7 @@ def bench(
     "--target", "-t", "target_name", default="local", show_default=True, help="Target name."
 )
 @QUANT
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Artifact path [default: ./MODEL-QUANT.gguf].",
-)
+@OUTPUT
 @CTX
 @PREFER
 @bench_options
