@@ -1,0 +1,399 @@
+"""How much a quantized GGUF model lost against its base, the llama-perplexity way.
+
+The method is llama.cpp's ``llama-perplexity --kl-divergence``, so the figures
+can be compared with published tables:
+
+- tokenize the text once (with BOS when the vocabulary asks for it) and cut it
+  into chunks of ``n_ctx`` tokens; each chunk starts with BOS in place of its
+  first token;
+- score only the second half of each chunk (positions ``n_ctx/2`` to
+  ``n_ctx-2`` predict the next token), so every scored token has at least
+  half a context behind it;
+- keep the base model's log-probabilities of those positions (computed once,
+  cached on disk as float16, keyed by the model's sha256, the text's sha256,
+  ``n_ctx`` and the chunk count);
+- for the candidate, report perplexity, its ratio and difference to the base,
+  the mean/median/p99/max KL divergence, "same top token" and RMS Δp, each
+  with llama.cpp's uncertainty formulas.
+
+KL divergence terms where the base log-probability is below -16 are skipped,
+as llama.cpp skips them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from edgeshrink.errors import EdgeshrinkError, ModelFileError, RuntimeMissingError
+from edgeshrink.util import atomic_path, sha256_file
+
+Progress = Callable[[str], None]
+LOG_PROB_FLOOR = -16.0
+CACHE_VERSION = 1
+
+
+class EvalError(EdgeshrinkError, ValueError):
+    """The evaluation cannot be run as asked (text too short, vocabularies differ, ...)."""
+
+    default_hint = "see `edgeshrink eval --help`"
+
+
+@dataclass(frozen=True)
+class Estimate:
+    value: float
+    uncertainty: float
+
+
+@dataclass(frozen=True)
+class LlmQualityReport:
+    base: str
+    candidate: str
+    text_sha256: str
+    n_ctx: int
+    n_chunks: int
+    n_scored: int
+    ppl_base: Estimate
+    ppl: Estimate
+    ppl_ratio: Estimate
+    ppl_diff: Estimate
+    ln_ppl_ratio: Estimate
+    kld_mean: Estimate
+    kld_median: float
+    kld_p99: float
+    kld_max: float
+    same_top: Estimate  # fraction 0..1
+    rms_dp: Estimate  # fraction 0..1
+    seconds: float
+    base_cached: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def default_eval_text() -> str:
+    """A short English text the project wrote itself (edgeshrink/data/eval-en.txt)."""
+    return (Path(__file__).parent / "data" / "eval-en.txt").read_text(encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- llama.cpp
+
+
+_LOG_CALLBACK: Any = None
+_LOG_TAIL: list[str] = []
+
+
+def _quiet_llama_log(llama_cpp: Any) -> None:
+    """Keep llama.cpp's log off the terminal (its last lines explain a failure)."""
+    global _LOG_CALLBACK
+    if _LOG_CALLBACK is not None:
+        return
+
+    @llama_cpp.llama_log_callback
+    def _keep(level: int, text: bytes, _user: Any) -> None:
+        _LOG_TAIL.append(text.decode("utf-8", "replace"))
+        del _LOG_TAIL[:-50]
+
+    _LOG_CALLBACK = _keep  # a reference must outlive the C side's use of it
+    llama_cpp.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
+
+
+class _LlamaScorer:
+    """One model and one context, scoring chunks through llama.cpp's low-level API."""
+
+    def __init__(self, path: Path, n_ctx: int, threads: int) -> None:
+        try:
+            import llama_cpp
+        except ImportError as exc:
+            raise RuntimeMissingError(
+                "llama-cpp-python is not installed on the host; evaluation runs llama.cpp",
+                hint="pip install 'edgeshrink[gguf]'",
+            ) from exc
+        self.ll = llama_cpp
+        _quiet_llama_log(llama_cpp)
+        llama_cpp.llama_backend_init()
+        mparams = llama_cpp.llama_model_default_params()
+        self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
+        if not self.model:
+            reason = "".join(_LOG_TAIL[-3:]).strip().replace("\n", " | ")
+            raise ModelFileError(f"{path}: llama.cpp could not load this model: {reason}")
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = n_ctx
+        cparams.n_batch = n_ctx
+        cparams.n_ubatch = min(n_ctx, 512)
+        cparams.n_threads = threads
+        cparams.n_threads_batch = threads
+        self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
+        if not self.ctx:
+            llama_cpp.llama_model_free(self.model)
+            raise EvalError(f"{path}: llama.cpp could not create a context of {n_ctx} tokens")
+        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
+        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
+        self.n_ctx = n_ctx
+        self.batch = llama_cpp.llama_batch_init(n_ctx, 0, 1)
+
+    def close(self) -> None:
+        self.ll.llama_batch_free(self.batch)
+        self.ll.llama_free(self.ctx)
+        self.ll.llama_model_free(self.model)
+
+    def __enter__(self) -> _LlamaScorer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def tokenize(self, text: str) -> list[int]:
+        data = text.encode("utf-8")
+        capacity = len(data) + 16
+        buf = (self.ll.llama_token * capacity)()
+        n = self.ll.llama_tokenize(self.vocab, data, len(data), buf, capacity, True, False)
+        if n < 0:
+            raise EvalError(f"tokenization needs {-n} tokens, more than expected")
+        return list(buf[:n])
+
+    @property
+    def add_bos(self) -> bool:
+        return bool(self.ll.llama_vocab_get_add_bos(self.vocab))
+
+    @property
+    def bos(self) -> int:
+        return int(self.ll.llama_vocab_bos(self.vocab))
+
+    def chunk_logits(self, tokens: list[int], first: int) -> Any:
+        """Logits (n_ctx - first, n_vocab) of positions first..n_ctx-1 of one chunk."""
+        import numpy as np
+
+        ll = self.ll
+        ll.llama_memory_clear(ll.llama_get_memory(self.ctx), True)
+        batch = self.batch
+        for i, token in enumerate(tokens):
+            batch.token[i] = token
+            batch.pos[i] = i
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = 0
+            batch.logits[i] = 1 if i >= first else 0
+        batch.n_tokens = len(tokens)
+        rc = ll.llama_decode(self.ctx, batch)
+        if rc != 0:
+            raise EvalError(f"llama.cpp failed to decode a chunk (code {rc})")
+        ll.llama_synchronize(self.ctx)
+        n_out = len(tokens) - first
+        pointer = ll.llama_get_logits(self.ctx)
+        array = np.ctypeslib.as_array(
+            ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)), shape=(n_out, self.n_vocab)
+        )
+        return array.copy()
+
+
+def _log_softmax(logits: Any) -> Any:
+    import numpy as np
+
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def _chunks(tokens: list[int], n_ctx: int, max_chunks: int | None) -> int:
+    n_chunks = len(tokens) // n_ctx
+    if max_chunks:
+        n_chunks = min(n_chunks, max_chunks)
+    return n_chunks
+
+
+def _chunk_tokens(tokens: list[int], i: int, n_ctx: int, scorer: _LlamaScorer) -> list[int]:
+    chunk = tokens[i * n_ctx : (i + 1) * n_ctx]
+    if scorer.add_bos:
+        chunk = [scorer.bos, *chunk[1:]]
+    return chunk
+
+
+# --------------------------------------------------------------------------- base log-probs
+
+
+def _cache_dir() -> Path:
+    env = os.environ.get("EDGESHRINK_CACHE")
+    if env:
+        return Path(env).expanduser() / "logprobs"
+    import platformdirs
+
+    return platformdirs.user_cache_path("edgeshrink") / "logprobs"
+
+
+def base_log_probs(
+    base: Path,
+    text: str,
+    n_ctx: int,
+    *,
+    max_chunks: int | None,
+    threads: int,
+    progress: Progress | None = None,
+) -> tuple[Any, Any, bool]:
+    """(tokens, float16 log-probs of every scored position, whether it came from the cache)."""
+    import numpy as np
+
+    say = progress or (lambda _m: None)
+    from edgeshrink.formats.gguf import llama_cpp_version
+
+    key = hashlib.sha256(
+        "|".join(
+            [
+                str(CACHE_VERSION),
+                sha256_file(base),
+                hashlib.sha256(text.encode()).hexdigest(),
+                str(n_ctx),
+                str(max_chunks),
+                llama_cpp_version() or "",
+            ]
+        ).encode()
+    ).hexdigest()[:32]
+    cached = _cache_dir() / f"{key}.npz"
+    if cached.exists():
+        with np.load(cached) as data:
+            return data["tokens"], data["log_probs"], True
+    first = n_ctx // 2
+    with _LlamaScorer(base, n_ctx, threads) as scorer:
+        tokens = scorer.tokenize(text)
+        n_chunks = _chunks(tokens, n_ctx, max_chunks)
+        if len(tokens) < 2 * n_ctx:
+            raise EvalError(
+                f"the text has {len(tokens)} tokens; at n_ctx {n_ctx} it needs at least {2 * n_ctx}",
+                hint="give a longer --text or a smaller --ctx",
+            )
+        rows = []
+        for i in range(n_chunks):
+            say(f"base model: chunk {i + 1}/{n_chunks}")
+            logits = scorer.chunk_logits(_chunk_tokens(tokens, i, n_ctx, scorer), first)
+            rows.append(_log_softmax(logits[:-1].astype(np.float64)).astype(np.float16))
+    log_probs = np.concatenate(rows)
+    tokens_arr = np.asarray(tokens[: n_chunks * n_ctx], dtype=np.int32)
+    with atomic_path(cached) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, tokens=tokens_arr, log_probs=log_probs)
+    return tokens_arr, log_probs, False
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def _mean_unc(total: float, total2: float, count: int) -> tuple[float, float]:
+    """llama.cpp's mean_and_uncertainty."""
+    if count < 1:
+        return 0.0, 0.0
+    mean = float(total) / count
+    var = float(total2) / count - mean * mean
+    return mean, math.sqrt(var / (count - 1)) if var > 0 and count > 10 else 0.0
+
+
+def _percentile(sorted_values: Any, fraction: float) -> float:
+    """llama.cpp's percentile (linear interpolation on sorted values)."""
+    if fraction <= 0:
+        return float(sorted_values[0])
+    if fraction >= 1:
+        return float(sorted_values[-1])
+    p = fraction * (len(sorted_values) - 1)
+    ip = int(p)
+    p -= ip
+    return float(
+        (1 - p) * sorted_values[ip] + p * sorted_values[min(ip + 1, len(sorted_values) - 1)]
+    )
+
+
+def evaluate_llm(
+    base: str | os.PathLike[str],
+    candidate: str | os.PathLike[str],
+    *,
+    text: str | None = None,
+    n_ctx: int = 512,
+    max_chunks: int | None = None,
+    threads: int | None = None,
+    progress: Progress | None = None,
+) -> LlmQualityReport:
+    import numpy as np
+
+    say = progress or (lambda _m: None)
+    base, candidate = Path(base), Path(candidate)
+    text = text if text is not None else default_eval_text()
+    threads = threads or os.cpu_count() or 1
+    start = time.perf_counter()
+    tokens, base_lp, cached = base_log_probs(
+        base, text, n_ctx, max_chunks=max_chunks, threads=threads, progress=say
+    )
+    first = n_ctx // 2
+    per_chunk = n_ctx - 1 - first
+    n_chunks = len(tokens) // n_ctx
+    nll_parts, nll_base_parts, kld_parts, same_parts, dp_parts = [], [], [], [], []
+    with _LlamaScorer(candidate, n_ctx, threads) as scorer:
+        check = scorer.tokenize(text)[: len(tokens)]
+        if list(check) != tokens.tolist():
+            raise EvalError(
+                f"{candidate.name} tokenizes the text differently from {base.name}",
+                hint="compare models that share one vocabulary (a base and its quantizations)",
+            )
+        for i in range(n_chunks):
+            say(f"candidate: chunk {i + 1}/{n_chunks}")
+            chunk = _chunk_tokens(tokens.tolist(), i, n_ctx, scorer)
+            logits = scorer.chunk_logits(chunk, first)[:-1].astype(np.float64)
+            lp = _log_softmax(logits)
+            lp_base = base_lp[i * per_chunk : (i + 1) * per_chunk].astype(np.float64)
+            targets = tokens[i * n_ctx + first + 1 : (i + 1) * n_ctx]
+            rows = np.arange(per_chunk)
+            nll = -lp[rows, targets]
+            nll_base = -lp_base[rows, targets]
+            keep = lp_base > LOG_PROB_FLOOR
+            kld = np.where(keep, np.exp(lp_base) * (lp_base - lp), 0.0).sum(axis=1)
+            nll_parts.append(nll)
+            nll_base_parts.append(nll_base)
+            kld_parts.append(kld)
+            same_parts.append(logits.argmax(axis=1) == lp_base.argmax(axis=1))
+            dp_parts.append(np.exp(-nll) - np.exp(-nll_base))
+    nll = np.concatenate(nll_parts)
+    nll_base = np.concatenate(nll_base_parts)
+    kld = np.concatenate(kld_parts)
+    same = np.concatenate(same_parts)
+    dp = np.concatenate(dp_parts)
+    count = int(nll.size)
+
+    log_ppl, log_ppl_unc = _mean_unc(nll.sum(), (nll**2).sum(), count)
+    log_ppl_base, log_ppl_base_unc = _mean_unc(nll_base.sum(), (nll_base**2).sum(), count)
+    cov = 0.0
+    if count >= 10:
+        cov = ((nll * nll_base).sum() / count - nll.mean() * nll_base.mean()) / (count - 1)
+    ppl = math.exp(log_ppl)
+    ppl_base = math.exp(log_ppl_base)
+    ln_ratio = log_ppl - log_ppl_base
+    ln_ratio_unc = math.sqrt(max(log_ppl_unc**2 + log_ppl_base_unc**2 - 2 * cov, 0.0))
+    ppl_unc = ppl * log_ppl_unc
+    ppl_base_unc = ppl_base * log_ppl_base_unc
+    diff_unc = math.sqrt(max(ppl_unc**2 + ppl_base_unc**2 - 2 * ppl * ppl_base * cov, 0.0))
+    kld_mean, kld_unc = _mean_unc(kld.sum(), (kld**2).sum(), count)
+    kld_sorted = np.sort(kld)
+    mse, mse_unc = _mean_unc((dp**2).sum(), (dp**4).sum(), count)
+    rms = math.sqrt(mse)
+    same_top = float(same.mean())
+    return LlmQualityReport(
+        base=str(base),
+        candidate=str(candidate),
+        text_sha256=hashlib.sha256(text.encode()).hexdigest(),
+        n_ctx=n_ctx,
+        n_chunks=n_chunks,
+        n_scored=count,
+        ppl_base=Estimate(ppl_base, ppl_base_unc),
+        ppl=Estimate(ppl, ppl_unc),
+        ppl_ratio=Estimate(math.exp(ln_ratio), math.exp(ln_ratio) * ln_ratio_unc),
+        ppl_diff=Estimate(ppl - ppl_base, diff_unc),
+        ln_ppl_ratio=Estimate(ln_ratio, ln_ratio_unc),
+        kld_mean=Estimate(kld_mean, kld_unc),
+        kld_median=_percentile(kld_sorted, 0.5),
+        kld_p99=_percentile(kld_sorted, 0.99),
+        kld_max=float(kld_sorted[-1]),
+        same_top=Estimate(same_top, math.sqrt(same_top * (1 - same_top) / max(count - 1, 1))),
+        rms_dp=Estimate(rms, 0.5 / rms * mse_unc if rms > 0 else 0.0),
+        seconds=time.perf_counter() - start,
+        base_cached=cached,
+    )
