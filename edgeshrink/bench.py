@@ -35,6 +35,13 @@ class BenchParams:
     min_seconds: float = 1.0
     inputs: Path | None = None
 
+    def key(self) -> str:
+        """A stable digest of what was asked, to find an earlier identical measurement."""
+        import hashlib
+
+        asked = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+        return hashlib.sha256(json.dumps(asked, sort_keys=True).encode()).hexdigest()[:16]
+
     def agent_args(self, model_format: str = "gguf", remote_inputs: str | None = None) -> list[str]:
         args = ["--format", model_format, "--warmup", str(self.warmup), "--seed", str(self.seed)]
         if self.threads:

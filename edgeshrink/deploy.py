@@ -126,6 +126,7 @@ def bench_model(
                     "device_arch": result.device_arch,
                     "runtime": result.runtime,
                     "runtime_version": result.runtime_version,
+                    "params_key": params.key(),
                 },
                 result.document,
             )

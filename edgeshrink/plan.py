@@ -42,6 +42,8 @@ class ShrinkOptions:
     per_channel: bool | None = None  # None: the backend decides
     allow_random_calibration: bool = False
     to_format: str | None = None  # convert to another format first (e.g. a SavedModel to tflite)
+    # A sweep makes candidates that do not fit too, to show what they would cost.
+    check_fit: bool = True
 
     def __post_init__(self) -> None:
         if self.prefer not in ("quality", "speed"):
@@ -134,7 +136,7 @@ def plan_gguf(
     if quant is not None:
         wanted = gguf.quant_type(quant).name
         chosen = next((c for c in ladder if c.quant == wanted), None) or candidate(wanted)
-        if not chosen.fits:
+        if not chosen.fits and options.check_fit:
             smaller = next((c.quant for c in ladder if c.fits), None)
             raise DoesNotFitError(
                 f"{info.path.name} at {wanted} does not fit {profile.id}: "

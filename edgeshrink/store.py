@@ -66,6 +66,30 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         ALTER TABLE results ADD COLUMN throughput_per_s REAL;
         """,
     ),
+    (
+        "quality measurements, and the bench parameters a result was asked with",
+        """
+        CREATE TABLE quality (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            created_at TEXT NOT NULL,
+            method TEXT NOT NULL,
+            base_sha256 TEXT NOT NULL,
+            candidate_sha256 TEXT NOT NULL,
+            settings TEXT NOT NULL,
+            candidate_name TEXT NOT NULL,
+            quant TEXT,
+            kld_mean REAL,
+            ppl_ratio REAL,
+            same_top REAL,
+            agreement REAL,
+            accuracy REAL,
+            report TEXT NOT NULL,
+            UNIQUE (method, base_sha256, candidate_sha256, settings)
+        );
+        ALTER TABLE results ADD COLUMN params_key TEXT;
+        CREATE INDEX results_by_params ON results (artifact_sha256, target, params_key);
+        """,
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -74,7 +98,11 @@ RESULT_COLUMNS = (
     "source_sha256", "artifact_sha256", "artifact_size", "status", "error", "load_s",
     "peak_rss_mb", "rss_anon_mb", "rss_file_mb", "pp_tok_s", "pp_tok_s_stddev", "tg_tok_s",
     "tg_tok_s_stddev", "ttft_ms", "threads", "device_cpu", "device_arch", "runtime",
-    "runtime_version", "latency_ms", "latency_p90_ms", "throughput_per_s",
+    "runtime_version", "latency_ms", "latency_p90_ms", "throughput_per_s", "params_key",
+)  # fmt: skip
+QUALITY_COLUMNS = (
+    "method", "base_sha256", "candidate_sha256", "settings", "candidate_name", "quant",
+    "kld_mean", "ppl_ratio", "same_top", "agreement", "accuracy",
 )  # fmt: skip
 
 
@@ -119,6 +147,7 @@ class StoredResult:
     latency_ms: float | None
     latency_p90_ms: float | None
     throughput_per_s: float | None
+    params_key: str | None
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in RESULT_COLUMNS}
@@ -213,6 +242,40 @@ class ResultStore:
             (*args, limit),
         ).fetchall()
         return [StoredResult(**dict(row)) for row in rows]
+
+    def find_result(
+        self, artifact_sha256: str, target: str, params_key: str
+    ) -> StoredResult | None:
+        """The newest ok result of these bytes on this target with these parameters."""
+        row = self._db.execute(
+            f"SELECT {', '.join(RESULT_COLUMNS)} FROM results WHERE artifact_sha256 = ? AND target = ?"
+            " AND params_key = ? AND status = 'ok' ORDER BY id DESC LIMIT 1",
+            (artifact_sha256, target, params_key),
+        ).fetchone()
+        return StoredResult(**dict(row)) if row else None
+
+    def add_quality(self, row: dict[str, Any], report: dict[str, Any]) -> int:
+        unknown = set(row) - set(QUALITY_COLUMNS)
+        if unknown:
+            raise StoreError(f"unknown quality columns: {sorted(unknown)}")
+        values = {"created_at": _now(), **row, "report": json.dumps(report, sort_keys=True)}
+        names = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        with self._transaction() as db:
+            cursor = db.execute(
+                f"INSERT OR REPLACE INTO quality ({names}) VALUES ({marks})", tuple(values.values())
+            )
+        return int(cursor.lastrowid or 0)
+
+    def find_quality(
+        self, method: str, base_sha256: str, candidate_sha256: str, settings: str
+    ) -> dict[str, Any] | None:
+        row = self._db.execute(
+            "SELECT report FROM quality WHERE method = ? AND base_sha256 = ? AND candidate_sha256 = ?"
+            " AND settings = ?",
+            (method, base_sha256, candidate_sha256, settings),
+        ).fetchone()
+        return json.loads(row["report"]) if row else None
 
     def get_document(self, result_id: int) -> dict[str, Any]:
         row = self._db.execute("SELECT document FROM results WHERE id = ?", (result_id,)).fetchone()

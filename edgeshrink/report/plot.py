@@ -1,0 +1,140 @@
+"""Self-contained SVG plots (no plotting library, no network to view them)."""
+
+from __future__ import annotations
+
+import math
+import os
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from edgeshrink.util import atomic_path
+
+WIDTH, HEIGHT = 460, 340
+MARGIN = {"left": 70, "right": 20, "top": 40, "bottom": 50}
+COLORS = {"front": "#1f6feb", "other": "#8b949e", "nofit": "#d0d7de", "pick": "#d1242f"}
+
+
+def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    if hi <= lo:
+        return [lo]
+    raw = (hi - lo) / n
+    mag = 10 ** math.floor(math.log10(raw))
+    step = min((m * mag for m in (1, 2, 5, 10) if m * mag >= raw), default=raw)
+    start = math.ceil(lo / step) * step
+    return [
+        start + i * step
+        for i in range(int((hi - start) / step) + 2)
+        if start + i * step <= hi + 1e-12
+    ]
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.3g}"
+
+
+def scatter_panel(
+    points: list[dict[str, Any]],
+    *,
+    x_label: str,
+    y_label: str,
+    title: str,
+    front: tuple[str, ...],
+    pick: str | None,
+    offset_x: int = 0,
+) -> str:
+    """One scatter panel; ``points`` carry name, x, y and fits."""
+    xs = [p["x"] for p in points]
+    ys = [p["y"] for p in points]
+    x_lo, x_hi = min(xs), max(xs)
+    y_lo, y_hi = 0.0, max(ys) * 1.1 or 1.0
+    pad = (x_hi - x_lo) * 0.08 or 1.0
+    x_lo, x_hi = x_lo - pad, x_hi + pad
+    plot_w = WIDTH - MARGIN["left"] - MARGIN["right"]
+    plot_h = HEIGHT - MARGIN["top"] - MARGIN["bottom"]
+
+    def sx(x: float) -> float:
+        return offset_x + MARGIN["left"] + (x - x_lo) / (x_hi - x_lo) * plot_w
+
+    def sy(y: float) -> float:
+        return MARGIN["top"] + plot_h - (y - y_lo) / (y_hi - y_lo) * plot_h
+
+    out = [
+        f'<text x="{offset_x + WIDTH / 2}" y="22" text-anchor="middle" font-weight="bold">{escape(title)}</text>'
+    ]
+    out.append(
+        f'<rect x="{sx(x_lo)}" y="{MARGIN["top"]}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#57606a"/>'
+    )
+    for t in _ticks(x_lo, x_hi):
+        out.append(
+            f'<text x="{sx(t):.1f}" y="{HEIGHT - 30}" text-anchor="middle" font-size="11">{_fmt(t)}</text>'
+        )
+    for t in _ticks(y_lo, y_hi):
+        out.append(
+            f'<text x="{sx(x_lo) - 6:.1f}" y="{sy(t) + 4:.1f}" text-anchor="end" font-size="11">{_fmt(t)}</text>'
+        )
+        out.append(
+            f'<line x1="{sx(x_lo)}" x2="{sx(x_hi)}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" stroke="#eaeef2"/>'
+        )
+    out.append(
+        f'<text x="{offset_x + MARGIN["left"] + plot_w / 2}" y="{HEIGHT - 10}" text-anchor="middle">{escape(x_label)}</text>'
+    )
+    out.append(
+        f'<text transform="translate({offset_x + 16},{MARGIN["top"] + plot_h / 2}) rotate(-90)" '
+        f'text-anchor="middle">{escape(y_label)}</text>'
+    )
+    on_front = sorted((p for p in points if p["name"] in front), key=lambda p: p["x"])
+    if len(on_front) > 1:
+        path = " ".join(f"{sx(p['x']):.1f},{sy(p['y']):.1f}" for p in on_front)
+        out.append(
+            f'<polyline points="{path}" fill="none" stroke="{COLORS["front"]}" stroke-dasharray="4 3"/>'
+        )
+    for p in points:
+        color = COLORS["pick"] if p["name"] == pick else (
+            COLORS["nofit"] if not p["fits"] else COLORS["front"] if p["name"] in front else COLORS["other"]
+        )  # fmt: skip
+        radius = 6 if p["name"] == pick else 4
+        out.append(
+            f'<circle class="point" data-name="{escape(p["name"])}" cx="{sx(p["x"]):.1f}" cy="{sy(p["y"]):.1f}" '
+            f'r="{radius}" fill="{color}"><title>{escape(p["name"])}: {_fmt(p["x"])}, {_fmt(p["y"])}</title></circle>'
+        )
+    # One label per spot: candidates that landed on the same point share it.
+    labels: dict[tuple[float, float], list[str]] = {}
+    for p in points:
+        labels.setdefault((round(sx(p["x"])), round(sy(p["y"]))), []).append(p["name"])
+    for (x, y), names in labels.items():
+        out.append(
+            f'<text x="{x + 7}" y="{y - 6}" font-size="10">{escape(", ".join(names))}</text>'
+        )
+    return "\n".join(out)
+
+
+def write_sweep_svg(result: Any, path: str | os.PathLike[str]) -> Path:
+    """Quality loss against size and against speed, Pareto fronts dashed, the pick in red."""
+    cands = result.candidates
+    size_points = [
+        {"name": c.quant, "x": c.size_bytes / 2**20, "y": c.kld, "fits": c.fits} for c in cands
+    ]
+    speed_points = [
+        {"name": c.quant, "x": c.tg_tok_s or 0.0, "y": c.kld, "fits": c.fits} for c in cands
+    ]
+    left = scatter_panel(
+        size_points, x_label="size (MiB)", y_label="mean KL divergence", title="quality vs size",
+        front=result.pareto_size, pick=result.pick,
+    )  # fmt: skip
+    right = scatter_panel(
+        speed_points, x_label=f"generation tok/s ({result.speed_source})", y_label="mean KL divergence",
+        title="quality vs speed", front=result.pareto_speed, pick=result.pick, offset_x=WIDTH,
+    )  # fmt: skip
+    caption = escape(f"{result.model.name} on {result.profile_id}: pick {result.pick or 'none'}")
+    svg = (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * WIDTH}" height="{HEIGHT + 24}" '
+        f'font-family="sans-serif" font-size="12">\n<rect width="100%" height="100%" fill="white"/>\n'
+        f"{left}\n{right}\n"
+        f'<text x="{WIDTH}" y="{HEIGHT + 16}" text-anchor="middle" font-size="11">{caption}; '
+        f"grey: does not fit the memory budget; dashed: Pareto front</text>\n</svg>\n"
+    )
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(svg, encoding="utf-8")
+    return path
