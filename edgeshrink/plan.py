@@ -44,6 +44,9 @@ class ShrinkOptions:
     to_format: str | None = None  # convert to another format first (e.g. a SavedModel to tflite)
     # A sweep makes candidates that do not fit too, to show what they would cost.
     check_fit: bool = True
+    # Hugging Face checkpoints: the GGUF type they are converted to before quantizing
+    # (auto keeps BF16 and F16, turns F32 into F16).
+    convert_type: str = "auto"
 
     def __post_init__(self) -> None:
         if self.prefer not in ("quality", "speed"):
@@ -107,10 +110,20 @@ def _fast_kernel_note(profile: HardwareProfile) -> str | None:
 def plan_gguf(
     info: ModelInfo, profile: HardwareProfile, options: ShrinkOptions | None = None
 ) -> ShrinkPlan:
-    options = options or ShrinkOptions()
-    quant, context, prefer = options.quant, options.context, options.prefer
     if info.format != gguf.FORMAT:
         raise UnsupportedFormatError(f"{info.path}: is {info.format}, not GGUF")
+    return plan_llm(info, profile, options or ShrinkOptions(), gguf.tensor_shapes(info.path))
+
+
+def plan_llm(
+    info: ModelInfo,
+    profile: HardwareProfile,
+    options: ShrinkOptions,
+    shapes: list[tuple[str, tuple[int, ...], str]],
+) -> ShrinkPlan:
+    """Plan for an LLM whose GGUF tensors are ``shapes`` (read from a GGUF, or what a
+    conversion would write)."""
+    quant, context, prefer = options.quant, options.context, options.prefer
     shape = info.llm
     if context:
         ctx = context
@@ -118,7 +131,6 @@ def plan_gguf(
         ctx = min(shape.context_length, DEFAULT_CONTEXT)
     else:
         ctx = DEFAULT_CONTEXT
-    shapes = gguf.tensor_shapes(info.path)
     budget = profile.budget_mb
 
     def candidate(name: str) -> Candidate:

@@ -38,6 +38,10 @@ def format_options(func):
                      help="Weight scales per output channel or per tensor [default: the backend's choice]."),
         click.option("--allow-random-calibration", is_flag=True,
                      help="Calibrate static int8 on random inputs (recorded as a warning in the manifest)."),
+        click.option("--convert-type", type=click.Choice(["auto", "f16", "bf16", "f32"]), default="auto",
+                     show_default=True,
+                     help="Hugging Face checkpoints: the GGUF type to convert to before quantizing "
+                          "(auto keeps BF16/F16, turns F32 into F16)."),
     ]  # fmt: skip
     for option in reversed(options):
         func = option(func)

@@ -22,7 +22,9 @@ from edgeshrink.cli.models import (
 from edgeshrink.report.table import render_pairs
 from edgeshrink.util import human_bytes
 
-FORMAT_KEYS = ("calibration", "calibration_method", "per_channel", "allow_random_calibration")
+FORMAT_KEYS = (
+    "calibration", "calibration_method", "per_channel", "allow_random_calibration", "convert_type",
+)  # fmt: skip
 
 
 def bench_options(func: Callable[..., Any]) -> Callable[..., Any]:

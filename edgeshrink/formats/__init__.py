@@ -46,6 +46,15 @@ BACKENDS: dict[str, Backend] = {
         shrink="edgeshrink.shrink:shrink_gguf",
         runtime="llama.cpp (llama-cpp-python)",
     ),
+    "hf": Backend(
+        format="hf",
+        suffixes=(),
+        magic=(),  # a directory with config.json, see detect_format
+        inspect="edgeshrink.formats.hf:inspect_hf",
+        plan="edgeshrink.formats.hf:plan_hf",
+        shrink="edgeshrink.formats.hf:shrink_hf",
+        runtime="llama.cpp, after conversion to GGUF",
+    ),
     "onnx": Backend(
         format="onnx",
         suffixes=(".onnx",),
@@ -75,6 +84,13 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     path = Path(path)
     if not path.exists():
         raise ModelFileError(f"{path}: no such file or directory", hint="check the path")
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return "hf"
+        raise UnsupportedFormatError(
+            f"{path}: a directory without config.json is not a Hugging Face checkpoint",
+            hint="give a model file, or a Hugging Face model directory (config.json + *.safetensors)",
+        )
     if path.is_file():
         with open(path, "rb") as handle:
             head = handle.read(16)

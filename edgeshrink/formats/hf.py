@@ -1,0 +1,97 @@
+"""Hugging Face checkpoint directories: planned from their headers, converted to GGUF,
+then shrunk by the GGUF backend.
+
+The converted GGUF (F16/BF16/F32, llama.cpp's input) is kept beside the final
+artifact with its own manifest, so a second shrink of the same checkpoint
+reuses it and `eval`/`sweep` have a base to compare against.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from edgeshrink.formats.base import ModelInfo
+from edgeshrink.plan import ShrinkOptions, ShrinkPlan, plan_llm
+from edgeshrink.profiles import HardwareProfile
+
+Progress = Callable[[str], None]
+CHECKPOINT_FILES = ("config.json", "tokenizer.json", "tokenizer.model", "tokenizer_config.json",
+                    "special_tokens_map.json", "generation_config.json", "modules.json", "vocab.txt")  # fmt: skip
+
+
+def inspect_hf(path: str | os.PathLike[str]) -> ModelInfo:
+    from edgeshrink.convert import inspect_hf as inspect
+
+    return inspect(path)
+
+
+def plan_hf(
+    info: ModelInfo, profile: HardwareProfile, options: ShrinkOptions | None = None
+) -> ShrinkPlan:
+    from edgeshrink.convert.hf_to_gguf import gguf_tensor_shapes
+
+    options = options or ShrinkOptions()
+    shapes = gguf_tensor_shapes(info.path, options.convert_type)
+    return plan_llm(info, profile, options, shapes)
+
+
+def checkpoint_sha256(directory: Path) -> str:
+    """One sha256 over the checkpoint's weights and the files that shape its conversion."""
+    digest = hashlib.sha256()
+    files = sorted(directory.glob("*.safetensors")) + [
+        directory / name for name in CHECKPOINT_FILES if (directory / name).exists()
+    ]
+    for path in files:
+        digest.update(path.name.encode() + b"\0")
+        with open(path, "rb") as handle:
+            while chunk := handle.read(4 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def shrink_hf(
+    src: str | os.PathLike[str],
+    profile: HardwareProfile,
+    options: ShrinkOptions | None = None,
+    *,
+    output: str | os.PathLike[str] | None = None,
+    progress: Progress | None = None,
+    info: ModelInfo | None = None,
+):
+    from edgeshrink.artifacts import Artifact, now_iso, tool_versions
+    from edgeshrink.convert import convert_hf_to_gguf
+    from edgeshrink.formats import gguf
+    from edgeshrink.shrink import default_output_path, reusable_artifact, shrink_gguf
+    from edgeshrink.util import sha256_file, write_json_atomic
+
+    say = progress or (lambda _m: None)
+    options = options or ShrinkOptions()
+    src = Path(src)
+    final = Path(output) if output else None
+    info = info or inspect_hf(src)
+    plan = plan_hf(info, profile, options)
+    outtype = options.convert_type
+    if outtype == "auto":
+        outtype = "bf16" if info.file_type == "BF16" else "f16"
+    folder = (final or default_output_path(src, plan.quant)).parent
+    say(f"hashing the checkpoint {src.name}")
+    source_sha = checkpoint_sha256(src)
+    base = folder / f"{src.name}-{outtype}.gguf"
+    converted = reusable_artifact(base, source_sha, outtype.upper())
+    if converted is None:
+        say(f"converting {src.name} to GGUF ({outtype})")
+        result = convert_hf_to_gguf(src, base, outtype=outtype)
+        converted = Artifact(
+            path=base, format=gguf.FORMAT, quant=outtype.upper(), sha256=sha256_file(base),
+            size_bytes=base.stat().st_size, source_path=str(src.resolve()), source_sha256=source_sha,
+            profile_id=None, tool_versions=tool_versions(), created_at=now_iso(),
+            notes=tuple(result.notes),
+        )  # fmt: skip
+        write_json_atomic(converted.manifest_path, converted.to_manifest())
+    else:
+        say(f"reusing {base.name} (converted from the same checkpoint)")
+    return shrink_gguf(base, profile, options, output=final or default_output_path(src, plan.quant),
+                       progress=progress)  # fmt: skip
