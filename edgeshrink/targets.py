@@ -2,17 +2,27 @@
 
 ``local`` is built in: this machine, treated exactly like a remote device (its
 own work dir, the agent in its own process).  Other targets are TOML files in
-the user's config dir (``targets add`` writes them, see the SSH issue) or in a
-directory named by ``EDGESHRINK_TARGETS_PATH``; targets/example-*.toml in the
-repository show the format.
+the user's config dir (``targets add`` writes them) or in a directory named by
+``EDGESHRINK_TARGETS_PATH``; targets/example-*.toml in the repository show the
+format.
+
+Wherever a target name is accepted, an SSH destination works too:
+``user@host[:port]`` (``user@[::1]:2222`` for IPv6), or a ``Host`` alias of
+``~/.ssh/config``.  At connection time the target's fields are completed from
+``~/.ssh/config`` (HostName, User, Port, IdentityFile, ProxyJump,
+ProxyCommand): what the target file says wins, except that ``port = 22`` counts
+as "not set" because it is the default.
 """
 
 from __future__ import annotations
 
 import difflib
+import getpass
+import json
 import os
+import re
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +30,7 @@ from edgeshrink.errors import TargetError
 
 LOCAL = "local"
 KINDS = ("local", "ssh")
+DEFAULT_SSH_PORT = 22
 _FIELDS: dict[str, type | tuple[type, ...]] = {
     "name": str,
     "kind": str,
@@ -35,6 +46,11 @@ _FIELDS: dict[str, type | tuple[type, ...]] = {
     "tags": list,
 }
 _REQUIRED = ("name", "kind")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# [user@]host[:port] with host a name, an IPv4 address or a bracketed IPv6 address.
+_DESTINATION_RE = re.compile(
+    r"^(?:ssh://)?(?:(?P<user>[^@\s/:]+)@)?(?P<host>\[[0-9A-Fa-f:.%\w]+\]|[A-Za-z0-9_.-]+)(?::(?P<port>\d+))?$"
+)
 
 
 @dataclass(frozen=True)
@@ -43,7 +59,7 @@ class Target:
     kind: str
     profile: str | None = None
     host: str | None = None
-    port: int = 22
+    port: int = DEFAULT_SSH_PORT
     user: str | None = None
     key: str | None = None
     known_hosts: str | None = None
@@ -62,7 +78,28 @@ class Target:
         if self.kind == LOCAL:
             return "this machine"
         user = f"{self.user}@" if self.user else ""
-        return f"{user}{self.host}:{self.port}"
+        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
+        via = f" via {self.jump}" if self.jump else ""
+        return f"{user}{host}:{self.port}{via}"
+
+
+@dataclass(frozen=True)
+class SshEndpoint:
+    """Where an SSH target really goes, after ~/.ssh/config has been applied."""
+
+    alias: str  # what the target (or the user) called the host
+    hostname: str  # what is connected to
+    port: int
+    user: str
+    key_files: tuple[str, ...]  # explicit key first, then IdentityFile entries
+    jump: str | None  # ProxyJump: "[user@]host[:port]", comma-separated hops
+    proxy_command: str | None
+    known_hosts: str  # edgeshrink's file for this target (accepted keys go here)
+    config_file: str | None  # the ssh config that contributed, if any
+
+    def describe(self) -> str:
+        host = f"[{self.hostname}]" if ":" in self.hostname else self.hostname
+        return f"{self.user}@{host}:{self.port}"
 
 
 def local_work_dir() -> Path:
@@ -85,15 +122,29 @@ def local_target(profile: str | None = None) -> Target:
     )
 
 
+def user_config_dir() -> Path:
+    import platformdirs
+
+    return platformdirs.user_config_path("edgeshrink")
+
+
+def user_targets_dir() -> Path:
+    """Where `targets add` writes (and `targets remove` deletes) target files."""
+    return user_config_dir() / "targets"
+
+
+def default_known_hosts() -> Path:
+    """edgeshrink's own known_hosts: host keys accepted with --accept-new-host-key."""
+    return user_config_dir() / "known_hosts"
+
+
 def target_dirs() -> list[Path]:
     dirs = [
         Path(p).expanduser()
         for p in os.environ.get("EDGESHRINK_TARGETS_PATH", "").split(os.pathsep)
         if p
     ]
-    import platformdirs
-
-    dirs.append(platformdirs.user_config_path("edgeshrink") / "targets")
+    dirs.append(user_targets_dir())
     return dirs
 
 
@@ -142,7 +193,7 @@ def load_target_file(path: str | os.PathLike[str]) -> Target:
         raise TargetError(f"{path}: an ssh target needs 'host'")
     if doc["name"] == LOCAL and doc["kind"] != LOCAL:
         raise TargetError(f"{path}: the name 'local' is reserved for this machine")
-    if not 0 < int(doc.get("port", 22)) < 65536:
+    if not 0 < int(doc.get("port", DEFAULT_SSH_PORT)) < 65536:
         raise TargetError(f"{path}: port must be 1-65535, got {doc['port']}")
     fields = dict(doc)
     fields["tags"] = tuple(str(t) for t in doc.get("tags", ()))
@@ -163,22 +214,298 @@ def list_targets() -> list[Target]:
     return sorted(found.values(), key=lambda t: (t.name != LOCAL, t.name))
 
 
+# --------------------------------------------------------------------------- SSH destinations
+
+
+def parse_destination(text: str) -> tuple[str | None, str, int | None] | None:
+    """``[ssh://][user@]host[:port]`` as (user, host, port); None when it is not one."""
+    match = _DESTINATION_RE.match(text.strip())
+    if match is None:
+        return None
+    host = match.group("host")
+    if host.startswith("["):
+        host = host[1:-1]
+    port = int(match.group("port")) if match.group("port") else None
+    if port is not None and not 0 < port < 65536:
+        raise TargetError(f"{text}: port must be 1-65535, got {port}")
+    return match.group("user"), host, port
+
+
+def ssh_config_path() -> Path:
+    return Path(os.environ.get("EDGESHRINK_SSH_CONFIG") or "~/.ssh/config").expanduser()
+
+
+def _ssh_config() -> Any | None:
+    path = ssh_config_path()
+    if not path.is_file():
+        return None
+    import paramiko
+
+    try:
+        return paramiko.SSHConfig.from_path(str(path))
+    except Exception as exc:  # paramiko raises several types for bad files
+        raise TargetError(
+            f"{path}: cannot parse: {exc}",
+            hint="fix the file, or point EDGESHRINK_SSH_CONFIG elsewhere",
+        ) from exc
+
+
+def ssh_config_aliases() -> set[str]:
+    """The literal (non-wildcard) Host names of ~/.ssh/config."""
+    config = _ssh_config()
+    if config is None:
+        return set()
+    return {h for h in config.get_hostnames() if not any(c in h for c in "*?!")}
+
+
+def _adhoc_target(name: str, profile: str | None) -> Target | None:
+    """A target given on the command line as user@host[:port] or an ssh config alias."""
+    parsed = parse_destination(name)
+    if parsed is None:
+        return None
+    user, host, port = parsed
+    explicit = user is not None or port is not None or name.startswith("ssh://")
+    if not explicit and host not in ssh_config_aliases():
+        return None
+    return Target(
+        name=name,
+        kind="ssh",
+        profile=profile,
+        host=host,
+        port=port or DEFAULT_SSH_PORT,
+        user=user,
+        source="command line",
+    )
+
+
 def get_target(name: str, *, profile: str | None = None) -> Target:
-    """A target by name (or a path to a target TOML); ``profile`` overrides its profile."""
+    """A target by name, path to a target TOML, ``user@host[:port]`` or ssh config alias.
+
+    ``profile`` overrides the target's profile.
+    """
     if name.endswith(".toml") and Path(name).exists():
         target = load_target_file(name)
     else:
         targets = {t.name: t for t in list_targets()}
-        if name not in targets:
-            close = difflib.get_close_matches(name, list(targets), n=1)
-            raise TargetError(
-                f"unknown target '{name}'",
-                hint=(f"did you mean '{close[0]}'? " if close else "")
-                + "`edgeshrink targets list` shows the known targets",
-            )
-        target = targets[name]
+        if name in targets:
+            target = targets[name]
+        else:
+            adhoc = _adhoc_target(name, profile)
+            if adhoc is None:
+                close = difflib.get_close_matches(name, list(targets), n=1)
+                raise TargetError(
+                    f"unknown target '{name}'",
+                    hint=(f"did you mean '{close[0]}'? " if close else "")
+                    + "`edgeshrink targets list` shows the known targets; "
+                    "user@host[:port] reaches a device without a target file",
+                )
+            target = adhoc
     if profile:
-        from dataclasses import replace
-
         target = replace(target, profile=profile)
     return target
+
+
+def resolve_ssh(target: Target) -> SshEndpoint:
+    """Complete an SSH target from ~/.ssh/config: the endpoint a connection really uses."""
+    if target.kind != "ssh" or not target.host:
+        raise TargetError(f"target '{target.name}' is not an SSH target")
+    return resolve_destination(
+        target.host,
+        port=target.port if target.port != DEFAULT_SSH_PORT else None,
+        user=target.user,
+        key=target.key,
+        jump=target.jump,
+        known_hosts=target.known_hosts,
+    )
+
+
+def resolve_destination(
+    host: str,
+    *,
+    port: int | None = None,
+    user: str | None = None,
+    key: str | None = None,
+    jump: str | None = None,
+    known_hosts: str | None = None,
+) -> SshEndpoint:
+    """``host`` (a name, address or ssh config alias) completed from ~/.ssh/config."""
+    config = _ssh_config()
+    options: dict[str, Any] = dict(config.lookup(host)) if config is not None else {}
+    try:
+        config_port = int(options["port"]) if "port" in options else None
+    except ValueError as exc:
+        raise TargetError(
+            f"{ssh_config_path()}: Port for {host} is not a number: {options['port']}"
+        ) from exc
+    keys: list[str] = []
+    if key:
+        keys.append(str(Path(key).expanduser()))
+    for entry in options.get("identityfile", []) or []:
+        path = str(Path(entry).expanduser())
+        if path not in keys:
+            keys.append(path)
+    config_jump = options.get("proxyjump")
+    if config_jump and config_jump.strip().lower() == "none":
+        config_jump = None
+    proxy_command = options.get("proxycommand")
+    if proxy_command and proxy_command.strip().lower() == "none":
+        proxy_command = None
+    return SshEndpoint(
+        alias=host,
+        hostname=options.get("hostname") or host,
+        port=port or config_port or DEFAULT_SSH_PORT,
+        user=user or options.get("user") or getpass.getuser(),
+        key_files=tuple(keys),
+        jump=jump or config_jump,
+        proxy_command=None if (jump or config_jump) else proxy_command,
+        known_hosts=str(Path(known_hosts).expanduser())
+        if known_hosts
+        else str(default_known_hosts()),
+        config_file=str(ssh_config_path()) if config is not None else None,
+    )
+
+
+# --------------------------------------------------------------------------- target files
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    # JSON string escapes are valid TOML basic-string escapes.
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def render_target_toml(target: Target) -> str:
+    lines = ["# Written by `edgeshrink targets add`; edit freely (see targets/example-*.toml)."]
+    for key in _FIELDS:
+        value = getattr(target, key)
+        if value is None or (key == "tags" and not value):
+            continue
+        lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def validate_target_name(name: str) -> None:
+    if name == LOCAL:
+        raise TargetError("the name 'local' is reserved for this machine", hint="pick another name")
+    if not _NAME_RE.match(name):
+        raise TargetError(
+            f"target name {name!r} must start with a letter or digit and use only letters, digits, '.', '_' and '-'",
+            hint="e.g. mypi, pi5-desk, lab.rk3588",
+        )
+
+
+def _write_target(target: Target, path: Path) -> Path:
+    from edgeshrink.util import atomic_path
+
+    text = render_target_toml(target)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    # The file now says what a later load will see: check it round-trips.
+    loaded = load_target_file(path)
+    if replace(loaded, source=None) != replace(target, source=None, accept_new_host_key=False):
+        raise TargetError(f"{path}: written file does not read back as the same target")
+    return path
+
+
+def build_ssh_target(
+    name: str,
+    *,
+    host: str,
+    profile: str | None,
+    port: int | None = None,
+    user: str | None = None,
+    key: str | None = None,
+    python: str | None = None,
+    work_dir: str | None = None,
+    jump: str | None = None,
+    known_hosts: str | None = None,
+    tags: tuple[str, ...] = (),
+) -> Target:
+    """The Target `targets add` would write (nothing is written)."""
+    validate_target_name(name)
+    if not host or any(c.isspace() for c in host):
+        raise TargetError(f"host {host!r} is not a host name or address")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if port is not None and not 0 < port < 65536:
+        raise TargetError(f"port must be 1-65535, got {port}")
+    if key and not Path(key).expanduser().is_file():
+        raise TargetError(
+            f"key file {key} does not exist", hint="pass the private key file (not the .pub)"
+        )
+    return Target(
+        name=name,
+        kind="ssh",
+        profile=profile,
+        host=host,
+        port=port or DEFAULT_SSH_PORT,
+        user=user,
+        key=key,
+        known_hosts=known_hosts,
+        python=python or "python3",
+        work_dir=work_dir or "~/edgeshrink",
+        jump=jump,
+        tags=tuple(tags),
+    )
+
+
+def target_file_path(name: str) -> Path:
+    return user_targets_dir() / f"{name}.toml"
+
+
+def add_target(target: Target, *, force: bool = False) -> Path:
+    """Write ``target`` to the user's targets dir (atomically); returns the file."""
+    validate_target_name(target.name)
+    path = target_file_path(target.name)
+    existing = {t.name: t for t in list_targets()}
+    if not force:
+        if path.exists():
+            raise TargetError(
+                f"target '{target.name}' already exists ({path})",
+                hint="pass --force to replace it, or `edgeshrink targets remove` it first",
+            )
+        other = existing.get(target.name)
+        if other is not None and other.source and Path(other.source) != path:
+            raise TargetError(
+                f"target '{target.name}' is already defined in {other.source}",
+                hint="pick another name, or pass --force to shadow it with a user target",
+            )
+    return _write_target(replace(target, source=None, accept_new_host_key=False), path)
+
+
+def update_target(name: str, **fields: Any) -> Path:
+    """Change fields of a target file that edgeshrink wrote (in the user's targets dir)."""
+    path = target_file_path(name)
+    if not path.is_file():
+        raise TargetError(
+            f"target '{name}' has no file in {user_targets_dir()} that edgeshrink may rewrite",
+            hint=f"edit the target's file by hand and set {', '.join(f'{k} = {v!r}' for k, v in fields.items())}",
+        )
+    target = load_target_file(path)
+    return _write_target(replace(target, **fields, source=None), path)
+
+
+def remove_target(name: str) -> Path:
+    """Delete a user target file; returns the path it had."""
+    path = target_file_path(name)
+    if path.is_file():
+        path.unlink()
+        return path
+    for target in list_targets():
+        if target.name == name:
+            raise TargetError(
+                f"target '{name}' is defined in {target.source}, not in {user_targets_dir()}",
+                hint="edgeshrink only removes targets it wrote; delete or edit that file yourself",
+            )
+    names = [t.name for t in list_targets()]
+    close = difflib.get_close_matches(name, names, n=1)
+    raise TargetError(
+        f"unknown target '{name}'",
+        hint=(f"did you mean '{close[0]}'? " if close else "")
+        + "`edgeshrink targets list` shows the known targets",
+    )

@@ -2,19 +2,37 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from edgeshrink.errors import TargetError
 from edgeshrink.targets import Target
 from edgeshrink.transport.base import CommandResult, PushResult, Transport
 
 
-def open_transport(target: Target) -> Transport:
+def open_transport(
+    target: Target,
+    *,
+    progress: Callable[[Any], None] | None = None,
+    on_stderr: Callable[[str], None] | None = None,
+) -> Transport:
+    """A transport for ``target`` (nothing connects until it is first used).
+
+    ``progress`` gets a :class:`~edgeshrink.transport.ssh.PushProgress` about
+    once per MiB pushed and ``on_stderr`` each stderr line of a remote run;
+    the local transport copies and runs without either.
+    """
     if target.kind == "local":
         from edgeshrink.transport.local import LocalTransport
 
         return LocalTransport(target)
+    if target.kind == "ssh":
+        from edgeshrink.transport.ssh import SSHTransport
+
+        return SSHTransport(target, progress=progress, on_stderr=on_stderr)
     raise TargetError(
-        f"target '{target.name}' is of kind {target.kind!r}, which this version cannot reach yet",
-        hint="use --target local",
+        f"target '{target.name}' is of kind {target.kind!r}, which this version cannot reach",
+        hint="use a local or ssh target",
     )
 
 

@@ -1,0 +1,1216 @@
+"""A device over SSH (paramiko): verified host keys, resumable verified pushes, remote runs.
+
+Connection
+    Opens lazily (on the first push, run or ``work_dir``) and closes with the
+    context manager.  ~/.ssh/config is applied (HostName, User, Port,
+    IdentityFile, ProxyJump, ProxyCommand); keys come from the target, the
+    IdentityFile entries, the ssh-agent and ~/.ssh/id_*; passwords are never
+    asked for.  Jump hosts are reached through ``direct-tcpip`` channels, each
+    hop with its own verified host key.  TCP_NODELAY is set (paramiko does not,
+    and small writes then stall on Nagle's algorithm), and the AES-GCM ciphers
+    are preferred: with AES instructions on both ends they cost the least CPU.
+
+Host keys
+    Checked against the user's ~/.ssh/known_hosts and edgeshrink's own file
+    (the target's ``known_hosts``, default ``<config dir>/edgeshrink/known_hosts``).
+    An unknown host is refused with its SHA256 fingerprint unless the command
+    was given --accept-new-host-key, which stores it in edgeshrink's file (like
+    OpenSSH's StrictHostKeyChecking=accept-new).  A changed key is always
+    refused, naming the file and line that hold the old one.
+
+Push
+    One exec channel streams the file into a small receiver run by the
+    device's Python (standard library only).  It appends to
+    ``.<name>.partial`` beside the final name, hashes while it writes, and only
+    when size and sha256 match renames the file into place (POSIX rename), so a
+    final name never holds a partial file.  A push that finds a partial file
+    resumes from its size (the receiver re-hashes the part already there).
+    ``push_artifact`` is content addressed: ``<work dir>/models/<sha256>/<name>``;
+    a file of the right size under that name is the same bytes (only verified
+    files ever get the name) and is not sent again.  Free space on the device
+    is checked before anything is sent.
+
+Run
+    The command runs through ``sh -c`` in the work dir, every argument quoted
+    with shlex.quote, in its own process group (``setsid`` where the device
+    has it).  On timeout or Ctrl-C the group gets SIGTERM over a second channel,
+    then SIGKILL after a grace period, like the local transport.  A process
+    killed by a signal comes back as ``signal=N, returncode=-N``.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import posixpath
+import re
+import select
+import shlex
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paramiko
+
+from edgeshrink.errors import TransportError
+from edgeshrink.targets import (
+    SshEndpoint,
+    Target,
+    parse_destination,
+    resolve_destination,
+    resolve_ssh,
+)
+from edgeshrink.transport.base import CommandResult, PushResult
+from edgeshrink.util import atomic_path
+
+CONNECT_TIMEOUT_S = 10.0
+# After SIGTERM the agent writes what it measured so far; give it this long.
+TERM_GRACE_S = 5.0
+KEEPALIVE_S = 30
+CHUNK_BYTES = 1 << 20
+# Channel data stalls longer than this (no window from the device) count as a lost connection.
+SEND_STALL_S = 120.0
+CIPHER_PREFERENCE = (
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "aes128-ctr",
+    "aes256-ctr",
+    "aes192-ctr",
+)
+MAC_PREFERENCE = ("hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com")
+DEFAULT_IDENTITIES = ("~/.ssh/id_ed25519", "~/.ssh/id_ecdsa", "~/.ssh/id_rsa")
+USER_KNOWN_HOSTS = ("~/.ssh/known_hosts", "~/.ssh/known_hosts2")
+_PID_MARKER = re.compile(rb"@@edgeshrink-pid=(\d+)\n")
+_WORKDIR_MARKER = b"@@edgeshrink-workdir-failed"
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+PYTHON_HINT = (
+    "install Python 3.9+ on the device (Debian/Raspberry Pi OS: sudo apt install python3;"
+    " Termux: pkg install python) or set the target's python (`edgeshrink targets add ... --python PATH`)"
+)
+
+
+# --------------------------------------------------------------------------- progress
+
+
+@dataclass(frozen=True)
+class PushProgress:
+    """Where a push stands; handed to the progress callback about once per MiB."""
+
+    local: Path
+    remote: str
+    done_bytes: int  # bytes of the file that are on the device now (resumed part included)
+    total_bytes: int
+    sent_bytes: int  # sent by this push
+    seconds: float  # since this push started sending
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.sent_bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def fraction(self) -> float:
+        return self.done_bytes / self.total_bytes if self.total_bytes else 1.0
+
+
+ProgressCallback = Callable[[PushProgress], None]
+LineCallback = Callable[[str], None]
+
+
+# --------------------------------------------------------------------------- host keys
+
+
+def fingerprint_sha256(key: paramiko.PKey) -> str:
+    """OpenSSH's fingerprint format: SHA256:<unpadded base64>."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def known_hosts_name(hostname: str, port: int) -> str:
+    return hostname if port == 22 else f"[{hostname}]:{port}"
+
+
+@dataclass(frozen=True)
+class KnownKey:
+    file: str
+    line: int
+    key_type: str
+    key: paramiko.PKey
+    revoked: bool = False
+
+
+@dataclass(frozen=True)
+class HostKeyCheck:
+    """How a host key was verified (or accepted)."""
+
+    host: str  # the known_hosts name, e.g. [10.0.0.2]:2222
+    key_type: str
+    fingerprint: str
+    status: str  # "known" or "accepted"
+    file: str
+    line: int | None
+
+    def describe(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        verb = "matches" if self.status == "known" else "accepted and stored in"
+        return f"{self.key_type} {self.fingerprint} {verb} {where}"
+
+
+def _wildcard(pattern: str) -> re.Pattern[str]:
+    """OpenSSH patterns know only * and ?; brackets as in [host]:port are literal."""
+    parts = ("." if c == "?" else ".*" if c == "*" else re.escape(c) for c in pattern.lower())
+    return re.compile("".join(parts))
+
+
+def _host_pattern_matches(patterns: str, name: str) -> bool:
+    """OpenSSH known_hosts host field: comma-separated, hashed (|1|), wildcards, negation."""
+    matched = False
+    for pattern in patterns.split(","):
+        if pattern.startswith("|1|"):
+            try:
+                if paramiko.HostKeys.hash_host(name, pattern) == pattern:
+                    matched = True
+            except Exception:  # a malformed salt is simply no match
+                continue
+            continue
+        negated = pattern.startswith("!")
+        if negated:
+            pattern = pattern[1:]
+        if _wildcard(pattern).fullmatch(name.lower()):
+            if negated:
+                return False
+            matched = True
+    return matched
+
+
+def read_known_keys(files: list[str], name: str) -> list[KnownKey]:
+    """The keys that ``files`` hold for the known_hosts name ``name``, with their lines."""
+    found: list[KnownKey] = []
+    for file in files:
+        try:
+            text = Path(file).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        for number, raw in enumerate(text.splitlines(), 1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            revoked = False
+            if line.startswith("@"):
+                marker, _, line = line.partition(" ")
+                if marker == "@revoked":
+                    revoked = True
+                else:  # @cert-authority: certificates are not used here
+                    continue
+            fields = line.split()
+            if len(fields) < 3 or not _host_pattern_matches(fields[0], name):
+                continue
+            try:
+                entry = paramiko.hostkeys.HostKeyEntry.from_line(" ".join(fields[:3]), number)
+            except Exception:  # an unparseable line is skipped, like OpenSSH does
+                continue
+            if entry is None or entry.key is None:
+                continue
+            found.append(KnownKey(file, number, fields[1], entry.key, revoked))
+    return found
+
+
+def user_known_hosts_files() -> list[str]:
+    return [str(Path(p).expanduser()) for p in USER_KNOWN_HOSTS]
+
+
+def verify_host_key(
+    endpoint: SshEndpoint,
+    key: paramiko.PKey,
+    *,
+    accept_new: bool,
+    label: str,
+) -> HostKeyCheck:
+    """Refuse an unknown (unless ``accept_new``) or changed host key; store accepted ones."""
+    name = known_hosts_name(endpoint.hostname, endpoint.port)
+    files = [*user_known_hosts_files(), endpoint.known_hosts]
+    known = read_known_keys(files, name)
+    fingerprint = fingerprint_sha256(key)
+    key_type = key.get_name()
+    for entry in known:
+        if entry.revoked and entry.key == key:
+            raise TransportError(
+                f"{label}: the host key {key_type} {fingerprint} is marked @revoked in {entry.file}:{entry.line}",
+                hint="do not connect; ask whoever runs the device",
+            )
+    same_type = [k for k in known if not k.revoked and k.key.get_name() == key_type]
+    for entry in same_type:
+        if entry.key == key:
+            return HostKeyCheck(name, key_type, fingerprint, "known", entry.file, entry.line)
+    if same_type:
+        old = same_type[0]
+        raise TransportError(
+            f"{label}: HOST KEY CHANGED for {name}: the device offers {key_type} {fingerprint}, "
+            f"but {old.file} line {old.line} holds {fingerprint_sha256(old.key)}. "
+            "Someone may be intercepting the connection, or the device was reinstalled",
+            hint=f"if the device was really reinstalled, remove line {old.line} of {old.file} "
+            f"(ssh-keygen -R '{name}' -f {old.file}) and connect again with --accept-new-host-key",
+        )
+    others = sorted({k.key.get_name() for k in known if not k.revoked})
+    if not accept_new:
+        also = f" (keys of other types are known for it: {', '.join(others)})" if others else ""
+        raise TransportError(
+            f"{label}: unknown host key for {name}: {key_type} {fingerprint}{also}",
+            hint="check the fingerprint on the device (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub), "
+            "then pass --accept-new-host-key to trust and store it",
+        )
+    line = _append_known_host(endpoint.known_hosts, name, key)
+    return HostKeyCheck(name, key_type, fingerprint, "accepted", endpoint.known_hosts, line)
+
+
+def _append_known_host(file: str, name: str, key: paramiko.PKey) -> int:
+    path = Path(file)
+    try:
+        existing = path.read_text(encoding="utf-8") if path.exists() else ""
+    except OSError as exc:
+        raise TransportError(f"cannot read {path}: {exc.strerror}") from exc
+    if existing and not existing.endswith("\n"):
+        existing += "\n"
+    text = existing + f"{name} {key.get_name()} {key.get_base64()}\n"
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise TransportError(f"cannot store the host key in {path}: {exc.strerror or exc}") from exc
+    return text.count("\n")
+
+
+# --------------------------------------------------------------------------- connecting
+
+
+def _tcp_socket(hostname: str, port: int, timeout: float, label: str) -> socket.socket:
+    try:
+        sock = socket.create_connection((hostname, port), timeout=timeout)
+    except socket.gaierror as exc:
+        raise TransportError(
+            f"{label}: cannot resolve host '{hostname}': {exc.strerror}",
+            hint="check the host name or address (and HostName in ~/.ssh/config)",
+        ) from exc
+    except ConnectionRefusedError as exc:
+        raise TransportError(
+            f"{label}: connection refused by {hostname}:{port}: no SSH server listens there",
+            hint="check the port (Termux's sshd listens on 8022) and that sshd runs on the device",
+        ) from exc
+    except TimeoutError as exc:
+        raise TransportError(
+            f"{label}: no answer from {hostname}:{port} within {timeout:.0f} s",
+            hint="check the address, that the device is on and on the network, and firewalls",
+        ) from exc
+    except OSError as exc:
+        raise TransportError(
+            f"{label}: cannot reach {hostname}:{port}: {exc.strerror or exc}",
+            hint="check the address and the network route to the device",
+        ) from exc
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.settimeout(None)
+    return sock
+
+
+def _prefer(available: tuple[str, ...], preferred: tuple[str, ...]) -> tuple[str, ...]:
+    first = tuple(p for p in preferred if p in available)
+    return first + tuple(a for a in available if a not in first)
+
+
+@dataclass
+class ConnectTrace:
+    """How far a connection got: tcp, handshake, host key, auth (for doctor's report)."""
+
+    stage: str = "start"
+    auth: str | None = None  # the key that was accepted
+    cipher: str | None = None
+    jump_hops: int = 0
+
+
+def _start_ssh(
+    sock: Any,
+    endpoint: SshEndpoint,
+    *,
+    accept_new: bool,
+    extra_keys: tuple[str, ...],
+    timeout: float,
+    trace: ConnectTrace | None = None,
+) -> tuple[paramiko.Transport, HostKeyCheck]:
+    label = endpoint.describe()
+    trace = trace if trace is not None else ConnectTrace()
+    transport = paramiko.Transport(sock, default_window_size=8 << 20)
+    try:
+        options = transport.get_security_options()
+        options.ciphers = _prefer(tuple(options.ciphers), CIPHER_PREFERENCE)
+        options.digests = _prefer(tuple(options.digests), MAC_PREFERENCE)
+        # Ask for a host key type we already know for this host, so a known
+        # host is not reported as new just because the server prefers another type.
+        name = known_hosts_name(endpoint.hostname, endpoint.port)
+        known_types = [
+            k.key.get_name()
+            for k in read_known_keys([*user_known_hosts_files(), endpoint.known_hosts], name)
+        ]
+        options.key_types = _prefer(tuple(options.key_types), tuple(dict.fromkeys(known_types)))
+        try:
+            transport.start_client(timeout=timeout)
+        except paramiko.SSHException as exc:
+            raise TransportError(
+                f"{label}: SSH handshake failed: {exc}",
+                hint="check that an SSH server (not another service) listens on that port",
+            ) from exc
+        except (EOFError, OSError) as exc:
+            raise TransportError(
+                f"{label}: the connection closed during the SSH handshake: {exc or type(exc).__name__}",
+                hint="the server dropped us: check its logs (MaxStartups, tcp wrappers, fail2ban)",
+            ) from exc
+        trace.stage, trace.cipher = "handshake", transport.local_cipher
+        checked = verify_host_key(
+            endpoint, transport.get_remote_server_key(), accept_new=accept_new, label=label
+        )
+        trace.stage = "host key"
+        trace.auth = _authenticate(transport, endpoint, extra_keys)
+        trace.stage = "auth"
+        transport.set_keepalive(KEEPALIVE_S)
+    except BaseException:
+        transport.close()
+        raise
+    return transport, checked
+
+
+def _load_key(path: str) -> tuple[paramiko.PKey | None, str]:
+    try:
+        return paramiko.PKey.from_path(path), ""
+    except paramiko.PasswordRequiredException:
+        return None, "encrypted (add it to the ssh-agent: ssh-add " + path + ")"
+    except FileNotFoundError:
+        return None, "missing"
+    except (OSError, ValueError, paramiko.SSHException) as exc:
+        return None, f"unreadable: {exc}"
+
+
+def _authenticate(
+    transport: paramiko.Transport, endpoint: SshEndpoint, extra_keys: tuple[str, ...]
+) -> str:
+    label = endpoint.describe()
+    tried: list[str] = []
+    candidates: list[tuple[str, paramiko.PKey]] = []
+    for path in dict.fromkeys((*endpoint.key_files, *extra_keys)):
+        key, why = _load_key(path)
+        if key is None:
+            tried.append(f"{path} ({why})")
+        else:
+            candidates.append((path, key))
+    try:
+        agent_keys = list(paramiko.Agent().get_keys())
+    except paramiko.SSHException:
+        agent_keys = []
+    candidates += [(f"ssh-agent key {fingerprint_sha256(k)}", k) for k in agent_keys]
+    if not endpoint.key_files and not extra_keys:
+        for default in DEFAULT_IDENTITIES:
+            path = str(Path(default).expanduser())
+            if Path(path).is_file():
+                key, why = _load_key(path)
+                if key is None:
+                    tried.append(f"{path} ({why})")
+                else:
+                    candidates.append((path, key))
+    for what, key in candidates:
+        try:
+            transport.auth_publickey(endpoint.user, key)
+        except paramiko.BadAuthenticationType as exc:
+            raise TransportError(
+                f"{label}: the server does not accept keys (it allows: {', '.join(exc.allowed_types)})",
+                hint="enable PubkeyAuthentication on the device; edgeshrink never uses passwords",
+            ) from exc
+        except paramiko.AuthenticationException:
+            tried.append(f"{what} (refused)")
+            continue
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            tried.append(f"{what} ({exc or type(exc).__name__})")
+            break
+        if transport.is_authenticated():
+            return what
+    if not candidates:
+        tried.append("no key: none given, none in ~/.ssh/config, the ssh-agent and ~/.ssh/id_*")
+    raise TransportError(
+        f"{label}: authentication refused for user '{endpoint.user}' (tried: {'; '.join(tried)})",
+        hint=f"put your public key in the device's ~/.ssh/authorized_keys (ssh-copy-id -p {endpoint.port} "
+        f"{endpoint.user}@{endpoint.hostname}), or pass --key FILE / load it into ssh-agent",
+    )
+
+
+@dataclass
+class _Connection:
+    transport: paramiko.Transport
+    hops: list[paramiko.Transport]
+    host_key: HostKeyCheck
+    proxy: Any = None
+
+    def close(self) -> None:
+        for t in [self.transport, *reversed(self.hops)]:
+            with contextlib.suppress(Exception):
+                t.close()
+        if self.proxy is not None:
+            with contextlib.suppress(Exception):
+                self.proxy.close()
+
+
+def connect(
+    endpoint: SshEndpoint,
+    *,
+    accept_new: bool,
+    extra_keys: tuple[str, ...] = (),
+    timeout: float = CONNECT_TIMEOUT_S,
+    trace: ConnectTrace | None = None,
+) -> _Connection:
+    """An authenticated connection to ``endpoint``, through its jump hosts if any."""
+    trace = trace if trace is not None else ConnectTrace()
+    hops: list[paramiko.Transport] = []
+    proxy = None
+    try:
+        if endpoint.jump:
+            previous: paramiko.Transport | None = None
+            for hop_text in [h.strip() for h in endpoint.jump.split(",") if h.strip()]:
+                parsed = parse_destination(hop_text)
+                if parsed is None:
+                    raise TransportError(f"jump host {hop_text!r} is not [user@]host[:port]")
+                user, host, port = parsed
+                hop = resolve_destination(
+                    host, port=port, user=user, known_hosts=endpoint.known_hosts
+                )
+                # A hop's own ProxyJump is not followed: the chain is the one given here.
+                if previous is None:
+                    sock = _tcp_socket(
+                        hop.hostname, hop.port, timeout, f"jump host {hop.describe()}"
+                    )
+                else:
+                    sock = _direct_tcpip(previous, hop, timeout)
+                transport, _ = _start_ssh(
+                    sock,
+                    hop,
+                    accept_new=accept_new,
+                    extra_keys=endpoint.key_files + extra_keys,
+                    timeout=timeout,
+                )
+                hops.append(transport)
+                trace.jump_hops = len(hops)
+                previous = transport
+            assert previous is not None
+            sock = _direct_tcpip(previous, endpoint, timeout)
+        elif endpoint.proxy_command:
+            proxy = sock = paramiko.ProxyCommand(endpoint.proxy_command)
+        else:
+            sock = _tcp_socket(endpoint.hostname, endpoint.port, timeout, endpoint.describe())
+        trace.stage = "tcp"
+        transport, checked = _start_ssh(
+            sock,
+            endpoint,
+            accept_new=accept_new,
+            extra_keys=extra_keys,
+            timeout=timeout,
+            trace=trace,
+        )
+    except BaseException:
+        for t in reversed(hops):
+            with contextlib.suppress(Exception):
+                t.close()
+        if proxy is not None:
+            with contextlib.suppress(Exception):
+                proxy.close()
+        raise
+    return _Connection(transport, hops, checked, proxy)
+
+
+def _direct_tcpip(
+    via: paramiko.Transport, endpoint: SshEndpoint, timeout: float
+) -> paramiko.Channel:
+    try:
+        return via.open_channel(
+            "direct-tcpip", (endpoint.hostname, endpoint.port), ("127.0.0.1", 0), timeout=timeout
+        )
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        raise TransportError(
+            f"the jump host could not open a connection to {endpoint.hostname}:{endpoint.port}: {exc}",
+            hint="check that the jump host can reach the device and allows TCP forwarding (AllowTcpForwarding)",
+        ) from exc
+
+
+# --------------------------------------------------------------------------- the device-side receiver
+
+# Run by the device's Python with -c.  Python 2.7-compatible syntax (so that an
+# old device Python can still say what it is) and no backslashes (so that the
+# quoting survives any login shell).
+DEVICE_HELPER = """
+import hashlib, json, os, sys, threading, time
+NL = chr(10)
+MIB = 1048576
+
+def out(doc):
+    sys.stdout.write(json.dumps(doc) + NL)
+    sys.stdout.flush()
+
+def size_of(path):
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return None
+
+def free_bytes(path):
+    while path and not os.path.exists(path):
+        path = os.path.dirname(path)
+    try:
+        st = os.statvfs(path or '/')
+        return st.f_bavail * st.f_frsize, path
+    except (OSError, AttributeError):
+        return None, path
+
+def hash_file(path, limit):
+    h = hashlib.sha256()
+    left = limit
+    f = open(path, 'rb')
+    try:
+        while left is None or left > 0:
+            b = f.read(MIB if left is None else min(MIB, left))
+            if not b:
+                break
+            h.update(b)
+            if left is not None:
+                left -= len(b)
+    finally:
+        f.close()
+    return h
+
+def probe(final, partial, want_hash):
+    doc = {'python': list(sys.version_info[:3]), 'executable': sys.executable,
+           'final_size': size_of(final), 'partial_size': size_of(partial), 'final_sha256': None}
+    if want_hash == '1' and doc['final_size'] is not None:
+        doc['final_sha256'] = hash_file(final, None).hexdigest()
+    doc['free_bytes'], doc['free_path'] = free_bytes(os.path.dirname(final))
+    out(doc)
+    return 0
+
+def lock(fd):
+    try:
+        import fcntl
+    except ImportError:
+        return True
+    deadline = time.time() + 15
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except (IOError, OSError):
+            if time.time() > deadline:
+                return False
+            time.sleep(0.1)
+
+class Syncer(object):
+    # Writes dirty pages out in the background, so the final fsync is short.
+    def __init__(self, fd):
+        self.fd = fd
+        self.thread = None
+    def kick(self):
+        if self.thread is None or not self.thread.is_alive():
+            self.thread = threading.Thread(target=self.run)
+            self.thread.daemon = True
+            self.thread.start()
+    def run(self):
+        try:
+            getattr(os, 'fdatasync', os.fsync)(self.fd)
+        except OSError:
+            pass
+    def join(self):
+        if self.thread is not None:
+            self.thread.join()
+
+def receive(final, partial, offset, size, expected, durable):
+    offset, size = int(offset), int(size)
+    folder = os.path.dirname(final)
+    try:
+        os.makedirs(folder)
+    except OSError:
+        if not os.path.isdir(folder):
+            raise
+    fd = os.open(partial, os.O_RDWR | os.O_CREAT, 420)
+    if not lock(fd):
+        out({'status': 'busy'})
+        return 3
+    have = os.fstat(fd).st_size
+    if have < offset:
+        out({'status': 'partial_changed', 'have': have})
+        return 4
+    os.ftruncate(fd, offset)
+    h = hash_file(partial, offset) if offset else hashlib.sha256()
+    os.lseek(fd, offset, 0)
+    try:
+        # A 1 MiB pipe from sshd (Linux F_SETPIPE_SZ) means far fewer wake-ups of both.
+        import fcntl
+        fcntl.fcntl(0, 1031, MIB)
+    except Exception:
+        pass
+    syncer = Syncer(fd) if durable == '1' else None
+    got = offset
+    since_sync = 0
+    buf = memoryview(bytearray(MIB))
+    try:
+        while got < size:
+            n = os.readv(0, [buf if size - got >= MIB else buf[:size - got]])
+            if not n:
+                break
+            h.update(buf[:n])
+            view = buf[:n]
+            while len(view):
+                view = view[os.write(fd, view):]
+            got += n
+            since_sync += n
+            if syncer is not None and since_sync >= 64 * MIB:
+                since_sync = 0
+                syncer.kick()
+    except OSError as exc:
+        if syncer is not None:
+            syncer.join()
+        free = free_bytes(folder)[0]
+        out({'status': 'write_failed', 'have': os.fstat(fd).st_size, 'errno': exc.errno,
+             'error': str(exc), 'free_bytes': free})
+        return 7
+    if got < size:
+        out({'status': 'incomplete', 'have': got})
+        return 5
+    if os.read(0, 1):
+        out({'status': 'too_long', 'have': got})
+        return 8
+    if syncer is not None:
+        syncer.join()
+        os.fsync(fd)
+    digest = h.hexdigest()
+    real = os.fstat(fd).st_size
+    os.close(fd)
+    if digest != expected or real != size:
+        os.unlink(partial)
+        out({'status': 'mismatch', 'sha256': digest, 'size': real})
+        return 6
+    os.rename(partial, final)
+    if durable == '1':
+        try:
+            dfd = os.open(folder, os.O_RDONLY)
+            os.fsync(dfd)
+            os.close(dfd)
+        except OSError:
+            pass
+    out({'status': 'ok', 'sha256': digest, 'size': real})
+    return 0
+
+COMMANDS = {'probe': probe, 'receive': receive}
+sys.exit(COMMANDS[sys.argv[1]](*sys.argv[2:]))
+"""
+
+
+def _sh(script: str) -> str:
+    """A command line that runs ``script`` with POSIX sh whatever the login shell is."""
+    return "sh -c " + shlex.quote(script)
+
+
+def _quote_argv(argv: list[str]) -> str:
+    return " ".join(shlex.quote(str(a)) for a in argv)
+
+
+def _close_quietly(chan: paramiko.Channel) -> None:
+    """Close a channel whose connection may already be gone (closing then raises EOFError)."""
+    with contextlib.suppress(Exception):
+        chan.close()
+
+
+def _signal_status(rc: int) -> tuple[int | None, int | None]:
+    """(returncode, signal) from a shell exit status; 128+N means killed by signal N."""
+    if rc < 0:
+        return None, None
+    if 128 < rc <= 128 + 64:
+        return -(rc - 128), rc - 128
+    return rc, None
+
+
+# --------------------------------------------------------------------------- the transport
+
+
+class SSHTransport:
+    """One device over SSH; see the module docstring."""
+
+    def __init__(
+        self,
+        target: Target,
+        *,
+        progress: ProgressCallback | None = None,
+        on_stderr: LineCallback | None = None,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
+        durable: bool = True,
+    ) -> None:
+        self.target = target
+        self.progress = progress
+        self.on_stderr = on_stderr
+        self.connect_timeout_s = connect_timeout_s
+        self.durable = durable
+        self._endpoint: SshEndpoint | None = None
+        self._conn: _Connection | None = None
+        self._work_dir: str | None = None
+        self.trace = ConnectTrace()
+
+    # -- connection
+
+    @property
+    def endpoint(self) -> SshEndpoint:
+        if self._endpoint is None:
+            self._endpoint = resolve_ssh(self.target)
+        return self._endpoint
+
+    @property
+    def label(self) -> str:
+        return f"{self.target.name} ({self.endpoint.describe()})"
+
+    def connect(self) -> paramiko.Transport:
+        if self._conn is not None and self._conn.transport.is_active():
+            return self._conn.transport
+        self.close()
+        self.trace = ConnectTrace()
+        self._conn = connect(
+            self.endpoint,
+            accept_new=self.target.accept_new_host_key,
+            timeout=self.connect_timeout_s,
+            trace=self.trace,
+        )
+        return self._conn.transport
+
+    @property
+    def host_key(self) -> HostKeyCheck:
+        self.connect()
+        assert self._conn is not None
+        return self._conn.host_key
+
+    @property
+    def cipher(self) -> str:
+        return self.connect().local_cipher
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> SSHTransport:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _session(self) -> paramiko.Channel:
+        transport = self.connect()
+        try:
+            return transport.open_session(timeout=self.connect_timeout_s)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise TransportError(f"{self.label}: cannot open an SSH session: {exc}") from exc
+
+    def _exec(
+        self, command: str, *, timeout_s: float, stdin: bytes | None = None
+    ) -> tuple[int, bytes, bytes]:
+        """Run a short command (no process-group handling); returns (status, stdout, stderr)."""
+        chan = self._session()
+        try:
+            chan.settimeout(timeout_s)
+            chan.exec_command(command)
+            if stdin:
+                chan.sendall(stdin)
+            chan.shutdown_write()
+            out, err = bytearray(), bytearray()
+            deadline = time.monotonic() + timeout_s
+            while True:
+                while chan.recv_ready():
+                    out += chan.recv(65536)
+                while chan.recv_stderr_ready():
+                    err += chan.recv_stderr(65536)
+                if (
+                    chan.exit_status_ready()
+                    and not chan.recv_ready()
+                    and not chan.recv_stderr_ready()
+                ):
+                    break
+                if time.monotonic() > deadline:
+                    raise TransportError(
+                        f"{self.label}: `{command[:80]}` did not finish within {timeout_s:.0f} s"
+                    )
+                if chan.closed and not chan.exit_status_ready():
+                    raise TransportError(
+                        f"{self.label}: the connection closed while running a command"
+                    )
+                select.select([chan], [], [], 0.1)
+            return chan.recv_exit_status(), bytes(out), bytes(err)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            if isinstance(exc, TransportError):
+                raise
+            raise TransportError(
+                f"{self.label}: connection lost: {exc or type(exc).__name__}"
+            ) from exc
+        finally:
+            _close_quietly(chan)
+
+    # -- work dir
+
+    @property
+    def work_dir(self) -> str:
+        if self._work_dir is None:
+            raw = self.target.work_dir
+            if raw.startswith("/"):
+                self._work_dir = posixpath.normpath(raw)
+            else:
+                rc, out, err = self._exec(_sh('printf %s "$HOME"'), timeout_s=30)
+                home = out.decode("utf-8", "replace").strip()
+                if rc != 0 or not home.startswith("/"):
+                    raise TransportError(
+                        f"{self.label}: cannot find the home directory to resolve work dir {raw!r}: "
+                        f"{err.decode('utf-8', 'replace').strip() or 'HOME is not set'}",
+                        hint="give the target an absolute work_dir (`targets add ... --work-dir /path`)",
+                    )
+                rest = raw[1:].lstrip("/") if raw.startswith("~") else raw
+                self._work_dir = posixpath.normpath(posixpath.join(home, rest))
+        return self._work_dir
+
+    def _remote_path(self, remote_rel: str) -> str:
+        rel = posixpath.normpath(remote_rel)
+        if rel.startswith("/") or rel == ".." or rel.startswith("../") or rel == ".":
+            raise TransportError(f"{remote_rel}: outside the device work dir {self.work_dir}")
+        return posixpath.join(self.work_dir, rel)
+
+    # -- the device's Python helper
+
+    def _helper(self, args: list[str], *, timeout_s: float) -> dict[str, Any]:
+        python = self.target.python
+        command = _sh("exec " + _quote_argv([python, "-c", DEVICE_HELPER, *args]))
+        rc, out, err = self._exec(command, timeout_s=timeout_s)
+        return self._helper_result(rc, out, err)
+
+    def _helper_result(self, rc: int, out: bytes, err: bytes) -> dict[str, Any]:
+        text = out.decode("utf-8", "replace").strip().splitlines()
+        try:
+            doc = json.loads(text[-1]) if text else None
+        except json.JSONDecodeError:
+            doc = None
+        if isinstance(doc, dict):
+            return doc
+        message = err.decode("utf-8", "replace").strip().splitlines()
+        tail = " | ".join(message[-3:]) or f"exit status {rc}"
+        if rc in (126, 127):
+            raise TransportError(
+                f"{self.label}: cannot start the device's Python {self.target.python!r}: {tail}",
+                hint=PYTHON_HINT,
+            )
+        raise TransportError(
+            f"{self.label}: the device's Python {self.target.python!r} failed (exit status {rc}): {tail}",
+            hint=PYTHON_HINT,
+        )
+
+    # -- push
+
+    def push_file(self, local: Path, remote_rel: str, sha256: str) -> PushResult:
+        return self._push(
+            Path(local), self._remote_path(remote_rel), sha256, content_addressed=False
+        )
+
+    def push_artifact(self, local: Path, sha256: str) -> PushResult:
+        if not _SHA256_RE.match(sha256):
+            raise TransportError(f"{sha256!r} is not a sha256 hex digest")
+        local = Path(local)
+        return self._push(
+            local,
+            self._remote_path(f"models/{sha256}/{local.name}"),
+            sha256,
+            content_addressed=True,
+        )
+
+    def _push(
+        self, local: Path, remote: str, sha256: str, *, content_addressed: bool
+    ) -> PushResult:
+        start = time.perf_counter()
+        try:
+            size = local.stat().st_size
+        except OSError as exc:
+            raise TransportError(f"cannot read {local}: {exc.strerror}") from exc
+        folder, name = posixpath.split(remote)
+        partial = posixpath.join(folder, f".{name}.partial")
+        state = self._helper(
+            ["probe", remote, partial, "0" if content_addressed else "1"],
+            timeout_s=60 + size / 20e6,
+        )
+        if state.get("final_size") == size and (
+            content_addressed or state.get("final_sha256") == sha256
+        ):
+            return PushResult(local, remote, sha256, size, 0, True, time.perf_counter() - start)
+        have = state.get("partial_size") or 0
+        offset = have if 0 < have <= size else 0
+        need = size - offset
+        free = state.get("free_bytes")
+        if free is not None and free < need:
+            from edgeshrink.util import human_bytes
+
+            raise TransportError(
+                f"{self.label}: not enough space on the device: {state.get('free_path')} has "
+                f"{human_bytes(free)} free, {local.name} needs {human_bytes(need)} more",
+                hint="free space on the device, or give the target a work_dir on a larger filesystem",
+            )
+        doc = self._send(local, remote, partial, offset, size, sha256)
+        status = doc.get("status")
+        if status != "ok":
+            self._push_failed(doc, local, remote, partial, size)
+        return PushResult(
+            local, remote, sha256, size, size - offset, False, time.perf_counter() - start
+        )
+
+    def _send(
+        self, local: Path, remote: str, partial: str, offset: int, size: int, sha256: str
+    ) -> dict[str, Any]:
+        args = [
+            "receive",
+            remote,
+            partial,
+            str(offset),
+            str(size),
+            sha256,
+            "1" if self.durable else "0",
+        ]
+        command = _sh("exec " + _quote_argv([self.target.python, "-c", DEVICE_HELPER, *args]))
+        chan = self._session()
+        sent = 0
+        began = time.perf_counter()
+        try:
+            chan.settimeout(SEND_STALL_S)
+            chan.exec_command(command)
+            self._report(local, remote, offset, size, 0, began)
+            with open(local, "rb", buffering=0) as handle:
+                handle.seek(offset)
+                left = size - offset
+                while left > 0:
+                    block = handle.read(min(CHUNK_BYTES, left))
+                    if not block:
+                        raise TransportError(f"{local} shrank while it was being sent")
+                    view = memoryview(block)
+                    while view:
+                        # Channel.send takes at most one window/packet; sendall would
+                        # re-slice (copy) the rest of the block on every packet.
+                        n = chan.send(view)
+                        if n <= 0:
+                            raise EOFError("channel closed")
+                        view = view[n:]
+                    sent += len(block)
+                    left -= len(block)
+                    self._report(local, remote, offset + sent, size, sent, began)
+            chan.shutdown_write()
+            out, err = bytearray(), bytearray()
+            chan.settimeout(max(120.0, size / 20e6))
+            while True:
+                data = chan.recv(65536)
+                if not data:
+                    break
+                out += data
+            while chan.recv_stderr_ready():
+                err += chan.recv_stderr(65536)
+            rc = chan.recv_exit_status()
+        except TransportError:
+            raise
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise TransportError(
+                f"{self.label}: connection lost after sending {offset + sent} of {size} bytes of {local.name}: "
+                f"{exc or type(exc).__name__}",
+                hint="push again: it resumes from what reached the device",
+            ) from exc
+        finally:
+            _close_quietly(chan)
+        return self._helper_result(rc, bytes(out), bytes(err))
+
+    def _report(
+        self, local: Path, remote: str, done: int, total: int, sent: int, began: float
+    ) -> None:
+        if self.progress is not None:
+            self.progress(
+                PushProgress(local, remote, done, total, sent, time.perf_counter() - began)
+            )
+
+    def _push_failed(
+        self, doc: dict[str, Any], local: Path, remote: str, partial: str, size: int
+    ) -> None:
+        from edgeshrink.util import human_bytes
+
+        status = doc.get("status")
+        if status == "busy":
+            raise TransportError(
+                f"{self.label}: another push of {local.name} to {remote} is running",
+                hint="wait for it to finish, then push again",
+            )
+        if status == "mismatch":
+            raise TransportError(
+                f"{self.label}: {remote} arrived with sha256 {str(doc.get('sha256'))[:16]}… "
+                f"({doc.get('size')} bytes), expected the local file's hash; the partial file was removed",
+                hint="the local file changed while it was sent, or a stale partial file was resumed: push again",
+            )
+        if status == "write_failed":
+            have = doc.get("have") or 0
+            raise TransportError(
+                f"{self.label}: writing {partial} failed after {human_bytes(have)} of {human_bytes(size)}: "
+                f"{doc.get('error')} ({human_bytes(doc.get('free_bytes') or 0)} free now)",
+                hint="free space on the device and push again: it resumes from the partial file",
+            )
+        if status == "incomplete":
+            raise TransportError(
+                f"{self.label}: the device received only {doc.get('have')} of {size} bytes of {local.name}",
+                hint="push again: it resumes from what reached the device",
+            )
+        raise TransportError(f"{self.label}: pushing {local.name} failed on the device: {doc}")
+
+    # -- run
+
+    def run(
+        self,
+        argv: list[str],
+        *,
+        timeout_s: float,
+        max_output_bytes: int = 8 << 20,
+        on_stderr: LineCallback | None = None,
+    ) -> CommandResult:
+        """Run ``argv`` in the work dir; stdout bounded, stderr streamed by line to ``on_stderr``."""
+        on_line = on_stderr or self.on_stderr
+        work = shlex.quote(self.work_dir)
+        command = _quote_argv(argv)
+        script = (
+            f"cd -- {work} 2>/dev/null || {{ mkdir -p -- {work} && cd -- {work}; }} || "
+            f"{{ printf '{_WORKDIR_MARKER.decode()}' >&2; exit 125; }}\n"
+            f"if command -v setsid >/dev/null 2>&1; then setsid {command} </dev/null &\n"
+            f"else {command} </dev/null &\nfi\n"
+            'pid=$!\nprintf "@@edgeshrink-pid=%s\\n" "$pid" >&2\nwait "$pid"\nexit $?\n'
+        )
+        chan = self._session()
+        start = time.perf_counter()
+        stdout, tail = bytearray(), bytearray()
+        truncated = timed_out = False
+        pending = b""
+        pid: list[int] = []  # filled when the wrapper reports the process group
+
+        def take_stderr(data: bytes) -> None:
+            nonlocal pending
+            pending += data
+            match = _PID_MARKER.search(pending)
+            if match and not pid:
+                pid.append(int(match.group(1)))
+                pending = pending[: match.start()] + pending[match.end() :]
+            lines = pending.split(b"\n")
+            pending = lines.pop()
+            for line in lines:
+                tail.extend(line + b"\n")
+                if on_line is not None:
+                    on_line(line.decode("utf-8", "replace").rstrip("\r"))
+            del tail[: max(0, len(tail) - max_output_bytes)]
+
+        def drain() -> bool:
+            nonlocal truncated
+            got = False
+            while chan.recv_ready():
+                data = chan.recv(65536)
+                got = True
+                room = max_output_bytes - len(stdout)
+                if len(data) > room:
+                    truncated = True
+                stdout.extend(data[: max(room, 0)])
+            while chan.recv_stderr_ready():
+                take_stderr(chan.recv_stderr(65536))
+                got = True
+            return got
+
+        def wait_exit(limit_s: float) -> bool:
+            until = time.monotonic() + limit_s
+            while time.monotonic() < until:
+                drain()
+                if chan.exit_status_ready() or chan.closed:
+                    return True
+                select.select([chan], [], [], 0.1)
+            return False
+
+        try:
+            chan.exec_command(_sh(script))
+            chan.shutdown_write()
+            deadline = time.monotonic() + timeout_s
+            while True:
+                drain()
+                if (
+                    chan.exit_status_ready()
+                    and not chan.recv_ready()
+                    and not chan.recv_stderr_ready()
+                ):
+                    break
+                if chan.closed or not chan.get_transport().is_active():
+                    drain()
+                    if chan.exit_status_ready():
+                        break
+                    raise TransportError(
+                        f"{self.label}: connection lost while running {argv[0]}",
+                        hint="check the device and network; the command may still be running there",
+                    )
+                if time.monotonic() > deadline:
+                    timed_out = True
+                    self._stop(pid, chan, wait_exit)
+                    break
+                select.select([chan], [], [], 0.1)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            _close_quietly(chan)
+            if isinstance(exc, TransportError):
+                raise
+            raise TransportError(
+                f"{self.label}: connection lost while running {argv[0]}: {exc}"
+            ) from exc
+        except BaseException:
+            # Ctrl-C, or a callback that raised: the remote command must not outlive us.
+            with contextlib.suppress(Exception):
+                self._stop(pid, chan, wait_exit)
+            _close_quietly(chan)
+            raise
+        drain()
+        if pending:
+            take_stderr(b"\n")
+        status = chan.recv_exit_status() if chan.exit_status_ready() else -1
+        _close_quietly(chan)
+        if status == 125 and _WORKDIR_MARKER in tail:
+            raise TransportError(
+                f"{self.label}: cannot create or enter the work dir {self.work_dir}: "
+                f"{tail.decode('utf-8', 'replace').replace(_WORKDIR_MARKER.decode(), '').strip()}",
+                hint="give the target a work_dir the SSH user can write (`targets add ... --work-dir`)",
+            )
+        returncode, sig = _signal_status(status)
+        return CommandResult(
+            argv=tuple(argv),
+            returncode=returncode,
+            stdout=bytes(stdout).decode("utf-8", "replace"),
+            stderr=bytes(tail).decode("utf-8", "replace"),
+            seconds=time.perf_counter() - start,
+            timed_out=timed_out,
+            signal=sig,
+            stdout_truncated=truncated,
+        )
+
+    def _stop(
+        self, pid: list[int], chan: paramiko.Channel, wait_exit: Callable[[float], bool]
+    ) -> None:
+        """SIGTERM the remote process group, then SIGKILL what is left after the grace period."""
+        if not pid:
+            wait_exit(1.0)  # the marker may still be on its way
+        if not pid:
+            _close_quietly(chan)
+            return
+        for sig, grace in (("TERM", TERM_GRACE_S), ("KILL", TERM_GRACE_S)):
+            self._kill(pid[0], sig)
+            if wait_exit(grace):
+                return
+        _close_quietly(chan)
+
+    def _kill(self, pid: int, sig: str) -> None:
+        # "kill -SIG -PGID", not "kill -SIG -- -PGID": dash's kill does not take "--".
+        script = f"kill -{sig} -{pid} 2>/dev/null || kill -{sig} {pid} 2>/dev/null; exit 0"
+        with contextlib.suppress(TransportError):
+            self._exec(_sh(script), timeout_s=15)
