@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from edgeshrink.artifacts import Artifact, load_artifact
 from edgeshrink.bench import BenchParams, BenchResult, run_agent_bench
@@ -61,6 +62,8 @@ def bench_model(
     store_result: bool = True,
     timeout_s: float = 900.0,
     progress: Progress | None = None,
+    push_progress: Callable[[Any], None] | None = None,
+    agent_stderr: Callable[[str], None] | None = None,
 ) -> BenchOutcome:
     say = progress or (lambda _msg: None)
     model = Path(model)
@@ -73,7 +76,7 @@ def bench_model(
         say(f"hashing {model.name}")
         sha = sha256_file(model)
     params = replace(params, threads=_threads_for(target, profile, params.threads))
-    with open_transport(target) as transport:
+    with open_transport(target, progress=push_progress, on_stderr=agent_stderr) as transport:
         say(f"pushing {model.name} to {target.name} ({target.describe()})")
         pushed = transport.push_artifact(model, sha)
         say(
@@ -144,6 +147,7 @@ def deploy_model(
     db: str | os.PathLike[str] | None = None,
     timeout_s: float = 900.0,
     progress: Progress | None = None,
+    push_progress: Callable[[Any], None] | None = None,
 ) -> DeployOutcome:
     shrunk = shrink_model(
         model, profile, options or ShrinkOptions(), output=output, progress=progress
@@ -156,5 +160,6 @@ def deploy_model(
         db=db,
         timeout_s=timeout_s,
         progress=progress,
+        push_progress=push_progress,
     )
     return DeployOutcome(shrink=shrunk, bench=outcome)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 import pytest
-from conftest import needs_llama_cpp, run_cli
+from support import needs_llama_cpp, run_cli
 
 from edgeshrink.cli.main import cli
 

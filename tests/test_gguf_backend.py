@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import needs_llama_cpp
+from support import needs_llama_cpp
 
 from edgeshrink.errors import ModelFileError, QuantizationError
 from edgeshrink.formats import detect_and_inspect, gguf

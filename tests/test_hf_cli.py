@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import needs_llama_cpp, run_cli
+from support import needs_llama_cpp, run_cli
 
 pytest.importorskip("tokenizers")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import needs_llama_cpp
+from support import needs_llama_cpp
 
 from edgeshrink.formats import gguf
 from edgeshrink.llm_quality import EvalError, default_eval_text, evaluate_llm

@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import needs_llama_cpp
+from support import needs_llama_cpp
 
 from edgeshrink.artifacts import load_artifact, manifest_path_for
 from edgeshrink.errors import DoesNotFitError, ModelFileError, QuantizationError

@@ -6,7 +6,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from conftest import needs_llama_cpp, run_cli
+from support import needs_llama_cpp, run_cli
 
 from edgeshrink.bench import BenchParams
 from edgeshrink.profiles import get_profile

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from edgeshrink.cli.main import Context, emit_json, pass_context
+from edgeshrink.cli.common import Context, emit_json, pass_context
 from edgeshrink.report.table import render_pairs, render_table
 
 

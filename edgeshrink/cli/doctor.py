@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from edgeshrink.cli.main import Context, emit_json, pass_context, progress_printer
+from edgeshrink.cli.common import Context, emit_json, pass_context, progress_printer
 
 # Not imported from cli.targets: the CLI modules are loaded by cli.main in turn,
 # and one importing another at module level can meet it half-initialised.

@@ -7,41 +7,15 @@ shows the traceback instead.
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
 
 import click
 
 from edgeshrink import __version__
+from edgeshrink.cli.common import Context, debug_enabled
 from edgeshrink.errors import EdgeshrinkError
-
-
-def debug_enabled() -> bool:
-    return os.environ.get("EDGESHRINK_DEBUG", "") not in ("", "0", "false", "no")
-
-
-def emit_json(document: Any) -> None:
-    click.echo(json.dumps(document, indent=2, default=str))
-
-
-def progress_printer(quiet: bool = False):
-    def say(message: str) -> None:
-        if not quiet:
-            click.echo(click.style(f"· {message}", dim=True), err=True)
-
-    return say
-
-
-class Context:
-    def __init__(self, profiles_dirs: tuple[Path, ...]) -> None:
-        self.profiles_dirs = profiles_dirs
-
-
-pass_context = click.make_pass_decorator(Context)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -77,7 +51,7 @@ _register()
 
 def main(argv: list[str] | None = None) -> None:
     try:
-        cli.main(args=argv, prog_name="edgeshrink", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="edgeshrink", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
@@ -102,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"error: internal error: {type(exc).__name__}: {exc}", err=True)
         click.echo("hint: re-run with EDGESHRINK_DEBUG=1 and report the traceback", err=True)
         sys.exit(1)
-    sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

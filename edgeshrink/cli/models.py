@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from edgeshrink.cli.main import Context, emit_json, pass_context, progress_printer
+from edgeshrink.cli.common import Context, emit_json, pass_context, progress_printer
 from edgeshrink.report.table import render_pairs, render_table
 from edgeshrink.util import human_bytes, human_count
 

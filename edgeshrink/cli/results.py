@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from edgeshrink.cli.main import emit_json
+from edgeshrink.cli.common import emit_json
 from edgeshrink.report.table import render_table
 
 DB = click.option(

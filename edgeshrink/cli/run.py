@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from edgeshrink.cli.main import Context, emit_json, pass_context, progress_printer
+from edgeshrink.cli.common import Context, emit_json, pass_context, progress_printer
 from edgeshrink.cli.models import (
     CTX,
     JSON,
@@ -60,6 +60,12 @@ def params_from(kw: dict[str, Any]):
     )  # fmt: skip
 
 
+def push_printer(quiet: bool):
+    from edgeshrink.cli.targets import transfer_progress_printer
+
+    return transfer_progress_printer(quiet)
+
+
 def connect_target(name: str, profile_id: str | None, kw: dict[str, Any]):
     from dataclasses import replace
 
@@ -107,7 +113,9 @@ def print_bench(outcome) -> None:
                             f"(p50 {lat.p50:.3f}, p90 {lat.p90:.3f}, p99 {lat.p99:.3f}, max {lat.max:.3f})"),
                 ("throughput", f"{r.throughput_per_s:,.1f} inferences/s" if r.throughput_per_s else "-"),
             ]  # fmt: skip
-        pairs.append(("temperature", ", ".join(f"{k} {v:.0f}°C" for k, v in temps.items()) or "not readable"))
+        pairs.append(
+            ("temperature", ", ".join(f"{k} {v:.0f}°C" for k, v in temps.items()) or "not readable")
+        )
     else:
         pairs.append(("error", r.error_message))
     if outcome.result_id is not None:
@@ -182,7 +190,7 @@ def bench(
     profile = get_profile(target.profile, obj.profiles_dirs) if target.profile else None
     outcome = bench_model(
         model, target, params_from(kw), profile=profile, db=kw["db"], store_result=not no_store,
-        timeout_s=kw["timeout_s"], progress=progress_printer(as_json),
+        timeout_s=kw["timeout_s"], progress=progress_printer(as_json), push_progress=push_printer(as_json),
     )  # fmt: skip
     if as_json:
         emit_json(bench_json(outcome))
@@ -252,7 +260,7 @@ def deploy(
         return
     outcome = deploy_model(
         model, profile, target, params_from(kw), options, output=output, db=kw["db"],
-        timeout_s=kw["timeout_s"], progress=progress_printer(as_json),
+        timeout_s=kw["timeout_s"], progress=progress_printer(as_json), push_progress=push_printer(as_json),
     )  # fmt: skip
     if as_json:
         emit_json(

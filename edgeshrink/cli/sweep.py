@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from edgeshrink.cli.main import Context, emit_json, pass_context, progress_printer
+from edgeshrink.cli.common import Context, emit_json, pass_context, progress_printer
 from edgeshrink.cli.run import bench_options, connect_target, params_from
 from edgeshrink.report.table import render_table
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from edgeshrink.cli.main import Context, emit_json, pass_context, progress_printer
+from edgeshrink.cli.common import Context, emit_json, pass_context, progress_printer
 from edgeshrink.report.table import render_pairs, render_table
 
 ACCEPT_NEW_HOST_KEY = click.option(
