@@ -11,8 +11,9 @@ warms up, measures, and prints exactly one JSON document on stdout
 
 Exit codes: 0 ok, 1 error, 2 bad arguments, 3 out of memory, 124 timeout (SIGTERM).
 
-Only the standard library is imported at module level; runtimes (llama_cpp, and
-later onnxruntime / tflite) are imported inside the runner that needs them.
+Only the standard library is imported at module level; runtimes (llama_cpp,
+onnxruntime with numpy, and later tflite) are imported inside the runner that
+needs them.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import argparse
 import collections
 import contextlib
 import datetime
+import functools
 import json
 import math
 import os
@@ -36,7 +38,7 @@ import sys
 import threading
 import time
 
-AGENT_VERSION = "1.0.0"
+AGENT_VERSION = "1.1.0"
 SCHEMA = "edgeshrink.bench/1"
 
 EXIT_CODES = {"ok": 0, "error": 1, "oom": 3, "timeout": 124}
@@ -261,6 +263,43 @@ def _stats(samples, digits: int = 4) -> dict:
     }
 
 
+def _percentile(ordered, fraction: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default) of sorted values."""
+    if len(ordered) == 1:
+        return float(ordered[0])
+    position = fraction * (len(ordered) - 1)
+    low = int(math.floor(position))
+    high = min(low + 1, len(ordered) - 1)
+    return float(ordered[low] + (ordered[high] - ordered[low]) * (position - low))
+
+
+def _latency_stats(seconds) -> dict:
+    """latency_ms {mean, stddev, min, p50, p90, p99, max, count} of per-run seconds."""
+    values = [1000.0 * s for s in seconds]
+    if not values:
+        return {
+            "mean": None,
+            "stddev": None,
+            "min": None,
+            "p50": None,
+            "p90": None,
+            "p99": None,
+            "max": None,
+            "count": 0,
+        }
+    ordered = sorted(values)
+    return {
+        "mean": _round(statistics.mean(values), 6),
+        "stddev": _round(statistics.stdev(values) if len(values) > 1 else 0.0, 6),
+        "min": _round(ordered[0], 6),
+        "p50": _round(_percentile(ordered, 0.50), 6),
+        "p90": _round(_percentile(ordered, 0.90), 6),
+        "p99": _round(_percentile(ordered, 0.99), 6),
+        "max": _round(ordered[-1], 6),
+        "count": len(values),
+    }
+
+
 def _read_text(path: str) -> str:
     with open(path, encoding="utf-8", errors="replace") as handle:
         return handle.read()
@@ -287,6 +326,10 @@ class Report:
         self.rss_after_load_mb = None  # type: float | None
         # (pp, tg, ttft) sample lists, filled while measuring so an interrupt keeps them.
         self.llm_partial = None  # type: tuple | None
+        # Models that are not LLMs: seconds per run, filled the same way.
+        self.latency_partial = None  # type: list | None
+        self.latency_ms = None  # type: dict | None
+        self.throughput_per_s = None  # type: float | None
         self.unmeasured = []  # type: list
         self.warnings = []  # type: list
 
@@ -314,6 +357,8 @@ class Report:
             "load_s": _round(self.load_s),
             "memory": self.memory,
             "llm": self.llm,
+            "latency_ms": self.latency_ms,
+            "throughput_per_s": _round(self.throughput_per_s),
             "unmeasured": self.unmeasured,
             "warnings": self.warnings,
         }
@@ -1229,8 +1274,396 @@ class LlamaBench:
         self.lc.llama_synchronize(self.ctx)
 
 
+# --------------------------------------------------------------------------- timed runs
+
+
+def measure_runs(run_once, args, report: Report, sampler: MemorySampler) -> None:
+    """Warm up, then time ``run_once`` until at least --runs runs AND --min-seconds have
+    passed (TFLite benchmark_model's rule); --deadline-s stops it early with a warning.
+
+    Per-run seconds go into ``report.latency_partial`` as they are measured, so a
+    run stopped by SIGTERM still reports what it measured.
+    """
+    for index in range(args.warmup):
+        _log(f"warm-up {index + 1}/{args.warmup}")
+        run_once()
+    sampler.sample()
+    samples = []
+    report.latency_partial = samples
+    perf = time.perf_counter
+    runs, min_end = args.runs, perf() + args.min_seconds
+    deadline_at = None if args.deadline_s is None else report.t_start + args.deadline_s
+    append = samples.append
+    while True:
+        t0 = perf()
+        run_once()
+        t1 = perf()
+        append(t1 - t0)
+        if len(samples) >= runs and t1 >= min_end:
+            break
+        if deadline_at is not None and t1 + (t1 - t0) > deadline_at:
+            report.warn(
+                f"deadline of {args.deadline_s} s reached: stopped after {len(samples)} runs"
+            )
+            break
+        if _Process.signalled is not None:
+            _check_signal()
+    sampler.sample()
+    mean_ms = 1000.0 * sum(samples) / len(samples)
+    _log(f"{len(samples)} runs in {sum(samples):.3f} s: mean {mean_ms:.4f} ms")
+
+
+# --------------------------------------------------------------------------- ONNX / onnxruntime
+
+
+ORT_PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "xnnpack": "XnnpackExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+ORT_OPT_LEVELS = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
+# onnxruntime type strings -> numpy dtype names
+ORT_DTYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(int16)": "int16",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(uint16)": "uint16",
+    "tensor(bool)": "bool",
+}
+
+
+def check_model_file(path: str) -> int:
+    """The model file exists and is a readable file; returns its size in bytes."""
+    if not os.path.exists(path):
+        raise AgentError(
+            "model_missing",
+            f"model file not found: {path}",
+            "check the path on the device; push the artifact first (edgeshrink push)",
+        )
+    if os.path.isdir(path):
+        raise AgentError(
+            "model_invalid", f"model path is a directory: {path}", "pass the model file itself"
+        )
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise AgentError(
+            "model_unreadable", f"cannot read {path}: {exc}", "check file permissions"
+        ) from exc
+    return os.path.getsize(path)
+
+
+def choose_ort_providers(ort, wanted: str, threads: int, machine: str) -> tuple:
+    """(providers argument, session tweaks, name chosen) for InferenceSession.
+
+    auto: CUDA when the build has it, XNNPACK on ARM when the build has it, else
+    CPU.  TensorRT builds an engine on first use (minutes), so only on request.
+    """
+    available = list(ort.get_available_providers())
+    arm = machine.lower() in ("aarch64", "arm64") or machine.lower().startswith("arm")
+    if wanted == "auto":
+        if ORT_PROVIDERS["cuda"] in available:
+            wanted = "cuda"
+        elif arm and ORT_PROVIDERS["xnnpack"] in available:
+            wanted = "xnnpack"
+        else:
+            wanted = "cpu"
+    name = ORT_PROVIDERS[wanted]
+    if name not in available:
+        raise AgentError(
+            "provider_missing",
+            f"this onnxruntime has no {name}; it has {', '.join(available)}",
+            "pass --execution-provider auto or one of the available providers"
+            " (XNNPACK needs an onnxruntime build with it, CUDA/TensorRT onnxruntime-gpu)",
+        )
+    tweaks = {}
+    if wanted == "xnnpack":
+        # XNNPACK has its own thread pool: the ORT intra-op pool stays at one
+        # thread without spinning, as the XNNPACK EP documentation advises.
+        providers = [(name, {"intra_op_num_threads": str(threads)}), ORT_PROVIDERS["cpu"]]
+        tweaks = {"intra_op_num_threads": 1, "session.intra_op.allow_spinning": "0"}
+    elif wanted == "tensorrt":
+        providers = [name, ORT_PROVIDERS["cuda"], ORT_PROVIDERS["cpu"]]
+        providers = [p for p in providers if p in available]
+    elif wanted == "cpu":
+        providers = [name]
+    else:
+        providers = [name, ORT_PROVIDERS["cpu"]]
+    return providers, tweaks, wanted
+
+
+def _ort_load_failure(path: str, exc: BaseException) -> AgentError:
+    message = str(exc)
+    lower = message.lower()
+    first = message.strip().splitlines()[0] if message.strip() else type(exc).__name__
+    if any(marker in lower for marker in ("bad_alloc", "failed to allocate", "out of memory")):
+        return AgentOutOfMemory(
+            "oom",
+            f"onnxruntime could not allocate memory for the model: {first}",
+            "use a smaller or quantized model for this device",
+        )
+    if "invalid_protobuf" in lower or "protobuf parsing failed" in lower:
+        try:
+            with open(path, "rb") as handle:
+                head = handle.read(2)
+        except OSError:
+            head = b""
+        if len(head) == 2 and head[0] == 0x08 and 1 <= head[1] <= 20:
+            return AgentError(
+                "model_truncated",
+                f"{path} looks like an ONNX file but does not parse: it is truncated or corrupt",
+                "copy the file to the device again and compare its sha256 with the artifact manifest",
+            )
+        return AgentError(
+            "model_invalid",
+            f"{path} is not an ONNX file ({os.path.getsize(path)} bytes that do not parse)",
+            "pass an .onnx model, or the right --format",
+        )
+    if "is till opset" in lower or "ir version" in lower:
+        return AgentError(
+            "unsupported_opset",
+            f"onnxruntime cannot run {path}: {first}",
+            "convert the model to an older opset (onnx.version_converter) or upgrade onnxruntime on the device",
+        )
+    if "external" in lower or "no such file" in lower:
+        return AgentError(
+            "external_data_missing",
+            f"onnxruntime cannot read the external data of {path}: {first}",
+            "push the model's .data file(s) beside it, keeping their names",
+        )
+    return AgentError(
+        "model_load_failed",
+        f"onnxruntime failed to load {path}: {first}",
+        "check that the model runs in onnxruntime on the host (edgeshrink inspect / eval)",
+    )
+
+
+def onnx_input_feed(np, session_inputs, inputs_path, seed: int, report: Report) -> tuple:
+    """Feeds for every input, from the pushed .npz or random from the declared shapes.
+
+    Arrays hold samples on their first axis; one batch is taken: the declared
+    first dimension when it is fixed, 1 when it is symbolic.  Random inputs:
+    symbolic dimensions become 1 (with a warning), floats are standard normal,
+    integers in [0, 10), all from ``seed``.
+    """
+    feeds, described = {}, []
+    arrays = None
+    if inputs_path:
+        if not os.path.isfile(inputs_path):
+            raise AgentError(
+                "inputs_missing",
+                f"inputs file not found: {inputs_path}",
+                "push the .npz with the model (--inputs on the host)",
+            )
+        try:
+            with np.load(inputs_path, allow_pickle=False) as npz:
+                arrays = {key: npz[key] for key in npz.files}
+        except Exception as exc:
+            raise AgentError(
+                "inputs_invalid",
+                f"{inputs_path} is not a readable .npz: {exc}",
+                "write it with numpy.savez(path, input_name=array)",
+            ) from exc
+    rng = np.random.default_rng(seed)
+    for meta in session_inputs:
+        dims = list(meta.shape)
+        shown = "[" + ", ".join(str(d) for d in dims) + "]"
+        dtype = ORT_DTYPES.get(meta.type)
+        if dtype is None:
+            raise AgentError(
+                "inputs_unsupported",
+                f"input '{meta.name}' has type {meta.type}",
+                "the agent feeds numeric tensors only",
+            )
+        if arrays is not None:
+            key = meta.name
+            if key not in arrays and len(session_inputs) == 1 and list(arrays) == ["arr_0"]:
+                key = "arr_0"  # numpy.savez(path, array) without a name
+            if key not in arrays:
+                raise AgentError(
+                    "bad_inputs",
+                    f"{inputs_path} has no array for input '{meta.name}' (expected {shown} {dtype});"
+                    f" it has: {', '.join(sorted(arrays)) or 'nothing'}",
+                    f"save it with numpy.savez(path, {meta.name}=array)",
+                )
+            array = arrays[key]
+            if array.ndim == len(dims) + 1:
+                array = array[0]
+            elif array.ndim == len(dims) and dims:
+                rows = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else 1
+                array = array[:rows]
+            if array.ndim != len(dims) or any(
+                isinstance(d, int) and d > 0 and d != got for d, got in zip(dims, array.shape)
+            ):
+                raise AgentError(
+                    "bad_inputs",
+                    f"input '{meta.name}' from {inputs_path} has shape {list(array.shape)},"
+                    f" the model expects {shown} {dtype}",
+                    "stack the samples on the first axis of an array of the model's input shape",
+                )
+            if array.dtype.name != dtype:
+                if array.dtype.kind != np.dtype(dtype).kind and not (
+                    array.dtype.kind in "iu" and np.dtype(dtype).kind in "iu"
+                ):
+                    raise AgentError(
+                        "bad_inputs",
+                        f"input '{meta.name}' from {inputs_path} is {array.dtype.name},"
+                        f" the model expects {shown} {dtype}",
+                        f"convert it with array.astype(numpy.{dtype})",
+                    )
+                array = array.astype(dtype)
+            feeds[meta.name] = np.ascontiguousarray(array)
+        else:
+            symbolic = [str(d) for d in dims if not (isinstance(d, int) and d > 0)]
+            if symbolic:
+                report.warn(
+                    f"input '{meta.name}' {shown}: symbolic dimension(s) {', '.join(symbolic)} set to 1"
+                )
+            shape = [d if isinstance(d, int) and d > 0 else 1 for d in dims]
+            kind = np.dtype(dtype).kind
+            if kind == "f":
+                feeds[meta.name] = rng.standard_normal(shape).astype(dtype)
+            elif kind == "b":
+                feeds[meta.name] = rng.integers(0, 2, shape).astype(dtype)
+            else:
+                feeds[meta.name] = rng.integers(0, 10, shape).astype(dtype)
+        described.append(
+            {
+                "name": meta.name,
+                "declared": dims,
+                "shape": list(feeds[meta.name].shape),
+                "dtype": dtype,
+            }
+        )
+    return feeds, described
+
+
+def run_onnx(args, report: Report, sampler: MemorySampler) -> None:
+    size = check_model_file(args.model)
+    report.model["size_bytes"] = size
+
+    _log("importing onnxruntime")
+    try:
+        import numpy as np
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise AgentError(
+            "runtime_missing",
+            f"onnxruntime is not importable on this device: {exc}",
+            "pip install onnxruntime (on the device; it brings numpy)",
+        ) from exc
+    except OSError as exc:
+        raise AgentError(
+            "runtime_broken",
+            f"onnxruntime is installed but its native library failed to load: {exc}",
+            "reinstall onnxruntime on the device (pip install --force-reinstall onnxruntime)",
+        ) from exc
+    resolved = report.params["resolved"]
+    threads = resolved["threads"]
+    report.runtime = {
+        "name": "onnxruntime",
+        "version": getattr(ort, "__version__", None),
+        "providers": None,
+        "available_providers": list(ort.get_available_providers()),
+        "device": ort.get_device() if hasattr(ort, "get_device") else None,
+        "session_options": None,
+    }
+    providers, tweaks, chosen = choose_ort_providers(
+        ort, args.execution_provider, threads, platform.machine() or ""
+    )
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = tweaks.get("intra_op_num_threads", threads)
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = getattr(
+        ort.GraphOptimizationLevel, ORT_OPT_LEVELS[args.graph_optimization]
+    )
+    options.log_severity_level = 3
+    if "session.intra_op.allow_spinning" in tweaks:
+        options.add_session_config_entry(
+            "session.intra_op.allow_spinning", tweaks["session.intra_op.allow_spinning"]
+        )
+    report.runtime["session_options"] = {
+        "intra_op_num_threads": options.intra_op_num_threads,
+        "inter_op_num_threads": options.inter_op_num_threads,
+        "execution_mode": "sequential",
+        "graph_optimization_level": ORT_OPT_LEVELS[args.graph_optimization],
+        "intra_op_allow_spinning": tweaks.get("session.intra_op.allow_spinning", "1") == "1",
+        "requested_providers": [p if isinstance(p, str) else p[0] for p in providers],
+        "provider_options": {p[0]: p[1] for p in providers if not isinstance(p, str)},
+    }
+    resolved["execution_provider"] = chosen
+
+    _log(f"loading {args.model} ({size} bytes) with {chosen}, {threads} threads")
+    t0 = time.perf_counter()
+    try:
+        session = ort.InferenceSession(args.model, options, providers=providers)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise _ort_load_failure(args.model, exc) from exc
+    report.load_s = time.perf_counter() - t0
+    _check_signal()
+    report.rss_after_load_mb = sampler.rss_now_mb()
+    actual = list(session.get_providers())
+    report.runtime["providers"] = actual
+    if ORT_PROVIDERS[chosen] not in actual:
+        report.warn(
+            f"{ORT_PROVIDERS[chosen]} was requested but the session runs on {', '.join(actual)}"
+        )
+
+    def describe(metas):
+        return [{"name": m.name, "type": m.type, "shape": list(m.shape)} for m in metas]
+
+    report.model["inputs"] = describe(session.get_inputs())
+    report.model["outputs"] = describe(session.get_outputs())
+    # Importing the onnx package to count initializers would inflate the peak RSS
+    # being measured; the host's `edgeshrink inspect` reports the parameters.
+    report.not_measured("model.n_params", "onnxruntime does not expose initializers")
+    feeds, described = onnx_input_feed(np, session.get_inputs(), args.inputs, args.seed, report)
+    resolved["inputs"] = described
+    resolved["input_source"] = "file" if args.inputs else "random"
+    _log(
+        f"model: {len(described)} input(s) "
+        + ", ".join(f"{d['name']} {d['shape']}" for d in described)
+        + f"; load {report.load_s:.3f} s on {', '.join(actual)}"
+    )
+
+    run = session.run
+    try:
+        run(None, feeds)
+    except Exception as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "bad_alloc" in message or "allocate" in message.lower():
+            raise AgentOutOfMemory(
+                "oom",
+                f"onnxruntime ran out of memory: {message}",
+                "use a smaller or quantized model",
+            ) from exc
+        raise AgentError(
+            "run_failed",
+            f"onnxruntime could not run the model: {message}",
+            "check the inputs' shapes and types (see params.resolved.inputs)",
+        ) from exc
+    sampler.sample()
+    measure_runs(functools.partial(run, None, feeds), args, report, sampler)
+
+
 RUNNERS = {
     "gguf": run_gguf,
+    "onnx": run_onnx,
 }
 
 
@@ -1280,12 +1713,24 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="edgeshrink_agent.py", description="edgeshrink on-device benchmark agent")
     commands = parser.add_subparsers(dest="command", parser_class=_Parser)
     bench = commands.add_parser("bench", help="load a model and measure it")
     bench.add_argument("--model", required=True, help="model file on this device")
-    bench.add_argument("--format", default=None, help="gguf (default: from the file extension)")
+    bench.add_argument(
+        "--format", default=None, help="gguf or onnx (default: from the file extension)"
+    )
     bench.add_argument("--prompt-tokens", type=_positive_int, default=512)
     bench.add_argument("--gen-tokens", type=_positive_int, default=128)
     bench.add_argument("--reps", type=_positive_int, default=5)
@@ -1304,6 +1749,31 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--ubatch-size", type=_positive_int, default=512)
     bench.add_argument("--no-mmap", action="store_true")
     bench.add_argument("--seed", type=int, default=1234)
+    # Models that are not LLMs (ONNX): TFLite benchmark_model's defaults.
+    bench.add_argument(
+        "--runs", type=_positive_int, default=50, help="at least this many timed runs"
+    )
+    bench.add_argument(
+        "--min-seconds",
+        type=_non_negative_float,
+        default=1.0,
+        help="and keep running until this many seconds have passed",
+    )
+    bench.add_argument(
+        "--inputs", default=None, help=".npz of inputs (default: random, declared shapes)"
+    )
+    bench.add_argument(
+        "--execution-provider",
+        choices=("auto", "cpu", "xnnpack", "cuda", "tensorrt"),
+        default="auto",
+        help="onnxruntime provider (auto: CUDA if present, XNNPACK on ARM if present, else CPU)",
+    )
+    bench.add_argument(
+        "--graph-optimization",
+        choices=("disable", "basic", "extended", "all"),
+        default="all",
+        help="onnxruntime graph optimisation level",
+    )
     bench.add_argument(
         "--deadline-s",
         type=_positive_float,
@@ -1331,6 +1801,19 @@ def _resolve_format(args) -> str:
     )
 
 
+LLM_ONLY_PARAMS = (
+    "prompt_tokens",
+    "gen_tokens",
+    "reps",
+    "flash_attn",
+    "n_ctx",
+    "batch_size",
+    "ubatch_size",
+    "no_mmap",
+)
+ONNX_ONLY_PARAMS = ("runs", "min_seconds", "inputs", "execution_provider", "graph_optimization")
+
+
 def command_bench(args, report: Report, sampler: MemorySampler) -> None:
     threads = args.threads or os.cpu_count() or 1
     n_ctx = args.n_ctx if args.n_ctx is not None else max(args.prompt_tokens + args.gen_tokens, 512)
@@ -1349,6 +1832,11 @@ def command_bench(args, report: Report, sampler: MemorySampler) -> None:
         "no_mmap": args.no_mmap,
         "seed": args.seed,
         "deadline_s": args.deadline_s,
+        "runs": args.runs,
+        "min_seconds": args.min_seconds,
+        "inputs": args.inputs,
+        "execution_provider": args.execution_provider,
+        "graph_optimization": args.graph_optimization,
         "resolved": {
             "format": None,
             "threads": threads,
@@ -1368,9 +1856,16 @@ def command_bench(args, report: Report, sampler: MemorySampler) -> None:
     model_format = _resolve_format(args)
     report.params["resolved"]["format"] = model_format
     report.model["format"] = model_format
+    # Record only the parameters that the format's runner reads.
+    unused = ONNX_ONLY_PARAMS if model_format == "gguf" else LLM_ONLY_PARAMS
+    for key in unused:
+        report.params.pop(key, None)
+    if model_format != "gguf":
+        for key in ("n_ctx", "flash_attn"):
+            report.params["resolved"].pop(key, None)
     runner = RUNNERS.get(model_format)
     if runner is None:
-        if model_format in ("onnx", "tflite"):
+        if model_format == "tflite":
             hint = (
                 f"this agent version measures {_supported_formats()};"
                 f" {model_format} support comes in a later agent version"
@@ -1382,7 +1877,7 @@ def command_bench(args, report: Report, sampler: MemorySampler) -> None:
             f"agent {AGENT_VERSION} cannot measure format {model_format!r}",
             hint,
         )
-    if args.prompt_tokens + args.gen_tokens > n_ctx:
+    if model_format == "gguf" and args.prompt_tokens + args.gen_tokens > n_ctx:
         raise AgentError(
             "bad_params",
             f"prompt {args.prompt_tokens} + gen {args.gen_tokens} tokens"
@@ -1411,6 +1906,11 @@ def _finish_bench(report: Report, sampler: MemorySampler, args) -> None:
             "n_gen": args.gen_tokens,
             "reps": min(len(pp), len(tg), len(ttft)),
         }
+    if report.latency_partial is not None:
+        samples = list(report.latency_partial)
+        report.latency_ms = _latency_stats(samples)
+        if samples and sum(samples) > 0:
+            report.throughput_per_s = len(samples) / sum(samples)
     if report.device is not None:
         try:
             _changing_facts(report, "after", report.device)
@@ -1492,7 +1992,8 @@ def main(argv=None) -> int:
             error = _error_dict(
                 "timeout",
                 "terminated by SIGTERM while measuring",
-                "raise the host timeout or lower --reps/--prompt-tokens/--gen-tokens",
+                "raise the host timeout or lower --reps/--prompt-tokens/--gen-tokens"
+                " (--runs/--min-seconds for ONNX)",
             )
         else:
             status = "error"
