@@ -162,7 +162,7 @@ class BenchResult:
             device_cores=device.get("cores"),
             runtime=runtime.get("name"),
             runtime_version=runtime.get("version"),
-            threads=params.get("threads"),
+            threads=(params.get("resolved") or {}).get("threads") or params.get("threads"),
             document=doc,
         )
 

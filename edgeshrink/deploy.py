@@ -52,6 +52,15 @@ def _threads_for(target: Target, profile: HardwareProfile | None, asked: int | N
     return profile.threads
 
 
+def _external_data_files(info, model: Path) -> list[Path]:
+    entries = dict(info.metadata).get("external_data") or []
+    return [
+        model.parent / entry["file"]
+        for entry in entries
+        if isinstance(entry, dict) and entry.get("file")
+    ]
+
+
 def bench_model(
     model: str | os.PathLike[str],
     target: Target,
@@ -79,9 +88,16 @@ def bench_model(
     with open_transport(target, progress=push_progress, on_stderr=agent_stderr) as transport:
         say(f"pushing {model.name} to {target.name} ({target.describe()})")
         pushed = transport.push_artifact(model, sha)
-        say(
-            f"benchmarking on {target.name}: {params.reps} reps of pp{params.prompt_tokens} + tg{params.gen_tokens}"
-        )
+        # An ONNX model with external data finds its data files by relative name:
+        # they go into the model's content-addressed folder under their own names.
+        # (push_artifact's contract: the model lives at models/<sha256>/<its name>.)
+        for data in _external_data_files(info, model):
+            transport.push_file(data, f"models/{sha}/{data.name}", sha256_file(data))
+        if info.format == "gguf":
+            what = f"{params.reps} reps of pp{params.prompt_tokens} + tg{params.gen_tokens}"
+        else:
+            what = f"at least {params.runs} runs and {params.min_seconds:g} s"
+        say(f"benchmarking on {target.name}: {what}")
         inputs = None
         if params.inputs is not None:
             inputs_path = Path(params.inputs)

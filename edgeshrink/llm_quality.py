@@ -268,7 +268,8 @@ def base_log_probs(
             )
         rows = []
         for i in range(n_chunks):
-            say(f"base model: chunk {i + 1}/{n_chunks}")
+            if i % max(1, n_chunks // 4) == 0:
+                say(f"base model: chunk {i + 1}/{n_chunks}")
             logits = scorer.chunk_logits(_chunk_tokens(tokens, i, n_ctx, scorer), first)
             rows.append(_log_softmax(logits[:-1].astype(np.float64)).astype(np.float16))
     log_probs = np.concatenate(rows)
@@ -336,7 +337,8 @@ def evaluate_llm(
                 hint="compare models that share one vocabulary (a base and its quantizations)",
             )
         for i in range(n_chunks):
-            say(f"candidate: chunk {i + 1}/{n_chunks}")
+            if i % max(1, n_chunks // 4) == 0:
+                say(f"candidate: chunk {i + 1}/{n_chunks}")
             chunk = _chunk_tokens(tokens.tolist(), i, n_ctx, scorer)
             logits = scorer.chunk_logits(chunk, first)[:-1].astype(np.float64)
             lp = _log_softmax(logits)

@@ -20,5 +20,5 @@ fi
 # llama-cpp-python compiles llama.cpp the first time (~7 min on 2 cores); pip
 # caches the wheel, so later installs take seconds.
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[dev,gguf]'
+.venv/bin/python -m pip install -q -e '.[dev,gguf,onnx]'
 exec .venv/bin/python -m pytest "$@"

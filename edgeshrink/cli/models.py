@@ -23,7 +23,7 @@ QUANT = click.option(
     "-q",
     default=None,
     help="Quantization: a llama.cpp type for GGUF (Q4_0, Q4_K_M, Q8_0, ...), "
-    "int8-dynamic/int8-static/fp16 for ONNX; default: chosen by plan.",
+    "fp16/int8-dynamic/int8-static/int8-static-qoperator for ONNX; default: chosen by plan.",
 )
 
 
@@ -122,6 +122,23 @@ def inspect(model: Path, context: int | None, as_json: bool) -> None:
             ("heads", f"{s.n_head} query, {s.n_head_kv} key/value"),
             ("feed-forward", s.n_ff),
         ]
+    meta = dict(info.metadata)
+    if info.format == "onnx":
+        io = [f"{t['name']} {t['dtype']}[{','.join(str(d) for d in t['shape'])}]"
+              for t in meta.get("inputs", [])]  # fmt: skip
+        out = [f"{t['name']} {t['dtype']}[{','.join(str(d) for d in t['shape'])}]"
+               for t in meta.get("outputs", [])]  # fmt: skip
+        ops = sorted((meta.get("op_histogram") or {}).items(), key=lambda kv: -kv[1])
+        compute = meta.get("compute") or {}
+        pairs += [
+            ("opset", ", ".join(f"{d} {v}" for d, v in (meta.get("opset") or {}).items())),
+            ("inputs", "; ".join(io)),
+            ("outputs", "; ".join(out)),
+            ("operators", ", ".join(f"{op} {n}" for op, n in ops[:8]) + (" …" if len(ops) > 8 else "")),
+            ("compute", f"{compute.get('kind', '?')}-heavy ({compute.get('conv_share', 0):.0%} of multiply-adds in Conv)"),
+            ("quantization", meta.get("quantization") or "none"),
+            ("external data", ", ".join(e["file"] for e in meta.get("external_data") or []) or "none"),
+        ]  # fmt: skip
     click.echo(render_pairs(pairs))
     click.echo("\ntensor types:")
     click.echo(render_table(
@@ -187,21 +204,28 @@ def fallback_summary(fallbacks) -> str:
 
 
 def print_plan(chosen) -> None:
+    llm = any(c.est_tg_tok_s for c in chosen.candidates)
+    context = f", context {chosen.context}" if chosen.context else ""
     click.echo(
         f"plan for {chosen.model.name} on {chosen.profile_id} "
-        f"(budget {chosen.budget_mb} MB, context {chosen.context}, {chosen.threads} threads)"
+        f"(budget {chosen.budget_mb} MB{context}, {chosen.threads} threads)"
     )
     rows = []
     for c in chosen.candidates:
-        mark = "->" if c.quant == chosen.quant else ""
-        rows.append((
-            mark, c.quant, human_bytes(c.weights_bytes), f"{c.estimate.total_mb:.0f}",
-            "yes" if c.fits else "NO", f"{c.est_tg_tok_s:.1f}" if c.est_tg_tok_s else "-",
-        ))  # fmt: skip
-    click.echo(
-        render_table(["", "TYPE", "WEIGHTS", "PEAK MB", "FITS", "TG TOK/S*"], rows, right=(2, 3, 5))
-    )
-    click.echo("* memory-bound estimate: bandwidth x 0.6 / weight bytes")
+        row = [
+            "->" if c.quant == chosen.quant else "",
+            c.quant,
+            human_bytes(c.weights_bytes),
+            f"{c.estimate.total_mb:.0f}",
+            "yes" if c.fits else "NO",
+        ]
+        if llm:
+            row.append(f"{c.est_tg_tok_s:.1f}" if c.est_tg_tok_s else "-")
+        rows.append(row)
+    headers = ["", "TYPE", "WEIGHTS", "PEAK MB", "FITS"] + (["TG TOK/S*"] if llm else [])
+    click.echo(render_table(headers, rows, right=(2, 3, 5)))
+    if llm:
+        click.echo("* memory-bound estimate: bandwidth x 0.6 / weight bytes")
     click.echo(f"choice: {chosen.reason}")
 
 
@@ -243,7 +267,8 @@ def shrink(
     as_json: bool,
     **format_kw: object,
 ) -> None:
-    """Quantize MODEL for a device (GGUF with llama.cpp's own quantizer)."""
+    """Quantize MODEL for a device: GGUF with llama.cpp's own quantizer, Hugging Face
+    checkpoints converted to GGUF first, ONNX with onnxruntime's quantization tools."""
     from edgeshrink.profiles import get_profile
     from edgeshrink.shrink import default_output_path, plan_model, shrink_model
 

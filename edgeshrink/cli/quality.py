@@ -80,6 +80,42 @@ def print_quality(report) -> None:
     default=None,
     help="Fail (exit 1) when accuracy drops by more points than this.",
 )
+@click.option(
+    "--text",
+    "text_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="GGUF: evaluation text [default: the short English text edgeshrink ships].",
+)
+@click.option(
+    "--ctx",
+    "n_ctx",
+    type=click.IntRange(32, 1 << 16),
+    default=512,
+    show_default=True,
+    help="GGUF: chunk size in tokens (llama-perplexity -c).",
+)
+@click.option(
+    "--chunks", type=click.IntRange(1, None), default=None, help="GGUF: at most this many chunks."
+)
+@click.option(
+    "--max-kld",
+    type=click.FloatRange(0, None),
+    default=None,
+    help="GGUF: fail (exit 1) above this mean KL divergence.",
+)
+@click.option(
+    "--max-ppl-increase",
+    type=click.FloatRange(0, None),
+    default=None,
+    help="GGUF: fail when perplexity rises by more than this fraction (0.05 = 5%).",
+)
+@click.option(
+    "--min-agreement",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="GGUF: fail when the same top token is chosen less often than this fraction.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def eval_command(
     base: Path,
@@ -89,17 +125,42 @@ def eval_command(
     samples: int,
     min_cosine: float | None,
     max_accuracy_drop: float | None,
+    text_file: Path | None,
+    n_ctx: int,
+    chunks: int | None,
+    max_kld: float | None,
+    max_ppl_increase: float | None,
+    min_agreement: float | None,
     as_json: bool,
 ) -> None:
     """Compare CANDIDATE (a shrunk model) with BASE on the same inputs.
+
+    GGUF: perplexity, KL divergence, same top token and RMS Δp over a text, the way
+    llama.cpp's llama-perplexity --kl-divergence computes them.
 
     ONNX: both run in onnxruntime here; per output the max/mean absolute error,
     cosine similarity and top-1 agreement, and with --labels the accuracy of both.
 
     \b
+    edgeshrink eval model-f16.gguf model-q4_0.gguf --text eval.txt --max-kld 0.05
     edgeshrink eval model.onnx model-int8-static.onnx --inputs test.npz --labels labels
     """
+    from edgeshrink.formats import detect_format
     from edgeshrink.quality import QualityBudget, evaluate
+
+    if detect_format(base) == "gguf":
+        eval_llm(
+            base,
+            candidate,
+            text_file,
+            n_ctx,
+            chunks,
+            max_kld,
+            max_ppl_increase,
+            min_agreement,
+            as_json,
+        )
+        return
 
     budget = None
     if min_cosine is not None or max_accuracy_drop is not None:
@@ -118,6 +179,50 @@ def eval_command(
     else:
         print_quality(report)
     QualityBudget.check(report)  # a failed budget is an error: exit 1, after the report
+
+
+def eval_llm(
+    base, candidate, text_file, n_ctx, chunks, max_kld, max_ppl_increase, min_agreement, as_json
+) -> None:
+    from edgeshrink.errors import EdgeshrinkError
+    from edgeshrink.llm_quality import evaluate_llm
+    from edgeshrink.sweep import QualityBudget
+
+    report = evaluate_llm(
+        base, candidate, text=text_file.read_text(encoding="utf-8") if text_file else None,
+        n_ctx=n_ctx, max_chunks=chunks, progress=progress_printer(as_json),
+    )  # fmt: skip
+    budget = QualityBudget(
+        max_kld=max_kld, max_ppl_increase=max_ppl_increase, min_same_top=min_agreement
+    )
+    doc = report.to_dict()
+    failures = budget.failures(doc)
+    if as_json:
+        emit_json({**doc, "budget": budget.describe(), "failures": failures})
+    else:
+
+        def est(e, scale=1.0, unit=""):
+            return f"{e.value * scale:.4f} ± {e.uncertainty * scale:.4f}{unit}"
+
+        click.echo(
+            f"{Path(candidate).name} against {Path(base).name}: {report.n_scored} tokens scored in "
+            f"{report.n_chunks} chunks of {report.n_ctx}{' (base log-probs from the cache)' if report.base_cached else ''}"
+        )
+        click.echo(render_pairs([
+            ("PPL base", est(report.ppl_base)),
+            ("PPL candidate", est(report.ppl)),
+            ("PPL ratio", est(report.ppl_ratio)),
+            ("KLD mean", est(report.kld_mean)),
+            ("KLD median/p99/max", f"{report.kld_median:.5f} / {report.kld_p99:.5f} / {report.kld_max:.5f}"),
+            ("same top token", est(report.same_top, 100, " %")),
+            ("RMS Δp", est(report.rms_dp, 100, " %")),
+        ]))  # fmt: skip
+        click.echo(f"budget: {budget.describe()}: " + ("; ".join(failures) if failures else "met"))
+    if failures:
+        raise EdgeshrinkError(
+            f"{Path(candidate).name} loses too much quality: {'; '.join(failures)}",
+            hint="choose a larger quantization type (edgeshrink sweep finds one)",
+        )
 
 
 COMMANDS = (eval_command,)
