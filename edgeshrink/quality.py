@@ -12,6 +12,11 @@ nothing heavy is imported to list them):
   agreement for classifier-like outputs ([N, C], C > 1); with labels, the
   accuracy of both.
 
+- "tflite": the same output agreement and accuracy, both models run in the
+  host's TFLite runtime (ai-edge-litert); integer inputs are quantized and
+  integer outputs dequantized with the tensors' own scale and zero point, so a
+  full-integer model compares with its float original on the same float data.
+
 LLM metrics (perplexity, KL divergence, same top token: edgeshrink.llm_quality)
 join as another evaluator and their own metric names.
 """
@@ -32,6 +37,7 @@ Progress = Callable[[str], None]
 
 EVALUATORS: dict[str, str] = {
     "onnx": "edgeshrink.quality:evaluate_onnx",
+    "tflite": "edgeshrink.quality:evaluate_tflite",
 }
 
 
@@ -246,12 +252,24 @@ def output_agreement(name: str, base: Any, candidate: Any) -> OutputAgreement:
 
 
 def _run_all(session: Any, feeds: tuple[dict[str, Any], ...], names: list[str]) -> dict[str, Any]:
+    return _concatenated(
+        lambda feed: dict(zip(names, session.run(names, feed), strict=True)), feeds, names
+    )
+
+
+def _concatenated(
+    run_one: Callable[[dict[str, Any]], Mapping[str, Any]],
+    feeds: tuple[dict[str, Any], ...],
+    names: list[str],
+) -> dict[str, Any]:
+    """Every named output of ``run_one`` over all feeds, concatenated on the first axis."""
     import numpy as np
 
     parts: dict[str, list[Any]] = {n: [] for n in names}
     for feed in feeds:
-        for name, value in zip(names, session.run(names, feed), strict=True):
-            array = np.asarray(value)
+        outputs = run_one(feed)
+        for name in names:
+            array = np.asarray(outputs[name])
             parts[name].append(array if array.ndim else array.reshape(1))
     return {n: np.concatenate(v, axis=0) for n, v in parts.items()}
 
@@ -275,8 +293,6 @@ def evaluate_onnx(
     shapes (agreement only: random inputs say nothing about accuracy).  ``labels``:
     the key of an integer array in the same file, one label per sample, for accuracy.
     """
-    import numpy as np
-
     from edgeshrink.formats import onnx as onnx_backend
 
     say = progress or (lambda _m: None)
@@ -295,6 +311,58 @@ def evaluate_onnx(
             f"{[s.name for s in base_out]}",
             hint="compare a model with its own shrunk version",
         )
+    base_session = onnx_backend.open_session(base, threads=threads)
+    cand_session = onnx_backend.open_session(candidate, threads=threads)
+    return compare_outputs(
+        "onnx",
+        base,
+        candidate,
+        base_in,
+        [s.name for s in base_out],
+        lambda feeds, names: _run_all(base_session, feeds, names),
+        lambda feeds, names: _run_all(cand_session, feeds, names),
+        inputs=inputs,
+        labels=labels,
+        samples=samples,
+        seed=seed,
+        budget=budget,
+        progress=say,
+        start=start,
+    )
+
+
+RunAll = Callable[[tuple[dict[str, Any], ...], list[str]], dict[str, Any]]
+
+
+def compare_outputs(
+    fmt: str,
+    base: Path,
+    candidate: Path,
+    input_specs: Any,
+    output_names: list[str],
+    run_base: RunAll,
+    run_candidate: RunAll,
+    *,
+    inputs: str | os.PathLike[str] | None,
+    labels: str | None,
+    samples: int,
+    seed: int,
+    budget: QualityBudget | None,
+    progress: Progress,
+    start: float,
+) -> QualityReport:
+    """Run base and candidate on the same inputs (the file's, or random ones of the
+    declared shapes) and report their agreement, and accuracy when there are labels.
+
+    ``run_*(feeds, names)`` returns every named output over all feeds, concatenated
+    on the first axis.  Any format whose inputs are described as the ONNX backend's
+    TensorSpec shares this."""
+    import numpy as np
+
+    from edgeshrink.formats import onnx as onnx_backend
+
+    say = progress
+    base_in = input_specs
     notes: list[str] = []
     label_array = None
     if inputs is not None:
@@ -323,13 +391,11 @@ def evaluate_onnx(
         notes.append(
             f"{samples} random inputs from the declared shapes (seed {seed}): agreement only"
         )
-    names = [s.name for s in base_out]
+    names = list(output_names)
     say(f"running {base.name} on {batches.n_rows} samples")
-    base_outputs = _run_all(onnx_backend.open_session(base, threads=threads), batches.feeds, names)
+    base_outputs = run_base(batches.feeds, names)
     say(f"running {candidate.name} on {batches.n_rows} samples")
-    cand_outputs = _run_all(
-        onnx_backend.open_session(candidate, threads=threads), batches.feeds, names
-    )
+    cand_outputs = run_candidate(batches.feeds, names)
     agreements = tuple(
         output_agreement(name, base_outputs[name], cand_outputs[name]) for name in names
     )
@@ -347,7 +413,7 @@ def evaluate_onnx(
         metrics.append(_accuracy(label_array, batches.n_rows, base_outputs, cand_outputs, labels))
     report = QualityReport(
         kind="output-agreement",
-        format="onnx",
+        format=fmt,
         base=str(base),
         candidate=str(candidate),
         inputs=None if inputs is None else str(inputs),
@@ -399,3 +465,66 @@ def _accuracy(
     base_acc = float(np.mean(base_outputs[name].argmax(axis=1) == label_array))
     cand_acc = float(np.mean(cand_outputs[name].argmax(axis=1) == label_array))
     return Metric("accuracy", cand_acc, True, name, reference=base_acc)
+
+
+# --------------------------------------------------------------------------- TFLite
+
+
+def evaluate_tflite(
+    base: str | os.PathLike[str],
+    candidate: str | os.PathLike[str],
+    *,
+    inputs: str | os.PathLike[str] | None = None,
+    labels: str | None = None,
+    samples: int = 64,
+    seed: int = 0,
+    budget: QualityBudget | None = None,
+    threads: int | None = None,
+    progress: Progress | None = None,
+) -> QualityReport:
+    """Output agreement (and accuracy) of a .tflite ``candidate`` with ``base``, as
+    ``evaluate_onnx`` measures it; inputs and outputs are matched by signature name."""
+    from edgeshrink.formats import tflite as tflite_backend
+
+    say = progress or (lambda _m: None)
+    start = time.perf_counter()
+    base, candidate = Path(base), Path(candidate)
+    base_info = tflite_backend.inspect_tflite(base)
+    cand_info = tflite_backend.inspect_tflite(candidate)
+    base_in, base_out = tflite_backend.io_specs(base_info)
+    cand_in, cand_out = tflite_backend.io_specs(cand_info)
+    if [s.name for s in base_in] != [s.name for s in cand_in] or sorted(
+        s.name for s in base_out
+    ) != sorted(s.name for s in cand_out):
+        raise EvalDataError(
+            f"{candidate.name} has inputs {[s.name for s in cand_in]} and outputs "
+            f"{[s.name for s in cand_out]}; {base.name} has {[s.name for s in base_in]} and "
+            f"{[s.name for s in base_out]}",
+            hint="compare a model with its own shrunk version",
+        )
+    base_runner = tflite_backend.TfliteRunner(base, base_info, threads=threads)
+    cand_runner = tflite_backend.TfliteRunner(candidate, cand_info, threads=threads)
+    notes = []
+    quantized_io = [s["name"] for s in dict(cand_info.metadata)["inputs"] if s["quantization"]]
+    if quantized_io:
+        notes.append(
+            f"{candidate.name} takes integer inputs ({', '.join(quantized_io)}): the float "
+            "data was quantized with each input's scale and zero point"
+        )
+    report = compare_outputs(
+        "tflite",
+        base,
+        candidate,
+        base_in,
+        [s.name for s in base_out],
+        lambda feeds, names: _concatenated(base_runner.run, feeds, names),
+        lambda feeds, names: _concatenated(cand_runner.run, feeds, names),
+        inputs=inputs,
+        labels=labels,
+        samples=samples,
+        seed=seed,
+        budget=budget,
+        progress=say,
+        start=start,
+    )
+    return replace(report, notes=(*report.notes, *notes))

@@ -211,12 +211,12 @@ def test_truncated_gguf_is_reported_as_truncated(real_model: Path, tmp_path: Pat
 
 
 def test_unsupported_format_says_what_is_supported(tmp_path: Path) -> None:
-    model = tmp_path / "net.tflite"
+    model = tmp_path / "net.mlmodel"
     model.write_bytes(b"\x08\x07")
-    code, doc, _ = run_agent("bench", "--model", model)
+    code, doc, _ = run_agent("bench", "--model", model, "--format", "coreml")
     assert code == 1
     assert doc["error"]["type"] == "unsupported_format"
-    assert "gguf" in doc["error"]["hint"] and "onnx" in doc["error"]["hint"]
+    assert doc["error"]["hint"] == "supported formats: gguf, onnx, tflite"
 
 
 def test_prompt_and_generation_must_fit_the_context() -> None:
@@ -651,3 +651,167 @@ def test_latency_percentiles_match_numpy() -> None:
     assert (stats["min"], stats["max"], stats["count"]) == (1.0, 30.0, 11)
     assert stats["stddev"] == pytest.approx(np.std(ms, ddof=1), abs=1e-6)
     assert agent._latency_stats([])["count"] == 0
+
+
+# --------------------------------------------------------------------------- TFLite
+
+TFLITE_FAST = ["--threads", "1", "--runs", "20", "--min-seconds", "0.1", "--warmup", "1"]
+
+
+@pytest.fixture(scope="module")
+def tflite_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    pytest.importorskip("ai_edge_litert")
+    pytest.importorskip("ai_edge_quantizer")
+    pytest.importorskip("sklearn")
+    from edgeshrink.plan import ShrinkOptions
+    from edgeshrink.profiles import get_profile
+    from edgeshrink.shrink import shrink_model
+    from edgeshrink.testmodels.onnx_models import write_digits_npz
+    from edgeshrink.testmodels.tflite_models import make_convnet_tflite, make_digits_tflite
+
+    out = tmp_path_factory.mktemp("agent-tflite")
+    digits, _ = make_digits_tflite(out / "digits.tflite")
+    options = ShrinkOptions(quant="int8-int8-io", allow_random_calibration=True)
+    int8_io = shrink_model(digits, get_profile("imx8mp"), options, output=out / "d-int8io.tflite")
+    return {
+        "digits": digits,
+        "conv": make_convnet_tflite(out / "conv.tflite"),
+        "int8_io": int8_io.artifact.path,
+        "digits_test": write_digits_npz(out / "digits-test.npz", split="test"),
+    }
+
+
+def test_tflite_bench_prints_latency_document(tflite_models: dict[str, Path]) -> None:
+    code, doc, stderr = run_agent("bench", "--model", tflite_models["digits"], *TFLITE_FAST)
+    assert code == 0, stderr
+    assert set(doc) == TOP_KEYS and doc["status"] == "ok" and doc["llm"] is None
+    latency = doc["latency_ms"]
+    assert latency["count"] >= 20 and 0 < latency["min"] <= latency["p50"] <= latency["max"]
+    assert doc["throughput_per_s"] == pytest.approx(1000.0 / latency["mean"], rel=1e-3)
+    runtime = doc["runtime"]
+    assert runtime["name"] == "ai-edge-litert" and runtime["version"]
+    assert runtime["num_threads"] == 1 and runtime["external_delegate"] is None
+    assert runtime["xnnpack"] == {"requested": True, "default_delegate": True, "applied": True}
+    assert runtime["delegation"]["delegate_kernels"] >= 1
+    params = doc["params"]
+    assert (params["tflite_runtime"], params["xnnpack"], params["external_delegate"]) == (
+        "auto", "on", None,
+    )  # fmt: skip
+    assert "execution_provider" not in params and "prompt_tokens" not in params
+    resolved = params["resolved"]
+    assert resolved["format"] == "tflite" and resolved["tflite_runtime"] == "litert"
+    assert resolved["inputs"] == [
+        {"name": "pixels", "declared": [None, 64], "shape": [1, 64], "dtype": "float32"}
+    ]
+    assert any("symbolic dimension(s) axis 0 set to 1" in w for w in doc["warnings"])
+    model = doc["model"]
+    assert model["format"] == "tflite" and model["inputs"][0]["shape_signature"] == [-1, 64]
+    assert [o["name"] for o in model["outputs"]] == ["logits", "probabilities"]
+    memory = doc["memory"]
+    assert memory["source"] == "proc" and memory["peak_rss_mb"] >= memory["rss_after_load_mb"] > 0
+
+
+def test_tflite_int8_inputs_are_quantized_from_float_data(tflite_models: dict[str, Path]) -> None:
+    code, doc, stderr = run_agent(
+        "bench", "--model", tflite_models["int8_io"], "--inputs", tflite_models["digits_test"],
+        *TFLITE_FAST,
+    )  # fmt: skip
+    assert code == 0, stderr
+    resolved = doc["params"]["resolved"]
+    assert resolved["input_source"] == "file"
+    assert resolved["inputs"][0] == {
+        "name": "pixels", "declared": [None, 64], "shape": [1, 64], "dtype": "int8",
+    }  # fmt: skip
+    assert doc["model"]["inputs"][0]["quantization"]["scale"] > 0
+
+
+def test_tflite_xnnpack_off_and_fixed_shapes(tflite_models: dict[str, Path]) -> None:
+    code, doc, stderr = run_agent(
+        "bench", "--model", tflite_models["conv"], "--xnnpack", "off", *TFLITE_FAST
+    )
+    assert code == 0, stderr
+    assert doc["runtime"]["xnnpack"]["requested"] is False
+    assert doc["runtime"]["delegation"]["delegate_kernels"] == 0
+    assert not any("symbolic" in w for w in doc["warnings"])  # [1, 32, 32, 3] is fixed
+
+
+@pytest.mark.parametrize(
+    ("case", "kind", "words"),
+    [
+        ("garbage", "model_invalid", "not a TFLite file"),
+        ("cut-header", "model_truncated", "truncated TFLite file"),
+        ("cut-body", "model_truncated", "cannot parse it"),
+        ("no-delegate", "delegate_missing", "/nonexistent/libvx_delegate.so"),
+        ("not-a-delegate", "delegate_failed", "tflite_plugin_create_delegate"),
+        ("bad-option", "bad_params", "not KEY=VALUE"),
+        ("no-tflite-runtime", "runtime_missing", "tflite-runtime is not importable"),
+        ("bad-inputs", "bad_inputs", "no array for input 'pixels'"),
+    ],
+)
+def test_tflite_errors_are_one_document(
+    case: str, kind: str, words: str, tflite_models: dict[str, Path], tmp_path: Path
+) -> None:
+    import numpy as np
+
+    model, extra = tflite_models["digits"], []
+    data = model.read_bytes()
+    if case == "garbage":
+        model = tmp_path / "garbage.tflite"
+        model.write_bytes(b"\x00\xffnot a flatbuffer" * 10)
+    elif case == "cut-header":
+        model = tmp_path / "cut.tflite"
+        model.write_bytes(b"\xff\xff\x00\x00TFL3" + data[8:100])  # root table past the end
+    elif case == "cut-body":
+        model = tmp_path / "cut.tflite"
+        model.write_bytes(data[: len(data) - 1000])
+    elif case == "no-delegate":
+        extra = ["--external-delegate", "/nonexistent/libvx_delegate.so"]
+    elif case == "not-a-delegate":
+        libc = next(iter(glob.glob("/lib/*/libc.so.6") + glob.glob("/lib*/libc.so.6")), None)
+        if libc is None:
+            pytest.skip("no libc.so.6 to offer as a delegate")
+        extra = ["--external-delegate", libc]
+    elif case == "bad-option":
+        extra = ["--external-delegate", sys.executable, "--external-delegate-option", "cache"]
+    elif case == "no-tflite-runtime":
+        if importlib_util_find("tflite_runtime"):
+            pytest.skip("tflite-runtime is installed here")
+        extra = ["--tflite-runtime", "tflite-runtime"]
+    elif case == "bad-inputs":
+        np.savez(tmp_path / "in.npz", x=np.zeros((2, 64), np.float32))
+        extra = ["--inputs", str(tmp_path / "in.npz")]
+    code, doc, _ = run_agent("bench", "--model", model, *extra, *TFLITE_FAST)
+    assert code == 1, doc
+    assert set(doc) == TOP_KEYS and doc["status"] == "error"
+    assert doc["error"]["type"] == kind, doc["error"]
+    assert words in doc["error"]["message"] and doc["error"]["hint"]
+    assert doc["latency_ms"] is None
+
+
+def importlib_util_find(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def test_tflite_without_any_runtime_is_runtime_missing(tflite_models: dict[str, Path]) -> None:
+    done = subprocess.run(
+        [sys.executable, "-S", str(AGENT_PATH), "bench", "--model", str(tflite_models["digits"])],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    doc = one_document(done.stdout)
+    assert done.returncode == 1
+    assert doc["error"]["type"] == "runtime_missing"
+    assert (
+        "ai_edge_litert" in doc["error"]["message"] and "tflite_runtime" in doc["error"]["message"]
+    )
+    assert "pip install ai-edge-litert" in doc["error"]["hint"]
+
+
+def test_info_lists_the_tflite_runner() -> None:
+    litert = importlib_util_find("ai_edge_litert")
+    code, doc, stderr = run_agent("info")
+    assert code == 0, stderr
+    assert doc["formats"]["tflite"] == {"runner": True, "runtime_available": litert}

@@ -12,8 +12,8 @@ warms up, measures, and prints exactly one JSON document on stdout
 Exit codes: 0 ok, 1 error, 2 bad arguments, 3 out of memory, 124 timeout (SIGTERM).
 
 Only the standard library is imported at module level; runtimes (llama_cpp,
-onnxruntime with numpy, and later tflite) are imported inside the runner that
-needs them.
+onnxruntime with numpy, ai-edge-litert / tflite-runtime / tensorflow.lite) are
+imported inside the runner that needs them.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import sys
 import threading
 import time
 
-AGENT_VERSION = "1.1.0"
+AGENT_VERSION = "1.2.0"
 SCHEMA = "edgeshrink.bench/1"
 
 EXIT_CODES = {"ok": 0, "error": 1, "oom": 3, "timeout": 124}
@@ -1451,35 +1451,9 @@ def _ort_load_failure(path: str, exc: BaseException) -> AgentError:
 
 
 def onnx_input_feed(np, session_inputs, inputs_path, seed: int, report: Report) -> tuple:
-    """Feeds for every input, from the pushed .npz or random from the declared shapes.
-
-    Arrays hold samples on their first axis; one batch is taken: the declared
-    first dimension when it is fixed, 1 when it is symbolic.  Random inputs:
-    symbolic dimensions become 1 (with a warning), floats are standard normal,
-    integers in [0, 10), all from ``seed``.
-    """
-    feeds, described = {}, []
-    arrays = None
-    if inputs_path:
-        if not os.path.isfile(inputs_path):
-            raise AgentError(
-                "inputs_missing",
-                f"inputs file not found: {inputs_path}",
-                "push the .npz with the model (--inputs on the host)",
-            )
-        try:
-            with np.load(inputs_path, allow_pickle=False) as npz:
-                arrays = {key: npz[key] for key in npz.files}
-        except Exception as exc:
-            raise AgentError(
-                "inputs_invalid",
-                f"{inputs_path} is not a readable .npz: {exc}",
-                "write it with numpy.savez(path, input_name=array)",
-            ) from exc
-    rng = np.random.default_rng(seed)
+    """Feeds for every onnxruntime input (see ``input_feeds``)."""
+    metas = []
     for meta in session_inputs:
-        dims = list(meta.shape)
-        shown = "[" + ", ".join(str(d) for d in dims) + "]"
         dtype = ORT_DTYPES.get(meta.type)
         if dtype is None:
             raise AgentError(
@@ -1487,11 +1461,75 @@ def onnx_input_feed(np, session_inputs, inputs_path, seed: int, report: Report) 
                 f"input '{meta.name}' has type {meta.type}",
                 "the agent feeds numeric tensors only",
             )
+        metas.append(InputMeta(meta.name, list(meta.shape), dtype))
+    return input_feeds(np, metas, inputs_path, seed, report)
+
+
+class InputMeta:
+    """One model input as the feeder needs it.
+
+    ``dims``: declared dimensions (an int when fixed, a name or None when not);
+    ``shape``: the shape to feed when it is known (TFLite's allocated shape);
+    ``quantization``: (scale, zero point) of an integer input that float data is
+    quantized into; ``aliases``: other names an .npz may use for it.
+    """
+
+    def __init__(self, name, dims, dtype, shape=None, quantization=None, aliases=()) -> None:
+        self.name = name
+        self.dims = dims
+        self.dtype = dtype
+        self.shape = shape
+        self.quantization = quantization
+        self.aliases = tuple(aliases)
+
+
+def _quantize(np, array, dtype: str, quantization):
+    scale, zero_point = quantization
+    limits = np.iinfo(np.dtype(dtype))
+    scaled = np.round(np.asarray(array, np.float64) / scale) + zero_point
+    return np.clip(scaled, limits.min, limits.max).astype(dtype)
+
+
+def _load_npz(np, inputs_path: str) -> dict:
+    if not os.path.isfile(inputs_path):
+        raise AgentError(
+            "inputs_missing",
+            f"inputs file not found: {inputs_path}",
+            "push the .npz with the model (--inputs on the host)",
+        )
+    try:
+        with np.load(inputs_path, allow_pickle=False) as npz:
+            return {key: npz[key] for key in npz.files}
+    except Exception as exc:
+        raise AgentError(
+            "inputs_invalid",
+            f"{inputs_path} is not a readable .npz: {exc}",
+            "write it with numpy.savez(path, input_name=array)",
+        ) from exc
+
+
+def input_feeds(np, metas, inputs_path, seed: int, report: Report) -> tuple:
+    """Feeds for every input, from the pushed .npz or random from the declared shapes.
+
+    Arrays hold samples on their first axis; one batch is taken: the declared
+    first dimension when it is fixed, 1 when it is symbolic.  Random inputs:
+    symbolic dimensions become 1 (with a warning), floats are standard normal,
+    integers in [0, 10), all from ``seed``.  Float data for a quantized integer
+    input is quantized with the input's scale and zero point.
+    """
+    feeds, described = {}, []
+    arrays = None if not inputs_path else _load_npz(np, inputs_path)
+    rng = np.random.default_rng(seed)
+    for meta in metas:
+        dims = list(meta.dims)
+        shown = "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
+        dtype = meta.dtype
+        shown_type = dtype if meta.quantization is None else f"{dtype} (quantized; float accepted)"
         if arrays is not None:
-            key = meta.name
-            if key not in arrays and len(session_inputs) == 1 and list(arrays) == ["arr_0"]:
+            key = next((k for k in (meta.name, *meta.aliases) if k in arrays), None)
+            if key is None and len(metas) == 1 and list(arrays) == ["arr_0"]:
                 key = "arr_0"  # numpy.savez(path, array) without a name
-            if key not in arrays:
+            if key is None:
                 raise AgentError(
                     "bad_inputs",
                     f"{inputs_path} has no array for input '{meta.name}' (expected {shown} {dtype});"
@@ -1502,7 +1540,10 @@ def onnx_input_feed(np, session_inputs, inputs_path, seed: int, report: Report) 
             if array.ndim == len(dims) + 1:
                 array = array[0]
             elif array.ndim == len(dims) and dims:
-                rows = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else 1
+                if isinstance(dims[0], int) and dims[0] > 0:
+                    rows = dims[0]
+                else:
+                    rows = meta.shape[0] if meta.shape else 1
                 array = array[:rows]
             if array.ndim != len(dims) or any(
                 isinstance(d, int) and d > 0 and d != got for d, got in zip(dims, array.shape)
@@ -1510,10 +1551,12 @@ def onnx_input_feed(np, session_inputs, inputs_path, seed: int, report: Report) 
                 raise AgentError(
                     "bad_inputs",
                     f"input '{meta.name}' from {inputs_path} has shape {list(array.shape)},"
-                    f" the model expects {shown} {dtype}",
+                    f" the model expects {shown} {shown_type}",
                     "stack the samples on the first axis of an array of the model's input shape",
                 )
-            if array.dtype.name != dtype:
+            if meta.quantization is not None and array.dtype.kind == "f":
+                array = _quantize(np, array, dtype, meta.quantization)
+            elif array.dtype.name != dtype:
                 if array.dtype.kind != np.dtype(dtype).kind and not (
                     array.dtype.kind in "iu" and np.dtype(dtype).kind in "iu"
                 ):
@@ -1526,14 +1569,22 @@ def onnx_input_feed(np, session_inputs, inputs_path, seed: int, report: Report) 
                 array = array.astype(dtype)
             feeds[meta.name] = np.ascontiguousarray(array)
         else:
-            symbolic = [str(d) for d in dims if not (isinstance(d, int) and d > 0)]
+            symbolic = [
+                d if isinstance(d, str) else f"axis {axis}"
+                for axis, d in enumerate(dims)
+                if not (isinstance(d, int) and d > 0)
+            ]
             if symbolic:
                 report.warn(
                     f"input '{meta.name}' {shown}: symbolic dimension(s) {', '.join(symbolic)} set to 1"
                 )
-            shape = [d if isinstance(d, int) and d > 0 else 1 for d in dims]
+            shape = meta.shape or [d if isinstance(d, int) and d > 0 else 1 for d in dims]
             kind = np.dtype(dtype).kind
-            if kind == "f":
+            if meta.quantization is not None:
+                feeds[meta.name] = _quantize(
+                    np, rng.standard_normal(shape), dtype, meta.quantization
+                )
+            elif kind == "f":
                 feeds[meta.name] = rng.standard_normal(shape).astype(dtype)
             elif kind == "b":
                 feeds[meta.name] = rng.integers(0, 2, shape).astype(dtype)
@@ -1661,9 +1712,383 @@ def run_onnx(args, report: Report, sampler: MemorySampler) -> None:
     measure_runs(functools.partial(run, None, feeds), args, report, sampler)
 
 
+# --------------------------------------------------------------------------- TFLite / LiteRT
+
+
+# (--tflite-runtime name, module to import, distribution), in the order "auto" tries them.
+TFLITE_RUNTIMES = (
+    ("litert", "ai_edge_litert.interpreter", "ai-edge-litert"),
+    ("tflite-runtime", "tflite_runtime.interpreter", "tflite-runtime"),
+    ("tensorflow", "tensorflow", "tensorflow"),
+)
+TFLITE_MAGIC = b"TFL3"
+# Operator versions that are newer than some runtimes, and what they are.
+TFLITE_OP_VERSIONS = {
+    ("FULLY_CONNECTED", 12): "dynamic-range int8 with per-channel weights",
+}
+
+
+class TfliteRuntime:
+    """One imported TFLite runtime: its Interpreter, load_delegate and OpResolverType."""
+
+    def __init__(self, name, dist, interpreter, load_delegate, resolver_types, version) -> None:
+        self.name = name
+        self.dist = dist
+        self.Interpreter = interpreter
+        self.load_delegate = load_delegate
+        self.OpResolverType = resolver_types
+        self.version = version
+
+
+def _dist_version(dist: str):
+    try:
+        from importlib import metadata
+
+        return metadata.version(dist)
+    except Exception:
+        return None
+
+
+def import_tflite_runtime(wanted: str) -> tuple:
+    """(TfliteRuntime, what was tried): ai-edge-litert, then tflite-runtime, then
+    tensorflow.lite, or only the one asked for."""
+    tried = []
+    for name, module_name, dist in TFLITE_RUNTIMES:
+        if wanted not in ("auto", name):
+            continue
+        try:
+            if name == "tensorflow":
+                import tensorflow as tf
+
+                lite = tf.lite
+                runtime = TfliteRuntime(
+                    name, dist, lite.Interpreter, lite.experimental.load_delegate,
+                    getattr(lite.experimental, "OpResolverType", None), tf.__version__,
+                )  # fmt: skip
+            else:
+                import importlib
+
+                module = importlib.import_module(module_name)
+                runtime = TfliteRuntime(
+                    name, dist, module.Interpreter, module.load_delegate,
+                    getattr(module, "OpResolverType", None),
+                    getattr(module, "__version__", None) or _dist_version(dist),
+                )  # fmt: skip
+            return runtime, tried
+        except ImportError as exc:
+            tried.append(f"{module_name}: {exc}")
+        except OSError as exc:
+            raise AgentError(
+                "runtime_broken",
+                f"{dist} is installed but its native library failed to load: {exc}",
+                f"reinstall it on the device (pip install --force-reinstall {dist})",
+            ) from exc
+    if wanted == "auto":
+        message = "no TFLite runtime is importable on this device (" + "; ".join(tried) + ")"
+        hint = (
+            "pip install ai-edge-litert on the device (Linux x86_64/aarch64, Python 3.10+),"
+            " or tflite-runtime with numpy<2 on older systems"
+        )
+    else:
+        dist = next(d for n, _, d in TFLITE_RUNTIMES if n == wanted)
+        message = f"{dist} is not importable on this device: {'; '.join(tried)}"
+        hint = f"pip install {dist} on the device, or pass --tflite-runtime auto"
+    raise AgentError("runtime_missing", message, hint)
+
+
+def check_tflite_file(path: str, size: int) -> None:
+    """The file is a TFLite flatbuffer that is not cut short before its root table."""
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if len(head) < 8 or head[4:8] != TFLITE_MAGIC:
+        raise AgentError(
+            "model_invalid",
+            f"{path} is not a TFLite file (bytes 4-8 are {head[4:8]!r}, not {TFLITE_MAGIC!r})",
+            "pass a .tflite model, or the right --format",
+        )
+    root = struct.unpack_from("<I", head, 0)[0]
+    if root + 4 > size:
+        raise AgentError(
+            "model_truncated",
+            f"{path} is a truncated TFLite file ({size} bytes; its root table is at {root})",
+            "copy the file to the device again and compare its sha256 with the artifact manifest",
+        )
+
+
+def _exception_chain(exc: BaseException) -> str:
+    parts, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        parts.append(f"{type(exc).__name__}: {exc}")
+        exc = exc.__cause__ or exc.__context__
+    return " <- ".join(parts)
+
+
+def _numpy_version():
+    module = sys.modules.get("numpy")
+    return getattr(module, "__version__", None) if module is not None else None
+
+
+def _tflite_load_failure(path: str, exc: BaseException, runtime: TfliteRuntime) -> AgentError:
+    import re
+
+    chain = _exception_chain(exc)
+    lower = chain.lower()
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    numpy_version = _numpy_version() or "?"
+    label = f"{runtime.dist} {runtime.version or '?'}"
+    if "_array_api not found" in lower or "numpy.core.multiarray failed to import" in lower or (
+        runtime.name == "tflite-runtime"
+        and isinstance(exc, SystemError)
+        and numpy_version.split(".")[0].isdigit()
+        and int(numpy_version.split(".")[0]) >= 2
+    ):
+        return AgentError(
+            "numpy_incompatible",
+            f"{label} was built against numpy 1.x and cannot create an interpreter with"
+            f" numpy {numpy_version} in this environment ({sys.executable})",
+            "it needs numpy<2 in the device's environment:"
+            f" {sys.executable} -m pip install 'numpy<2';"
+            " or install ai-edge-litert, which runs with numpy 2",
+        )
+    match = re.search(r"Didn't find op for builtin opcode '(\w+)' version '(\d+)'", chain)
+    if match:
+        op, version = match.group(1), int(match.group(2))
+        what = TFLITE_OP_VERSIONS.get((op, version))
+        described = f"{op} version {version}" + (f" ({what})" if what else "")
+        if runtime.name == "litert":
+            hint = "upgrade ai-edge-litert on the device (pip install -U ai-edge-litert)"
+        else:
+            hint = (
+                "ai-edge-litert runs it: pip install ai-edge-litert on the device"
+                " (the agent tries it first); or shrink the float model again for this runtime"
+            )
+            if (op, version) == ("FULLY_CONNECTED", 12):
+                hint += " with per-tensor weights (edgeshrink shrink --per-tensor)"
+        return AgentError(
+            "op_version_unsupported",
+            f"{label} cannot run {path}: it has no kernel for {described}",
+            hint,
+        )
+    if any(m in lower for m in ("bad_alloc", "failed to allocate", "out of memory")):
+        return AgentOutOfMemory(
+            "oom",
+            f"{label} could not allocate memory for the model: {first}",
+            "use a smaller or quantized model for this device",
+        )
+    if "custom op" in lower or "unresolved custom" in lower:
+        return AgentError(
+            "unsupported_op",
+            f"{label} cannot run {path}: {first}",
+            "the model needs a custom operator this runtime does not register",
+        )
+    if "flatbuffer" in lower or "identifier" in lower or "could not open" in lower:
+        return AgentError(
+            "model_truncated",
+            f"{path} has a TFLite header but {label} cannot parse it: {first}",
+            "copy the file to the device again and compare its sha256 with the artifact manifest",
+        )
+    return AgentError(
+        "model_load_failed",
+        f"{label} failed to load {path}: {first}",
+        "check that the model runs on the host (edgeshrink inspect / eval)",
+    )
+
+
+def _external_delegate_options(items) -> dict:
+    options = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise AgentError(
+                "bad_params",
+                f"--external-delegate-option {item!r} is not KEY=VALUE",
+                "pass each delegate option as KEY=VALUE",
+            )
+        options[key] = value
+    return options
+
+
+def _delegation(interpreter) -> dict:
+    """How many nodes of the execution plan are delegate kernels, as the interpreter says."""
+    try:
+        ops = interpreter._get_ops_details()
+    except Exception as exc:
+        return {"nodes": None, "delegate_kernels": None, "why": str(exc)}
+    delegated = [op for op in ops if op.get("op_name") == "DELEGATE"]
+    return {"nodes": len(ops) - len(delegated), "delegate_kernels": len(delegated)}
+
+
+def _tflite_tensor_doc(detail) -> dict:
+    quant = detail.get("quantization") or (0.0, 0)
+    doc = {
+        "name": detail["name"],
+        "dtype": getattr(detail["dtype"], "__name__", str(detail["dtype"])),
+        "shape": [int(d) for d in detail["shape"]],
+        "shape_signature": [int(d) for d in detail.get("shape_signature", detail["shape"])],
+        "quantization": None,
+    }
+    if quant and float(quant[0]) != 0.0:
+        doc["quantization"] = {"scale": float(quant[0]), "zero_point": int(quant[1])}
+    return doc
+
+
+def _signature_aliases(interpreter) -> dict:
+    """tensor index -> the names the model's signatures give it."""
+    aliases = {}
+    try:
+        signatures = interpreter._get_full_signature_list() or {}
+    except Exception:
+        return aliases
+    for signature in signatures.values():
+        for group in ("inputs", "outputs"):
+            for name, index in (signature.get(group) or {}).items():
+                aliases.setdefault(int(index), []).append(name)
+    return aliases
+
+
+def run_tflite(args, report: Report, sampler: MemorySampler) -> None:
+    size = check_model_file(args.model)
+    report.model["size_bytes"] = size
+    check_tflite_file(args.model, size)
+    _log(f"importing a TFLite runtime ({args.tflite_runtime})")
+    runtime, tried = import_tflite_runtime(args.tflite_runtime)
+    try:
+        import numpy as np
+    except ImportError as exc:
+        raise AgentError(
+            "runtime_missing",
+            f"numpy is not importable on this device: {exc}",
+            f"pip install numpy on the device (with {runtime.dist})",
+        ) from exc
+    resolved = report.params["resolved"]
+    threads = resolved["threads"]
+    delegate_options = _external_delegate_options(args.external_delegate_option)
+    report.runtime = {
+        "name": runtime.dist,
+        "version": runtime.version,
+        "numpy": np.__version__,
+        "not_importable": tried,
+        "num_threads": threads,
+        "xnnpack": {"requested": args.xnnpack == "on", "default_delegate": args.xnnpack == "on"},
+        "external_delegate": None,
+        "delegation": None,
+    }
+    resolved["tflite_runtime"] = runtime.name
+    kwargs = {"model_path": args.model, "num_threads": threads}
+    if args.xnnpack == "off":
+        if runtime.OpResolverType is None:
+            raise AgentError(
+                "bad_params",
+                f"{runtime.dist} {runtime.version} cannot switch XNNPACK off (no OpResolverType)",
+                "drop --xnnpack off, or use ai-edge-litert",
+            )
+        kwargs["experimental_op_resolver_type"] = (
+            runtime.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        )
+    if args.external_delegate:
+        _log(f"loading external delegate {args.external_delegate}")
+        report.runtime["external_delegate"] = {
+            "path": args.external_delegate,
+            "options": delegate_options,
+            "loaded": False,
+        }
+        if not os.path.exists(args.external_delegate):
+            raise AgentError(
+                "delegate_missing",
+                f"external delegate not found on this device: {args.external_delegate}",
+                "check the path (the i.MX 8M Plus BSP installs /usr/lib/libvx_delegate.so with"
+                " its TensorFlow Lite), or bench without --external-delegate",
+            )
+        try:
+            delegate = runtime.load_delegate(args.external_delegate, delegate_options)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise AgentError(
+                "delegate_failed",
+                f"{runtime.dist} could not load the external delegate"
+                f" {args.external_delegate}: {first}",
+                "the delegate must be built for this runtime's TFLite version and this CPU;"
+                " check its options (--external-delegate-option KEY=VALUE)",
+            ) from exc
+        report.runtime["external_delegate"]["loaded"] = True
+        kwargs["experimental_delegates"] = [delegate]
+
+    _log(f"loading {args.model} ({size} bytes) with {runtime.dist} {runtime.version}, {threads} threads")
+    t0 = time.perf_counter()
+    try:
+        interpreter = runtime.Interpreter(**kwargs)
+        interpreter.allocate_tensors()
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise _tflite_load_failure(args.model, exc, runtime) from exc
+    report.load_s = time.perf_counter() - t0
+    _check_signal()
+    report.rss_after_load_mb = sampler.rss_now_mb()
+    delegation = _delegation(interpreter)
+    report.runtime["delegation"] = delegation
+    if args.xnnpack == "on" and not args.external_delegate:
+        report.runtime["xnnpack"]["applied"] = bool(delegation.get("delegate_kernels"))
+
+    input_details = interpreter.get_input_details()
+    output_details = interpreter.get_output_details()
+    report.model["inputs"] = [_tflite_tensor_doc(d) for d in input_details]
+    report.model["outputs"] = [_tflite_tensor_doc(d) for d in output_details]
+    report.not_measured(
+        "model.n_params", "the interpreter does not say which tensors are constant"
+    )
+    aliases = _signature_aliases(interpreter)
+    metas = []
+    for detail in input_details:
+        signature = [int(d) for d in detail.get("shape_signature", detail["shape"])]
+        dims = [d if d > 0 else None for d in signature]
+        quant = detail.get("quantization") or (0.0, 0)
+        dtype = np.dtype(detail["dtype"]).name
+        quantization = None
+        if quant and float(quant[0]) != 0.0 and np.dtype(dtype).kind in "iu":
+            quantization = (float(quant[0]), int(quant[1]))
+        metas.append(
+            InputMeta(
+                detail["name"], dims, dtype,
+                shape=[int(d) for d in detail["shape"]],
+                quantization=quantization,
+                aliases=[a for a in aliases.get(int(detail["index"]), []) if a != detail["name"]],
+            )
+        )  # fmt: skip
+    feeds, described = input_feeds(np, metas, args.inputs, args.seed, report)
+    resolved["inputs"] = described
+    resolved["input_source"] = "file" if args.inputs else "random"
+    resolved["timed"] = "invoke (inputs set once, as benchmark_model does)"
+    for detail in input_details:
+        interpreter.set_tensor(detail["index"], feeds[detail["name"]])
+    _log(
+        f"model: {len(described)} input(s) "
+        + ", ".join(f"{d['name']} {d['shape']}" for d in described)
+        + f"; load {report.load_s:.3f} s with {runtime.dist}"
+    )
+    invoke = interpreter.invoke
+    try:
+        invoke()
+    except Exception as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "allocate" in message.lower() or "bad_alloc" in message:
+            raise AgentOutOfMemory(
+                "oom", f"{runtime.dist} ran out of memory: {message}", "use a smaller model"
+            ) from exc
+        raise AgentError(
+            "run_failed",
+            f"{runtime.dist} could not run the model: {message}",
+            "check the inputs' shapes and types (see params.resolved.inputs)",
+        ) from exc
+    sampler.sample()
+    measure_runs(invoke, args, report, sampler)
+
+
 RUNNERS = {
     "gguf": run_gguf,
     "onnx": run_onnx,
+    "tflite": run_tflite,
 }
 
 
@@ -1729,7 +2154,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="load a model and measure it")
     bench.add_argument("--model", required=True, help="model file on this device")
     bench.add_argument(
-        "--format", default=None, help="gguf or onnx (default: from the file extension)"
+        "--format", default=None, help="gguf, onnx or tflite (default: from the file extension)"
     )
     bench.add_argument("--prompt-tokens", type=_positive_int, default=512)
     bench.add_argument("--gen-tokens", type=_positive_int, default=128)
@@ -1749,7 +2174,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--ubatch-size", type=_positive_int, default=512)
     bench.add_argument("--no-mmap", action="store_true")
     bench.add_argument("--seed", type=int, default=1234)
-    # Models that are not LLMs (ONNX): TFLite benchmark_model's defaults.
+    # Models that are not LLMs (ONNX, TFLite): TFLite benchmark_model's defaults.
     bench.add_argument(
         "--runs", type=_positive_int, default=50, help="at least this many timed runs"
     )
@@ -1773,6 +2198,30 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("disable", "basic", "extended", "all"),
         default="all",
         help="onnxruntime graph optimisation level",
+    )
+    bench.add_argument(
+        "--tflite-runtime",
+        choices=("auto", "litert", "tflite-runtime", "tensorflow"),
+        default="auto",
+        help="TFLite runtime (auto: ai-edge-litert, then tflite-runtime, then tensorflow.lite)",
+    )
+    bench.add_argument(
+        "--xnnpack",
+        choices=("on", "off"),
+        default="on",
+        help="TFLite: apply the default XNNPACK CPU delegate",
+    )
+    bench.add_argument(
+        "--external-delegate",
+        default=None,
+        help="TFLite: path of an external delegate library (e.g. /usr/lib/libvx_delegate.so)",
+    )
+    bench.add_argument(
+        "--external-delegate-option",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="TFLite: an option for the external delegate (repeatable)",
     )
     bench.add_argument(
         "--deadline-s",
@@ -1811,7 +2260,15 @@ LLM_ONLY_PARAMS = (
     "ubatch_size",
     "no_mmap",
 )
-ONNX_ONLY_PARAMS = ("runs", "min_seconds", "inputs", "execution_provider", "graph_optimization")
+NON_LLM_PARAMS = ("runs", "min_seconds", "inputs")
+ONNX_ONLY_PARAMS = ("execution_provider", "graph_optimization")
+TFLITE_ONLY_PARAMS = ("tflite_runtime", "xnnpack", "external_delegate", "external_delegate_options")
+# The parameters each format's runner does not read (left out of params).
+UNUSED_PARAMS = {
+    "gguf": NON_LLM_PARAMS + ONNX_ONLY_PARAMS + TFLITE_ONLY_PARAMS,
+    "onnx": LLM_ONLY_PARAMS + TFLITE_ONLY_PARAMS,
+    "tflite": LLM_ONLY_PARAMS + ONNX_ONLY_PARAMS,
+}
 
 
 def command_bench(args, report: Report, sampler: MemorySampler) -> None:
@@ -1837,6 +2294,10 @@ def command_bench(args, report: Report, sampler: MemorySampler) -> None:
         "inputs": args.inputs,
         "execution_provider": args.execution_provider,
         "graph_optimization": args.graph_optimization,
+        "tflite_runtime": args.tflite_runtime,
+        "xnnpack": args.xnnpack,
+        "external_delegate": args.external_delegate,
+        "external_delegate_options": args.external_delegate_option,
         "resolved": {
             "format": None,
             "threads": threads,
@@ -1857,7 +2318,7 @@ def command_bench(args, report: Report, sampler: MemorySampler) -> None:
     report.params["resolved"]["format"] = model_format
     report.model["format"] = model_format
     # Record only the parameters that the format's runner reads.
-    unused = ONNX_ONLY_PARAMS if model_format == "gguf" else LLM_ONLY_PARAMS
+    unused = UNUSED_PARAMS.get(model_format, LLM_ONLY_PARAMS + TFLITE_ONLY_PARAMS)
     for key in unused:
         report.params.pop(key, None)
     if model_format != "gguf":
@@ -1865,17 +2326,10 @@ def command_bench(args, report: Report, sampler: MemorySampler) -> None:
             report.params["resolved"].pop(key, None)
     runner = RUNNERS.get(model_format)
     if runner is None:
-        if model_format == "tflite":
-            hint = (
-                f"this agent version measures {_supported_formats()};"
-                f" {model_format} support comes in a later agent version"
-            )
-        else:
-            hint = f"supported formats: {_supported_formats()}"
         raise AgentError(
             "unsupported_format",
             f"agent {AGENT_VERSION} cannot measure format {model_format!r}",
-            hint,
+            f"supported formats: {_supported_formats()}",
         )
     if model_format == "gguf" and args.prompt_tokens + args.gen_tokens > n_ctx:
         raise AgentError(
@@ -1993,7 +2447,7 @@ def main(argv=None) -> int:
                 "timeout",
                 "terminated by SIGTERM while measuring",
                 "raise the host timeout or lower --reps/--prompt-tokens/--gen-tokens"
-                " (--runs/--min-seconds for ONNX)",
+                " (--runs/--min-seconds for ONNX and TFLite)",
             )
         else:
             status = "error"

@@ -64,6 +64,15 @@ BACKENDS: dict[str, Backend] = {
         shrink="edgeshrink.formats.onnx:shrink_onnx",
         runtime="onnxruntime",
     ),
+    "tflite": Backend(
+        format="tflite",
+        suffixes=(".tflite",),
+        magic=((4, b"TFL3"),),  # the flatbuffer file identifier
+        inspect="edgeshrink.formats.tflite:inspect_tflite",
+        plan="edgeshrink.formats.tflite:plan_tflite",
+        shrink="edgeshrink.formats.tflite:shrink_tflite",
+        runtime="ai-edge-litert (LiteRT) or tflite-runtime",
+    ),
 }
 
 

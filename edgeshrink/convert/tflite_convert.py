@@ -1,0 +1,243 @@
+"""Front ends that make .tflite models, each an optional extra.
+
+- Keras (``.keras``/``.h5``) and SavedModel directories: TensorFlow's own
+  ``TFLiteConverter`` (``pip install tensorflow-cpu``), at float32, fp16,
+  dynamic range, or full int8 from a representative data set with float or int8
+  inputs and outputs.  weight-only-int8 is not a converter mode: the float
+  conversion goes through ai-edge-quantizer for it.
+- PyTorch modules: litert-torch (``pip install litert-torch``), float32; its
+  output then shrinks like any float .tflite.
+
+``shrink_to_tflite`` is the whole step for ``edgeshrink shrink SRC --to tflite``:
+convert to float32 once (kept beside the artifact with its own manifest, so
+``eval`` has a base to compare with), plan on that float model, then make the
+planned type with the converter and verify it in ai-edge-litert before it is
+renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgeshrink.errors import (
+    ModelFileError,
+    QuantizationError,
+    RuntimeMissingError,
+    UnsupportedFormatError,
+)
+from edgeshrink.profiles import HardwareProfile
+
+if TYPE_CHECKING:
+    from edgeshrink.plan import ShrinkOptions
+    from edgeshrink.shrink import ShrinkResult
+
+Progress = Callable[[str], None]
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+CONVERTER_QUANTS = ("float32", "fp16", "dynamic-int8", "int8", "int8-int8-io")
+
+
+def source_kind(path: str | os.PathLike[str]) -> str:
+    """ "saved_model" or "keras", or one clear error."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelFileError(f"{path}: no such file or directory", hint="check the path")
+    if path.is_dir() and (path / "saved_model.pb").is_file():
+        return "saved_model"
+    if path.is_file() and path.suffix.lower() in KERAS_SUFFIXES:
+        return "keras"
+    raise UnsupportedFormatError(
+        f"{path}: not a SavedModel directory (saved_model.pb) or a Keras file "
+        f"({', '.join(KERAS_SUFFIXES)})",
+        hint="--to tflite converts TensorFlow models; a .tflite file shrinks as it is",
+    )
+
+
+def _import_tensorflow() -> Any:
+    try:
+        import tensorflow as tf
+    except ImportError as exc:
+        raise RuntimeMissingError(
+            f"converting to TFLite needs TensorFlow, which is not installed: {exc}",
+            hint="pip install tensorflow-cpu (a 274 MB wheel), or convert elsewhere and shrink "
+            "the .tflite",
+        ) from exc
+    return tf
+
+
+def source_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file, or of a directory's relative paths and file hashes, in order."""
+    from edgeshrink.util import sha256_file
+
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(path)).encode())
+        digest.update(sha256_file(file).encode())
+    return digest.hexdigest()
+
+
+def convert_with_tflite_converter(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    quant: str = "float32",
+    *,
+    representative: Sequence[dict[str, Any]] | None = None,
+) -> list[str]:
+    """Write ``dst`` from a SavedModel directory or Keras file with TFLiteConverter.
+
+    ``representative``: feeds keyed by the signature's input names, for full int8.
+    Returns notes for the manifest.
+    """
+    if quant not in CONVERTER_QUANTS:
+        raise QuantizationError(
+            f"TFLiteConverter makes {', '.join(CONVERTER_QUANTS)}, not {quant}",
+            hint="weight-only-int8 goes through ai-edge-quantizer on the float32 conversion",
+        )
+    tf = _import_tensorflow()
+    src = Path(src)
+    if source_kind(src) == "saved_model":
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(src))
+    else:
+        model = tf.keras.models.load_model(str(src))
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    notes = [f"converted by TensorFlow {tf.__version__} TFLiteConverter ({quant})"]
+    if quant != "float32":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quant == "fp16":
+        converter.target_spec.supported_types = [tf.float16]
+    elif quant in ("int8", "int8-int8-io"):
+        if not representative:
+            raise QuantizationError(
+                f"{quant} conversion needs a representative data set",
+                hint="pass --calibration data.npz, or --allow-random-calibration",
+            )
+        feeds = list(representative)
+
+        def dataset() -> Iterable[dict[str, Any]]:
+            yield from feeds
+
+        converter.representative_dataset = dataset
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if quant == "int8-int8-io":
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+        notes.append(f"representative data set: {len(feeds)} feeds")
+    try:
+        data = converter.convert()
+    except Exception as exc:  # noqa: BLE001 - the converter raises ConverterError and more
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise QuantizationError(
+            f"{src.name}: TFLiteConverter failed at {quant}: {first}",
+            hint="try --quant float32 or dynamic-int8; EDGESHRINK_DEBUG=1 shows the traceback",
+        ) from exc
+    Path(dst).write_bytes(data)
+    return notes
+
+
+def convert_torch_module(
+    module: Any, sample_args: tuple[Any, ...], dst: str | os.PathLike[str]
+) -> Path:
+    """Write ``dst``: a float32 .tflite of a PyTorch module, with litert-torch."""
+    try:
+        import litert_torch
+    except ImportError as exc:
+        raise RuntimeMissingError(
+            f"converting PyTorch modules needs litert-torch: {exc}",
+            hint="pip install litert-torch (it needs torch < 2.15)",
+        ) from exc
+    dst = Path(dst)
+    edge_model = litert_torch.convert(module.eval(), tuple(sample_args))
+    edge_model.export(str(dst))
+    return dst
+
+
+def _base_path(src: Path, out: Path) -> Path:
+    stem = src.name if src.is_dir() else src.stem
+    return out.parent / f"{stem}-float32.tflite"
+
+
+def shrink_to_tflite(
+    src: str | os.PathLike[str],
+    profile: HardwareProfile,
+    options: ShrinkOptions | None = None,
+    *,
+    output: str | os.PathLike[str] | None = None,
+    progress: Progress | None = None,
+) -> ShrinkResult:
+    """Convert a SavedModel / Keras model to .tflite for ``profile`` (see the module doc)."""
+    from edgeshrink.formats import tflite
+    from edgeshrink.plan import ShrinkOptions
+    from edgeshrink.shrink import ShrinkResult, default_output_path, reusable_artifact
+
+    options = options or ShrinkOptions()
+    say = progress or (lambda _m: None)
+    src = Path(src)
+    source_kind(src)
+    say(f"hashing {src.name}")
+    source_sha = source_sha256(src)
+    start = time.perf_counter()
+    provisional = Path(output) if output else default_output_path(src, "float32", ".tflite")
+    base = _base_path(src, provisional)
+    base_artifact = None if options.force else reusable_artifact(base, source_sha, "float32")
+    if base_artifact is None:
+        say(f"converting {src.name} to float32 .tflite with TFLiteConverter")
+        work = Path(tempfile.mkdtemp(prefix=f".{base.name}.", suffix=".work", dir=base.parent))
+        try:
+            made = work / base.name
+            notes = convert_with_tflite_converter(src, made)
+            base_info = tflite.inspect_tflite(made)
+            base_plan = tflite.plan_tflite(base_info, profile, ShrinkOptions(quant="float32"))
+            base_artifact = tflite.finish_artifact(
+                made, base, base_plan, src, source_sha, profile,
+                notes=tuple(notes), recipe="float32 TFLiteConverter", progress=say,
+            )  # fmt: skip
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    info = tflite.inspect_tflite(base)
+    plan = tflite.plan_tflite(info, profile, options)
+    out = Path(output) if output else default_output_path(src, plan.quant, ".tflite")
+    if plan.quant == "float32" and out.resolve() == base.resolve():
+        return ShrinkResult(plan=plan, artifact=base_artifact, reused=False, seconds=0.0)
+    if plan.quant in ("float32", "weight-only-int8"):
+        # A copy, or ai-edge-quantizer's weight-only (not a converter mode).
+        return tflite.shrink_tflite(base, profile, options, output=out, progress=say, info=info)
+    representative = None
+    if plan.quant in tflite.STATIC_QUANTS:
+        tflite.check_calibration_method(options)
+        batches, cal_notes = tflite.calibration_batches(info, options, plan.quant)
+        representative = [_per_sample(feed) for feed in batches.feeds]
+        representative = [sample for feeds in representative for sample in feeds]
+    else:
+        cal_notes = []
+    if not options.force and (existing := reusable_artifact(out, source_sha, plan.quant)):
+        return ShrinkResult(plan=plan, artifact=existing, reused=True, seconds=0.0)
+    say(f"converting {src.name} to {plan.quant} with TFLiteConverter")
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".work", dir=out.parent))
+    try:
+        made = work / out.name
+        notes = convert_with_tflite_converter(src, made, plan.quant, representative=representative)
+        artifact = tflite.finish_artifact(
+            made, out, plan, src, source_sha, profile,
+            notes=(plan.reason, *cal_notes, *notes, f"float32 base: {base.name}"),
+            recipe=f"{plan.quant} TFLiteConverter", threads=options.threads, progress=say,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return ShrinkResult(
+        plan=plan, artifact=artifact, reused=False, seconds=time.perf_counter() - start
+    )
+
+
+def _per_sample(feed: dict[str, Any]) -> list[dict[str, Any]]:
+    """The converter calibrates one sample at a time: split a feed's rows."""
+    rows = min(len(v) for v in feed.values())
+    return [{k: v[i : i + 1] for k, v in feed.items()} for i in range(rows)]
