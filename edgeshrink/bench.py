@@ -34,6 +34,10 @@ class BenchParams:
     runs: int = 50
     min_seconds: float = 1.0
     inputs: Path | None = None
+    # TFLite: a delegate library on the device (e.g. NXP's VX delegate for the
+    # i.MX 8M Plus NPU; the profile names it), and which runtime to use.
+    external_delegate: str | None = None
+    tflite_runtime: str = "auto"
 
     def key(self) -> str:
         """A stable digest of what was asked, to find an earlier identical measurement."""
@@ -59,6 +63,10 @@ class BenchParams:
                 args.append("--no-mmap")
             return args
         args += ["--runs", str(self.runs), "--min-seconds", str(self.min_seconds)]
+        if model_format == "tflite":
+            args += ["--tflite-runtime", self.tflite_runtime]
+            if self.external_delegate:
+                args += ["--external-delegate", self.external_delegate]
         if remote_inputs:
             args += ["--inputs", remote_inputs]
         return args

@@ -85,6 +85,9 @@ def bench_model(
         say(f"hashing {model.name}")
         sha = sha256_file(model)
     params = replace(params, threads=_threads_for(target, profile, params.threads))
+    if info.format == "tflite" and params.external_delegate is None and profile and target.kind != "local":
+        # The profile's delegate exists on that device, not on this machine.
+        params = replace(params, external_delegate=profile.external_delegate)
     with open_transport(target, progress=push_progress, on_stderr=agent_stderr) as transport:
         say(f"pushing {model.name} to {target.name} ({target.describe()})")
         pushed = transport.push_artifact(model, sha)

@@ -95,7 +95,7 @@ GGUF_QUANT_TYPES = (
     "MXFP4_MOE",
 )
 ONNX_QUANT_TYPES = ("fp32", "fp16", "int8-dynamic", "int8-static", "int8-static-qoperator")
-TFLITE_QUANT_TYPES = ("float32", "fp16", "dynamic-int8", "int8")
+TFLITE_QUANT_TYPES = ("float32", "fp16", "weight-only-int8", "dynamic-int8", "int8", "int8-int8-io")
 _QUANT_TYPES: dict[str, tuple[str, ...]] = {
     "gguf": GGUF_QUANT_TYPES,
     "onnx": ONNX_QUANT_TYPES,

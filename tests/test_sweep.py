@@ -38,6 +38,8 @@ def test_sweep_picks_the_fastest_good_enough_candidate_and_plots(
     assert "Q4_0" in result.reason and "lose too much quality" in result.reason
     svg = (tmp_path / "sweep.svg").read_text()
     assert svg.count('class="point"') == 2 * len(LADDER) and "Q4_K_M" in svg
+    assert "mean KL divergence" in svg and "generation tok/s" in svg
+    assert all(c.loss == c.kld for c in result.candidates)
 
     by_size = sweep_gguf(
         stories, get_profile("raspberry-pi-5-8gb"), budget=QualityBudget(max_kld=0.001), ladder=LADDER,
@@ -102,6 +104,13 @@ def test_sweep_cli_json_and_exit_code(stories: Path, tmp_path: Path) -> None:
     assert ok.returncode == 0, ok.stderr
     doc = json.loads(ok.stdout)
     assert doc["pick"] == "Q8_0" and Path(doc["plot"]).exists()
+    # The keys scripts read before ONNX joined the sweep stay where they were.
+    assert {"model", "profile", "target", "budget", "optimize", "speed_source", "candidates",
+            "pareto_size", "pareto_speed", "pick", "reason", "plot"} <= set(doc)  # fmt: skip
+    assert {"quant", "path", "sha256", "size_bytes", "estimate_mb", "fits", "est_tg_tok_s",
+            "quality", "quality_reused", "quality_failures", "measured", "measured_reused",
+            "meets_quality", "tg_tok_s"} <= set(doc["candidates"][0])  # fmt: skip
+    assert doc["budget"] == {"max_kld": 0.05, "max_ppl_increase": None, "min_same_top": None}
     none = run_cli("sweep", str(stories), "--profile", "raspberry-pi-5-8gb", "--ladder", "Q4_0",
                    "--max-kld", "0.0001", "--eval-ctx", "256", cwd=tmp_path)  # fmt: skip
     assert none.returncode == 1

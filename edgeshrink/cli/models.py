@@ -38,6 +38,9 @@ def format_options(func):
                      help="Weight scales per output channel or per tensor [default: the backend's choice]."),
         click.option("--allow-random-calibration", is_flag=True,
                      help="Calibrate static int8 on random inputs (recorded as a warning in the manifest)."),
+        click.option("--to", "to_format", type=click.Choice(["tflite"]), default=None,
+                     help="Convert a Keras (.keras/.h5) or SavedModel directory to this format first "
+                          "(TFLite: TensorFlow's TFLiteConverter; needs tensorflow-cpu)."),
         click.option("--convert-type", type=click.Choice(["auto", "f16", "bf16", "f32"]), default="auto",
                      show_default=True,
                      help="Hugging Face checkpoints: the GGUF type to convert to before quantizing "
@@ -123,15 +126,17 @@ def inspect(model: Path, context: int | None, as_json: bool) -> None:
             ("feed-forward", s.n_ff),
         ]
     meta = dict(info.metadata)
-    if info.format == "onnx":
+    if info.format in ("onnx", "tflite"):
         io = [f"{t['name']} {t['dtype']}[{','.join(str(d) for d in t['shape'])}]"
               for t in meta.get("inputs", [])]  # fmt: skip
         out = [f"{t['name']} {t['dtype']}[{','.join(str(d) for d in t['shape'])}]"
                for t in meta.get("outputs", [])]  # fmt: skip
         ops = sorted((meta.get("op_histogram") or {}).items(), key=lambda kv: -kv[1])
+        if meta.get("operators"):  # TFLite: operator versions matter (old runtimes refuse new ones)
+            ops = [(f"{o['op']} v{o['version']}", o["count"]) for o in meta["operators"]]
         compute = meta.get("compute") or {}
         pairs += [
-            ("opset", ", ".join(f"{d} {v}" for d, v in (meta.get("opset") or {}).items())),
+            ("opset", ", ".join(f"{d} {v}" for d, v in (meta.get("opset") or {}).items()) or "-"),
             ("inputs", "; ".join(io)),
             ("outputs", "; ".join(out)),
             ("operators", ", ".join(f"{op} {n}" for op, n in ops[:8]) + (" …" if len(ops) > 8 else "")),
@@ -139,6 +144,9 @@ def inspect(model: Path, context: int | None, as_json: bool) -> None:
             ("quantization", meta.get("quantization") or "none"),
             ("external data", ", ".join(e["file"] for e in meta.get("external_data") or []) or "none"),
         ]  # fmt: skip
+        if info.format == "tflite":
+            pairs.append(("per-channel", "yes" if meta.get("per_channel") else "no"))
+            pairs += [("note", note) for note in meta.get("runtime_notes") or []]
     click.echo(render_pairs(pairs))
     click.echo("\ntensor types:")
     click.echo(render_table(
@@ -163,6 +171,7 @@ def inspect(model: Path, context: int | None, as_json: bool) -> None:
 @QUANT
 @CTX
 @PREFER
+@format_options
 @JSON
 @pass_context
 def plan(
@@ -173,6 +182,7 @@ def plan(
     context: int | None,
     prefer: str,
     as_json: bool,
+    **format_kw: object,
 ) -> None:
     """Choose the quantization for MODEL on a device, and say why."""
     from edgeshrink.plan import ShrinkOptions
@@ -181,7 +191,10 @@ def plan(
 
     profile = get_profile(profile_id, obj.profiles_dirs)
     info = inspect_any(model)
-    chosen = plan_model(info, profile, ShrinkOptions(quant=quant, context=context, prefer=prefer))
+    format_kw.pop("to_format", None)
+    chosen = plan_model(
+        info, profile, ShrinkOptions(quant=quant, context=context, prefer=prefer, **format_kw)
+    )
     if as_json:
         emit_json(chosen.to_dict())
         return
@@ -273,6 +286,19 @@ def shrink(
     from edgeshrink.shrink import default_output_path, plan_model, shrink_model
 
     profile = get_profile(profile_id, obj.profiles_dirs)
+    if format_kw.get("to_format") == "tflite" and not dry_run:
+        from edgeshrink.convert.tflite_convert import shrink_to_tflite
+
+        options = shrink_options(quant=quant, context=context, prefer=prefer, threads=threads, force=force,
+                                 allow_requantize=allow_requantize, **format_kw)  # fmt: skip
+        from edgeshrink.util import native_stdout_to_stderr
+
+        with native_stdout_to_stderr():
+            result = shrink_to_tflite(
+                model, profile, options, output=output, progress=progress_printer(as_json)
+            )
+        print_shrink(result, None, as_json)
+        return
     info = inspect_any(model)
     options = shrink_options(quant=quant, context=context, prefer=prefer, allow_requantize=allow_requantize,
                              threads=threads, force=force, **format_kw)  # fmt: skip
@@ -288,26 +314,30 @@ def shrink(
     result = shrink_model(
         model, profile, options, output=output, progress=progress_printer(as_json), info=info
     )
+    print_shrink(result, info.size_bytes, as_json)
+
+
+def print_shrink(result, source_bytes: int | None, as_json: bool) -> None:
     art = result.artifact
     if as_json:
-        emit_json(
-            {
-                "reused": result.reused,
-                "seconds": result.seconds,
-                "plan": result.plan.to_dict(),
-                "artifact": art.to_manifest() | {"path": str(art.path)},
-            }
-        )
+        emit_json({
+            "reused": result.reused, "seconds": result.seconds, "plan": result.plan.to_dict(),
+            "artifact": art.to_manifest() | {"path": str(art.path)},
+        })  # fmt: skip
         return
     click.echo(f"{'reused' if result.reused else 'wrote'} {art.path}")
+    size = human_bytes(art.size_bytes)
+    if source_bytes:
+        size += f" (from {human_bytes(source_bytes)}, {source_bytes / max(art.size_bytes, 1):.2f}x smaller)"
     click.echo(render_pairs([
         ("type", art.quant),
-        ("size", f"{human_bytes(art.size_bytes)} (from {human_bytes(info.size_bytes)}, "
-                 f"{info.size_bytes / max(art.size_bytes, 1):.2f}x smaller)"),
+        ("size", size),
         ("sha256", art.sha256),
         ("manifest", art.manifest_path),
         ("why", result.plan.reason),
     ]))  # fmt: skip
+    for note in art.notes[1:]:
+        click.echo(f"note: {note}")
     if art.fallbacks:
         click.echo(fallback_summary(art.fallbacks))
 

@@ -24,6 +24,7 @@ from edgeshrink.util import human_bytes
 
 FORMAT_KEYS = (
     "calibration", "calibration_method", "per_channel", "allow_random_calibration", "convert_type",
+    "to_format",
 )  # fmt: skip
 
 
@@ -41,6 +42,8 @@ def bench_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--inputs", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="Non-LLM models: an .npz of inputs pushed with the model [default: random from the declared shapes]."),
         click.option("--no-mmap", is_flag=True, help="Read the model into memory instead of mmap'ing it."),
         click.option("--timeout", "timeout_s", type=click.FloatRange(1, None), default=900.0, show_default=True, help="Seconds before the agent is stopped."),
+        click.option("--external-delegate", default=None, help="TFLite: delegate library path on the device [default: the profile's, on SSH targets]."),
+        click.option("--tflite-runtime", type=click.Choice(["auto", "litert", "tflite-runtime", "tensorflow"]), default="auto", show_default=True, help="TFLite: which runtime the agent uses (auto: ai-edge-litert, then tflite-runtime, then tensorflow.lite)."),
         click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None, envvar="EDGESHRINK_DB", help="Results database [default: user data dir; env EDGESHRINK_DB]."),
         click.option("--accept-new-host-key", is_flag=True, help="Trust and store an SSH host key seen for the first time (like OpenSSH's accept-new)."),
     ]  # fmt: skip
@@ -56,7 +59,7 @@ def params_from(kw: dict[str, Any]):
         prompt_tokens=kw["prompt_tokens"], gen_tokens=kw["gen_tokens"], reps=kw["reps"],
         warmup=kw["warmup"], threads=kw["threads"], flash_attn=kw["flash_attn"] == "on",
         n_ctx=kw["n_ctx"], no_mmap=kw["no_mmap"], runs=kw["runs"], min_seconds=kw["min_seconds"],
-        inputs=kw["inputs"],
+        inputs=kw["inputs"], external_delegate=kw["external_delegate"], tflite_runtime=kw["tflite_runtime"],
     )  # fmt: skip
 
 

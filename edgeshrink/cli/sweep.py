@@ -11,6 +11,35 @@ from edgeshrink.cli.common import Context, emit_json, pass_context, progress_pri
 from edgeshrink.cli.run import bench_options, connect_target, params_from
 from edgeshrink.report.table import render_table
 
+# Options that mean something for one format only, by parameter name (as click names them).
+GGUF_ONLY = (
+    "max_kld", "max_ppl_increase", "text_file", "eval_ctx", "eval_chunks", "context",
+    "prompt_tokens", "gen_tokens", "reps", "flash_attn", "n_ctx", "no_mmap",
+)  # fmt: skip
+ONNX_ONLY = (
+    "calibration", "calibration_method", "allow_random_calibration", "eval_inputs", "labels",
+    "eval_samples", "max_accuracy_drop", "min_cosine", "runs", "min_seconds", "inputs",
+)  # fmt: skip
+
+
+def _refuse_foreign_options(model: Path, fmt: str) -> None:
+    """A usage error naming every option given that does not apply to this model's format."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    foreign = GGUF_ONLY if fmt == "onnx" else ONNX_ONLY
+    given = [
+        p for p in ctx.command.params
+        if p.name in foreign and ctx.get_parameter_source(p.name) not in (ParameterSource.DEFAULT, None)
+    ]  # fmt: skip
+    if given:
+        names = ", ".join(p.opts[0] for p in given)
+        other = "GGUF" if fmt == "onnx" else "ONNX"
+        raise click.UsageError(
+            f"{names} apply to {other} models only; {model.name} is {fmt.upper()} "
+            "(see `edgeshrink sweep --help`)"
+        )
+
 
 @click.command()
 @click.argument("model", type=click.Path(path_type=Path))
@@ -20,64 +49,117 @@ from edgeshrink.report.table import render_table
     "-t",
     "target_name",
     default=None,
-    help="Measure speed and memory on this target [default: estimate only].",
+    help="Measure speed and memory on this target [default: GGUF: estimate; ONNX: not measured].",
 )
 @click.option(
     "--ladder",
     default=None,
-    help="Comma-separated types to try [default: Q8_0,Q6_K,Q5_K_M,Q4_K_M,Q4_0,IQ4_XS,Q3_K_M,Q2_K].",
+    help="Comma-separated types to try [default GGUF: Q8_0,Q6_K,Q5_K_M,Q4_K_M,Q4_0,IQ4_XS,"
+    "Q3_K_M,Q2_K; ONNX: fp32,fp16,int8-dynamic,int8-static-per-tensor,int8-static-per-channel; "
+    "ONNX also knows int8-static-qoperator].",
 )
 @click.option(
     "--max-kld",
     type=click.FloatRange(0, None),
     default=None,
-    help="Quality budget: mean KL divergence at most this.",
+    help="GGUF budget: mean KL divergence at most this.",
 )
 @click.option(
     "--max-ppl-increase",
     type=click.FloatRange(0, None),
     default=None,
-    help="Quality budget: perplexity at most this fraction above the original (0.05 = 5%).",
+    help="GGUF budget: perplexity at most this fraction above the original (0.05 = 5%).",
 )
 @click.option(
     "--min-agreement",
     type=click.FloatRange(0, 1),
     default=None,
-    help="Quality budget: same top token at least this fraction of the time.",
+    help="Budget: at least this fraction of agreement with the original (GGUF: same top "
+    "token; ONNX: top-1 class of every classifier output).",
+)
+@click.option(
+    "--max-accuracy-drop",
+    type=click.FloatRange(0, 100),
+    default=None,
+    help="ONNX budget: accuracy at most this many points below the original's (2 = two "
+    "percentage points, as in `edgeshrink eval`); needs --eval and --labels.",
+)
+@click.option(
+    "--min-cosine",
+    type=click.FloatRange(-1, 1),
+    default=None,
+    help="ONNX budget: mean cosine similarity of every output at least this.",
 )
 @click.option(
     "--optimize",
     type=click.Choice(["speed", "size"]),
     default="speed",
     show_default=True,
-    help="Among good-enough candidates pick the fastest or the smallest.",
+    help="Among good-enough candidates pick the fastest or the smallest (ONNX without "
+    "--target: the smallest, as there is no speed to compare).",
 )
 @click.option(
     "--text",
     "text_file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
-    help="Evaluation text [default: the short English text edgeshrink ships].",
+    help="GGUF: evaluation text [default: the short English text edgeshrink ships].",
 )
 @click.option(
     "--eval-ctx",
     type=click.IntRange(32, 1 << 16),
     default=512,
     show_default=True,
-    help="Evaluation chunk size in tokens (llama-perplexity -c).",
+    help="GGUF: evaluation chunk size in tokens (llama-perplexity -c).",
 )
 @click.option(
     "--eval-chunks",
     type=click.IntRange(1, None),
     default=None,
-    help="Evaluate at most this many chunks.",
+    help="GGUF: evaluate at most this many chunks.",
 )
 @click.option(
     "--ctx",
     "context",
     type=click.IntRange(16, 1 << 20),
     default=None,
-    help="Context to budget device memory for.",
+    help="GGUF: context to budget device memory for.",
+)
+@click.option(
+    "--calibration",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="ONNX: calibration data for static int8 (.npz keyed by input name, or a directory "
+    "of .npy/.npz) [default: static int8 steps are skipped].",
+)
+@click.option(
+    "--calibration-method",
+    type=click.Choice(["minmax", "entropy", "percentile"]),
+    default="minmax",
+    show_default=True,
+    help="ONNX: how static int8 turns calibration data into ranges.",
+)
+@click.option(
+    "--allow-random-calibration",
+    is_flag=True,
+    help="ONNX: without --calibration, calibrate static int8 on random inputs (recorded as a "
+    "warning in each manifest).",
+)
+@click.option(
+    "--eval",
+    "eval_inputs",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="ONNX: evaluation inputs (.npz keyed by input name, or a directory of .npy/.npz) "
+    "[default: random inputs, agreement only].",
+)
+@click.option("--labels", default=None, help="ONNX: key of the integer label array in --eval.")
+@click.option(
+    "--eval-samples",
+    type=click.IntRange(1, 1 << 20),
+    default=64,
+    show_default=True,
+    help="ONNX: how many random inputs when --eval is not given.",
 )
 @click.option(
     "--output-dir",
@@ -108,11 +190,19 @@ def sweep(
     max_kld: float | None,
     max_ppl_increase: float | None,
     min_agreement: float | None,
+    max_accuracy_drop: float | None,
+    min_cosine: float | None,
     optimize: str,
     text_file: Path | None,
     eval_ctx: int,
     eval_chunks: int | None,
     context: int | None,
+    calibration: Path | None,
+    calibration_method: str,
+    allow_random_calibration: bool,
+    eval_inputs: Path | None,
+    labels: str | None,
+    eval_samples: int,
     output_dir: Path | None,
     plot: Path | None,
     remeasure: bool,
@@ -121,30 +211,104 @@ def sweep(
 ) -> None:
     """Shrink MODEL to a ladder of types, measure each, and pick the best that is good enough.
 
+    GGUF quality is llama-perplexity's KL divergence over a text; ONNX quality is
+    output agreement on --eval inputs and, with --labels, accuracy.
+
     \b
     edgeshrink sweep model-f16.gguf --profile raspberry-pi-5-8gb --max-kld 0.05
     edgeshrink sweep model-f16.gguf --profile raspberry-pi-5-8gb --target mypi --max-kld 0.05
+    edgeshrink sweep model.onnx --profile imx8mp --target board --calibration cal.npz \\
+        --eval eval.npz --labels labels --max-accuracy-drop 1
     """
-    from edgeshrink.formats import gguf
+    from edgeshrink.errors import EdgeshrinkError, UnsupportedFormatError
+    from edgeshrink.formats import detect_format
     from edgeshrink.profiles import get_profile
-    from edgeshrink.sweep import DEFAULT_LADDER, QualityBudget, sweep_gguf
 
+    fmt = detect_format(model)
+    if fmt not in ("gguf", "onnx"):
+        hint = (
+            "convert it to an F16 GGUF first (edgeshrink shrink), then sweep that"
+            if fmt == "hf"
+            else f"sweep the model's GGUF or ONNX form; {fmt} has no sweep ladder yet"
+        )
+        raise UnsupportedFormatError(
+            f"{model.name} is {fmt}; sweep works on GGUF and ONNX models", hint=hint
+        )
+    _refuse_foreign_options(model, fmt)
     profile = get_profile(profile_id, obj.profiles_dirs)
     target = connect_target(target_name, profile.id, kw) if target_name else None
-    types = tuple(gguf.quant_type(q).name for q in ladder.split(",")) if ladder else DEFAULT_LADDER
     out_dir = output_dir or Path.cwd() / f"{model.stem}-sweep"
-    result = sweep_gguf(
-        model, profile,
-        budget=QualityBudget(max_kld=max_kld, max_ppl_increase=max_ppl_increase, min_same_top=min_agreement),
-        ladder=types, target=target, params=params_from(kw), optimize=optimize,
-        text=text_file.read_text(encoding="utf-8") if text_file else None,
-        eval_ctx=eval_ctx, eval_chunks=eval_chunks, context=context, output_dir=out_dir,
+    common = dict(
+        target=target, params=params_from(kw), optimize=optimize, output_dir=out_dir,
         db=kw["db"], remeasure=remeasure, plot=plot or out_dir / "sweep.svg",
         progress=progress_printer(as_json),
     )  # fmt: skip
+    if fmt == "gguf":
+        from edgeshrink.formats import gguf
+        from edgeshrink.sweep import DEFAULT_LADDER, QualityBudget, sweep_gguf
+
+        types = (
+            tuple(gguf.quant_type(q).name for q in ladder.split(",")) if ladder else DEFAULT_LADDER
+        )
+        result = sweep_gguf(
+            model, profile,
+            budget=QualityBudget(max_kld=max_kld, max_ppl_increase=max_ppl_increase, min_same_top=min_agreement),
+            ladder=types, text=text_file.read_text(encoding="utf-8") if text_file else None,
+            eval_ctx=eval_ctx, eval_chunks=eval_chunks, context=context, **common,
+        )  # fmt: skip
+    else:
+        from edgeshrink.sweep import ONNX_LADDER, OutputQualityBudget, sweep_onnx
+
+        budget = OutputQualityBudget(
+            max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement, min_cosine=min_cosine
+        )
+        result = sweep_onnx(
+            model, profile, budget=budget,
+            ladder=tuple(s for s in ladder.split(",") if s.strip()) if ladder else ONNX_LADDER,
+            calibration=calibration, calibration_method=calibration_method,
+            allow_random_calibration=allow_random_calibration, eval_inputs=eval_inputs,
+            labels=labels, samples=eval_samples, **common,
+        )  # fmt: skip
     if as_json:
         emit_json(result.to_dict())
-        return
+    else:
+        click.echo(
+            f"sweep of {model.name} for {result.profile_id}; quality on "
+            f"{result.quality_source}; speed {result.speed_source}"
+        )
+        if result.candidates:
+            click.echo(_gguf_table(result) if fmt == "gguf" else _onnx_table(result))
+        for step, why in result.skipped:
+            click.echo(f"skipped: {step}: {why}")
+        for c in result.candidates:
+            for warning in c.warnings:
+                click.echo(f"note: {c.quant}: {warning}")
+        click.echo(f"pick: {result.reason}")
+        if result.plot:
+            click.echo(f"plot: {result.plot}")
+    if result.pick is None and not result.candidates:
+        calibration = any("calibration" in why for _, why in result.skipped)
+        raise EdgeshrinkError(
+            "no candidate of the ladder could be made for this device",
+            hint="pass --calibration cal.npz, or add types that need none to --ladder"
+            if calibration
+            else "plan for a device with more memory, or a smaller model",
+        )
+    if result.pick is None:
+        raise EdgeshrinkError(
+            "no candidate is good enough for this device",
+            hint="loosen the quality budget, or plan for a device with more memory",
+        )
+
+
+def _verdict(result: Any, c: Any) -> str:
+    if not c.ran_on_device:
+        return f"failed on {result.target}"
+    front = c.quant in result.pareto_size or c.quant in result.pareto_speed
+    return ("front " if front else "") + ("ok" if c.meets_quality else "too lossy")
+
+
+def _gguf_table(result: Any) -> str:
     rows = []
     for c in result.candidates:
         q = c.quality
@@ -156,27 +320,53 @@ def sweep(
             f"{q['same_top']['value'] * 100:.1f}%",
             f"{c.tg_tok_s:.1f}" if c.tg_tok_s else "-",
             f"{measured['peak_rss_mb']:.0f}" if measured.get("peak_rss_mb") else "-",
-            ("front " if c.quant in result.pareto_size or c.quant in result.pareto_speed else "")
-            + ("ok" if c.meets_quality else "too lossy"),
+            _verdict(result, c),
         ))  # fmt: skip
-    click.echo(
-        f"sweep of {model.name} for {result.profile_id}; quality on "
-        f"{result.candidates[0].quality['n_scored']} tokens; speed {result.speed_source}"
-    )
-    click.echo(render_table(
+    return render_table(
         ["", "TYPE", "MIB", "EST PEAK MB", "FITS", "KLD", "PPL", "SAME TOP", "TG TOK/S", "PEAK MB", "VERDICT"],
         rows, right=(2, 3, 5, 6, 7, 8, 9),
-    ))  # fmt: skip
-    click.echo(f"pick: {result.reason}")
-    if result.plot:
-        click.echo(f"plot: {result.plot}")
-    if result.pick is None:
-        from edgeshrink.errors import EdgeshrinkError
+    )  # fmt: skip
 
-        raise EdgeshrinkError(
-            "no candidate is good enough for this device",
-            hint="loosen the quality budget, or plan for a device with more memory",
-        )
+
+def _onnx_table(result: Any) -> str:
+    from edgeshrink.util import human_bytes
+
+    labelled = any(m["name"] == "accuracy" for c in result.candidates for m in c.quality["metrics"])
+    measured_any = result.target is not None
+    headers = ["", "TYPE", "SIZE", "EST PEAK MB", "FITS", "COSINE", "TOP-1 AGREE"]
+    if labelled:
+        headers += ["ACCURACY", "DROP"]
+    if measured_any:
+        headers += ["P50 MS", "P90 MS", "INF/S", "PEAK MB"]
+    headers.append("VERDICT")
+    rows = []
+    for c in result.candidates:
+        metrics = c.quality["metrics"]
+        cosine = min(m["value"] for m in metrics if m["name"] == "cosine_mean")
+        agreement = [m["value"] for m in metrics if m["name"] == "top1_agreement"]
+        row = [
+            "->" if c.quant == result.pick else "", c.quant, human_bytes(c.size_bytes),
+            f"{c.estimate_mb:.0f}", "yes" if c.fits else "NO", f"{cosine:.6f}",
+            f"{min(agreement):.2%}" if agreement else "-",
+        ]  # fmt: skip
+        if labelled:
+            accuracy = next(m for m in metrics if m["name"] == "accuracy")
+            change = (accuracy["value"] - accuracy["reference"]) * 100
+            row += [f"{accuracy['value']:.2%}", f"{change:+.2f}"]
+        if measured_any:
+            m = c.measured or {}
+
+            def fmt(key: str, spec: str, m: dict[str, Any] = m) -> str:
+                return format(m[key], spec) if m.get(key) else "-"
+
+            row += [
+                fmt("latency_p50_ms", ".3f"), fmt("latency_p90_ms", ".3f"),
+                f"{c.speed:,.1f}" if c.speed else "-", fmt("peak_rss_mb", ".0f"),
+            ]  # fmt: skip
+        row.append(_verdict(result, c))
+        rows.append(tuple(row))
+    right = tuple(i for i, h in enumerate(headers) if h not in ("", "TYPE", "FITS", "VERDICT"))
+    return render_table(headers, rows, right=right)
 
 
 COMMANDS = (sweep,)

@@ -672,7 +672,7 @@ def plan_onnx(
     if options.quant is not None:
         wanted = normalize_quant(options.quant)
         chosen = by_quant.get(wanted) or candidate(wanted)
-        if not chosen.fits:
+        if not chosen.fits and options.check_fit:
             smaller = smaller_that_fits(wanted)
             raise DoesNotFitError(
                 f"{info.path.name} at {wanted} does not fit {profile.id}: "

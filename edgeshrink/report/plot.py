@@ -33,6 +33,11 @@ def _fmt(value: float) -> str:
     return f"{value:.3g}"
 
 
+def _fmt_axis(value: float) -> str:
+    # .3g writes 100000 as 1e+05: large values (speeds) read better in full.
+    return f"{value:,.0f}" if abs(value) >= 1000 else _fmt(value)
+
+
 def scatter_panel(
     points: list[dict[str, Any]],
     *,
@@ -47,7 +52,14 @@ def scatter_panel(
     xs = [p["x"] for p in points]
     ys = [p["y"] for p in points]
     x_lo, x_hi = min(xs), max(xs)
-    y_lo, y_hi = 0.0, max(ys) * 1.1 or 1.0
+    # Losses can be negative (a candidate more accurate than its original) or all zero.
+    y_lo, y_hi = min(0.0, min(ys)), max(ys)
+    span = y_hi - y_lo
+    if span == 0:
+        y_hi = y_lo + 1.0
+    else:
+        y_hi += 0.1 * span
+        y_lo -= 0.05 * span if y_lo < 0 else 0.0
     pad = (x_hi - x_lo) * 0.08 or 1.0
     x_lo, x_hi = x_lo - pad, x_hi + pad
     plot_w = WIDTH - MARGIN["left"] - MARGIN["right"]
@@ -67,11 +79,11 @@ def scatter_panel(
     )
     for t in _ticks(x_lo, x_hi):
         out.append(
-            f'<text x="{sx(t):.1f}" y="{HEIGHT - 30}" text-anchor="middle" font-size="11">{_fmt(t)}</text>'
+            f'<text x="{sx(t):.1f}" y="{HEIGHT - 30}" text-anchor="middle" font-size="11">{_fmt_axis(t)}</text>'
         )
     for t in _ticks(y_lo, y_hi):
         out.append(
-            f'<text x="{sx(x_lo) - 6:.1f}" y="{sy(t) + 4:.1f}" text-anchor="end" font-size="11">{_fmt(t)}</text>'
+            f'<text x="{sx(x_lo) - 6:.1f}" y="{sy(t) + 4:.1f}" text-anchor="end" font-size="11">{_fmt_axis(t)}</text>'
         )
         out.append(
             f'<line x1="{sx(x_lo)}" x2="{sx(x_hi)}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" stroke="#eaeef2"/>'
@@ -80,7 +92,7 @@ def scatter_panel(
         f'<text x="{offset_x + MARGIN["left"] + plot_w / 2}" y="{HEIGHT - 10}" text-anchor="middle">{escape(x_label)}</text>'
     )
     out.append(
-        f'<text transform="translate({offset_x + 16},{MARGIN["top"] + plot_h / 2}) rotate(-90)" '
+        f'<text transform="translate({offset_x + 13},{MARGIN["top"] + plot_h / 2}) rotate(-90)" '
         f'text-anchor="middle">{escape(y_label)}</text>'
     )
     on_front = sorted((p for p in points if p["name"] in front), key=lambda p: p["x"])
@@ -96,43 +108,111 @@ def scatter_panel(
         radius = 6 if p["name"] == pick else 4
         out.append(
             f'<circle class="point" data-name="{escape(p["name"])}" cx="{sx(p["x"]):.1f}" cy="{sy(p["y"]):.1f}" '
-            f'r="{radius}" fill="{color}"><title>{escape(p["name"])}: {_fmt(p["x"])}, {_fmt(p["y"])}</title></circle>'
+            f'r="{radius}" fill="{color}"><title>{escape(p["name"])}: {_fmt_axis(p["x"])}, {_fmt(p["y"])}</title></circle>'
         )
     # One label per spot: candidates that landed on the same point share it.
     labels: dict[tuple[float, float], list[str]] = {}
     for p in points:
         labels.setdefault((round(sx(p["x"])), round(sy(p["y"]))), []).append(p["name"])
+    placed: list[tuple[float, float, float, float]] = []
     for (x, y), names in labels.items():
+        text = ", ".join(names)
+        lx, ly, anchor = _label_spot(x, y, len(text) * CHAR_W, placed, offset_x)
         out.append(
-            f'<text x="{x + 7}" y="{y - 6}" font-size="10">{escape(", ".join(names))}</text>'
+            f'<text x="{lx}" y="{ly}" text-anchor="{anchor}" font-size="10">{escape(text)}</text>'
         )
     return "\n".join(out)
 
 
+CHAR_W = 5.6  # the average width of a 10 px sans-serif character, to keep labels apart
+LABEL_H = 11
+
+
+def _label_spot(
+    x: float, y: float, width: float, placed: list[tuple[float, float, float, float]], offset_x: int
+) -> tuple[float, float, str]:
+    """Where a point's label goes: above right, else below right, above left, below left.
+
+    The first spot that overlaps no label placed before wins (``placed`` grows);
+    when every spot overlaps, the first one.
+    """
+    right_edge = offset_x + WIDTH - MARGIN["right"]
+    spots = [(x + 7, y - 6, "start"), (x + 7, y + 14, "start"),
+             (x - 7, y - 6, "end"), (x - 7, y + 14, "end")]  # fmt: skip
+    if x + 7 + width > right_edge:  # a label that would run out of the panel goes left first
+        spots = spots[2:] + spots[:2]
+
+    def box(spot: tuple[float, float, str]) -> tuple[float, float, float, float]:
+        lx, ly, anchor = spot
+        left = lx if anchor == "start" else lx - width
+        return (left, ly - LABEL_H + 2, left + width, ly + 2)
+
+    def free(b: tuple[float, float, float, float]) -> bool:
+        return not any(b[0] < o[2] and o[0] < b[2] and b[1] < o[3] and o[1] < b[3] for o in placed)
+
+    spot = next((s for s in spots if free(box(s))), spots[0])
+    placed.append(box(spot))
+    return spot
+
+
+def empty_panel(*, title: str, message: str, offset_x: int = 0) -> str:
+    """A panel with nothing to plot, saying why."""
+    plot_w = WIDTH - MARGIN["left"] - MARGIN["right"]
+    plot_h = HEIGHT - MARGIN["top"] - MARGIN["bottom"]
+    left = offset_x + MARGIN["left"]
+    return "\n".join([
+        f'<text x="{offset_x + WIDTH / 2}" y="22" text-anchor="middle" font-weight="bold">{escape(title)}</text>',
+        f'<rect x="{left}" y="{MARGIN["top"]}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#d0d7de"/>',
+        f'<text x="{left + plot_w / 2}" y="{MARGIN["top"] + plot_h / 2}" text-anchor="middle" '
+        f'fill="#57606a">{escape(message)}</text>',
+    ])  # fmt: skip
+
+
 def write_sweep_svg(result: Any, path: str | os.PathLike[str]) -> Path:
-    """Quality loss against size and against speed, Pareto fronts dashed, the pick in red."""
+    """Quality loss against size and against speed, Pareto fronts dashed, the pick in red.
+
+    The loss is the result's ``loss_label`` (lower is better): the mean KL
+    divergence for GGUF; the accuracy drop in points or 1 − cosine for ONNX.
+    Without any speed (ONNX without a target) the speed panel says so.
+    """
     cands = result.candidates
+    small = bool(cands) and max(c.size_bytes for c in cands) < 2**20
+    unit, scale = ("KiB", 2**10) if small else ("MiB", 2**20)
     size_points = [
-        {"name": c.quant, "x": c.size_bytes / 2**20, "y": c.kld, "fits": c.fits} for c in cands
+        {"name": c.quant, "x": c.size_bytes / scale, "y": c.loss, "fits": c.fits} for c in cands
     ]
-    speed_points = [
-        {"name": c.quant, "x": c.tg_tok_s or 0.0, "y": c.kld, "fits": c.fits} for c in cands
-    ]
-    left = scatter_panel(
-        size_points, x_label="size (MiB)", y_label="mean KL divergence", title="quality vs size",
-        front=result.pareto_size, pick=result.pick,
-    )  # fmt: skip
-    right = scatter_panel(
-        speed_points, x_label=f"generation tok/s ({result.speed_source})", y_label="mean KL divergence",
-        title="quality vs speed", front=result.pareto_speed, pick=result.pick, offset_x=WIDTH,
-    )  # fmt: skip
+    if cands:
+        left = scatter_panel(
+            size_points, x_label=f"size ({unit})", y_label=result.loss_label,
+            title="quality vs size", front=result.pareto_size, pick=result.pick,
+        )  # fmt: skip
+    else:
+        left = empty_panel(title="quality vs size", message="no candidate was made")
+    if not cands:
+        right = empty_panel(
+            title="quality vs speed", message="no candidate was made", offset_x=WIDTH
+        )
+    elif any(c.speed for c in cands):
+        speed_points = [
+            {"name": c.quant, "x": c.speed or 0.0, "y": c.loss, "fits": c.fits} for c in cands
+        ]
+        right = scatter_panel(
+            speed_points, x_label=f"{result.speed_label} ({result.speed_source})",
+            y_label=result.loss_label, title="quality vs speed", front=result.pareto_speed,
+            pick=result.pick, offset_x=WIDTH,
+        )  # fmt: skip
+    else:
+        right = empty_panel(
+            title="quality vs speed", message="speed not measured: pass --target", offset_x=WIDTH
+        )
     caption = escape(f"{result.model.name} on {result.profile_id}: pick {result.pick or 'none'}")
     svg = (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * WIDTH}" height="{HEIGHT + 24}" '
         f'font-family="sans-serif" font-size="12">\n<rect width="100%" height="100%" fill="white"/>\n'
         f"{left}\n{right}\n"
         f'<text x="{WIDTH}" y="{HEIGHT + 16}" text-anchor="middle" font-size="11">{caption}; '
-        f"grey: does not fit the memory budget; dashed: Pareto front</text>\n</svg>\n"
+        f"red: the pick; blue, dashed: Pareto front; light grey: does not fit the memory budget"
+        f"</text>\n</svg>\n"
     )
     path = Path(path)
     with atomic_path(path) as tmp:
