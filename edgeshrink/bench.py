@@ -38,6 +38,8 @@ class BenchParams:
     # i.MX 8M Plus NPU; the profile names it), and which runtime to use.
     external_delegate: str | None = None
     tflite_runtime: str = "auto"
+    # Run twice more on fixed inputs after measuring: finite and repeatable outputs?
+    check_output: bool = False
 
     def key(self) -> str:
         """A stable digest of what was asked, to find an earlier identical measurement."""
@@ -48,6 +50,8 @@ class BenchParams:
 
     def agent_args(self, model_format: str = "gguf", remote_inputs: str | None = None) -> list[str]:
         args = ["--format", model_format, "--warmup", str(self.warmup), "--seed", str(self.seed)]
+        if self.check_output:
+            args.append("--check-output")
         if self.threads:
             args += ["--threads", str(self.threads)]
         if model_format == "gguf":

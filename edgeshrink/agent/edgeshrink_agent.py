@@ -330,6 +330,8 @@ class Report:
         self.latency_partial = None  # type: list | None
         self.latency_ms = None  # type: dict | None
         self.throughput_per_s = None  # type: float | None
+        # --check-output: are the outputs finite and the same on a second identical run?
+        self.output_check = None  # type: dict | None
         self.unmeasured = []  # type: list
         self.warnings = []  # type: list
 
@@ -359,6 +361,7 @@ class Report:
             "llm": self.llm,
             "latency_ms": self.latency_ms,
             "throughput_per_s": _round(self.throughput_per_s),
+            "output_check": self.output_check,
             "unmeasured": self.unmeasured,
             "warnings": self.warnings,
         }
@@ -1165,6 +1168,21 @@ def run_gguf(args, report: Report, sampler: MemorySampler) -> None:
             f"rep {rep + 1}/{args.reps}: pp {pp_samples[-1]:.1f} tok/s,"
             f" tg {tg_samples[-1]:.1f} tok/s, ttft {ttft_samples[-1]:.2f} ms"
         )
+    if args.check_output:
+        prompt = [t for t in random.Random(args.seed).sample(range(n_vocab), min(16, n_vocab))]
+        if bos is not None:
+            prompt[0] = bos
+        runs = []
+        for _ in range(2):
+            clear_memory()
+            runs.append(bench.greedy(prompt, 16))
+        report.output_check = {
+            "finite": runs[0][1] and runs[1][1],
+            "deterministic": runs[0][0] == runs[1][0],
+            "tokens": runs[0][0],
+            "runs": 2,
+        }
+        _log(f"output check: {report.output_check}")
 
 
 class LlamaBench:
@@ -1266,6 +1284,30 @@ class LlamaBench:
         values = array.array("f", self.ctypes.string_at(logits, self.n_vocab * 4))
         return values.index(max(values))
 
+    def greedy(self, prompt: list, n_gen: int) -> tuple:
+        """Greedy generation from ``prompt``: (tokens, all logits finite?)."""
+        import math
+
+        lc, ctypes = self.lc, self.ctypes
+        tokens = (lc.llama_token * len(prompt))(*prompt)
+        self._check(lc.llama_decode(self.ctx, lc.llama_batch_get_one(tokens, len(prompt))), "check prompt")
+        out, finite = [], True
+        for _ in range(n_gen):
+            logits = lc.llama_get_logits_ith(self.ctx, -1)
+            if self.numpy is not None:
+                row = self.numpy.ctypeslib.as_array(logits, shape=(self.n_vocab,))
+                finite = finite and bool(self.numpy.isfinite(row).all())
+                token = int(row.argmax())
+            else:
+                import array
+
+                values = array.array("f", ctypes.string_at(logits, self.n_vocab * 4))
+                finite = finite and all(math.isfinite(v) for v in values)
+                token = values.index(max(values))
+            out.append(token)
+            self.decode_one(token)
+        return out, finite
+
     def decode_one(self, token: int) -> None:
         self.one_token[0] = token
         rc = self.lc.llama_decode(self.ctx, self.one_batch)
@@ -1275,6 +1317,25 @@ class LlamaBench:
 
 
 # --------------------------------------------------------------------------- timed runs
+
+
+def compare_output_runs(np, first, second) -> dict:
+    """Finite and identical? ``first``/``second``: lists of output arrays of two runs."""
+    finite = True
+    max_diff = 0.0
+    scale = 0.0
+    for a, b in zip(first, second):
+        a, b = np.asarray(a), np.asarray(b)
+        if a.dtype.kind == "f":
+            finite = finite and bool(np.isfinite(a).all() and np.isfinite(b).all())
+        if a.size:
+            diff = np.abs(a.astype("float64") - b.astype("float64"))
+            max_diff = max(max_diff, float(np.nanmax(diff)) if diff.size else 0.0)
+            scale = max(scale, float(np.nanmax(np.abs(a.astype("float64")))))
+    # Threaded reductions may reorder float sums: allow a relative 1e-6.
+    deterministic = max_diff <= 1e-6 * max(scale, 1.0)
+    return {"finite": finite, "deterministic": deterministic, "max_abs_diff": _round(max_diff, 9),
+            "runs": 2}
 
 
 def measure_runs(run_once, args, report: Report, sampler: MemorySampler) -> None:
@@ -1710,6 +1771,8 @@ def run_onnx(args, report: Report, sampler: MemorySampler) -> None:
         ) from exc
     sampler.sample()
     measure_runs(functools.partial(run, None, feeds), args, report, sampler)
+    if args.check_output:
+        report.output_check = compare_output_runs(np, run(None, feeds), run(None, feeds))
 
 
 # --------------------------------------------------------------------------- TFLite / LiteRT
@@ -2083,6 +2146,12 @@ def run_tflite(args, report: Report, sampler: MemorySampler) -> None:
         ) from exc
     sampler.sample()
     measure_runs(invoke, args, report, sampler)
+    if args.check_output:
+        def outputs():
+            invoke()
+            return [interpreter.get_tensor(d["index"]).copy() for d in output_details]
+
+        report.output_check = compare_output_runs(np, outputs(), outputs())
 
 
 RUNNERS = {
@@ -2222,6 +2291,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="KEY=VALUE",
         help="TFLite: an option for the external delegate (repeatable)",
+    )
+    bench.add_argument(
+        "--check-output",
+        action="store_true",
+        help="after measuring, run twice more on fixed inputs: outputs finite and identical?",
     )
     bench.add_argument(
         "--deadline-s",
