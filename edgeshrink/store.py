@@ -90,6 +90,127 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         CREATE INDEX results_by_params ON results (artifact_sha256, target, params_key);
         """,
     ),
+    (
+        "device lab: runs, their devices and jobs, device snapshots, builds, device locks",
+        """
+        CREATE TABLE lab_runs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            suite_name TEXT NOT NULL,
+            status TEXT NOT NULL,
+            started_at TEXT NOT NULL,
+            finished_at TEXT,
+            heartbeat_at REAL NOT NULL,
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            inventory_path TEXT NOT NULL,
+            inventory_sha256 TEXT NOT NULL,
+            inventory TEXT NOT NULL,
+            suite_path TEXT NOT NULL,
+            suite_sha256 TEXT NOT NULL,
+            suite TEXT NOT NULL,
+            edgeshrink_version TEXT NOT NULL,
+            host_tools TEXT NOT NULL,
+            resumes INTEGER NOT NULL DEFAULT 0,
+            summary TEXT
+        );
+        CREATE INDEX lab_runs_by_suite ON lab_runs (suite_name, id);
+        CREATE TABLE lab_run_devices (
+            run_id INTEGER NOT NULL REFERENCES lab_runs (id),
+            device TEXT NOT NULL,
+            target TEXT NOT NULL,
+            status TEXT NOT NULL,
+            started_at TEXT,
+            finished_at TEXT,
+            seconds REAL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            error TEXT,
+            PRIMARY KEY (run_id, device)
+        );
+        CREATE TABLE lab_snapshots (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            run_id INTEGER NOT NULL REFERENCES lab_runs (id),
+            device TEXT NOT NULL,
+            taken_at TEXT NOT NULL,
+            hostname TEXT,
+            os TEXT,
+            kernel TEXT,
+            python TEXT,
+            cpu TEXT,
+            arch TEXT,
+            cores INTEGER,
+            ram_mb REAL,
+            memory_limit_mb REAL,
+            board TEXT,
+            agent_version TEXT,
+            runtimes TEXT,
+            cpu_mhz TEXT,
+            temps_c TEXT,
+            document TEXT NOT NULL
+        );
+        CREATE INDEX lab_snapshots_by_run ON lab_snapshots (run_id, device);
+        CREATE TABLE lab_builds (
+            run_id INTEGER NOT NULL REFERENCES lab_runs (id),
+            job TEXT NOT NULL,
+            build_key TEXT NOT NULL,
+            status TEXT NOT NULL,
+            source_path TEXT,
+            source_sha256 TEXT,
+            artifact_path TEXT,
+            artifact_sha256 TEXT,
+            artifact_size INTEGER,
+            format TEXT,
+            quant TEXT,
+            reused INTEGER,
+            seconds REAL,
+            error TEXT,
+            tool_versions TEXT,
+            quality_status TEXT,
+            kld_mean REAL,
+            ppl_ratio REAL,
+            same_top REAL,
+            quality TEXT,
+            PRIMARY KEY (run_id, job, build_key)
+        );
+        CREATE TABLE lab_jobs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            run_id INTEGER NOT NULL REFERENCES lab_runs (id),
+            device TEXT NOT NULL,
+            job TEXT NOT NULL,
+            settings_key TEXT NOT NULL,
+            build_key TEXT,
+            status TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            started_at TEXT,
+            finished_at TEXT,
+            seconds REAL,
+            result_id INTEGER REFERENCES results (id),
+            result_status TEXT,
+            error TEXT,
+            cooldown TEXT,
+            temp_before_c REAL,
+            temp_after_c REAL,
+            cpu_mhz_before REAL,
+            cpu_mhz_after REAL,
+            throttled TEXT,
+            snapshot_id INTEGER REFERENCES lab_snapshots (id),
+            samples TEXT,
+            metrics TEXT,
+            context TEXT,
+            UNIQUE (run_id, device, job)
+        );
+        CREATE INDEX lab_jobs_by_key ON lab_jobs (device, job, settings_key);
+        CREATE TABLE lab_locks (
+            resource TEXT PRIMARY KEY,
+            device TEXT NOT NULL,
+            owner TEXT NOT NULL,
+            run_id INTEGER,
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            acquired_at TEXT NOT NULL,
+            heartbeat_at REAL NOT NULL
+        );
+        """,
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -182,6 +303,39 @@ class ResultStore:
         try:
             with self._db:
                 yield self._db
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: {exc}") from exc
+
+    @contextmanager
+    def transaction(self, *, immediate: bool = False) -> Iterator[sqlite3.Connection]:
+        """One transaction for the block; ``immediate`` takes the write lock at the start.
+
+        Code that reads, decides and then writes (the lab's device locks) needs
+        ``immediate``: in WAL mode a deferred transaction that read first fails
+        instead of waiting when another writer got there in between.
+        """
+        if not immediate:
+            with self._transaction() as db:
+                yield db
+            return
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: {exc}") from exc
+        try:
+            yield self._db
+        except BaseException:
+            self._db.rollback()
+            raise
+        try:
+            self._db.commit()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: {exc}") from exc
+
+    def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        """Rows of one read-only statement (the lab's history queries)."""
+        try:
+            return self._db.execute(sql, args).fetchall()
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path}: {exc}") from exc
 

@@ -8,7 +8,7 @@ import pytest
 
 from edgeshrink.targets import load_target_file
 
-EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "targets").glob("*.toml"))
+EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "targets").glob("example-*.toml"))
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)

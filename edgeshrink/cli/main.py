@@ -39,7 +39,18 @@ def cli(ctx: click.Context, profiles_dirs: tuple[Path, ...]) -> None:
 
 
 def _register() -> None:
-    from edgeshrink.cli import catalog, check, doctor, lab, models, quality, results, run, sweep, targets
+    from edgeshrink.cli import (
+        catalog,
+        check,
+        doctor,
+        lab,
+        models,
+        quality,
+        results,
+        run,
+        sweep,
+        targets,
+    )
 
     for module in (catalog, check, doctor, lab, models, quality, results, run, sweep, targets):
         for command in module.COMMANDS:

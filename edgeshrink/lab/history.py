@@ -1,0 +1,551 @@
+"""The lab's history in the results database: runs, devices, jobs, snapshots, builds, locks.
+
+Every figure of a lab job is a row of ``results`` (the agent's whole document
+beside it); the lab tables say which run, device and job produced it, with
+what artifact, on which device snapshot, after what cool-down.  So any number
+can be traced: ``lab_jobs.result_id -> results``, ``lab_jobs.snapshot_id ->
+lab_snapshots``, ``(run_id, job, build_key) -> lab_builds``.
+
+Each thread of a lab run opens its own connection (SQLite connections are not
+shared between threads); WAL mode lets them write one at a time while others read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from edgeshrink.store import ResultStore
+
+RUN_STATUSES = ("running", "finished", "interrupted")
+JOB_STATUSES = ("pending", "running", "done", "failed")
+DEVICE_STATUSES = ("pending", "running", "ok", "failed")
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def this_host() -> str:
+    return socket.gethostname()
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, sort_keys=True, default=str)
+
+
+def _load(value: str | None) -> Any:
+    return None if value is None else json.loads(value)
+
+
+@dataclass(frozen=True)
+class LabRun:
+    id: int
+    suite_name: str
+    status: str
+    started_at: str
+    finished_at: str | None
+    heartbeat_at: float
+    host: str
+    pid: int
+    inventory_path: str
+    inventory_sha256: str
+    inventory: str
+    suite_path: str
+    suite_sha256: str
+    suite: str
+    edgeshrink_version: str
+    host_tools: dict[str, Any]
+    resumes: int
+    summary: dict[str, Any] | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> LabRun:
+        doc = dict(row)
+        doc["host_tools"] = _load(doc["host_tools"]) or {}
+        doc["summary"] = _load(doc["summary"])
+        return cls(**doc)
+
+    def is_alive(self, stale_s: float) -> bool:
+        """Whether a process is still working on this run (for resume and status)."""
+        if self.status != "running":
+            return False
+        if self.host == this_host() and not pid_alive(self.pid):
+            return False
+        return time.time() - self.heartbeat_at < stale_s
+
+    def to_dict(self, *, texts: bool = False) -> dict[str, Any]:
+        doc = {k: v for k, v in self.__dict__.items() if texts or k not in ("inventory", "suite")}
+        return doc
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One lab job of one run on one device, with what regression detection needs."""
+
+    id: int
+    run_id: int
+    device: str
+    job: str
+    settings_key: str
+    build_key: str | None
+    status: str  # pending | running | done | failed
+    attempts: int
+    started_at: str | None
+    finished_at: str | None
+    seconds: float | None
+    result_id: int | None
+    result_status: str | None  # the agent's: ok | error | timeout | oom
+    error: str | None
+    cooldown: dict[str, Any] | None
+    temp_before_c: float | None
+    temp_after_c: float | None
+    cpu_mhz_before: float | None
+    cpu_mhz_after: float | None
+    throttled: str | None
+    snapshot_id: int | None
+    samples: dict[str, list[float]]
+    metrics: dict[str, float | None]
+    context: dict[str, Any]
+
+    @classmethod
+    def from_row(cls, row: Any) -> JobRecord:
+        doc = dict(row)
+        doc["cooldown"] = _load(doc["cooldown"])
+        doc["samples"] = _load(doc["samples"]) or {}
+        doc["metrics"] = _load(doc["metrics"]) or {}
+        doc["context"] = _load(doc["context"]) or {}
+        return cls(**doc)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "done" and self.result_status == "ok"
+
+    @property
+    def failed(self) -> bool:
+        """Ended without a good measurement: no result, or the agent's error/timeout/oom."""
+        return self.status == "failed" or (self.status == "done" and self.result_status != "ok")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class BuildRecord:
+    run_id: int
+    job: str
+    build_key: str
+    status: str
+    source_path: str | None
+    source_sha256: str | None
+    artifact_path: str | None
+    artifact_sha256: str | None
+    artifact_size: int | None
+    format: str | None
+    quant: str | None
+    reused: int | None
+    seconds: float | None
+    error: str | None
+    tool_versions: dict[str, Any] | None
+    quality_status: str | None
+    kld_mean: float | None
+    ppl_ratio: float | None
+    same_top: float | None
+    quality: dict[str, Any] | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> BuildRecord:
+        doc = dict(row)
+        doc["tool_versions"] = _load(doc["tool_versions"])
+        doc["quality"] = _load(doc["quality"])
+        return cls(**doc)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    resource: str
+    device: str
+    owner: str
+    run_id: int | None
+    host: str
+    pid: int
+    acquired_at: str
+    heartbeat_at: float
+
+    def describe(self) -> str:
+        run = f"run {self.run_id}" if self.run_id else "a starting run"
+        age = time.time() - self.heartbeat_at
+        return f"{self.device} ({self.resource}) is held by {run} on {self.host} pid {self.pid}, heartbeat {age:.0f} s ago"
+
+
+class LabHistory:
+    """The lab tables of one results database (one connection: one thread)."""
+
+    def __init__(self, store: ResultStore) -> None:
+        self.store = store
+
+    @classmethod
+    def open(cls, db: str | os.PathLike[str] | None) -> LabHistory:
+        return cls(ResultStore(db))
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> LabHistory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ runs
+
+    def create_run(
+        self,
+        *,
+        suite_name: str,
+        inventory_path: str,
+        inventory_text: str,
+        inventory_sha256: str,
+        suite_path: str,
+        suite_text: str,
+        suite_sha256: str,
+        edgeshrink_version: str,
+        host_tools: dict[str, Any],
+    ) -> int:
+        with self.store.transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO lab_runs (suite_name, status, started_at, heartbeat_at, host, pid,"
+                " inventory_path, inventory_sha256, inventory, suite_path, suite_sha256, suite,"
+                " edgeshrink_version, host_tools) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (suite_name, now_iso(), time.time(), this_host(), os.getpid(), inventory_path,
+                 inventory_sha256, inventory_text, suite_path, suite_sha256, suite_text,
+                 edgeshrink_version, _json(host_tools)),
+            )  # fmt: skip
+        return int(cursor.lastrowid or 0)
+
+    def get_run(self, run_id: int) -> LabRun | None:
+        rows = self.store.query("SELECT * FROM lab_runs WHERE id = ?", (run_id,))
+        return LabRun.from_row(rows[0]) if rows else None
+
+    def latest_run(self, suite_name: str | None = None) -> LabRun | None:
+        runs = self.list_runs(suite_name=suite_name, limit=1)
+        return runs[0] if runs else None
+
+    def list_runs(
+        self,
+        *,
+        suite_name: str | None = None,
+        since: str | None = None,
+        before_id: int | None = None,
+        statuses: tuple[str, ...] | None = None,
+        limit: int | None = None,
+    ) -> list[LabRun]:
+        """Runs, newest first."""
+        where, args = [], []
+        if suite_name:
+            where.append("suite_name = ?")
+            args.append(suite_name)
+        if since:
+            where.append("started_at >= ?")
+            args.append(since)
+        if before_id is not None:
+            where.append("id < ?")
+            args.append(before_id)
+        if statuses:
+            where.append(f"status IN ({', '.join('?' for _ in statuses)})")
+            args.extend(statuses)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        tail = " LIMIT ?" if limit else ""
+        rows = self.store.query(
+            f"SELECT * FROM lab_runs {clause} ORDER BY id DESC{tail}",
+            (*args, *((limit,) if limit else ())),
+        )
+        return [LabRun.from_row(r) for r in rows]
+
+    def claim_run(self, run_id: int) -> None:
+        """This process now works on the run (a resume)."""
+        with self.store.transaction() as db:
+            db.execute(
+                "UPDATE lab_runs SET status = 'running', host = ?, pid = ?, heartbeat_at = ?,"
+                " finished_at = NULL, resumes = resumes + 1 WHERE id = ?",
+                (this_host(), os.getpid(), time.time(), run_id),
+            )
+
+    def finish_run(self, run_id: int, status: str, summary: dict[str, Any]) -> None:
+        with self.store.transaction() as db:
+            db.execute(
+                "UPDATE lab_runs SET status = ?, finished_at = ?, summary = ? WHERE id = ?",
+                (status, now_iso(), _json(summary), run_id),
+            )
+
+    def heartbeat(self, run_id: int | None, owner: str) -> None:
+        now = time.time()
+        with self.store.transaction() as db:
+            db.execute("UPDATE lab_locks SET heartbeat_at = ? WHERE owner = ?", (now, owner))
+            if run_id is not None:
+                db.execute("UPDATE lab_runs SET heartbeat_at = ? WHERE id = ?", (now, run_id))
+
+    # ------------------------------------------------------------------ devices of a run
+
+    def add_run_devices(self, run_id: int, devices: list[tuple[str, dict[str, Any]]]) -> None:
+        with self.store.transaction() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO lab_run_devices (run_id, device, target, status)"
+                " VALUES (?, ?, ?, 'pending')",
+                [(run_id, name, _json(target)) for name, target in devices],
+            )
+
+    def device_started(self, run_id: int, device: str) -> None:
+        with self.store.transaction() as db:
+            db.execute(
+                "UPDATE lab_run_devices SET status = 'running', started_at = ?, error = NULL"
+                " WHERE run_id = ? AND device = ?",
+                (now_iso(), run_id, device),
+            )
+
+    def device_finished(
+        self,
+        run_id: int,
+        device: str,
+        status: str,
+        *,
+        seconds: float,
+        attempts: int,
+        error: str | None,
+    ) -> None:
+        with self.store.transaction() as db:
+            db.execute(
+                "UPDATE lab_run_devices SET status = ?, finished_at = ?, seconds = ?,"
+                " attempts = attempts + ?, error = ? WHERE run_id = ? AND device = ?",
+                (status, now_iso(), seconds, attempts, error, run_id, device),
+            )
+
+    def run_devices(self, run_id: int) -> list[dict[str, Any]]:
+        rows = self.store.query(
+            "SELECT * FROM lab_run_devices WHERE run_id = ? ORDER BY device", (run_id,)
+        )
+        out = []
+        for row in rows:
+            doc = dict(row)
+            doc["target"] = _load(doc["target"])
+            out.append(doc)
+        return out
+
+    # ------------------------------------------------------------------ jobs
+
+    def add_jobs(self, run_id: int, jobs: list[tuple[str, str, str, str | None]]) -> None:
+        """(device, job, settings_key, build_key) rows, pending; existing rows are kept."""
+        with self.store.transaction() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO lab_jobs (run_id, device, job, settings_key, build_key, status)"
+                " VALUES (?, ?, ?, ?, ?, 'pending')",
+                [(run_id, *job) for job in jobs],
+            )
+
+    def reset_unfinished(self, run_id: int) -> int:
+        """Jobs that have no stored measurement go back to pending (a resume)."""
+        with self.store.transaction() as db:
+            cursor = db.execute(
+                "UPDATE lab_jobs SET status = 'pending', error = NULL"
+                " WHERE run_id = ? AND status IN ('pending', 'running', 'failed')",
+                (run_id,),
+            )
+            db.execute(
+                "UPDATE lab_run_devices SET status = 'pending' WHERE run_id = ? AND device IN"
+                " (SELECT device FROM lab_jobs WHERE run_id = ? AND status = 'pending')",
+                (run_id, run_id),
+            )
+        return cursor.rowcount
+
+    def jobs(self, run_id: int) -> list[JobRecord]:
+        rows = self.store.query("SELECT * FROM lab_jobs WHERE run_id = ? ORDER BY id", (run_id,))
+        return [JobRecord.from_row(r) for r in rows]
+
+    def jobs_of_runs(self, run_ids: list[int]) -> list[JobRecord]:
+        if not run_ids:
+            return []
+        marks = ", ".join("?" for _ in run_ids)
+        rows = self.store.query(
+            f"SELECT * FROM lab_jobs WHERE run_id IN ({marks}) ORDER BY run_id, id", tuple(run_ids)
+        )
+        return [JobRecord.from_row(r) for r in rows]
+
+    def set_job_build(self, job_id: int, build_key: str | None) -> None:
+        with self.store.transaction() as db:
+            db.execute("UPDATE lab_jobs SET build_key = ? WHERE id = ?", (build_key, job_id))
+
+    def job_started(self, job_id: int) -> None:
+        with self.store.transaction() as db:
+            db.execute(
+                "UPDATE lab_jobs SET status = 'running', started_at = ?, attempts = attempts + 1"
+                " WHERE id = ?",
+                (now_iso(), job_id),
+            )
+
+    def job_attempt_failed(self, job_id: int, error: str) -> None:
+        with self.store.transaction() as db:
+            db.execute(
+                "UPDATE lab_jobs SET status = 'pending', error = ? WHERE id = ?", (error, job_id)
+            )
+
+    def job_failed(self, job_id: int, error: str) -> None:
+        with self.store.transaction() as db:
+            db.execute(
+                "UPDATE lab_jobs SET status = 'failed', error = ?, finished_at = ? WHERE id = ?",
+                (error, now_iso(), job_id),
+            )
+
+    def job_done(self, job_id: int, fields: dict[str, Any]) -> None:
+        values = dict(fields)
+        for key in ("cooldown", "samples", "metrics", "context"):
+            if key in values:
+                values[key] = _json(values[key])
+        values["status"] = "done"
+        values["finished_at"] = now_iso()
+        sets = ", ".join(f"{k} = ?" for k in values)
+        with self.store.transaction() as db:
+            db.execute(f"UPDATE lab_jobs SET {sets} WHERE id = ?", (*values.values(), job_id))
+
+    # ------------------------------------------------------------------ snapshots
+
+    def add_snapshot(self, run_id: int, device: str, fields: dict[str, Any], document: Any) -> int:
+        values = {"run_id": run_id, "device": device, "taken_at": now_iso(), **fields}
+        for key in ("runtimes", "cpu_mhz", "temps_c"):
+            values[key] = _json(values.get(key))
+        values["document"] = _json(document)
+        names = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        with self.store.transaction() as db:
+            cursor = db.execute(
+                f"INSERT INTO lab_snapshots ({names}) VALUES ({marks})", tuple(values.values())
+            )
+        return int(cursor.lastrowid or 0)
+
+    def snapshots(self, run_ids: list[int]) -> list[dict[str, Any]]:
+        if not run_ids:
+            return []
+        marks = ", ".join("?" for _ in run_ids)
+        rows = self.store.query(
+            "SELECT id, run_id, device, taken_at, hostname, os, kernel, python, cpu, arch, cores,"
+            " ram_mb, memory_limit_mb, board, agent_version, runtimes, cpu_mhz, temps_c"
+            f" FROM lab_snapshots WHERE run_id IN ({marks}) ORDER BY id",
+            tuple(run_ids),
+        )
+        out = []
+        for row in rows:
+            doc = dict(row)
+            for key in ("runtimes", "cpu_mhz", "temps_c"):
+                doc[key] = _load(doc[key])
+            out.append(doc)
+        return out
+
+    # ------------------------------------------------------------------ builds
+
+    def save_build(self, run_id: int, job: str, build_key: str, fields: dict[str, Any]) -> None:
+        values = {"run_id": run_id, "job": job, "build_key": build_key, **fields}
+        for key in ("tool_versions", "quality"):
+            if key in values:
+                values[key] = _json(values[key])
+        names = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        with self.store.transaction() as db:
+            db.execute(
+                f"INSERT OR REPLACE INTO lab_builds ({names}) VALUES ({marks})",
+                tuple(values.values()),
+            )
+
+    def set_build_quality(
+        self, run_id: int, job: str, build_key: str, fields: dict[str, Any]
+    ) -> None:
+        values = dict(fields)
+        if "quality" in values:
+            values["quality"] = _json(values["quality"])
+        sets = ", ".join(f"{k} = ?" for k in values)
+        with self.store.transaction() as db:
+            db.execute(
+                f"UPDATE lab_builds SET {sets} WHERE run_id = ? AND job = ? AND build_key = ?",
+                (*values.values(), run_id, job, build_key),
+            )
+
+    def builds(self, run_ids: list[int]) -> list[BuildRecord]:
+        if not run_ids:
+            return []
+        marks = ", ".join("?" for _ in run_ids)
+        rows = self.store.query(
+            f"SELECT * FROM lab_builds WHERE run_id IN ({marks}) ORDER BY run_id, job",
+            tuple(run_ids),
+        )
+        return [BuildRecord.from_row(r) for r in rows]
+
+    # ------------------------------------------------------------------ device locks
+
+    def try_lock(
+        self, resources: dict[str, str], owner: str, *, run_id: int | None, stale_s: float
+    ) -> list[LockHolder]:
+        """Take every resource (lock key -> device name) or none; returns the holders in the way.
+
+        A lock whose holder stopped sending heartbeats for ``stale_s``, or
+        whose process is gone from this host, is taken over.
+        """
+        now = time.time()
+        host, pid = this_host(), os.getpid()
+        with self.store.transaction(immediate=True) as db:
+            conflicts = []
+            for resource in resources:
+                row = db.execute(
+                    "SELECT * FROM lab_locks WHERE resource = ?", (resource,)
+                ).fetchone()
+                if row is None or row["owner"] == owner:
+                    continue
+                holder = LockHolder(**dict(row))
+                gone = holder.host == host and not pid_alive(holder.pid)
+                if gone or now - holder.heartbeat_at > stale_s:
+                    db.execute("DELETE FROM lab_locks WHERE resource = ?", (resource,))
+                    continue
+                conflicts.append(holder)
+            if conflicts:
+                return conflicts
+            db.executemany(
+                "INSERT OR REPLACE INTO lab_locks (resource, device, owner, run_id, host, pid,"
+                " acquired_at, heartbeat_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(res, dev, owner, run_id, host, pid, now_iso(), now) for res, dev in resources.items()],
+            )  # fmt: skip
+        return []
+
+    def attach_locks(self, owner: str, run_id: int) -> None:
+        with self.store.transaction() as db:
+            db.execute("UPDATE lab_locks SET run_id = ? WHERE owner = ?", (run_id, owner))
+
+    def release_locks(self, owner: str, resources: list[str] | None = None) -> None:
+        with self.store.transaction() as db:
+            if resources is None:
+                db.execute("DELETE FROM lab_locks WHERE owner = ?", (owner,))
+            else:
+                db.executemany(
+                    "DELETE FROM lab_locks WHERE owner = ? AND resource = ?",
+                    [(owner, r) for r in resources],
+                )
+
+    def locks(self) -> list[LockHolder]:
+        return [
+            LockHolder(**dict(r))
+            for r in self.store.query("SELECT * FROM lab_locks ORDER BY device")
+        ]
