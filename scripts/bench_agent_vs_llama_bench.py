@@ -4,12 +4,24 @@
     python scripts/bench_agent_vs_llama_bench.py --model M.gguf --threads 1 2 --rounds 3 --json
 
 llama-bench is built once from the llama.cpp inside the llama-cpp-python source
-distribution of the installed version (see llama_tools.py), so both sides run
-the same llama.cpp.  The two run as separate processes, interleaved round by
-round (llama-bench, agent, llama-bench, agent, ...) because the machine is
-shared and its speed drifts; each round's agent/llama-bench ratio is taken and
-the median over rounds must lie within --tolerance of 1.  Exit code 0 when every
-(threads, metric) pair passes, 1 when one fails, 2 on a usage error.
+distribution of the installed version (see llama_tools.py).  By default it is
+linked against shared libraries and run with LD_LIBRARY_PATH pointing at the
+installed binding's own libllama/libggml, so both sides execute the very same
+library code and only the harness differs (a statically linked llama-bench ran
+~3% faster in tg than the same llama-bench on the binding's shared libraries on
+the 2-core reference machine; --llama-bench-libs static compares against it).  The two run as separate processes with the same threads,
+flash attention, prompt/generation lengths and repetitions, interleaved round
+by round (llama-bench, agent, llama-bench, agent, ...) because the machine is
+shared and its speed drifts.
+
+A round counts only if other processes kept at most --max-foreign-load cores
+busy during both of its runs (from /proc/stat minus this script's own
+children); noisy rounds are repeated, up to --max-noisy-rounds.  The verdict
+for each (threads, metric) is the median over quiet rounds of the per-round
+ratio agent/llama-bench (each run summarised by --statistic), which must lie
+within 1 ± --tolerance.  NOISY means no round was quiet: no verdict.
+
+Exit code 0 when every (threads, metric) passes, 1 otherwise, 2 on a usage error.
 """
 
 from __future__ import annotations
@@ -17,11 +29,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +46,7 @@ from llama_tools import (  # noqa: E402  (sibling module of this script)
     default_cache_dir,
     ensure_llama_tool,
     installed_version,
+    wheel_library_dir,
 )
 
 import edgeshrink.agent  # noqa: E402
@@ -47,6 +63,13 @@ class ComparisonError(EdgeshrinkError, RuntimeError):
     default_hint = "read the run's stderr log named in the message"
 
 
+STATISTICS = {
+    "mean": statistics.fmean,
+    "median": statistics.median,
+    "best": max,
+}
+
+
 @dataclass
 class Side:
     """Samples (tok/s) of one program for one (threads, metric), per round."""
@@ -57,42 +80,58 @@ class Side:
     def samples(self) -> list[float]:
         return [value for round_samples in self.rounds for value in round_samples]
 
-    def round_means(self) -> list[float]:
-        return [statistics.fmean(samples) for samples in self.rounds]
+    def per_round(self, statistic: str) -> list[float]:
+        return [STATISTICS[statistic](samples) for samples in self.rounds]
 
     def summary(self) -> dict:
         samples = self.samples
         return {
-            "mean": statistics.fmean(samples) if samples else None,
+            "mean": statistics.fmean(samples),
             "stddev": statistics.stdev(samples) if len(samples) > 1 else 0.0,
-            "samples": [round(value, 3) for value in samples],
-            "round_means": [round(value, 3) for value in self.round_means()],
+            "median": statistics.median(samples),
+            "best": max(samples),
+            "rounds": [[round(value, 2) for value in samples] for samples in self.rounds],
         }
 
 
 @dataclass
 class Comparison:
+    """One (threads, metric): quiet rounds, and the rounds rejected as noisy."""
+
     threads: int
     metric: str  # "pp512", "tg128"
     llama_bench: Side = field(default_factory=Side)
     agent: Side = field(default_factory=Side)
+    noisy_llama_bench: Side = field(default_factory=Side)
+    noisy_agent: Side = field(default_factory=Side)
 
-    def round_ratios(self) -> list[float]:
+    @property
+    def judged_on_quiet(self) -> bool:
+        return bool(self.llama_bench.rounds)
+
+    def sides(self) -> tuple[Side, Side]:
+        """(llama-bench, agent) rounds the verdict uses: the quiet ones, or all if none was."""
+        if self.judged_on_quiet:
+            return self.llama_bench, self.agent
+        return self.noisy_llama_bench, self.noisy_agent
+
+    def round_ratios(self, statistic: str) -> list[float]:
+        bench, agent = self.sides()
         return [
-            agent / bench
-            for agent, bench in zip(
-                self.agent.round_means(), self.llama_bench.round_means(), strict=True
+            agent_value / bench_value
+            for agent_value, bench_value in zip(
+                agent.per_round(statistic), bench.per_round(statistic), strict=True
             )
-            if bench > 0
         ]
 
-    def ratio(self) -> float | None:
-        ratios = self.round_ratios()
-        return statistics.median(ratios) if ratios else None
+    def ratio(self, statistic: str) -> float:
+        return statistics.median(self.round_ratios(statistic))
 
-    def passes(self, tolerance: float) -> bool:
-        ratio = self.ratio()
-        return ratio is not None and abs(ratio - 1.0) <= tolerance
+    def verdict(self, statistic: str, tolerance: float) -> str:
+        """PASS or FAIL on quiet rounds; NOISY when no round was quiet (not a pass)."""
+        if not self.judged_on_quiet:
+            return "NOISY"
+        return "PASS" if abs(self.ratio(statistic) - 1.0) <= tolerance else "FAIL"
 
 
 # --------------------------------------------------------------------------- model
@@ -119,32 +158,147 @@ def default_model(models_dir: Path, threads: int) -> Path:
     return q8 if q8.stat().st_size >= MIN_MODEL_BYTES else f16
 
 
+# --------------------------------------------------------------------------- load
+
+
+def _cpu_busy_s() -> float:
+    """CPU seconds spent busy on all cores since boot (steal counts: the core was taken)."""
+    with open("/proc/stat") as stat:
+        fields = [int(value) for value in stat.readline().split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_s() -> float:
+    """CPU seconds of this process and of its waited-for children."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+class ForeignLoad:
+    """Average number of cores that other processes kept busy between start and stop."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.busy = _cpu_busy_s()
+        self.own = _own_cpu_s()
+
+    def cores(self) -> float:
+        wall = max(time.perf_counter() - self.started, 1e-6)
+        foreign = (_cpu_busy_s() - self.busy) - (_own_cpu_s() - self.own)
+        return max(foreign, 0.0) / wall
+
+
+def wait_for_quiet(max_load: float, max_wait_s: float) -> float:
+    """Sleep in 1 s windows until other processes use at most max_load cores, or
+    max_wait_s passed; return the last window's foreign load."""
+    deadline = time.perf_counter() + max_wait_s
+    while True:
+        window = ForeignLoad()
+        time.sleep(1.0)
+        load = window.cores()
+        if load <= max_load or time.perf_counter() >= deadline:
+            return load
+
+
 # --------------------------------------------------------------------------- runs
 
 
-def _run(cmd: list[str], log_path: Path, what: str) -> str:
-    """Run cmd, keep its stderr in log_path, return its stdout."""
+@dataclass
+class RunResult:
+    samples: dict[str, list[float]]  # metric -> tok/s per repetition
+    config: dict
+    foreign_load: float  # cores other processes used during the run
+
+
+def _run(
+    cmd: list[str], log_path: Path, what: str, env: dict[str, str] | None = None
+) -> tuple[str, float]:
+    """Run cmd, keep its stderr in log_path; return its stdout and the foreign load."""
     with open(log_path, "w") as log:
         log.write(f"$ {' '.join(cmd)}\n")
         log.flush()
+        load = ForeignLoad()
         try:
             proc = subprocess.run(
-                cmd, stdout=subprocess.PIPE, stderr=log, text=True, timeout=RUN_TIMEOUT_S
+                cmd,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                timeout=RUN_TIMEOUT_S,
+                env=env,
             )
         except subprocess.TimeoutExpired as exc:
             raise ComparisonError(f"{what} ran longer than {RUN_TIMEOUT_S:.0f} s") from exc
+        foreign = load.cores()
+        log.write(f"\n# other processes used {foreign:.2f} cores during this run\n")
     if proc.returncode != 0:
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-8:])
         raise ComparisonError(f"{what} exited with {proc.returncode} (log {log_path}):\n{tail}")
-    return proc.stdout
+    return proc.stdout, foreign
+
+
+@dataclass
+class LlamaBenchTool:
+    path: Path
+    libs: str  # "wheel" or "static"
+    env: dict[str, str] | None  # None: inherit this process's environment
+    libraries: dict[str, str]  # soname -> file it resolves to (shared builds)
+
+
+def _resolved_libraries(binary: Path, env: dict[str, str]) -> dict[str, str]:
+    """soname -> path of the llama.cpp libraries the dynamic loader picks (via ldd)."""
+    if shutil.which("ldd") is None:
+        return {}
+    out = subprocess.run(
+        ["ldd", str(binary)], capture_output=True, text=True, env=env, check=False
+    ).stdout
+    found = {}
+    for line in out.splitlines():
+        name, _, rest = line.strip().partition(" => ")
+        if name.startswith(("libllama.", "libggml")):
+            found[name] = rest.split(" (")[0]
+    return found
+
+
+def prepare_llama_bench(
+    libs: str, version: str, cache_dir: Path, sdist_dir: Path | None, say: Callable[[str], None]
+) -> LlamaBenchTool:
+    """llama-bench either on the binding's own shared libraries ("wheel") or static."""
+    if libs == "static":
+        path = ensure_llama_tool(
+            "llama-bench", version, cache_dir, sdist_dir=sdist_dir, progress=say
+        )
+        return LlamaBenchTool(path, libs, None, {})
+    wheel_lib = wheel_library_dir()
+    if wheel_lib is None:
+        raise ComparisonError(
+            "cannot find the installed llama_cpp/lib/libllama.so*",
+            hint="use --llama-bench-libs static, or reinstall llama-cpp-python",
+        )
+    path = ensure_llama_tool(
+        "llama-bench", version, cache_dir, shared=True, sdist_dir=sdist_dir, progress=say
+    )
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(
+        part for part in (str(wheel_lib), env.get("LD_LIBRARY_PATH", "")) if part
+    )
+    libraries = _resolved_libraries(path, env)
+    strays = {name: where for name, where in libraries.items() if Path(where).parent != wheel_lib}
+    if strays:
+        raise ComparisonError(
+            f"llama-bench would not load the binding's libraries from {wheel_lib}: {strays}",
+            hint="use --llama-bench-libs static",
+        )
+    return LlamaBenchTool(path, libs, env, libraries)
 
 
 def run_llama_bench(
-    binary: Path, model: Path, args: argparse.Namespace, threads: int, log_path: Path
-) -> dict:
-    """One llama-bench process; returns {metric: samples, "_config": {...}}."""
+    tool: LlamaBenchTool, model: Path, args: argparse.Namespace, threads: int, log_path: Path
+) -> RunResult:
     cmd = [
-        str(binary),
+        str(tool.path),
         "-m",
         str(model),
         "-p",
@@ -156,16 +310,16 @@ def run_llama_bench(
         "-t",
         str(threads),
         "-fa",
-        "1" if args.flash_attn == "on" else "0",
+        args.flash_attn,
         "-o",
         "json",
     ]
-    stdout = _run(cmd, log_path, "llama-bench")
+    stdout, foreign = _run(cmd, log_path, "llama-bench", tool.env)
     try:
         tests = json.loads(stdout)
     except json.JSONDecodeError as exc:
         raise ComparisonError(f"llama-bench printed no JSON (log {log_path}): {exc}") from exc
-    found: dict = {"_config": {}}
+    samples, config = {}, {}
     for test in tests:
         if test["n_prompt"] > 0 and test["n_gen"] == 0:
             metric = f"pp{test['n_prompt']}"
@@ -173,19 +327,18 @@ def run_llama_bench(
             metric = f"tg{test['n_gen']}"
         else:
             continue
-        found[metric] = [float(value) for value in test["samples_ts"]]
-        found["_config"][metric] = {
+        samples[metric] = [float(value) for value in test["samples_ts"]]
+        config[metric] = {
             key: test.get(key)
             for key in ("n_threads", "n_batch", "n_ubatch", "flash_attn", "type_k", "type_v")
         }
-        found["_config"]["build_commit"] = test.get("build_commit")
-    return found
+        config["build_commit"] = test.get("build_commit")
+    return RunResult(samples, config, foreign)
 
 
 def run_agent(
     agent: Path, model: Path, args: argparse.Namespace, threads: int, log_path: Path
-) -> dict:
-    """One agent process; returns {metric: samples, "_config": resolved params}."""
+) -> RunResult:
     cmd = [
         sys.executable,
         str(agent),
@@ -203,7 +356,7 @@ def run_agent(
         "--flash-attn",
         args.flash_attn,
     ]
-    stdout = _run(cmd, log_path, "the agent")
+    stdout, foreign = _run(cmd, log_path, "the agent")
     try:
         document = json.loads(stdout)
     except json.JSONDecodeError as exc:
@@ -213,11 +366,11 @@ def run_agent(
             f"the agent reported status {document.get('status')!r}: {document.get('error')}"
         )
     llm = document["llm"]
-    return {
+    samples = {
         f"pp{args.prompt_tokens}": [float(v) for v in llm["pp_tok_s"]["samples"]],
         f"tg{args.gen_tokens}": [float(v) for v in llm["tg_tok_s"]["samples"]],
-        "_config": document.get("params", {}).get("resolved", {}),
     }
+    return RunResult(samples, document.get("params", {}).get("resolved", {}), foreign)
 
 
 def config_mismatches(bench_config: dict, agent_config: dict, prompt_metric: str) -> list[str]:
@@ -239,28 +392,75 @@ def config_mismatches(bench_config: dict, agent_config: dict, prompt_metric: str
 
 
 def _fmt(summary: dict) -> str:
-    return f"{summary['mean']:9.1f} ± {summary['stddev']:6.1f}"
+    return f"{summary['mean']:8.1f} ± {summary['stddev']:5.1f}"
 
 
-def render_table(comparisons: list[Comparison], tolerance: float) -> str:
+def render_table(comparisons: list[Comparison], statistic: str, tolerance: float) -> str:
     header = (
-        f"{'threads':>7}  {'metric':<7}  {'llama-bench tok/s':>18}  {'agent tok/s':>18}"
-        f"  {'agent/llama-bench':>17}  {'rounds':<23}  result"
+        f"{'threads':>7}  {'metric':<6}  {'llama-bench tok/s':>17}  {'agent tok/s':>17}"
+        f"  {'ratio':>5}  {'result':<6}  {'quiet':>5}  per-round ratios"
     )
-    lines = [header, "-" * len(header)]
+    lines = [header, "-" * (len(header) + 24)]
     for comp in comparisons:
-        ratio = comp.ratio()
-        rounds = " ".join(f"{value:.3f}" for value in comp.round_ratios())
+        bench, agent = comp.sides()
+        n_quiet = len(comp.llama_bench.rounds)
+        quiet = f"{n_quiet}/{n_quiet + len(comp.noisy_llama_bench.rounds)}"
+        rounds = " ".join(f"{value:.3f}" for value in comp.round_ratios(statistic))
         lines.append(
-            f"{comp.threads:>7}  {comp.metric:<7}  {_fmt(comp.llama_bench.summary()):>18}"
-            f"  {_fmt(comp.agent.summary()):>18}  {ratio:>17.3f}  {rounds:<23}"
-            f"  {'PASS' if comp.passes(tolerance) else 'FAIL'}"
+            f"{comp.threads:>7}  {comp.metric:<6}  {_fmt(bench.summary()):>17}"
+            f"  {_fmt(agent.summary()):>17}  {comp.ratio(statistic):>5.3f}"
+            f"  {comp.verdict(statistic, tolerance):<6}  {quiet:>5}  {rounds}"
         )
-    lines.append(f"target: median of per-round ratios within 1 ± {tolerance:.2f}")
+    lines.append(
+        "tok/s: mean ± sd of the quiet rounds' samples; ratio: agent/llama-bench, median over"
+        f" quiet rounds of each run's {statistic}; target 1 ± {tolerance:.2f}"
+    )
     return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- main
+
+
+def compare_at(
+    threads: int,
+    llama_bench: LlamaBenchTool,
+    model: Path,
+    args: argparse.Namespace,
+    log_dir: Path,
+    say: Callable[[str], None],
+) -> tuple[list[Comparison], dict]:
+    """Interleave llama-bench and agent runs at one thread count until
+    args.rounds rounds were quiet or args.max_noisy_rounds were not."""
+    metrics = [f"pp{args.prompt_tokens}", f"tg{args.gen_tokens}"]
+    by_metric = {metric: Comparison(threads, metric) for metric in metrics}
+    config: dict = {}
+    n_quiet = n_noisy = 0
+    while n_quiet < args.rounds and n_noisy < args.max_noisy_rounds:
+        stem = f"t{threads}-r{n_quiet + n_noisy + 1}"
+        wait_for_quiet(args.max_foreign_load, args.quiet_wait_s)
+        bench = run_llama_bench(
+            llama_bench, model, args, threads, log_dir / f"{stem}-llama-bench.log"
+        )
+        wait_for_quiet(args.max_foreign_load, args.quiet_wait_s)
+        agent = run_agent(args.agent, model, args, threads, log_dir / f"{stem}-agent.log")
+        quiet = max(bench.foreign_load, agent.foreign_load) <= args.max_foreign_load
+        n_quiet, n_noisy = n_quiet + quiet, n_noisy + (not quiet)
+        say(
+            f"threads {threads}: round {n_quiet + n_noisy}: other processes used"
+            f" {bench.foreign_load:.2f} / {agent.foreign_load:.2f} cores"
+            f" -> {'quiet' if quiet else 'noisy, not counted'} ({n_quiet}/{args.rounds} quiet)"
+        )
+        for metric, comp in by_metric.items():
+            if metric not in bench.samples or metric not in agent.samples:
+                raise ComparisonError(f"{metric} missing from the llama-bench or agent output")
+            comp_bench = comp.llama_bench if quiet else comp.noisy_llama_bench
+            comp_agent = comp.agent if quiet else comp.noisy_agent
+            comp_bench.rounds.append(bench.samples[metric])
+            comp_agent.rounds.append(agent.samples[metric])
+        config = {"llama_bench": bench.config, "agent": agent.config}
+        for mismatch in config_mismatches(bench.config, agent.config, metrics[0]):
+            say(f"warning: threads {threads}: settings differ, {mismatch}")
+    return list(by_metric.values()), config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -286,9 +486,41 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--tolerance", type=float, default=0.05, help="allowed |ratio - 1| (default 0.05)"
     )
+    parser.add_argument(
+        "--statistic",
+        choices=tuple(STATISTICS),
+        default="median",
+        help="per-run figure the ratio compares (default: median of the run's reps)",
+    )
+    parser.add_argument(
+        "--max-foreign-load",
+        type=float,
+        default=0.10,
+        help="a round counts only if other processes kept at most this many cores busy"
+        " during both runs (default 0.10)",
+    )
+    parser.add_argument(
+        "--max-noisy-rounds",
+        type=int,
+        default=None,
+        help="give up on quiet rounds after this many noisy ones (default: 2 x --rounds)",
+    )
+    parser.add_argument(
+        "--quiet-wait-s",
+        type=float,
+        default=30.0,
+        help="before each run, wait up to this long for the machine to be quiet (default 30)",
+    )
     parser.add_argument("--agent", type=Path, default=AGENT_SCRIPT, help="agent script to run")
     parser.add_argument("--cache-dir", type=Path, help="default: ~/.cache/edgeshrink/llama.cpp-VER")
     parser.add_argument("--sdist-dir", type=Path, help="an extracted llama-cpp-python source tree")
+    parser.add_argument(
+        "--llama-bench-libs",
+        choices=("wheel", "static"),
+        default="wheel",
+        help="wheel (default): llama-bench linked against the installed binding's own"
+        " libllama/libggml, so only the harness differs; static: a standalone build",
+    )
     parser.add_argument(
         "--also-perplexity", action="store_true", help="also build llama-perplexity"
     )
@@ -301,6 +533,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.reps < 1 or any(t < 1 for t in args.threads):
         parser.error("--rounds, --reps and --threads must be positive")
+    if args.max_noisy_rounds is None:
+        args.max_noisy_rounds = 2 * args.rounds
     if args.model is not None and not args.model.is_file():
         parser.error(f"--model {args.model}: no such file")
 
@@ -310,15 +544,33 @@ def main(argv: list[str] | None = None) -> int:
     try:
         version = installed_version()
         cache_dir = args.cache_dir or default_cache_dir(version)
-        tool_timings = {}
-        tools = ["llama-bench"] + (["llama-perplexity"] if args.also_perplexity else [])
-        for name in tools:
+        started = time.perf_counter()
+        llama_bench = prepare_llama_bench(
+            args.llama_bench_libs, version, cache_dir, args.sdist_dir, say
+        )
+        where = (
+            f"on the binding's libraries in {wheel_library_dir()}"
+            if llama_bench.libs == "wheel"
+            else "statically linked"
+        )
+        say(f"llama-bench {llama_bench.path} ({where})")
+        tools = {
+            "llama-bench": {
+                "path": str(llama_bench.path),
+                "libs": llama_bench.libs,
+                "libraries": llama_bench.libraries,
+                "seconds": time.perf_counter() - started,
+            }
+        }
+        if args.also_perplexity:
             started = time.perf_counter()
             path = ensure_llama_tool(
-                name, version, cache_dir, sdist_dir=args.sdist_dir, progress=say
+                "llama-perplexity", version, cache_dir, sdist_dir=args.sdist_dir, progress=say
             )
-            tool_timings[name] = {"path": str(path), "seconds": time.perf_counter() - started}
-        llama_bench = Path(tool_timings["llama-bench"]["path"])
+            tools["llama-perplexity"] = {
+                "path": str(path),
+                "seconds": time.perf_counter() - started,
+            }
 
         if args.model is None:
             models_dir = cache_dir / "models"
@@ -333,38 +585,24 @@ def main(argv: list[str] | None = None) -> int:
 
         log_dir = cache_dir / "runs" / time.strftime("%Y%m%d-%H%M%S")
         log_dir.mkdir(parents=True, exist_ok=True)
-        metrics = [f"pp{args.prompt_tokens}", f"tg{args.gen_tokens}"]
         comparisons: list[Comparison] = []
         configs: dict = {}
         for threads in args.threads:
-            by_metric = {metric: Comparison(threads, metric) for metric in metrics}
-            comparisons.extend(by_metric.values())
-            for index in range(args.rounds):
-                say(f"threads {threads}: round {index + 1}/{args.rounds}")
-                stem = f"t{threads}-r{index + 1}"
-                bench = run_llama_bench(
-                    llama_bench, model, args, threads, log_dir / f"{stem}-llama-bench.log"
-                )
-                agent = run_agent(args.agent, model, args, threads, log_dir / f"{stem}-agent.log")
-                for metric, comp in by_metric.items():
-                    if metric not in bench or metric not in agent:
-                        raise ComparisonError(f"{metric} missing from llama-bench or agent output")
-                    comp.llama_bench.rounds.append(bench[metric])
-                    comp.agent.rounds.append(agent[metric])
-                configs[threads] = {"llama_bench": bench["_config"], "agent": agent["_config"]}
-                for mismatch in config_mismatches(bench["_config"], agent["_config"], metrics[0]):
-                    say(f"warning: threads {threads}: settings differ, {mismatch}")
+            by_metric, configs[threads] = compare_at(
+                threads, llama_bench, model, args, log_dir, say
+            )
+            comparisons.extend(by_metric)
     except EdgeshrinkError as exc:
         print(f"error: {exc}", file=sys.stderr)
         if exc.hint:
             print(f"hint: {exc.hint}", file=sys.stderr)
         return 1
 
-    all_pass = all(comp.passes(args.tolerance) for comp in comparisons)
+    all_pass = all(comp.verdict(args.statistic, args.tolerance) == "PASS" for comp in comparisons)
     if args.json:
         document = {
             "llama_cpp_python": version,
-            "tools": tool_timings,
+            "tools": tools,
             "model": {"path": str(model), "size_bytes": model_bytes},
             "params": {
                 "threads": args.threads,
@@ -373,7 +611,9 @@ def main(argv: list[str] | None = None) -> int:
                 "prompt_tokens": args.prompt_tokens,
                 "gen_tokens": args.gen_tokens,
                 "flash_attn": args.flash_attn,
+                "statistic": args.statistic,
                 "tolerance": args.tolerance,
+                "max_foreign_load": args.max_foreign_load,
             },
             "configs": configs,
             "logs": str(log_dir),
@@ -381,11 +621,16 @@ def main(argv: list[str] | None = None) -> int:
                 {
                     "threads": comp.threads,
                     "metric": comp.metric,
-                    "llama_bench": comp.llama_bench.summary(),
-                    "agent": comp.agent.summary(),
-                    "round_ratios": [round(value, 4) for value in comp.round_ratios()],
-                    "ratio": comp.ratio(),
-                    "pass": comp.passes(args.tolerance),
+                    "llama_bench": comp.sides()[0].summary(),
+                    "agent": comp.sides()[1].summary(),
+                    "quiet_rounds": len(comp.llama_bench.rounds),
+                    "noisy_rounds": {
+                        "llama_bench": comp.noisy_llama_bench.rounds,
+                        "agent": comp.noisy_agent.rounds,
+                    },
+                    "round_ratios": comp.round_ratios(args.statistic),
+                    "ratio": comp.ratio(args.statistic),
+                    "result": comp.verdict(args.statistic, args.tolerance),
                 }
                 for comp in comparisons
             ],
@@ -393,7 +638,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         print(json.dumps(_rounded(document), indent=2))
     else:
-        print(render_table(comparisons, args.tolerance))
+        print(render_table(comparisons, args.statistic, args.tolerance))
         print(f"logs: {log_dir}")
     return 0 if all_pass else 1
 

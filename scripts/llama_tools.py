@@ -4,9 +4,12 @@ The tools come from the llama.cpp copy inside the llama-cpp-python source
 distribution of the version that is installed, so the tools and the Python
 binding run the same llama.cpp code.  A built tool is kept in
 
-    CACHE_DIR/bin/NAME        (default CACHE_DIR: ~/.cache/edgeshrink/llama.cpp-VERSION)
+    CACHE_DIR/bin/NAME         statically linked (default)
+    CACHE_DIR/bin-shared/NAME  linked against shared libllama/libggml, so that
+                               LD_LIBRARY_PATH can point it at the binding's own
 
-and later calls return it without building.  Use from other scripts:
+(default CACHE_DIR: ~/.cache/edgeshrink/llama.cpp-VERSION) and later calls
+return it without building.  Use from other scripts:
 
     from llama_tools import ensure_llama_tool
     bench = ensure_llama_tool("llama-bench")
@@ -14,6 +17,7 @@ and later calls return it without building.  Use from other scripts:
 or from the shell:
 
     python scripts/llama_tools.py llama-bench llama-perplexity
+    python scripts/llama_tools.py --shared llama-bench
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import contextlib
 import fcntl
 import hashlib
 import importlib.metadata
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -39,12 +44,10 @@ DIST_NAME = "llama_cpp_python"
 
 # Only what the tools need: no server/UI, no tests or examples, no HTTPS
 # downloads (LLAMA_CURL is deprecated in this llama.cpp and LLAMA_OPENSSL took
-# its place).  Static libraries so the binaries do not pick up the binding's
-# shared libllama by accident.  GGML_NATIVE stays at its default (ON), like the
-# binding's own build, so both use the same CPU kernels.
+# its place).  GGML_NATIVE stays at its default (ON), like the binding's own
+# build, so both use the same CPU kernels.
 CMAKE_OPTIONS = (
     "-DCMAKE_BUILD_TYPE=Release",
-    "-DBUILD_SHARED_LIBS=OFF",
     "-DLLAMA_BUILD_COMMON=ON",
     "-DLLAMA_BUILD_TOOLS=ON",
     "-DLLAMA_BUILD_TESTS=OFF",
@@ -74,6 +77,15 @@ def installed_version() -> str:
 
 def default_cache_dir(version: str) -> Path:
     return Path.home() / ".cache" / "edgeshrink" / f"llama.cpp-{version}"
+
+
+def wheel_library_dir() -> Path | None:
+    """Directory of the installed binding's libllama.so / libggml*.so (without importing it)."""
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or spec.origin is None:
+        return None
+    lib = Path(spec.origin).parent / "lib"
+    return lib if any(lib.glob("libllama.so*")) else None
 
 
 @contextlib.contextmanager
@@ -165,11 +177,16 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _is_built(tool: Path) -> bool:
+    return tool.is_file() and os.access(tool, os.X_OK)  # follows the shared layout's symlink
+
+
 def ensure_llama_tool(
     name: str,
     version: str | None = None,
     cache_dir: Path | None = None,
     *,
+    shared: bool = False,
     sdist_dir: Path | None = None,
     jobs: int | None = None,
     progress: Callable[[str], None] | None = None,
@@ -177,17 +194,22 @@ def ensure_llama_tool(
     """Return the path of llama.cpp tool ``name`` (a cmake target such as
     ``llama-bench``), building it first if the cache does not hold it.
 
-    ``sdist_dir`` reuses an already-extracted llama-cpp-python source tree
-    instead of downloading one.  ``progress`` receives one line before a
-    download or build starts (nothing is reported on a cache hit).
+    By default the tool is linked statically (CACHE_DIR/bin/NAME, a standalone
+    file).  ``shared=True`` builds it against shared libllama/libggml instead
+    (CACHE_DIR/bin-shared/NAME, a link into CACHE_DIR/build-shared): run that
+    with LD_LIBRARY_PATH=wheel_library_dir() and it uses exactly the library
+    code the Python binding uses.  ``sdist_dir`` reuses an already-extracted
+    llama-cpp-python source tree instead of downloading one.  ``progress``
+    receives one line before a download or build starts (nothing on a cache hit).
     """
     version = version or installed_version()
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(version)
-    tool = cache_dir / "bin" / name
-    if tool.is_file() and os.access(tool, os.X_OK):
+    suffix = "-shared" if shared else ""
+    tool = cache_dir / f"bin{suffix}" / name
+    if _is_built(tool):
         return tool
     with _locked(cache_dir):
-        if tool.is_file() and os.access(tool, os.X_OK):  # built while we waited
+        if _is_built(tool):  # built while we waited
             return tool
         log_path = cache_dir / "build.log"
         if sdist_dir is not None:
@@ -201,16 +223,25 @@ def ensure_llama_tool(
             if progress and not (cache_dir / "src").is_dir():
                 progress(f"fetching llama-cpp-python=={version} source into {cache_dir}")
             tree = ensure_sdist(version, cache_dir, log_path)
-        build_dir = cache_dir / "build"
+        build_dir = cache_dir / f"build{suffix}"
         jobs = jobs or os.cpu_count() or 1
         if progress:
-            progress(f"building {name} from {tree / 'vendor' / 'llama.cpp'} (log: {log_path})")
+            progress(
+                f"building {name} ({'shared' if shared else 'static'}) from"
+                f" {tree / 'vendor' / 'llama.cpp'} (log: {log_path})"
+            )
         started = time.perf_counter()
         if not (build_dir / "CMakeCache.txt").is_file():
             cmd = ["cmake", "-S", str(tree / "vendor" / "llama.cpp"), "-B", str(build_dir)]
             if shutil.which("ninja"):
                 cmd += ["-G", "Ninja"]
-            _run_logged(cmd + list(CMAKE_OPTIONS), log_path, "cmake configure")
+            cmd += [*CMAKE_OPTIONS, f"-DBUILD_SHARED_LIBS={'ON' if shared else 'OFF'}"]
+            try:
+                _run_logged(cmd, log_path, "cmake configure")
+            except LlamaToolBuildError:
+                # A half-written cache would make the next call skip configuring.
+                (build_dir / "CMakeCache.txt").unlink(missing_ok=True)
+                raise
         _run_logged(
             ["cmake", "--build", str(build_dir), "--target", name, "-j", str(jobs)],
             log_path,
@@ -219,14 +250,19 @@ def ensure_llama_tool(
         built = build_dir / "bin" / name
         if not built.is_file():
             raise LlamaToolBuildError(f"the build succeeded but {built} does not exist")
-        # Copy to a temp name, check it, then rename: a half-copied binary
-        # must never carry the name that means "already built".
+        # The final name appears only now, by rename, so an interrupted build or
+        # copy never leaves something that looks built.
         tool.parent.mkdir(parents=True, exist_ok=True)
         partial = tool.with_name(f".{name}.partial-{os.getpid()}")
-        shutil.copy2(built, partial)
-        if partial.stat().st_size != built.stat().st_size or _sha256(partial) != _sha256(built):
-            partial.unlink(missing_ok=True)
-            raise LlamaToolBuildError(f"copying {built} to {tool} gave a different file")
+        partial.unlink(missing_ok=True)
+        if shared:
+            # It finds its own shared libraries through the build tree: link, don't copy.
+            partial.symlink_to(built)
+        else:
+            shutil.copy2(built, partial)
+            if _sha256(partial) != _sha256(built):
+                partial.unlink(missing_ok=True)
+                raise LlamaToolBuildError(f"copying {built} to {tool} gave a different file")
         os.replace(partial, tool)
         with open(log_path, "a") as log:
             log.write(f"\n# built {name} in {time.perf_counter() - started:.0f} s\n")
@@ -239,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", help="llama-cpp-python version (default: the installed one)")
     parser.add_argument("--cache-dir", type=Path, help="default: ~/.cache/edgeshrink/llama.cpp-VER")
     parser.add_argument("--sdist-dir", type=Path, help="an extracted llama-cpp-python source tree")
+    parser.add_argument(
+        "--shared", action="store_true", help="link against shared libllama/libggml"
+    )
     parser.add_argument("-j", "--jobs", type=int, help="parallel build jobs (default: all cores)")
     args = parser.parse_args(argv)
     try:
@@ -248,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
                 name,
                 args.version,
                 args.cache_dir,
+                shared=args.shared,
                 sdist_dir=args.sdist_dir,
                 jobs=args.jobs,
                 progress=lambda line: print(line, file=sys.stderr, flush=True),
