@@ -81,3 +81,47 @@ class StoreError(EdgeshrinkError, OSError):
     """The results database cannot be opened, migrated or written."""
 
     default_hint = "check --db / EDGESHRINK_DB points to a writable SQLite file"
+
+
+class CalibrationError(QuantizationError):
+    """Static int8 has no calibration data, or the data does not fit the model's inputs."""
+
+    default_hint = "pass --calibration data.npz whose keys are the model's input names"
+
+
+class EvalError(EdgeshrinkError, ValueError):
+    """An LLM evaluation cannot run as asked (text too short, vocabularies differ, ...)."""
+
+    default_hint = "see `edgeshrink eval --help`"
+
+
+class EvalDataError(EdgeshrinkError, ValueError):
+    """The evaluation inputs or labels do not fit the models."""
+
+    default_hint = "pass --inputs data.npz whose keys are the model's input names"
+
+
+class QualityBudgetError(EdgeshrinkError, ValueError):
+    """A candidate lost more quality than the budget allows."""
+
+    default_hint = "use a gentler quantization (fp16, per-channel int8, real calibration data)"
+
+
+class SweepError(EdgeshrinkError, ValueError):
+    """A sweep cannot run as asked (its inputs or budget do not fit the model)."""
+
+    default_hint = "see `edgeshrink sweep --help`"
+
+
+class LabConfigError(EdgeshrinkError, ValueError):
+    """An inventory or suite file is unreadable or malformed."""
+
+    default_hint = (
+        "targets/lab.toml and lab/suite.toml in the edgeshrink repository show the format"
+    )
+
+
+class LabLockError(EdgeshrinkError, RuntimeError):
+    """A device (or a run) is held by another lab run."""
+
+    default_hint = "wait for the other run, or pass --lock-wait SECONDS to wait for it"

@@ -32,18 +32,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeshrink.errors import EdgeshrinkError, ModelFileError, RuntimeMissingError
+from edgeshrink.errors import (
+    EvalError,  # noqa: F401 (re-exported)
+    ModelFileError,
+    RuntimeMissingError,
+)
 from edgeshrink.util import atomic_path, sha256_file
 
 Progress = Callable[[str], None]
 LOG_PROB_FLOOR = -16.0
 CACHE_VERSION = 1
-
-
-class EvalError(EdgeshrinkError, ValueError):
-    """The evaluation cannot be run as asked (text too short, vocabularies differ, ...)."""
-
-    default_hint = "see `edgeshrink eval --help`"
 
 
 @dataclass(frozen=True)

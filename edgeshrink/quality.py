@@ -31,7 +31,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from edgeshrink.errors import EdgeshrinkError, UnsupportedFormatError
+from edgeshrink.errors import (  # noqa: F401 (re-exported)
+    EdgeshrinkError,
+    EvalDataError,
+    QualityBudgetError,
+    UnsupportedFormatError,
+)
 
 Progress = Callable[[str], None]
 
@@ -39,18 +44,6 @@ EVALUATORS: dict[str, str] = {
     "onnx": "edgeshrink.quality:evaluate_onnx",
     "tflite": "edgeshrink.quality:evaluate_tflite",
 }
-
-
-class EvalDataError(EdgeshrinkError, ValueError):
-    """The evaluation inputs or labels do not fit the models."""
-
-    default_hint = "pass --inputs data.npz whose keys are the model's input names"
-
-
-class QualityBudgetError(EdgeshrinkError, ValueError):
-    """A candidate lost more quality than the budget allows."""
-
-    default_hint = "use a gentler quantization (fp16, per-channel int8, real calibration data)"
 
 
 @dataclass(frozen=True)

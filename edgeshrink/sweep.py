@@ -27,7 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from edgeshrink.bench import BenchParams
-from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.errors import (
+    EdgeshrinkError,
+    SweepError,  # noqa: F401 (re-exported)
+)
 from edgeshrink.formats import gguf
 from edgeshrink.llm_quality import default_eval_text, evaluate_llm
 from edgeshrink.plan import ShrinkOptions, plan_gguf
@@ -63,12 +66,6 @@ ONNX_QUALITY_METHOD = "onnx-agreement/1"
 KLD_LABEL = "mean KL divergence"
 ACCURACY_DROP_LABEL = "accuracy drop (points)"
 COSINE_LOSS_LABEL = "1 − mean cosine (worst output)"
-
-
-class SweepError(EdgeshrinkError, ValueError):
-    """A sweep cannot run as asked (its inputs or budget do not fit the model)."""
-
-    default_hint = "see `edgeshrink sweep --help`"
 
 
 @dataclass(frozen=True)

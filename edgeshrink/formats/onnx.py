@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeshrink.errors import (
+    CalibrationError,  # noqa: F401 (re-exported)
     DoesNotFitError,
     EdgeshrinkError,
     ModelFileError,
@@ -103,12 +104,6 @@ _ALIASES = {
     "qoperator": "int8-static-qoperator",
     "int8-qoperator": "int8-static-qoperator",
 }
-
-
-class CalibrationError(QuantizationError):
-    """Static int8 has no calibration data, or the data does not fit the model's inputs."""
-
-    default_hint = "pass --calibration data.npz whose keys are the model's input names"
 
 
 # --------------------------------------------------------------------------- io specs

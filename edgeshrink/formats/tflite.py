@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeshrink.errors import (
+    CalibrationError,  # noqa: F401 (re-exported)
     DoesNotFitError,
     EdgeshrinkError,
     ModelFileError,
@@ -108,12 +109,6 @@ NEWER_THAN_TFLITE_RUNTIME = {
 RUNTIME_OVERHEAD_BYTES = 62 * MIB
 RANDOM_CALIBRATION_SAMPLES = 32
 FLATBUFFER_LIMIT = 2**31 - 1  # a flatbuffer addresses 2 GiB
-
-
-class CalibrationError(QuantizationError):
-    """Static int8 has no calibration data, or the data does not fit the model's inputs."""
-
-    default_hint = "pass --calibration data.npz whose keys are the model's input names"
 
 
 # --------------------------------------------------------------------------- schema

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from edgeshrink.bench import BenchParams
-from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.errors import EdgeshrinkError, LabConfigError, LabLockError  # noqa: F401 (re-exported)
 from edgeshrink.profiles import _closest, _describe, _display_path
 from edgeshrink.sweep import QualityBudget
 from edgeshrink.targets import DEFAULT_SSH_PORT, Target
@@ -54,20 +54,6 @@ DEFAULT_THERMAL = ("/sys/class/thermal/thermal_zone*/temp",)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
 BASELINE_RE = re.compile(r"^(?:last-(?P<n>\d+)-(?:nights|runs)|run:(?P<ids>\d+(?:,\d+)*))$")
-
-
-class LabConfigError(EdgeshrinkError, ValueError):
-    """An inventory or suite file is unreadable or malformed."""
-
-    default_hint = (
-        "targets/lab.toml and lab/suite.toml in the edgeshrink repository show the format"
-    )
-
-
-class LabLockError(EdgeshrinkError, RuntimeError):
-    """A device (or a run) is held by another lab run."""
-
-    default_hint = "wait for the other run, or pass --lock-wait SECONDS to wait for it"
 
 
 # --------------------------------------------------------------------------- types
