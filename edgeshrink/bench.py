@@ -183,6 +183,30 @@ class BenchResult:
         doc.pop("document")
         return doc
 
+    def store_columns(self) -> dict[str, Any]:
+        """The measured columns of a ``results`` row (the caller adds what was run where)."""
+        return {
+            "status": self.status,
+            "error": self.error_message,
+            "load_s": self.load_s,
+            "peak_rss_mb": self.peak_rss_mb,
+            "rss_anon_mb": self.rss_anon_mb,
+            "rss_file_mb": self.rss_file_mb,
+            "pp_tok_s": self.pp_tok_s.mean if self.pp_tok_s else None,
+            "pp_tok_s_stddev": self.pp_tok_s.stddev if self.pp_tok_s else None,
+            "tg_tok_s": self.tg_tok_s.mean if self.tg_tok_s else None,
+            "tg_tok_s_stddev": self.tg_tok_s.stddev if self.tg_tok_s else None,
+            "ttft_ms": self.ttft_ms.mean if self.ttft_ms else None,
+            "latency_ms": self.latency_ms.mean if self.latency_ms else None,
+            "latency_p90_ms": self.latency_ms.p90 if self.latency_ms else None,
+            "throughput_per_s": self.throughput_per_s,
+            "threads": self.threads,
+            "device_cpu": self.device_cpu,
+            "device_arch": self.device_arch,
+            "runtime": self.runtime,
+            "runtime_version": self.runtime_version,
+        }
+
 
 def _synthetic(status: str, message: str, hint: str, params: dict[str, Any]) -> dict[str, Any]:
     """A result document for a run that ended before the agent could write one."""

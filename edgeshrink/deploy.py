@@ -85,7 +85,12 @@ def bench_model(
         say(f"hashing {model.name}")
         sha = sha256_file(model)
     params = replace(params, threads=_threads_for(target, profile, params.threads))
-    if info.format == "tflite" and params.external_delegate is None and profile and target.kind != "local":
+    if (
+        info.format == "tflite"
+        and params.external_delegate is None
+        and profile
+        and target.kind != "local"
+    ):
         # The profile's delegate exists on that device, not on this machine.
         params = replace(params, external_delegate=profile.external_delegate)
     with open_transport(target, progress=push_progress, on_stderr=agent_stderr) as transport:
@@ -125,29 +130,11 @@ def bench_model(
                     "profile_id": profile.id if profile else target.profile,
                     "format": info.format,
                     "quant": artifact.quant if artifact else info.file_type,
-                    "latency_ms": result.latency_ms.mean if result.latency_ms else None,
-                    "latency_p90_ms": result.latency_ms.p90 if result.latency_ms else None,
-                    "throughput_per_s": result.throughput_per_s,
                     "model_name": model.name,
                     "source_sha256": artifact.source_sha256 if artifact else None,
                     "artifact_sha256": sha,
                     "artifact_size": model.stat().st_size,
-                    "status": result.status,
-                    "error": result.error_message,
-                    "load_s": result.load_s,
-                    "peak_rss_mb": result.peak_rss_mb,
-                    "rss_anon_mb": result.rss_anon_mb,
-                    "rss_file_mb": result.rss_file_mb,
-                    "pp_tok_s": result.pp_tok_s.mean if result.pp_tok_s else None,
-                    "pp_tok_s_stddev": result.pp_tok_s.stddev if result.pp_tok_s else None,
-                    "tg_tok_s": result.tg_tok_s.mean if result.tg_tok_s else None,
-                    "tg_tok_s_stddev": result.tg_tok_s.stddev if result.tg_tok_s else None,
-                    "ttft_ms": result.ttft_ms.mean if result.ttft_ms else None,
-                    "threads": result.threads,
-                    "device_cpu": result.device_cpu,
-                    "device_arch": result.device_arch,
-                    "runtime": result.runtime,
-                    "runtime_version": result.runtime_version,
+                    **result.store_columns(),
                     "params_key": params.key(),
                 },
                 result.document,
