@@ -2345,8 +2345,22 @@ UNUSED_PARAMS = {
 }
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (affinity and cpusets), not the machine's total."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def command_bench(args, report: Report, sampler: MemorySampler) -> None:
-    threads = args.threads or os.cpu_count() or 1
+    cores = usable_cores()
+    threads = args.threads or cores
+    if threads > cores:
+        # More threads than cores only measures contention (and the host plans
+        # threads from a profile that may describe a bigger board).
+        report.warn(f"--threads {threads} is more than the {cores} usable cores: using {cores}")
+        threads = cores
     n_ctx = args.n_ctx if args.n_ctx is not None else max(args.prompt_tokens + args.gen_tokens, 512)
     report.params = {
         "model": args.model,
