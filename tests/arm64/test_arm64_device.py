@@ -1,0 +1,186 @@
+"""The agent and doctor on the emulated Raspberry Pi, through the normal SSH target path.
+
+Emulation is 70-330x slower than native, so: tiny models, 1 thread, a few runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.arm64
+
+CPU = os.environ.get("EDGESHRINK_ARM64_CPU", "cortex-a76")
+EXPECTED_FEATURES = {"cortex-a76": {"asimd", "asimddp"}, "cortex-a72": {"asimd"}}[CPU]
+
+
+def test_doctor_sees_an_aarch64_device(pi, pi_target):
+    from edgeshrink.doctor import diagnose
+    from edgeshrink.profiles import get_profile
+
+    report = diagnose(pi_target, profile=get_profile(pi["profile"]))
+    doc = report.to_dict()
+    status = {c["name"]: c["status"] for c in doc["checks"]}
+    assert status["connection"] == status["host key"] == status["python"] == "ok", doc["checks"]
+    device = doc["device"]
+    assert device["arch"] in ("aarch64", "arm64"), device
+    features = set(device.get("cpu_features") or [])
+    assert features >= EXPECTED_FEATURES, features
+    if CPU == "cortex-a72":
+        assert "asimddp" not in features
+    runtimes = doc["runtimes"]
+    assert runtimes["onnxruntime"]["available"], runtimes
+    assert status["cpu"] == "ok"
+
+
+def test_doctor_cli_json(pi, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGESHRINK_", "XDG_"))}
+    env.update(HOME=str(tmp_path / "home"), XDG_CONFIG_HOME=str(tmp_path / "home" / "config"))
+    target_file = Path(pi["client_key"]).parent / "target.toml"
+    result = subprocess.run(
+        [sys.executable, "-m", "edgeshrink", "doctor", str(target_file), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["device"]["arch"] in ("aarch64", "arm64")
+    assert set(report["device"]["cpu_features"]) >= EXPECTED_FEATURES
+
+
+def _bench(model: Path, target, tmp_path: Path):
+    from edgeshrink.bench import BenchParams
+    from edgeshrink.deploy import bench_model
+
+    params = BenchParams(threads=1, runs=3, warmup=1, min_seconds=0.0)
+    return bench_model(model, target, params, db=tmp_path / "results.db", timeout_s=900)
+
+
+def test_onnx_agent_on_the_device(pi, pi_target, tmp_path):
+    pytest.importorskip("onnx")
+    from edgeshrink.testmodels.onnx_models import make_mlp_onnx
+
+    model = make_mlp_onnx(tmp_path / "tiny.onnx", features=16, hidden=(32,), classes=4)
+    outcome = _bench(model, pi_target, tmp_path)
+    result = outcome.result
+    assert result.ok, (result.error_message, result.error_hint)
+    assert result.runtime == "onnxruntime"
+    assert result.latency_ms.samples >= 3
+    doc = result.document
+    assert doc["device"]["arch"] in ("aarch64", "arm64")
+    assert outcome.push.remote.startswith("/root/edgeshrink-tests/")
+
+
+def test_tflite_agent_on_the_device(pi, pi_target, tmp_path):
+    from edgeshrink.testmodels.tflite_models import make_mlp_tflite
+
+    model = make_mlp_tflite(tmp_path / "tiny.tflite", features=16, hidden=(32,), classes=4)
+    outcome = _bench(model, pi_target, tmp_path)
+    result = outcome.result
+    assert result.ok, (result.error_message, result.error_hint)
+    assert "litert" in result.runtime or "tflite" in result.runtime, result.runtime
+    assert result.latency_ms.samples >= 3
+    assert result.document["device"]["arch"] in ("aarch64", "arm64")
+
+
+def _device_runtimes(pi_target) -> dict:
+    from edgeshrink.doctor import diagnose
+
+    return diagnose(pi_target).to_dict()["runtimes"] or {}
+
+
+def test_gguf_agent_on_the_device(pi, pi_target, tmp_path):
+    """llama-cpp-python in the device venv only after `arm64-device.sh build --with-llama`."""
+    from edgeshrink.bench import BenchParams
+    from edgeshrink.deploy import bench_model
+
+    if not (_device_runtimes(pi_target).get("llama_cpp") or {}).get("available"):
+        pytest.skip("no llama-cpp-python on the emulated device (build --with-llama, ~17 min once)")
+    shared = Path(__file__).resolve().parents[3] / "shared" / "models" / "stories260K.gguf"
+    if shared.exists():
+        model = shared
+    else:
+        from edgeshrink.testmodels import make_llama_gguf
+
+        model = make_llama_gguf(tmp_path / "nano-f32.gguf", size="nano", ftype="f32")
+    params = BenchParams(prompt_tokens=16, gen_tokens=8, reps=1, warmup=0, threads=1)
+    outcome = bench_model(model, pi_target, params, db=tmp_path / "results.db", timeout_s=1800)
+    result = outcome.result
+    assert result.ok, (result.error_message, result.error_hint)
+    assert result.runtime.startswith("llama")
+    assert result.document["device"]["arch"] in ("aarch64", "arm64")
+
+
+def test_tflite_runtime_numpy1_venv(pi, pi_target, tmp_path):
+    """tflite-runtime (numpy<2) in its own venv, after `build --with-tflite-runtime`."""
+    from dataclasses import replace
+
+    from edgeshrink.bench import BenchParams
+    from edgeshrink.deploy import bench_model
+    from edgeshrink.testmodels.tflite_models import make_mlp_tflite
+
+    if not pi.get("tflite_runtime_python"):
+        pytest.skip("no tflite-runtime venv on the emulated device (build --with-tflite-runtime)")
+    target = replace(pi_target, python=pi["tflite_runtime_python"])
+    model = make_mlp_tflite(tmp_path / "tiny.tflite", features=16, hidden=(32,), classes=4)
+    params = BenchParams(
+        threads=1, runs=3, warmup=1, min_seconds=0.0, tflite_runtime="tflite-runtime"
+    )
+    outcome = bench_model(model, target, params, db=tmp_path / "results.db", timeout_s=900)
+    result = outcome.result
+    assert result.ok, (result.error_message, result.error_hint)
+    assert "tflite" in result.runtime and "litert" not in result.runtime, result.runtime
+
+
+def test_bare_system_python_has_no_runtimes(pi, pi_target):
+    """Like a fresh Pi OS: /usr/bin/python3 without the runtimes -> doctor says so, with a hint."""
+    from dataclasses import replace
+
+    from edgeshrink.doctor import diagnose
+
+    report = diagnose(replace(pi_target, python="/usr/bin/python3"))
+    assert report.check("python").status == "ok"
+    runtimes = report.check("runtimes")
+    assert runtimes.status == "error" and "no runtime" in runtimes.summary
+
+
+def test_cortex_a72_device_lacks_dotprod(tmp_path_factory):
+    """A Pi 4 (cortex-a72): asimd but no asimddp, seen by the agent through cpuinfo."""
+    import socket
+
+    from edgeshrink.doctor import diagnose
+    from edgeshrink.targets import Target
+
+    dev = sys.modules["arm64_device"]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    state_dir = tmp_path_factory.mktemp("arm64-a72")
+    try:
+        state = dev.up(dev.DEFAULT_ROOTFS, state_dir, cpu="cortex-a72", mem="1G", port=port)
+    except dev.DeviceError as exc:
+        pytest.skip(f"cortex-a72 device did not come up: {exc}")
+    try:
+        target = Target(
+            name="pi4-emu",
+            kind="ssh",
+            host=state["host"],
+            port=state["port"],
+            user="root",
+            key=state["client_key"],
+            known_hosts=state["known_hosts"],
+            python=state["python"],
+        )
+        device = diagnose(target).to_dict()["device"]
+        features = set(device["cpu_features"])
+        assert "asimd" in features and "asimddp" not in features
+        assert "A72" in (device.get("cpu") or ""), device
+    finally:
+        assert "no mounts left" in dev.down(state_dir)
