@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgeshrink.artifacts import Artifact, load_artifact, now_iso, tool_versions
-from edgeshrink.errors import EdgeshrinkError, ModelFileError
+from edgeshrink.errors import EdgeshrinkError, ModelFileError, QuantizationError
 from edgeshrink.formats import gguf
 from edgeshrink.formats.base import ModelInfo
 from edgeshrink.plan import ShrinkOptions, ShrinkPlan, plan_gguf
 from edgeshrink.profiles import HardwareProfile
-from edgeshrink.util import atomic_path, sha256_file, write_json_atomic
+from edgeshrink.util import atomic_path, first_line, sha256_file, write_json_atomic
 
 Progress = Callable[[str], None]
 
@@ -35,6 +36,29 @@ def default_output_path(src: Path, quant: str, suffix: str | None = None) -> Pat
     stem = _PRECISION_SUFFIX.sub("", src.name if src.is_dir() else src.stem)
     suffix = suffix or (".gguf" if src.is_dir() else src.suffix)
     return Path.cwd() / f"{stem}-{quant.lower()}{suffix}"
+
+
+def resolve_output(src: Path, quant: str, output: str | os.PathLike[str] | None) -> Path:
+    """The artifact path: ``output`` or the default, never the input itself."""
+    out = Path(output) if output else default_output_path(src, quant)
+    if out.resolve() == src.resolve():
+        raise ModelFileError(
+            f"{out}: the output would overwrite the input", hint="choose another -o path"
+        )
+    return out
+
+
+@contextlib.contextmanager
+def quantizer_failures(src: Path, quant: str, tool: str, hint: str) -> Iterator[None]:
+    """Third-party quantizers raise anything: turn it into one QuantizationError line."""
+    try:
+        yield
+    except EdgeshrinkError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the point is to catch what they raise
+        raise QuantizationError(
+            f"{src.name}: {quant} failed in {tool}: {first_line(exc)}", hint=hint
+        ) from exc
 
 
 def plan_model(info: ModelInfo, profile: HardwareProfile, options: ShrinkOptions) -> ShrinkPlan:
@@ -94,11 +118,7 @@ def shrink_gguf(
     src = Path(src)
     info = info or gguf.inspect_gguf(src)
     plan = plan_gguf(info, profile, options)
-    out = Path(output) if output else default_output_path(src, plan.quant)
-    if out.resolve() == src.resolve():
-        raise ModelFileError(
-            f"{out}: the output would overwrite the input", hint="choose another -o path"
-        )
+    out = resolve_output(src, plan.quant, output)
     say(f"hashing {src.name}")
     source_sha = sha256_file(src)
     if not options.force and (existing := reusable_artifact(out, source_sha, plan.quant)):

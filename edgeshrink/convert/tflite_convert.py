@@ -33,6 +33,7 @@ from edgeshrink.errors import (
     UnsupportedFormatError,
 )
 from edgeshrink.profiles import HardwareProfile
+from edgeshrink.util import first_line
 
 if TYPE_CHECKING:
     from edgeshrink.plan import ShrinkOptions
@@ -134,7 +135,7 @@ def convert_with_tflite_converter(
     try:
         data = converter.convert()
     except Exception as exc:  # noqa: BLE001 - the converter raises ConverterError and more
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise QuantizationError(
             f"{src.name}: TFLiteConverter failed at {quant}: {first}",
             hint="try --quant float32 or dynamic-int8; EDGESHRINK_DEBUG=1 shows the traceback",

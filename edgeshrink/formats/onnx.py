@@ -45,6 +45,7 @@ from edgeshrink.errors import (
 )
 from edgeshrink.formats.base import MemoryEstimate, ModelInfo, TensorTypeCount
 from edgeshrink.profiles import ONNX_QUANT_TYPES, HardwareProfile
+from edgeshrink.util import first_line
 
 if TYPE_CHECKING:
     import numpy as np
@@ -250,7 +251,7 @@ def load_model_proto(path: str | os.PathLike[str]) -> Any:
         # By path, so that external data is looked up beside the model.
         onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ModelFileError(
             f"{path}: not a valid ONNX model: {first}",
             hint="the file may be truncated; copy or export it again",
@@ -1121,7 +1122,7 @@ def _preprocess(src: Path, dst: Path, external: bool) -> tuple[Path, str]:
             "inference was incomplete"
         )
     except Exception as exc:  # noqa: BLE001
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         return src, f"pre-processing skipped: quant_pre_process failed ({first})"
     finally:
         logger.setLevel(level)
@@ -1360,7 +1361,7 @@ def shrink_onnx(
 ) -> ShrinkResult:
     from edgeshrink.artifacts import Artifact, load_artifact, now_iso, tool_versions
     from edgeshrink.plan import ShrinkOptions
-    from edgeshrink.shrink import ShrinkResult, default_output_path
+    from edgeshrink.shrink import ShrinkResult, quantizer_failures, resolve_output
     from edgeshrink.util import atomic_path, sha256_file, write_json_atomic
 
     options = options or ShrinkOptions()
@@ -1368,11 +1369,7 @@ def shrink_onnx(
     src = Path(src)
     info = info or inspect_onnx(src)
     plan = plan_onnx(info, profile, options)
-    out = Path(output) if output else default_output_path(src, plan.quant)
-    if out.resolve() == src.resolve():
-        raise ModelFileError(
-            f"{out}: the output would overwrite the input", hint="choose another -o path"
-        )
+    out = resolve_output(src, plan.quant, output)
     if plan.quant.startswith("int8-static"):
         # Fail on missing or mismatched calibration data before anything slow.
         calibration_batches(info, options)
@@ -1396,20 +1393,14 @@ def shrink_onnx(
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".work", dir=out.parent))
     try:
-        try:
+        with quantizer_failures(
+            src, plan.quant, "onnxruntime's tooling",
+            "try another --quant (fp16, int8-dynamic); EDGESHRINK_DEBUG=1 shows the traceback",
+        ):  # fmt: skip
             outcome = quantize_onnx(
                 src, work, plan.quant, info, profile, options,
                 out_name=out.name, external=external, progress=say,
             )  # fmt: skip
-        except EdgeshrinkError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the quantizers raise anything
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise QuantizationError(
-                f"{src.name}: {plan.quant} failed in onnxruntime's tooling: {first}",
-                hint="try another --quant (fp16, int8-dynamic); EDGESHRINK_DEBUG=1 shows the "
-                "traceback",
-            ) from exc
         say(f"verifying {out.name} in onnxruntime")
         verify_runs(outcome.path, info)
         out_info = inspect_onnx(outcome.path)

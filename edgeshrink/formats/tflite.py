@@ -53,6 +53,7 @@ from edgeshrink.errors import (
 )
 from edgeshrink.formats.base import MemoryEstimate, ModelInfo, TensorTypeCount
 from edgeshrink.profiles import HardwareProfile
+from edgeshrink.util import first_line
 
 if TYPE_CHECKING:
     from edgeshrink.formats.onnx import InputBatches, TensorSpec
@@ -981,7 +982,7 @@ class TfliteRunner:
         try:
             interpreter.invoke()
         except Exception as exc:  # noqa: BLE001
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise QuantizationError(
                 f"{self.path.name}: {self.runtime} fails to run it: {first}",
                 hint="check the inputs' shapes and types (edgeshrink inspect)",
@@ -1287,7 +1288,12 @@ def shrink_tflite(
     info: ModelInfo | None = None,
 ) -> ShrinkResult:
     from edgeshrink.plan import ShrinkOptions
-    from edgeshrink.shrink import ShrinkResult, default_output_path, reusable_artifact
+    from edgeshrink.shrink import (
+        ShrinkResult,
+        quantizer_failures,
+        resolve_output,
+        reusable_artifact,
+    )
     from edgeshrink.util import sha256_file
 
     options = options or ShrinkOptions()
@@ -1295,11 +1301,7 @@ def shrink_tflite(
     src = Path(src)
     info = info or inspect_tflite(src)
     plan = plan_tflite(info, profile, options)
-    out = Path(output) if output else default_output_path(src, plan.quant)
-    if out.resolve() == src.resolve():
-        raise ModelFileError(
-            f"{out}: the output would overwrite the input", hint="choose another -o path"
-        )
+    out = resolve_output(src, plan.quant, output)
     if plan.quant in STATIC_QUANTS:
         check_calibration_method(options)
         calibration_batches(info, options, plan.quant)  # fail before anything slow
@@ -1316,17 +1318,11 @@ def shrink_tflite(
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".work", dir=out.parent))
     try:
-        try:
+        with quantizer_failures(
+            src, plan.quant, "ai-edge-quantizer",
+            "try another --quant (fp16, dynamic-int8); EDGESHRINK_DEBUG=1 shows the traceback",
+        ):  # fmt: skip
             outcome = quantize_tflite(src, work / out.name, plan.quant, info, options, progress=say)
-        except EdgeshrinkError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the quantizer raises anything
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise QuantizationError(
-                f"{src.name}: {plan.quant} failed in ai-edge-quantizer: {first}",
-                hint="try another --quant (fp16, dynamic-int8); EDGESHRINK_DEBUG=1 shows the "
-                "traceback",
-            ) from exc
         artifact = finish_artifact(
             outcome.path, out, plan, src, source_sha, profile,
             notes=(plan.reason, *outcome.notes), recipe=outcome.recipe,
