@@ -77,6 +77,12 @@ CPUS = {
         "bogomips": "108.00",
         "cores": 4,
         "profile": "raspberry-pi-4-4gb",
+        # The board with the memory limit (MiB up to which it applies), else "profile".
+        "profiles_by_mem": [
+            (2048, "raspberry-pi-4-2gb"),
+            (4096, "raspberry-pi-4-4gb"),
+            (8192, "raspberry-pi-4-8gb"),
+        ],
     },
     "cortex-a76": {
         "part": "0xd0b",
@@ -87,6 +93,11 @@ CPUS = {
         "bogomips": "108.00",
         "cores": 4,
         "profile": "raspberry-pi-5-8gb",
+        "profiles_by_mem": [
+            (4096, "raspberry-pi-5-4gb"),
+            (8192, "raspberry-pi-5-8gb"),
+            (16384, "raspberry-pi-5-16gb"),
+        ],
     },
 }
 
@@ -218,6 +229,15 @@ CHROOT_ENV = {
     "PIP_DISABLE_PIP_VERSION_CHECK": "1",
     "PIP_DEFAULT_TIMEOUT": "180",
 }
+
+
+def profile_for(cpu: str, memory_mb: int | None) -> str:
+    """The hardware profile of the Pi this device stands for: its CPU, and its RAM when limited."""
+    if memory_mb:
+        for limit, name in CPUS[cpu]["profiles_by_mem"]:
+            if memory_mb <= limit:
+                return name
+    return CPUS[cpu]["profile"]
 
 
 def write_cpuinfo(path: Path, cpu: str, cores: int | None = None) -> None:
@@ -625,7 +645,7 @@ def up(
     pinned = f"[{host}]:{port}" if port != 22 else host
     known.write_text(f"{pinned} {key_type} {key_b64}\n")
     fingerprint = _run(["ssh-keygen", "-lf", str(host_key.with_suffix(".pub"))]).stdout.split()[1]
-    profile = CPUS[cpu]["profile"]
+    profile = profile_for(cpu, memory_mb if group else None)
     state = {
         "pid": proc.pid,
         "rootfs": str(rootfs),
@@ -715,7 +735,27 @@ def status(state_dir: Path, rootfs: Path) -> dict:
     return doc
 
 
+def register_target(state: dict, state_dir: Path, name: str) -> str | None:
+    """Write the device as edgeshrink target ``name`` (replacing an older one), host key
+    pinned, so that `edgeshrink doctor NAME` and `deploy --target NAME` just work.
+    None when edgeshrink is not importable from this Python."""
+    try:
+        from dataclasses import replace
+
+        from edgeshrink.errors import EdgeshrinkError
+        from edgeshrink.targets import add_target, load_target_file
+    except ImportError:
+        return None
+    try:
+        target = replace(load_target_file(state_dir / "target.toml"), name=name)
+        add_target(target, force=True)
+    except EdgeshrinkError as exc:
+        raise DeviceError(f"cannot register target {name!r}: {exc}") from exc
+    return name
+
+
 def how_to_reach(state: dict) -> str:
+    registered = state.get("target")
     return "\n".join(
         [
             f"emulated {state['cpu']} ({state['hostname']}) on {state['host']}:{state['port']}, "
@@ -728,10 +768,19 @@ def how_to_reach(state: dict) -> str:
             f"host key: ssh-ed25519 {state['host_key_fingerprint']}",
             f"ssh -p {state['port']} -i {state['client_key']} -o UserKnownHostsFile={state['known_hosts']} "
             f"root@{state['host']}",
-            f"edgeshrink targets add pi-emu --host {state['host']} --port {state['port']} --user root "
-            f"--key {state['client_key']} --python {state['python']} --profile {state['profile']} "
-            "--accept-new-host-key",
-            f"edgeshrink doctor {Path(state['client_key']).parent / 'target.toml'}",
+            *(
+                [
+                    f"registered as edgeshrink target {registered!r} (profile {state['profile']}): "
+                    f"edgeshrink doctor {registered}; edgeshrink deploy MODEL --target {registered}"
+                ]
+                if registered
+                else [
+                    f"edgeshrink targets add pi-emu --host {state['host']} --port {state['port']} "
+                    f"--user root --key {state['client_key']} --python {state['python']} "
+                    f"--profile {state['profile']} --accept-new-host-key",
+                    f"edgeshrink doctor {Path(state['client_key']).parent / 'target.toml'}",
+                ]
+            ),
         ]
     )
 
@@ -753,6 +802,11 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("--host", default="127.0.0.1")
     u.add_argument("--hostname", default="pi-emu")
     u.add_argument("--cores", type=int, default=None, help="CPUs listed in /proc/cpuinfo")
+    u.add_argument(
+        "--name",
+        default="pi-emu",
+        help="register the device as this edgeshrink target (default pi-emu; '' for none)",
+    )
     u.add_argument("--json", action="store_true")
     commands.add_parser("down", help="stop it (SIGKILL the namespace)")
     s = commands.add_parser("status", help="built? up?")
@@ -779,6 +833,9 @@ def main(argv: list[str] | None = None) -> int:
                 hostname=args.hostname,
                 cores=args.cores,
             )
+            if args.name:
+                state["target"] = register_target(state, args.state_dir, args.name)
+                (args.state_dir / "rig.json").write_text(json.dumps(state, indent=2) + "\n")
             print(json.dumps(state, indent=2) if args.json else how_to_reach(state))
         elif args.command == "down":
             print(down(args.state_dir))

@@ -55,6 +55,34 @@ def test_doctor_cli_json(pi, tmp_path):
     assert set(report["device"]["cpu_features"]) >= EXPECTED_FEATURES
 
 
+def test_up_registers_a_target_by_name(pi, tmp_path):
+    """`arm64-device.sh up` registers the device, so `edgeshrink doctor pi-emu` just works;
+    the profile is the Pi with the device's memory limit (4G here)."""
+    from edgeshrink.targets import get_target
+
+    arm64_device = sys.modules["arm64_device"]
+    state_dir = Path(pi["client_key"]).parent
+    assert arm64_device.register_target(pi, state_dir, "pi-emu") == "pi-emu"
+    target = get_target("pi-emu")
+    assert (target.host, target.port, target.known_hosts) == (
+        pi["host"],
+        pi["port"],
+        pi["known_hosts"],
+    )
+    expected_profile = {"cortex-a76": "raspberry-pi-5-4gb", "cortex-a72": "raspberry-pi-4-4gb"}[CPU]
+    assert target.profile == pi["profile"] == expected_profile
+    result = subprocess.run(
+        [sys.executable, "-m", "edgeshrink", "doctor", "pi-emu", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    report = json.loads(result.stdout)
+    assert report["device"]["arch"] in ("aarch64", "arm64"), result.stderr
+    assert report["target"]["name"] == "pi-emu"
+    assert report["profile"] == expected_profile
+
+
 def _bench(model: Path, target, tmp_path: Path):
     from edgeshrink.bench import BenchParams
     from edgeshrink.deploy import bench_model
