@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,3 +40,17 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
         env={**os.environ, **(env or {})},
         timeout=600,
     )
+
+
+@contextlib.contextmanager
+def small_disk(directory: Path, size: str = "64k") -> Iterator[Path]:
+    """A real, tiny file system (tmpfs) mounted on ``directory``: writes there hit ENOSPC.
+    Skips the test where mounting needs a root this process does not have."""
+    directory.mkdir(parents=True, exist_ok=True)
+    mount = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)]
+    if os.geteuid() != 0 or subprocess.run(mount, capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], check=False)

@@ -29,6 +29,7 @@ space, while llama.cpp (like SentencePiece itself) always does.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import math
 import os
@@ -37,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support import small_disk
 
 from edgeshrink.convert import convert_hf_to_gguf, inspect_hf, is_hf_checkpoint
 from edgeshrink.convert.safetensors_reader import SafetensorsFile
@@ -628,6 +630,38 @@ def test_failure_while_writing_leaves_no_file(workdir: Path) -> None:
     assert len(seen) == 3
     assert not dst.exists()
     assert not list(workdir.glob(".cancelled.gguf.*"))
+
+
+def test_one_writer_or_pwrite_give_the_same_bytes(workdir: Path, monkeypatch) -> None:
+    """The data goes in by several threads through a shared mmap of the preallocated file.
+    One writer, or a file system that cannot preallocate (then blocks go by pwrite, because
+    a full disk under an mmap is a SIGBUS), must give the very same file."""
+    import edgeshrink.convert.hf_to_gguf as hf_to_gguf
+
+    # BF16 kept, permuted q/k as strided views, norms widened to F32, three shards.
+    ck, gguf_path, _ = converted(workdir, "llama", dtype="bf16", outtype="auto", shards=3)
+    expected = gguf_path.read_bytes()
+    monkeypatch.setattr(hf_to_gguf, "MAX_WRITERS", 1)
+    one = convert_hf_to_gguf(ck.path, workdir / "one-writer.gguf", outtype="auto").output
+    assert one.read_bytes() == expected
+    monkeypatch.undo()
+
+    def no_fallocate(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+
+    monkeypatch.setattr(os, "posix_fallocate", no_fallocate)
+    by_pwrite = convert_hf_to_gguf(ck.path, workdir / "pwrite.gguf", outtype="auto").output
+    assert by_pwrite.read_bytes() == expected
+
+
+def test_a_full_disk_is_one_clear_error_before_any_data(workdir: Path, tmp_path: Path) -> None:
+    ck, gguf_path, _ = converted(workdir, "mistral")
+    with small_disk(tmp_path / "small-disk", "256k") as disk:
+        assert gguf_path.stat().st_size > 256 * 1024
+        with pytest.raises(ModelFileError, match="not enough disk space") as err:
+            convert_hf_to_gguf(ck.path, disk / "out.gguf")
+        assert "GiB" in str(err.value) and err.value.hint
+        assert list(disk.iterdir()) == []
 
 
 # --------------------------------------------------------------------------- file formats

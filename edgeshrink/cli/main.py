@@ -7,6 +7,7 @@ shows the traceback instead.
 
 from __future__ import annotations
 
+import errno
 import sys
 import traceback
 from pathlib import Path
@@ -60,6 +61,21 @@ def _register() -> None:
 _register()
 
 
+# OS errors that are the machine's state, not a bug: what the user can do about each.
+_USER_FIXABLE = {
+    errno.ENOSPC: "the disk is full: free some space or write to another disk (-o PATH)",
+    errno.EDQUOT: "the disk quota is used up: free some space or write elsewhere (-o PATH)",
+    errno.EROFS: "that file system is read-only: write somewhere else (-o PATH)",
+    errno.EACCES: "no permission there: write somewhere you own (-o PATH)",
+}
+
+
+def _internal_error(exc: BaseException) -> None:
+    click.echo(f"error: internal error: {type(exc).__name__}: {exc}", err=True)
+    click.echo("hint: re-run with EDGESHRINK_DEBUG=1 and report the traceback", err=True)
+    sys.exit(1)
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         code = cli.main(args=argv, prog_name="edgeshrink", standalone_mode=False)
@@ -81,12 +97,19 @@ def main(argv: list[str] | None = None) -> None:
         if exc.hint:
             click.echo(f"hint: {exc.hint}", err=True)
         sys.exit(1)
+    except OSError as exc:
+        if debug_enabled():
+            traceback.print_exc()
+        if exc.errno not in _USER_FIXABLE:
+            _internal_error(exc)
+        where = f" ({exc.filename})" if exc.filename else ""
+        click.echo(f"error: {exc.strerror}{where}", err=True)
+        click.echo(f"hint: {_USER_FIXABLE[exc.errno]}", err=True)
+        sys.exit(1)
     except Exception as exc:  # noqa: BLE001 - last line of defence: one line, no traceback
         if debug_enabled():
             traceback.print_exc()
-        click.echo(f"error: internal error: {type(exc).__name__}: {exc}", err=True)
-        click.echo("hint: re-run with EDGESHRINK_DEBUG=1 and report the traceback", err=True)
-        sys.exit(1)
+        _internal_error(exc)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -2,11 +2,16 @@
 
 The plan (which safetensors tensor becomes which GGUF tensor, in which type,
 changed how) is made from the headers alone.  The GGUF header, metadata and
-tensor table are written first; then each tensor is read from its mmap and
-written out in row blocks, so the peak memory is a block or two, plus the
-pages of the tensor being copied.  A tensor that needs no change (BF16 kept as
-BF16, F16 as F16) is copied by the kernel (``copy_file_range``) without passing
-through this process at all.
+tensor table are written first.  Then the file gets its final size up front
+(``posix_fallocate``: a full disk is one clear error before any data moves)
+and the tensors go straight from the source mmap into a shared mmap of the
+output, in row blocks, by a few threads at once: numpy's copies release the
+GIL, so a kept BF16/F16 tensor costs one memory copy, and the copies of two
+tensors overlap.  Each block's pages, source and output, leave this process's
+resident set once written (the output's stay in the page cache), so the peak
+memory is a few blocks, not the model.  Where the file system cannot
+preallocate, blocks are written with ``pwrite`` instead (no mmap: a full disk
+must be an error, not a SIGBUS).
 
 The output is written under a temporary name beside the destination and renamed
 into place only when complete.
@@ -19,9 +24,10 @@ import errno
 import json
 import math
 import os
+import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,7 +51,7 @@ if TYPE_CHECKING:
 
 OUTTYPES = ("auto", "f32", "f16", "bf16")
 BLOCK_BYTES = 32 * 1024 * 1024  # rows converted at a time: bounds the working memory
-COPY_CHUNK = 64 * 1024 * 1024
+MAX_WRITERS = 4  # tensors written at once (at most the usable cores)
 
 # progress(bytes written so far, bytes to write in all, GGUF name of the tensor just written)
 ProgressFn = Callable[[int, int, str], None]
@@ -624,43 +630,10 @@ def _streaming_writer_class() -> type:
     import gguf
     import numpy as np
     from gguf.constants import GGUFEndian, GGUFValueType
-    from gguf.gguf_writer import WriterState
 
     class StreamingGGUFWriter(gguf.GGUFWriter):
-        """A GGUFWriter whose tensor data arrives in blocks or as a byte range of another file.
-
-        The tensor table is declared up front with ``add_tensor_info``; each
-        tensor's data must then come in the same order, which is checked.
-        """
-
-        def _begin_tensor(self, name: str) -> tuple[Any, int]:
-            if self.state not in (WriterState.TI_DATA, WriterState.WEIGHTS):
-                raise ValueError(
-                    f"Expected output file to contain tensor info or weights, got {self.state}"
-                )
-            assert self.fout is not None and len(self.fout) == 1
-            tensors = self.tensors[0]
-            expected = next(iter(tensors), None)
-            if expected != name:
-                raise ValueError(f"Expected data of tensor {expected!r}, got {name!r}")
-            info = tensors.pop(name)
-            fout = self.fout[0]
-            self.write_padding(fout, fout.tell())
-            return fout, info.nbytes
-
-        def _end_tensor(self, fout: Any, name: str, expected: int, written: int) -> None:
-            if written != expected:
-                raise ValueError(f"Tensor {name!r} declared {expected} bytes, got {written}")
-            self.write_padding(fout, written)
-            self.state = WriterState.WEIGHTS
-
-        def write_tensor_blocks(self, name: str, blocks: Iterable[np.ndarray]) -> None:
-            fout, expected = self._begin_tensor(name)
-            written = 0
-            for block in blocks:
-                block.tofile(fout)
-                written += block.nbytes
-            self._end_tensor(fout, name, expected, written)
+        """A GGUFWriter that writes header, metadata and tensor table only (the data is
+        written by :func:`_write_tensor_data`), and packs big arrays quickly."""
 
         def _pack_val(self, val: Any, vtype: Any, add_vtype: bool, sub_type: Any = None) -> bytes:
             # gguf-py packs arrays one element at a time (~20 us each): a 150k-token
@@ -691,42 +664,150 @@ def _streaming_writer_class() -> type:
                 body = np.asarray(val, dtype="<f4").tobytes()
             return head + struct.pack("<IQ", ltype, len(val)) + body
 
-        def write_tensor_file_range(self, name: str, src_fd: int, offset: int, nbytes: int) -> None:
-            fout, expected = self._begin_tensor(name)
-            fout.flush()
-            start = fout.tell()
-            _copy_file_range(src_fd, fout.fileno(), offset, start, nbytes)
-            fout.seek(start + nbytes)  # re-syncs the buffered writer with the file position
-            self._end_tensor(fout, name, expected, nbytes)
-
     return StreamingGGUFWriter
 
 
-def _copy_file_range(
-    src_fd: int, dst_fd: int, src_offset: int, dst_offset: int, nbytes: int
-) -> None:
-    """Copy bytes between files inside the kernel where it can; by reads and writes elsewhere."""
-    done = 0
-    use_kernel = hasattr(os, "copy_file_range")
-    while done < nbytes:
-        count = min(COPY_CHUNK, nbytes - done)
-        if use_kernel:
-            try:
-                n = os.copy_file_range(src_fd, dst_fd, count, src_offset + done, dst_offset + done)
-            except OSError as exc:
-                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-                    raise
-                use_kernel = False
+def _write_tensor_data(
+    writer: Any,
+    jobs: list[TensorJob],
+    ckpt: Checkpoint,
+    progress: ProgressFn | None,
+    rss: _RssSampler,
+) -> int:
+    """Write every job's data after the tensor table ``writer`` has written; returns the
+    number of weights that overflowed F16."""
+    fout = writer.fout[0]
+    fout.flush()
+    align = writer.data_alignment
+    data_start = writer.ggml_pad(fout.tell(), align)
+    offsets, end = [], data_start
+    for job in jobs:
+        offsets.append(end)
+        end += writer.ggml_pad(job.nbytes, align)
+    # GGUFWriter's file is write-only; a shared writable mapping needs read access too.
+    fd = os.open(fout.name, os.O_RDWR)
+    try:
+        return _write_jobs(fd, end, offsets, jobs, ckpt, progress, rss, Path(fout.name))
+    finally:
+        os.close(fd)
+
+
+def _write_jobs(
+    fd: int,
+    end: int,
+    offsets: list[int],
+    jobs: list[TensorJob],
+    ckpt: Checkpoint,
+    progress: ProgressFn | None,
+    rss: _RssSampler,
+    path: Path,
+) -> int:
+    import mmap
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    import numpy as np
+
+    preallocated = _preallocate(fd, end, path)
+    total = sum(job.nbytes for job in jobs)
+    dst_map = mmap.mmap(fd, end) if preallocated and end else None
+    dst = np.frombuffer(dst_map, dtype=np.uint8) if dst_map is not None else None
+    can_drop = dst_map is not None and hasattr(mmap, "MADV_DONTNEED")
+
+    def write_job(index: int) -> int:
+        job, pos, overflow = jobs[index], offsets[index], [0]
+        for block in _job_blocks(job, ckpt, overflow):
+            n = block.nbytes
+            if dst is None:
+                data = memoryview(np.ascontiguousarray(block)).cast("B")
+                while data:
+                    written = os.pwrite(fd, data, pos)
+                    data, pos = data[written:], pos + written
                 continue
-        else:
-            data = os.pread(src_fd, count, src_offset + done)
-            n = os.pwrite(dst_fd, data, dst_offset + done)
-        if n <= 0:
-            raise ModelFileError(
-                f"reading tensor data stopped {nbytes - done} bytes short",
-                hint="the safetensors file changed or is truncated: copy it again",
-            )
-        done += n
+            np.copyto(dst[pos : pos + n].view(block.dtype).reshape(block.shape), block)
+            if can_drop:
+                # Out of this process's resident set; the dirty pages stay in the page cache.
+                first = -(-pos // mmap.PAGESIZE) * mmap.PAGESIZE
+                last = (pos + n) // mmap.PAGESIZE * mmap.PAGESIZE
+                if last > first:
+                    dst_map.madvise(mmap.MADV_DONTNEED, first, last - first)
+            pos += n
+        if job.source is not None:
+            ckpt.release(job.source.name)
+        return overflow[0]
+
+    # Biggest first: the last tensors to finish are small ones, so the writers end together.
+    order = sorted(range(len(jobs)), key=lambda i: -jobs[i].nbytes)
+    workers = max(1, min(MAX_WRITERS, _usable_cores(), len(jobs)))
+    overflowed = done = 0
+    try:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gguf-write") as pool:
+            pending = {pool.submit(write_job, i): i for i in order}
+            try:
+                while pending:
+                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        index = pending.pop(future)
+                        overflowed += future.result()  # re-raises a writer's error
+                        rss.sample()
+                        done += jobs[index].nbytes
+                        if progress is not None:
+                            progress(done, total, jobs[index].name)
+            finally:
+                for future in pending:
+                    future.cancel()
+    finally:
+        dst = None  # the writers are done: the last view of the map goes
+        if dst_map is not None:
+            with contextlib.suppress(BufferError):  # a view kept alive by a traceback
+                dst_map.close()
+    return overflowed
+
+
+def _preallocate(fd: int, size: int, path: Path) -> bool:
+    """Give the output its final size; True when its blocks are reserved (mmap is safe)."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+        return True
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise _disk_full(path, size) from exc
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+    os.ftruncate(fd, size)
+    return False
+
+
+@contextlib.contextmanager
+def _disk_full_is_an_error(path: Path, needed: int) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        raise _disk_full(path, needed) from exc
+
+
+def _free_bytes(path: Path) -> int:
+    """Free space where ``path`` would be written (its nearest existing directory)."""
+    directory = path.absolute().parent
+    while not directory.exists() and directory != directory.parent:
+        directory = directory.parent
+    return shutil.disk_usage(directory).free
+
+
+def _disk_full(path: Path, needed: int) -> ModelFileError:
+    return ModelFileError(
+        f"not enough disk space for {path.name}: it needs {needed / 2**30:.2f} GiB, "
+        f"{_free_bytes(path) / 2**30:.2f} GiB are free in {path.absolute().parent}",
+        hint="free some space or write the GGUF to another disk (-o PATH)",
+    )
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def _to_out_type(
@@ -758,6 +839,7 @@ def _as_f32(block: np.ndarray, src_dtype: str) -> np.ndarray:
 
 
 def _job_blocks(job: TensorJob, ckpt: Checkpoint, overflow: list[int]) -> Iterator[np.ndarray]:
+    """The job's output in row order, as blocks (possibly strided views of the source)."""
     import numpy as np
 
     if job.data is not None:
@@ -784,12 +866,9 @@ def _job_blocks(job: TensorJob, ckpt: Checkpoint, overflow: list[int]) -> Iterat
         if job.permute_heads:
             # transformers' rotate-half layout -> llama.cpp's pairwise layout, per head:
             # within each head, row j*2+i comes from row i*(head_dim/2)+j.
+            # A strided view: the writer copies it into place, no temporary.
             n = block.shape[0] // head_rows
-            block = (
-                block.reshape(n, 2, head_rows // 2, *block.shape[1:])
-                .swapaxes(1, 2)
-                .reshape(block.shape)
-            )
+            block = block.reshape(n, 2, head_rows // 2, *block.shape[1:]).swapaxes(1, 2)
         if job.add != 0.0 or job.scale != 1.0:
             values = _as_f32(block, src_dtype) * np.float32(job.scale) + np.float32(job.add)
             yield _to_out_type(values, "F32", job.out_type, overflow)
@@ -871,9 +950,11 @@ def convert_hf_to_gguf(
         n_vocab = next(j.shape[0] for j in jobs if j.name == "token_embd.weight")
         vocab = load_vocab(src, n_vocab=n_vocab)
         notes.extend(vocab.notes)
-        total = sum(job.nbytes for job in jobs)
         overflow = [0]
-        with atomic_path(dst_path) as tmp:
+        needed = sum(job.nbytes for job in jobs)
+        if _free_bytes(Path(dst_path)) < needed:
+            raise _disk_full(Path(dst_path), needed)
+        with atomic_path(dst_path) as tmp, _disk_full_is_an_error(Path(dst_path), needed):
             # GGUFWriter opens its file "wb"; truncating the placeholder atomic_path made
             # would make ext4 write the whole file back to disk on close (auto_da_alloc),
             # so the writer creates the file afresh under the reserved name.
@@ -892,22 +973,7 @@ def convert_hf_to_gguf(
                 writer.write_header_to_file(tmp)
                 writer.write_kv_data_to_file()
                 writer.write_ti_data_to_file()
-                done = 0
-                for job in jobs:
-                    if job.is_copy:
-                        assert job.source is not None
-                        shard = ckpt.file_of(job.source.name)
-                        writer.write_tensor_file_range(
-                            job.name, shard.fileno(), job.source.offset, job.nbytes
-                        )
-                    else:
-                        writer.write_tensor_blocks(job.name, _job_blocks(job, ckpt, overflow))
-                        rss.sample()
-                        if job.source is not None:
-                            ckpt.release(job.source.name)
-                    done += job.nbytes
-                    if progress is not None:
-                        progress(done, total, job.name)
+                overflow[0] = _write_tensor_data(writer, jobs, ckpt, progress, rss)
                 writer.flush()
             finally:
                 writer.close()

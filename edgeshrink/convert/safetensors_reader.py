@@ -20,6 +20,7 @@ import json
 import mmap
 import os
 import struct
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +82,7 @@ class SafetensorsFile:
         self.entries: dict[str, TensorEntry] = {}
         self._handle: Any = None
         self._mmap: mmap.mmap | None = None
+        self._opening = threading.Lock()  # tensors may be read from several threads
         self._read_header()
 
     def _read_header(self) -> None:
@@ -152,14 +154,15 @@ class SafetensorsFile:
         )
 
     def open(self) -> None:
-        if self._mmap is not None:
-            return
-        self._handle = open(self.path, "rb")  # noqa: SIM115 - lives as long as the mapping
-        size = os.fstat(self._handle.fileno()).st_size
-        if size == 0:
-            self._mmap = None
-            return
-        self._mmap = mmap.mmap(self._handle.fileno(), 0, access=mmap.ACCESS_READ)
+        with self._opening:
+            if self._handle is not None:
+                return
+            self._handle = open(self.path, "rb")  # noqa: SIM115 - lives as long as the mapping
+            size = os.fstat(self._handle.fileno()).st_size
+            if size == 0:
+                self._mmap = None
+                return
+            self._mmap = mmap.mmap(self._handle.fileno(), 0, access=mmap.ACCESS_READ)
 
     def fileno(self) -> int:
         self.open()

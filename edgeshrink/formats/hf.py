@@ -90,7 +90,11 @@ def shrink_hf(
             profile_id=None, tool_versions=tool_versions(), created_at=now_iso(),
             notes=tuple(result.notes),
         )  # fmt: skip
-        write_json_atomic(converted.manifest_path, converted.to_manifest())
+        try:
+            write_json_atomic(converted.manifest_path, converted.to_manifest())
+        except BaseException:
+            base.unlink(missing_ok=True)  # a GGUF without its manifest is never reused
+            raise
     else:
         say(f"reusing {base.name} (converted from the same checkpoint)")
     return shrink_gguf(base, profile, options, output=final or default_output_path(src, plan.quant),
