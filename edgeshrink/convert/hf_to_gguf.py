@@ -712,9 +712,39 @@ def _write_jobs(
     dst_map = mmap.mmap(fd, end) if preallocated and end else None
     dst = np.frombuffer(dst_map, dtype=np.uint8) if dst_map is not None else None
     can_drop = dst_map is not None and hasattr(mmap, "MADV_DONTNEED")
+    dst_view = memoryview(dst_map) if dst_map is not None and hasattr(os, "preadv") else None
+
+    def drop(first: int, last: int) -> None:
+        """Out of this process's resident set; the dirty pages stay in the page cache."""
+        if can_drop:
+            first = -(-first // mmap.PAGESIZE) * mmap.PAGESIZE
+            last = last // mmap.PAGESIZE * mmap.PAGESIZE
+            if last > first:
+                dst_map.madvise(mmap.MADV_DONTNEED, first, last - first)
+
+    def read_into_place(job: TensorJob, pos: int) -> None:
+        """A tensor kept as it is: read() straight into its place in the output mapping
+        (one copy, in the kernel, and the source is never mapped into this process)."""
+        assert job.source is not None and dst_view is not None
+        src_fd, offset = ckpt.file_of(job.source.name).fileno(), job.source.offset
+        done = 0
+        while done < job.nbytes:
+            count = min(BLOCK_BYTES, job.nbytes - done)
+            got = os.preadv(src_fd, [dst_view[pos + done : pos + done + count]], offset + done)
+            if got <= 0:
+                raise ModelFileError(
+                    f"{ckpt.file_of(job.source.name).path.name}: tensor {job.source.name!r} "
+                    f"ends {job.nbytes - done} bytes early",
+                    hint="the safetensors file changed or is truncated: copy it again",
+                )
+            drop(pos + done, pos + done + got)
+            done += got
 
     def write_job(index: int) -> int:
         job, pos, overflow = jobs[index], offsets[index], [0]
+        if job.is_copy and dst_view is not None:
+            read_into_place(job, pos)
+            return 0
         for block in _job_blocks(job, ckpt, overflow):
             n = block.nbytes
             if dst is None:
@@ -724,12 +754,7 @@ def _write_jobs(
                     data, pos = data[written:], pos + written
                 continue
             np.copyto(dst[pos : pos + n].view(block.dtype).reshape(block.shape), block)
-            if can_drop:
-                # Out of this process's resident set; the dirty pages stay in the page cache.
-                first = -(-pos // mmap.PAGESIZE) * mmap.PAGESIZE
-                last = (pos + n) // mmap.PAGESIZE * mmap.PAGESIZE
-                if last > first:
-                    dst_map.madvise(mmap.MADV_DONTNEED, first, last - first)
+            drop(pos, pos + n)
             pos += n
         if job.source is not None:
             ckpt.release(job.source.name)
@@ -757,6 +782,8 @@ def _write_jobs(
                     future.cancel()
     finally:
         dst = None  # the writers are done: the last view of the map goes
+        if dst_view is not None:
+            dst_view.release()
         if dst_map is not None:
             with contextlib.suppress(BufferError):  # a view kept alive by a traceback
                 dst_map.close()
