@@ -146,6 +146,34 @@ def test_gguf_agent_on_the_device(pi, pi_target, tmp_path):
     assert result.document["device"]["arch"] in ("aarch64", "arm64")
 
 
+def test_deploy_gguf_to_pi_emu_by_name(pi, pi_target, tmp_path):
+    """The issue's flow: `edgeshrink deploy model.gguf --target pi-emu` plans for the Pi's
+    profile, quantizes with llama.cpp on the host, pushes over SSH (verified) and runs
+    llama.cpp's aarch64 build on the device."""
+    from edgeshrink.testmodels import make_llama_gguf
+
+    if not (_device_runtimes(pi_target).get("llama_cpp") or {}).get("available"):
+        pytest.skip("no llama-cpp-python on the emulated device (build --with-llama, ~17 min once)")
+    arm64_device = sys.modules["arm64_device"]
+    arm64_device.register_target(pi, Path(pi["client_key"]).parent, "pi-emu")
+    model = make_llama_gguf(tmp_path / "nano-f32.gguf", size="nano", ftype="f32")
+    result = subprocess.run(
+        [sys.executable, "-m", "edgeshrink", "deploy", str(model), "--target", "pi-emu",
+         "--quant", "Q8_0", "--prompt-tokens", "16", "--gen-tokens", "8", "--reps", "1",
+         "--warmup", "0", "--threads", "1", "--timeout", "1800",
+         "--db", str(tmp_path / "results.db"), "--json"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=2400,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert Path(doc["artifact"]).name.endswith("-q8_0.gguf")
+    bench = doc["result"]
+    assert bench["status"] == "ok", bench.get("error")
+    assert bench["device"]["arch"] in ("aarch64", "arm64")
+    assert bench["llm"]["tg_tok_s"]["mean"] > 0 and bench["llm"]["pp_tok_s"]["mean"] > 0
+    assert set(bench["device"]["cpu_features"]) >= EXPECTED_FEATURES
+
+
 def test_tflite_runtime_numpy1_venv(pi, pi_target, tmp_path):
     """tflite-runtime (numpy<2) in its own venv, after `build --with-tflite-runtime`."""
     from dataclasses import replace
