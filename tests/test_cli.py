@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 import pytest
-from support import needs_llama_cpp, run_cli
+from support import needs_llama_cpp, run_cli, small_disk
 
 from edgeshrink.cli.main import cli
 
@@ -123,6 +123,24 @@ def test_bad_input_is_one_line_and_a_hint(
     assert "Traceback" not in result.stderr
     # nothing half-written was left in the working directory
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.gguf", "fake.gguf", "notes.txt"]
+
+
+@needs_llama_cpp
+def test_a_full_disk_is_one_line_and_a_hint(tmp_path: Path, tiny_f16: Path) -> None:
+    """llama.cpp only says "iostream error" when its output disk fills up; the user reads
+    that the disk is full, and nothing half-written stays behind.  So does the results
+    database."""
+    with small_disk(tmp_path / "small-disk") as disk:
+        result = run_cli(
+            "shrink", str(tiny_f16), "-p", "raspberry-pi-5-8gb", "-q", "Q8_0",
+            "-o", str(disk / "tiny-q8_0.gguf"),
+        )  # fmt: skip
+        assert result.returncode == 1
+        lines = result.stderr.strip().splitlines()
+        assert "the disk is full" in lines[-2] and lines[-1].startswith("hint: "), result.stderr
+        assert list(disk.iterdir()) == []
+        db = run_cli("results", "--db", str(disk / "sub" / "results.db"))
+        assert db.returncode == 1 and "disk is full" in db.stderr and "Traceback" not in db.stderr
 
 
 def test_usage_errors_exit_2() -> None:

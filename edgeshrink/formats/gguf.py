@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -516,6 +517,14 @@ def quantize_gguf(
             result = {}
     if proc.returncode != 0 or result.get("rc") != 0 or not dst.exists():
         reason = _quantize_failure_reason(log) or f"exit code {proc.returncode}"
+        free = shutil.disk_usage(dst.parent).free
+        if "iostream error" in log and free < src.stat().st_size:
+            # llama.cpp writes with std::ofstream: a full disk is only "iostream error".
+            raise QuantizationError(
+                f"llama.cpp could not write {src.stem} as {qtype.name}: the disk is full "
+                f"({free / 2**20:.1f} MiB free in {dst.parent})",
+                hint="free some space or write the artifact to another disk (-o PATH)",
+            )
         raise QuantizationError(
             f"llama.cpp could not quantize {src.name} to {qtype.name}: {reason}",
             hint="run with EDGESHRINK_DEBUG=1 to see llama.cpp's log",
