@@ -709,7 +709,12 @@ def _write_jobs(
 
     preallocated = _preallocate(fd, end, path)
     total = sum(job.nbytes for job in jobs)
-    dst_map = mmap.mmap(fd, end) if preallocated and end else None
+    dst_map = None
+    if preallocated and end:
+        try:
+            dst_map = mmap.mmap(fd, end)
+        except (OSError, OverflowError):  # no address space for it (a 32-bit host): pwrite
+            dst_map = None
     dst = np.frombuffer(dst_map, dtype=np.uint8) if dst_map is not None else None
     can_drop = dst_map is not None and hasattr(mmap, "MADV_DONTNEED")
     dst_view = memoryview(dst_map) if dst_map is not None and hasattr(os, "preadv") else None
