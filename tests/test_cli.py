@@ -126,18 +126,36 @@ def test_bad_input_is_one_line_and_a_hint(
 
 
 @needs_llama_cpp
-def test_a_full_disk_is_one_line_and_a_hint(tmp_path: Path, tiny_f16: Path) -> None:
-    """llama.cpp only says "iostream error" when its output disk fills up; the user reads
-    that the disk is full, and nothing half-written stays behind.  So does the results
-    database."""
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        # llama.cpp's quantizer only says "iostream error" when its disk fills up.
+        ("gguf", "the disk is full"),
+        # The HF converter preallocates its output: it fails before any data moves.
+        ("hf", "not enough disk space"),
+    ],
+)
+def test_a_full_disk_is_one_line_and_a_hint(
+    tmp_path: Path, tiny_f16: Path, model: str, message: str
+) -> None:
+    """The user reads that the disk is full, and nothing half-written stays behind.
+    So does the results database."""
+    if model == "hf":
+        pytest.importorskip("tokenizers")
+        from edgeshrink.testmodels.hf_checkpoints import make_hf_checkpoint
+
+        source = make_hf_checkpoint(tmp_path / "TinyLlama", "llama", "bf16").path
+    else:
+        source = tiny_f16
     with small_disk(tmp_path / "small-disk") as disk:
         result = run_cli(
-            "shrink", str(tiny_f16), "-p", "raspberry-pi-5-8gb", "-q", "Q8_0",
+            "shrink", str(source), "-p", "raspberry-pi-5-8gb", "-q", "Q8_0",
             "-o", str(disk / "tiny-q8_0.gguf"),
         )  # fmt: skip
         assert result.returncode == 1
         lines = result.stderr.strip().splitlines()
-        assert "the disk is full" in lines[-2] and lines[-1].startswith("hint: "), result.stderr
+        assert message in lines[-2] and lines[-2].startswith("error: "), result.stderr
+        assert lines[-1].startswith("hint: ") and "Traceback" not in result.stderr
         assert list(disk.iterdir()) == []
         db = run_cli("results", "--db", str(disk / "sub" / "results.db"))
         assert db.returncode == 1 and "disk is full" in db.stderr and "Traceback" not in db.stderr

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from support import needs_llama_cpp, run_cli, small_disk
+from support import needs_llama_cpp, run_cli
 
 pytest.importorskip("tokenizers")
 
@@ -79,16 +79,3 @@ def test_an_unsupported_architecture_lists_the_supported_ones(tmp_path: Path) ->
     lines = result.stderr.strip().splitlines()
     assert lines[0].startswith("error:") and "Mamba" in lines[0]
     assert "llama" in result.stderr and "qwen2" in result.stderr
-
-
-def test_shrink_onto_a_full_disk_is_one_clear_error(checkpoint: Path, tmp_path: Path) -> None:
-    with small_disk(tmp_path / "small-disk") as disk:
-        result = run_cli(
-            "shrink", str(checkpoint), "-p", "raspberry-pi-4-4gb", "-q", "Q8_0",
-            "-o", str(disk / "TinyLlama-q8_0.gguf"),
-        )  # fmt: skip
-        assert result.returncode == 1
-        lines = result.stderr.strip().splitlines()
-        assert lines[-2].startswith("error: not enough disk space"), result.stderr
-        assert lines[-1].startswith("hint:") and "Traceback" not in result.stderr
-        assert list(disk.iterdir()) == []
