@@ -1,5 +1,8 @@
 """Choose the quantization for one model on one device, and say why.
 
+Every format walks a :class:`Ladder` of its types (largest first) with their
+estimated peak memory; the rules below are the GGUF ones.
+
 The rule: walk llama.cpp's types from the highest quality down and take the
 first whose estimated peak memory fits the profile's budget ("quality", the
 default).  With ``prefer="speed"`` start at the profile's default type instead:
@@ -10,6 +13,7 @@ speed estimate is the profile's memory bandwidth divided by the weight bytes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -97,6 +101,102 @@ class ShrinkPlan:
         }
 
 
+class Ladder:
+    """A format's types, largest first, each with its estimated peak memory against the
+    profile's budget: what every planner walks, and the words it explains itself with.
+
+    ``label`` names the format's types in messages ("llama.cpp", "ONNX", "TFLite");
+    ``context`` is the LLM context the estimates are for (None for other models);
+    ``speed(weights_bytes)`` estimates generation tokens/s where that means something.
+    """
+
+    def __init__(
+        self,
+        info: ModelInfo,
+        profile: HardwareProfile,
+        options: ShrinkOptions,
+        quants: tuple[str, ...] | list[str],
+        estimate: Callable[[str], MemoryEstimate],
+        *,
+        label: str,
+        context: int | None = None,
+        speed: Callable[[int], float | None] | None = None,
+    ) -> None:
+        self.info, self.profile, self.options = info, profile, options
+        self.label, self.context = label, context
+        self._estimate, self._speed = estimate, speed
+        self._by_quant: dict[str, Candidate] = {}
+        self.candidates = [self.candidate(q) for q in quants]
+        self._by_quant = {c.quant: c for c in self.candidates}
+
+    def candidate(self, quant: str) -> Candidate:
+        if quant in self._by_quant:
+            return self._by_quant[quant]
+        est = self._estimate(quant)
+        speed = self._speed(est.weights_bytes) if self._speed else None
+        fits = est.total_mb <= self.profile.budget_mb
+        return Candidate(quant, est.weights_bytes, est, fits, speed)
+
+    def need(self, c: Candidate) -> str:
+        at = f" at context {self.context}" if self.context else ""
+        return (
+            f"needs ~{c.estimate.total_mb:.0f} MB{at}, the budget of {self.profile.id} is "
+            f"{self.profile.budget_mb} MB"
+        )
+
+    def asked(
+        self, wanted: str, smaller_that_fits: Callable[[str], Candidate | None]
+    ) -> tuple[Candidate, str]:
+        """The type the user asked for, and why; DoesNotFitError if it does not fit
+        (unless the options say not to check, as a sweep's do)."""
+        chosen = self.candidate(wanted)
+        if not chosen.fits and self.options.check_fit:
+            smaller = smaller_that_fits(wanted)
+            shorter = " or a shorter --ctx" if self.context else ""
+            raise DoesNotFitError(
+                f"{self.info.path.name} at {wanted} does not fit {self.profile.id}: "
+                + self.need(chosen),
+                hint=f"try --quant {smaller.quant}{shorter}"
+                if smaller
+                else f"no {self.label} type fits: use a smaller model or a device with more memory",
+            )
+        return chosen, f"{wanted} as asked; it " + self.need(chosen)
+
+    def step_down(
+        self, quant: str, why: str, smaller_that_fits: Callable[[str], Candidate | None]
+    ) -> tuple[Candidate, str]:
+        """``quant`` (chosen because ``why``), or else the next smaller type that fits."""
+        chosen = self.candidate(quant)
+        if not chosen.fits and self.options.check_fit:
+            smaller = smaller_that_fits(quant)
+            if smaller is None:
+                last = self.candidates[-1]
+                raise DoesNotFitError(
+                    f"{self.info.path.name} does not fit {self.profile.id} at any {self.label} "
+                    f"type: even {last.quant} " + self.need(last),
+                    hint="use a smaller model or a device with more memory",
+                )
+            why += f"; {quant} does not fit (" + self.need(chosen) + ")"
+            chosen = smaller
+        return chosen, f"{chosen.quant}: {why}; it " + self.need(chosen)
+
+    def plan(self, chosen: Candidate, reason: str) -> ShrinkPlan:
+        known = chosen.quant in self._by_quant
+        return ShrinkPlan(
+            model=self.info.path,
+            format=self.info.format,
+            profile_id=self.profile.id,
+            quant=chosen.quant,
+            reason=reason,
+            context=self.context,
+            threads=self.profile.threads,
+            budget_mb=self.profile.budget_mb,
+            chosen=chosen,
+            candidates=tuple(self.candidates if known else [*self.candidates, chosen]),
+            prefer=self.options.prefer,
+        )
+
+
 def _fast_kernel_note(profile: HardwareProfile) -> str | None:
     if profile.arch == "aarch64" and (
         profile.has_feature("i8mm") or profile.has_feature("asimddp")
@@ -131,86 +231,49 @@ def plan_llm(
         ctx = min(shape.context_length, DEFAULT_CONTEXT)
     else:
         ctx = DEFAULT_CONTEXT
-    budget = profile.budget_mb
-
-    def candidate(name: str) -> Candidate:
-        weights = gguf.estimate_weight_bytes(shapes, name)
-        est = gguf.estimate_memory(info, weights, ctx)
-        tok_s = (
+    ladder = Ladder(
+        info, profile, options, gguf.PLAN_LADDER,
+        lambda name: gguf.estimate_memory(info, gguf.estimate_weight_bytes(shapes, name), ctx),
+        label="llama.cpp", context=ctx,
+        speed=lambda weights: (
             profile.memory_bandwidth_gbs * 1e9 * BANDWIDTH_EFFICIENCY / weights
             if profile.memory_bandwidth_gbs and weights
             else None
-        )
-        return Candidate(name, weights, est, est.total_mb <= budget, tok_s)
-
-    ladder = [candidate(name) for name in gguf.PLAN_LADDER]
-    need = f"needs ~{{mb:.0f}} MB at context {ctx}, the budget of {profile.id} is {budget} MB"
+        ),
+    )  # fmt: skip
+    candidates = ladder.candidates
+    fitting = [c for c in candidates if c.fits]
     if quant is not None:
         wanted = gguf.quant_type(quant).name
-        chosen = next((c for c in ladder if c.quant == wanted), None) or candidate(wanted)
-        if not chosen.fits and options.check_fit:
-            smaller = next((c.quant for c in ladder if c.fits), None)
-            raise DoesNotFitError(
-                f"{info.path.name} at {wanted} does not fit {profile.id}: "
-                + need.format(mb=chosen.estimate.total_mb),
-                hint=(f"try --quant {smaller}" if smaller else "no llama.cpp type fits: ")
-                + (" or a shorter --ctx" if smaller else "use a smaller model or a larger device"),
-            )
-        reason = f"{wanted} as asked; it " + need.format(mb=chosen.estimate.total_mb)
-        return _plan(info, profile, chosen, ladder, reason, ctx, prefer)
+        return ladder.plan(*ladder.asked(wanted, lambda _q: next(iter(fitting), None)))
 
-    fitting = [c for c in ladder if c.fits]
     if not fitting:
-        smallest = ladder[-1]
+        smallest = candidates[-1]
         raise DoesNotFitError(
             f"{info.path.name} does not fit {profile.id} at any llama.cpp type: the smallest, "
-            f"{smallest.quant}, " + need.format(mb=smallest.estimate.total_mb),
+            f"{smallest.quant}, " + ladder.need(smallest),
             hint="use a smaller model, a shorter --ctx, or a device with more memory",
         )
     if prefer == "speed":
         default = gguf.quant_type(profile.default_quant_for("gguf")).name
-        start = next((i for i, c in enumerate(ladder) if c.quant == default), 0)
-        chosen = next((c for c in ladder[start:] if c.fits), fitting[0])
+        start = next((i for i, c in enumerate(candidates) if c.quant == default), 0)
+        chosen = next((c for c in candidates[start:] if c.fits), fitting[0])
         reason = (
             f"{chosen.quant}: the profile's speed choice for this CPU that fits; it "
-            + need.format(mb=chosen.estimate.total_mb)
+            + ladder.need(chosen)
         )
     else:
         chosen = fitting[0]
         higher = (
             "the highest-quality type"
-            if chosen is ladder[0]
+            if chosen is candidates[0]
             else (
-                f"the highest-quality type that fits ({ladder[ladder.index(chosen) - 1].quant} "
-                "does not)"
+                "the highest-quality type that fits "
+                f"({candidates[candidates.index(chosen) - 1].quant} does not)"
             )
         )
-        reason = f"{chosen.quant}: {higher}; it " + need.format(mb=chosen.estimate.total_mb)
+        reason = f"{chosen.quant}: {higher}; it " + ladder.need(chosen)
     note = _fast_kernel_note(profile)
     if note and chosen.quant not in ("Q4_0", "Q8_0"):
         reason += f". {note}: --prefer speed picks it"
-    return _plan(info, profile, chosen, ladder, reason, ctx, prefer)
-
-
-def _plan(
-    info: ModelInfo,
-    profile: HardwareProfile,
-    chosen: Candidate,
-    ladder: list[Candidate],
-    reason: str,
-    ctx: int,
-    prefer: str,
-) -> ShrinkPlan:
-    return ShrinkPlan(
-        model=info.path,
-        format=info.format,
-        profile_id=profile.id,
-        quant=chosen.quant,
-        reason=reason,
-        context=ctx,
-        threads=profile.threads,
-        budget_mb=profile.budget_mb,
-        chosen=chosen,
-        candidates=tuple(ladder),
-        prefer=prefer,
-    )
+    return ladder.plan(chosen, reason)

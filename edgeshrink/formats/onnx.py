@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING, Any
 
 from edgeshrink.errors import (
     CalibrationError,  # noqa: F401 (re-exported)
-    DoesNotFitError,
     EdgeshrinkError,
     ModelFileError,
     QuantizationError,
@@ -622,39 +621,17 @@ def _shares(info: ModelInfo) -> tuple[str, str]:
 def plan_onnx(
     info: ModelInfo, profile: HardwareProfile, options: ShrinkOptions | None = None
 ) -> ShrinkPlan:
-    from edgeshrink.plan import Candidate, ShrinkOptions, ShrinkPlan
+    from edgeshrink.plan import Ladder, ShrinkOptions
 
     options = options or ShrinkOptions()
     if info.format != FORMAT:
         raise UnsupportedFormatError(f"{info.path}: is {info.format}, not ONNX")
-    budget = profile.budget_mb
-
-    def candidate(quant: str) -> Candidate:
-        est = estimate_onnx_memory(info, quant, profile)
-        return Candidate(quant, est.weights_bytes, est, est.total_mb <= budget, None)
-
-    ladder = [candidate(q) for q in PLAN_ORDER]
-    need = "needs ~{mb:.0f} MB, the budget of " + f"{profile.id} is {budget} MB"
-
-    def make(chosen: Candidate, reason: str) -> ShrinkPlan:
-        cands = ladder if any(c.quant == chosen.quant for c in ladder) else [*ladder, chosen]
-        return ShrinkPlan(
-            model=info.path,
-            format=FORMAT,
-            profile_id=profile.id,
-            quant=chosen.quant,
-            reason=reason,
-            context=None,
-            threads=profile.threads,
-            budget_mb=budget,
-            chosen=chosen,
-            candidates=tuple(cands),
-            prefer=options.prefer,
-        )
-
+    ladder = Ladder(
+        info, profile, options, PLAN_ORDER,
+        lambda quant: estimate_onnx_memory(info, quant, profile), label="ONNX",
+    )  # fmt: skip
     _check_source_type(info, options.quant and normalize_quant(options.quant))
     kind, share_text = _shares(info)
-    by_quant = {c.quant: c for c in ladder}
 
     def smaller_that_fits(quant: str) -> Candidate | None:
         """The largest smaller type that fits; of the int8 ones, the one suiting the model."""
@@ -663,20 +640,12 @@ def plan_onnx(
         if kind != "conv":
             int8_order = int8_order[::-1]
         order = [q for q in ("fp16", *int8_order) if PLAN_ORDER.index(q) > rank]
-        return next((by_quant[q] for q in order if by_quant[q].fits), None)
+        return next((c for q in order if (c := ladder.candidate(q)).fits), None)
 
     if options.quant is not None:
         wanted = normalize_quant(options.quant)
-        chosen = by_quant.get(wanted) or candidate(wanted)
-        if not chosen.fits and options.check_fit:
-            smaller = smaller_that_fits(wanted)
-            raise DoesNotFitError(
-                f"{info.path.name} at {wanted} does not fit {profile.id}: "
-                + need.format(mb=chosen.estimate.total_mb),
-                hint=f"try --quant {smaller.quant}" if smaller else "use a device with more memory",
-            )
-        reason = f"{wanted} as asked; it " + need.format(mb=chosen.estimate.total_mb)
-        return make(chosen, reason + _recipe_reason(profile, options, wanted))
+        chosen, reason = ladder.asked(wanted, smaller_that_fits)
+        return ladder.plan(chosen, reason + _recipe_reason(profile, options, wanted))
 
     default = normalize_quant(profile.default_quant_for(FORMAT))
     if default in INT8_QUANTS:
@@ -699,25 +668,15 @@ def plan_onnx(
     else:
         quant = default
         why = f"the profile's default for ONNX on {profile.id}"
-    chosen = by_quant.get(quant) or candidate(quant)
-    if not chosen.fits:
-        smaller = smaller_that_fits(quant)
-        if smaller is None:
-            raise DoesNotFitError(
-                f"{info.path.name} does not fit {profile.id} at any ONNX type: even "
-                f"{ladder[-1].quant} " + need.format(mb=ladder[-1].estimate.total_mb),
-                hint="use a smaller model or a device with more memory",
-            )
-        why += f"; {quant} does not fit (" + need.format(mb=chosen.estimate.total_mb) + ")"
-        chosen, quant = smaller, smaller.quant
-    reason = f"{quant}: {why}; it " + need.format(mb=chosen.estimate.total_mb)
+    chosen, reason = ladder.step_down(quant, why, smaller_that_fits)
+    quant = chosen.quant
     if quant.startswith("int8-static") and options.calibration is None:
         reason += (
             "; static int8 needs calibration data (--calibration, or --allow-random-calibration)"
             if not options.allow_random_calibration
             else "; calibrating on random inputs as asked"
         )
-    return make(chosen, reason + _recipe_reason(profile, options, quant))
+    return ladder.plan(chosen, reason + _recipe_reason(profile, options, quant))
 
 
 def _recipe_reason(profile: HardwareProfile, options: ShrinkOptions, quant: str) -> str:

@@ -44,7 +44,6 @@ from typing import TYPE_CHECKING, Any
 
 from edgeshrink.errors import (
     CalibrationError,  # noqa: F401 (re-exported)
-    DoesNotFitError,
     EdgeshrinkError,
     ModelFileError,
     QuantizationError,
@@ -731,53 +730,25 @@ def plan_tflite(
       as full integer (measured here for an MLP and a conv net, see the reason).
     A type that does not fit steps down to the next smaller one.
     """
-    from edgeshrink.plan import Candidate, ShrinkOptions, ShrinkPlan
+    from edgeshrink.plan import Ladder, ShrinkOptions
 
     options = options or ShrinkOptions()
     if info.format != FORMAT:
         raise UnsupportedFormatError(f"{info.path}: is {info.format}, not TFLite")
-    budget = profile.budget_mb
-
-    def candidate(quant: str) -> Candidate:
-        est = estimate_tflite_memory(info, quant)
-        return Candidate(quant, est.weights_bytes, est, est.total_mb <= budget, None)
-
-    ladder = [candidate(q) for q in QUANT_TYPES]
-    by_quant = {c.quant: c for c in ladder}
-    need = "needs ~{mb:.0f} MB, the budget of " + f"{profile.id} is {budget} MB"
-
-    def make(chosen: Candidate, reason: str) -> ShrinkPlan:
-        return ShrinkPlan(
-            model=info.path,
-            format=FORMAT,
-            profile_id=profile.id,
-            quant=chosen.quant,
-            reason=reason,
-            context=None,
-            threads=profile.threads,
-            budget_mb=budget,
-            chosen=chosen,
-            candidates=tuple(ladder),
-            prefer=options.prefer,
-        )
+    ladder = Ladder(
+        info, profile, options, QUANT_TYPES,
+        lambda quant: estimate_tflite_memory(info, quant), label="TFLite",
+    )  # fmt: skip
 
     def smaller_that_fits(quant: str) -> Candidate | None:
         order = QUANT_TYPES[QUANT_TYPES.index(quant) + 1 :]
-        return next((by_quant[q] for q in order if by_quant[q].fits), None)
+        return next((c for q in order if (c := ladder.candidate(q)).fits), None)
 
     _check_source(info)
     if options.quant is not None:
         wanted = normalize_quant(options.quant)
-        chosen = by_quant[wanted]
-        if not chosen.fits and options.check_fit:
-            smaller = smaller_that_fits(wanted)
-            raise DoesNotFitError(
-                f"{info.path.name} at {wanted} does not fit {profile.id}: "
-                + need.format(mb=chosen.estimate.total_mb),
-                hint=f"try --quant {smaller.quant}" if smaller else "use a device with more memory",
-            )
-        reason = f"{wanted} as asked; it " + need.format(mb=chosen.estimate.total_mb)
-        return make(
+        chosen, reason = ladder.asked(wanted, smaller_that_fits)
+        return ladder.plan(
             chosen, reason + _calibration_reason(wanted, options) + _recipe_reason(wanted, options)
         )
 
@@ -805,20 +776,10 @@ def plan_tflite(
     else:
         quant = default
         why = f"the profile's default for TFLite on {profile.id}"
-    chosen = by_quant[quant]
-    if not chosen.fits and options.check_fit:
-        smaller = smaller_that_fits(quant)
-        if smaller is None:
-            raise DoesNotFitError(
-                f"{info.path.name} does not fit {profile.id} at any TFLite type: even "
-                f"{ladder[-1].quant} " + need.format(mb=ladder[-1].estimate.total_mb),
-                hint="use a smaller model or a device with more memory",
-            )
-        why += f"; {quant} does not fit (" + need.format(mb=chosen.estimate.total_mb) + ")"
-        chosen, quant = smaller, smaller.quant
-    reason = f"{quant}: {why}; it " + need.format(mb=chosen.estimate.total_mb)
-    return make(
-        chosen, reason + _calibration_reason(quant, options) + _recipe_reason(quant, options)
+    chosen, reason = ladder.step_down(quant, why, smaller_that_fits)
+    return ladder.plan(
+        chosen,
+        reason + _calibration_reason(chosen.quant, options) + _recipe_reason(chosen.quant, options),
     )
 
 
