@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,6 +34,43 @@ class Artifact:
     fallbacks: tuple[tuple[str, str, str], ...] = ()
     tensor_types: tuple[dict[str, Any], ...] = ()
     notes: tuple[str, ...] = ()
+
+    @classmethod
+    def of_file(
+        cls,
+        path: Path,
+        *,
+        written: Path | None = None,
+        format: str,
+        quant: str,
+        source: Path,
+        source_sha256: str,
+        profile_id: str | None,
+        tool_versions: dict[str, str],
+        tensor_types: Iterable[Any] = (),
+        fallbacks: tuple[tuple[str, str, str], ...] = (),
+        notes: Iterable[str] = (),
+    ) -> Artifact:
+        """The artifact that will be ``path``, hashed and measured from ``written`` (the
+        temporary file it is renamed from; default ``path``) and stamped now."""
+        data = written or path
+        return cls(
+            path=path,
+            format=format,
+            quant=quant,
+            sha256=sha256_file(data),
+            size_bytes=data.stat().st_size,
+            source_path=str(source.resolve()),
+            source_sha256=source_sha256,
+            profile_id=profile_id,
+            tool_versions=tool_versions,
+            created_at=now_iso(),
+            fallbacks=fallbacks,
+            tensor_types=tuple(
+                {"type": t.type, "count": t.count, "n_bytes": t.n_bytes} for t in tensor_types
+            ),
+            notes=tuple(notes),
+        )
 
     @property
     def manifest_path(self) -> Path:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeshrink.artifacts import Artifact, load_artifact, now_iso, tool_versions
+from edgeshrink.artifacts import Artifact, load_artifact, tool_versions
 from edgeshrink.errors import EdgeshrinkError, ModelFileError, QuantizationError
 from edgeshrink.formats import gguf
 from edgeshrink.formats.base import ModelInfo
@@ -130,24 +130,12 @@ def shrink_gguf(
             src, tmp, plan.quant, threads=options.threads, allow_requantize=options.allow_requantize
         )
         say(f"verifying {out.name}")
-        artifact = Artifact(
-            path=out,
-            format=gguf.FORMAT,
-            quant=plan.quant,
-            sha256=sha256_file(tmp),
-            size_bytes=tmp.stat().st_size,
-            source_path=str(src.resolve()),
-            source_sha256=source_sha,
-            profile_id=profile.id,
+        artifact = Artifact.of_file(
+            out, written=tmp, format=gguf.FORMAT, quant=plan.quant, source=src,
+            source_sha256=source_sha, profile_id=profile.id,
             tool_versions={**tool_versions(), "llama-cpp-python": outcome.llama_cpp_version},
-            created_at=now_iso(),
-            fallbacks=outcome.fallbacks,
-            tensor_types=tuple(
-                {"type": t.type, "count": t.count, "n_bytes": t.n_bytes}
-                for t in outcome.tensor_types
-            ),
-            notes=(plan.reason,),
-        )
+            tensor_types=outcome.tensor_types, fallbacks=outcome.fallbacks, notes=(plan.reason,),
+        )  # fmt: skip
         # The manifest goes in first: an artifact whose manifest is missing is
         # never reused, so a crash between the two renames only costs a redo.
         write_json_atomic(artifact.manifest_path, artifact.to_manifest())

@@ -61,11 +61,11 @@ def shrink_hf(
     progress: Progress | None = None,
     info: ModelInfo | None = None,
 ):
-    from edgeshrink.artifacts import Artifact, now_iso, tool_versions
+    from edgeshrink.artifacts import Artifact, tool_versions
     from edgeshrink.convert import convert_hf_to_gguf
     from edgeshrink.formats import gguf
     from edgeshrink.shrink import default_output_path, reusable_artifact, shrink_gguf
-    from edgeshrink.util import sha256_file, write_json_atomic
+    from edgeshrink.util import write_json_atomic
 
     say = progress or (lambda _m: None)
     options = options or ShrinkOptions()
@@ -84,11 +84,9 @@ def shrink_hf(
     if converted is None:
         say(f"converting {src.name} to GGUF ({outtype})")
         result = convert_hf_to_gguf(src, base, outtype=outtype)
-        converted = Artifact(
-            path=base, format=gguf.FORMAT, quant=outtype.upper(), sha256=sha256_file(base),
-            size_bytes=base.stat().st_size, source_path=str(src.resolve()), source_sha256=source_sha,
-            profile_id=None, tool_versions=tool_versions(), created_at=now_iso(),
-            notes=tuple(result.notes),
+        converted = Artifact.of_file(
+            base, format=gguf.FORMAT, quant=outtype.upper(), source=src, source_sha256=source_sha,
+            profile_id=None, tool_versions=tool_versions(), notes=result.notes,
         )  # fmt: skip
         try:
             write_json_atomic(converted.manifest_path, converted.to_manifest())

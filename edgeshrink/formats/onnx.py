@@ -1318,10 +1318,10 @@ def shrink_onnx(
     progress: Progress | None = None,
     info: ModelInfo | None = None,
 ) -> ShrinkResult:
-    from edgeshrink.artifacts import Artifact, load_artifact, now_iso, tool_versions
+    from edgeshrink.artifacts import Artifact, load_artifact, tool_versions
     from edgeshrink.plan import ShrinkOptions
     from edgeshrink.shrink import ShrinkResult, quantizer_failures, resolve_output
-    from edgeshrink.util import atomic_path, sha256_file, write_json_atomic
+    from edgeshrink.util import atomic_path, write_json_atomic
 
     options = options or ShrinkOptions()
     say = progress or (lambda _m: None)
@@ -1372,22 +1372,16 @@ def shrink_onnx(
                 from importlib.metadata import version
 
                 versions["onnxconverter-common"] = version("onnxconverter-common")
-            artifact = Artifact(
-                path=out,
+            artifact = Artifact.of_file(
+                out,
+                written=tmp,
                 format=FORMAT,
                 quant=plan.quant,
-                sha256=sha256_file(tmp),
-                size_bytes=tmp.stat().st_size,
-                source_path=str(src.resolve()),
+                source=src,
                 source_sha256=source_sha,
                 profile_id=profile.id,
                 tool_versions=versions,
-                created_at=now_iso(),
-                fallbacks=(),
-                tensor_types=tuple(
-                    {"type": t.type, "count": t.count, "n_bytes": t.n_bytes}
-                    for t in out_info.tensor_types
-                ),
+                tensor_types=out_info.tensor_types,
                 notes=(plan.reason, *outcome.notes, f"recipe: {outcome.recipe}")
                 + tuple(f"external data: {d.name}" for d in outcome.data_files),
             )

@@ -1310,8 +1310,8 @@ def finish_artifact(
     progress: Progress | None = None,
 ) -> Any:
     """Verify ``made`` in the host's runtime, rename it to ``out`` and write its manifest."""
-    from edgeshrink.artifacts import Artifact, now_iso, tool_versions
-    from edgeshrink.util import atomic_path, sha256_file, write_json_atomic
+    from edgeshrink.artifacts import Artifact, tool_versions
+    from edgeshrink.util import atomic_path, write_json_atomic
 
     say = progress or (lambda _m: None)
     out_info = inspect_tflite(made)
@@ -1326,22 +1326,16 @@ def finish_artifact(
 
                 versions[dist] = version(dist)
         meta = dict(out_info.metadata)
-        artifact = Artifact(
-            path=out,
+        artifact = Artifact.of_file(
+            out,
+            written=tmp,
             format=FORMAT,
             quant=plan.quant,
-            sha256=sha256_file(tmp),
-            size_bytes=tmp.stat().st_size,
-            source_path=str(src.resolve()),
+            source=src,
             source_sha256=source_sha,
             profile_id=profile.id,
             tool_versions=versions,
-            created_at=now_iso(),
-            fallbacks=(),
-            tensor_types=tuple(
-                {"type": t.type, "count": t.count, "n_bytes": t.n_bytes}
-                for t in out_info.tensor_types
-            ),
+            tensor_types=out_info.tensor_types,
             notes=(
                 *notes,
                 f"verified: loads and runs in {runtime} on the host",
