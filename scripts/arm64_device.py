@@ -13,7 +13,7 @@ trusts the host's CA certificates inside it and makes venvs there:
   /opt/edgeshrink-venv      onnxruntime, ai-edge-litert (numpy 2) [+ llama-cpp-python]
   /opt/edgeshrink-tflite    tflite-runtime with numpy<2 (--with-tflite-runtime)
 
-llama-cpp-python compiles llama.cpp under emulation (~17 min): `--with-llama`
+llama-cpp-python compiles llama.cpp under emulation (~45 min on 2 cores): `--with-llama`
 builds the aarch64 wheel once into ~/.cache/edgeshrink/arm64-wheels (outside
 the rootfs) and later builds reuse it.
 
@@ -41,6 +41,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgeshrink"
@@ -349,6 +350,15 @@ def trust_host_cas(rootfs: Path) -> None:
     (rootfs / "etc/pip.conf").write_text("\n".join(pip_conf) + "\n")
 
 
+def _chroot_step(rootfs: Path, what: str, timings: dict, key: str, script: str, **kw: Any) -> None:
+    """Run ``script`` in the rootfs (pip under emulation: slow), timed as ``timings[key]``."""
+    started = time.monotonic()
+    out = in_chroot(rootfs, script, timeout=3600, **kw)
+    if out.returncode != 0:
+        raise DeviceError(f"{what} failed: {(out.stderr or out.stdout)[-1500:]}")
+    timings[key] = round(time.monotonic() - started, 1)
+
+
 def build(
     rootfs: Path, *, with_llama: bool, with_tflite_runtime: bool, wheels: Path, force: bool = False
 ) -> dict:
@@ -391,36 +401,26 @@ def build(
         _set_mark(rootfs, cas=True)
     if not _mark(rootfs).get("venv"):
         log(f"venv {VENV}: onnxruntime, ai-edge-litert (pip under emulation)")
-        t = time.monotonic()
-        out = in_chroot(
-            rootfs,
+        _chroot_step(
+            rootfs, "venv install", timings, "venv_pip_s",
             f"set -e; python3 -m venv {VENV}; {VENV}/bin/pip install -q --upgrade pip; "
             f"{VENV}/bin/pip install -q --only-binary=:all: onnxruntime ai-edge-litert numpy",
-            timeout=3600,
-        )
-        if out.returncode != 0:
-            raise DeviceError(f"venv install failed: {(out.stderr or out.stdout)[-1500:]}")
-        timings["venv_pip_s"] = round(time.monotonic() - t, 1)
+        )  # fmt: skip
         _set_mark(rootfs, venv=VENV)
     if with_tflite_runtime and not _mark(rootfs).get("tflite_venv"):
         log(f"venv {TFLITE_VENV}: tflite-runtime, numpy<2")
-        t = time.monotonic()
-        out = in_chroot(
-            rootfs,
+        _chroot_step(
+            rootfs, "tflite-runtime venv", timings, "tflite_venv_s",
             f"set -e; python3 -m venv {TFLITE_VENV}; "
             f"{TFLITE_VENV}/bin/pip install -q --only-binary=:all: tflite-runtime 'numpy<2'",
-            timeout=3600,
-        )
-        if out.returncode != 0:
-            raise DeviceError(f"tflite-runtime venv failed: {(out.stderr or out.stdout)[-1500:]}")
-        timings["tflite_venv_s"] = round(time.monotonic() - t, 1)
+        )  # fmt: skip
         _set_mark(rootfs, tflite_venv=TFLITE_VENV)
     if with_llama and not _mark(rootfs).get("llama"):
         wheels.mkdir(parents=True, exist_ok=True)
         have = sorted(wheels.glob("llama_cpp_python-*-linux_aarch64.whl"))
         t = time.monotonic()
         if not have:
-            log("building llama-cpp-python for aarch64 under emulation (~17 min)")
+            log("building llama-cpp-python for aarch64 under emulation (~45 min on 2 cores)")
             script = (
                 "set -e; apt-get update -qq; "
                 f"apt-get install -y -qq {' '.join(LLAMA_BUILD_PACKAGES)} >/dev/null; "
@@ -436,16 +436,11 @@ def build(
             if out.returncode != 0:
                 raise DeviceError("llama-cpp-python wheel build failed (output above)")
             timings["llama_wheel_build_s"] = round(time.monotonic() - t, 1)
-        out = in_chroot(
-            rootfs,
+        _chroot_step(
+            rootfs, "llama-cpp-python install", timings, "llama_install_s",
             f"set -e; {VENV}/bin/pip install -q --find-links /wheels llama-cpp-python",
             extra_binds={str(wheels): "/wheels"},
-            timeout=3600,
-        )
-        if out.returncode != 0:
-            raise DeviceError(
-                f"llama-cpp-python install failed: {(out.stderr or out.stdout)[-1500:]}"
-            )
+        )  # fmt: skip
         timings["llama_total_s"] = round(time.monotonic() - t, 1)
         _set_mark(rootfs, llama=True)
     check = in_chroot(
@@ -791,7 +786,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE)
     commands = parser.add_subparsers(dest="command", required=True)
     b = commands.add_parser("build", help="build the arm64 rootfs and its venvs (once)")
-    b.add_argument("--with-llama", action="store_true", help="llama-cpp-python (~17 min once)")
+    b.add_argument("--with-llama", action="store_true", help="llama-cpp-python (~45 min once)")
     b.add_argument("--with-tflite-runtime", action="store_true", help="a tflite-runtime venv")
     b.add_argument("--wheels", type=Path, default=DEFAULT_WHEELS)
     b.add_argument("--force", action="store_true", help="rebuild from scratch")

@@ -124,13 +124,17 @@ def _device_runtimes(pi_target) -> dict:
     return diagnose(pi_target).to_dict()["runtimes"] or {}
 
 
+def _needs_llama_cpp(pi_target) -> None:
+    if not (_device_runtimes(pi_target).get("llama_cpp") or {}).get("available"):
+        pytest.skip("no llama-cpp-python on the emulated device (build --with-llama, ~45 min once)")
+
+
 def test_gguf_agent_on_the_device(pi, pi_target, tmp_path):
     """llama-cpp-python in the device venv only after `arm64-device.sh build --with-llama`."""
     from edgeshrink.bench import BenchParams
     from edgeshrink.deploy import bench_model
 
-    if not (_device_runtimes(pi_target).get("llama_cpp") or {}).get("available"):
-        pytest.skip("no llama-cpp-python on the emulated device (build --with-llama, ~17 min once)")
+    _needs_llama_cpp(pi_target)
     shared = Path(__file__).resolve().parents[3] / "shared" / "models" / "stories260K.gguf"
     if shared.exists():
         model = shared
@@ -152,8 +156,7 @@ def test_deploy_gguf_to_pi_emu_by_name(pi, pi_target, tmp_path):
     llama.cpp's aarch64 build on the device."""
     from edgeshrink.testmodels import make_llama_gguf
 
-    if not (_device_runtimes(pi_target).get("llama_cpp") or {}).get("available"):
-        pytest.skip("no llama-cpp-python on the emulated device (build --with-llama, ~17 min once)")
+    _needs_llama_cpp(pi_target)
     arm64_device = sys.modules["arm64_device"]
     arm64_device.register_target(pi, Path(pi["client_key"]).parent, "pi-emu")
     model = make_llama_gguf(tmp_path / "nano-f32.gguf", size="nano", ftype="f32")
