@@ -293,17 +293,9 @@ def evaluate_onnx(
     base, candidate = Path(base), Path(candidate)
     base_info = onnx_backend.inspect_onnx(base)
     cand_info = onnx_backend.inspect_onnx(candidate)
-    base_in, base_out = onnx_backend.io_specs(base_info)
-    cand_in, cand_out = onnx_backend.io_specs(cand_info)
-    if [s.name for s in base_in] != [s.name for s in cand_in] or [s.name for s in base_out] != [
-        s.name for s in cand_out
-    ]:
-        raise EvalDataError(
-            f"{candidate.name} has inputs {[s.name for s in cand_in]} and outputs "
-            f"{[s.name for s in cand_out]}; {base.name} has {[s.name for s in base_in]} and "
-            f"{[s.name for s in base_out]}",
-            hint="compare a model with its own shrunk version",
-        )
+    base_in, base_out = _same_io(
+        base, candidate, onnx_backend.io_specs(base_info), onnx_backend.io_specs(cand_info)
+    )
     base_session = onnx_backend.open_session(base, threads=threads)
     cand_session = onnx_backend.open_session(candidate, threads=threads)
     return compare_outputs(
@@ -322,6 +314,26 @@ def evaluate_onnx(
         progress=say,
         start=start,
     )
+
+
+def _same_io(
+    base: Path, candidate: Path, base_io: Any, cand_io: Any, *, outputs_in_order: bool = True
+) -> Any:
+    """``base_io`` (inputs, outputs) when the candidate has the same inputs and outputs."""
+    (base_in, base_out), (cand_in, cand_out) = base_io, cand_io
+
+    def names(specs: Any, ordered: bool = True) -> list[str]:
+        return [s.name for s in specs] if ordered else sorted(s.name for s in specs)
+
+    if names(base_in) != names(cand_in) or names(base_out, outputs_in_order) != names(
+        cand_out, outputs_in_order
+    ):
+        raise EvalDataError(
+            f"{candidate.name} has inputs {names(cand_in)} and outputs {names(cand_out)}; "
+            f"{base.name} has {names(base_in)} and {names(base_out)}",
+            hint="compare a model with its own shrunk version",
+        )
+    return base_io
 
 
 RunAll = Callable[[tuple[dict[str, Any], ...], list[str]], dict[str, Any]]
@@ -484,17 +496,13 @@ def evaluate_tflite(
     base, candidate = Path(base), Path(candidate)
     base_info = tflite_backend.inspect_tflite(base)
     cand_info = tflite_backend.inspect_tflite(candidate)
-    base_in, base_out = tflite_backend.io_specs(base_info)
-    cand_in, cand_out = tflite_backend.io_specs(cand_info)
-    if [s.name for s in base_in] != [s.name for s in cand_in] or sorted(
-        s.name for s in base_out
-    ) != sorted(s.name for s in cand_out):
-        raise EvalDataError(
-            f"{candidate.name} has inputs {[s.name for s in cand_in]} and outputs "
-            f"{[s.name for s in cand_out]}; {base.name} has {[s.name for s in base_in]} and "
-            f"{[s.name for s in base_out]}",
-            hint="compare a model with its own shrunk version",
-        )
+    base_in, base_out = _same_io(
+        base,
+        candidate,
+        tflite_backend.io_specs(base_info),
+        tflite_backend.io_specs(cand_info),
+        outputs_in_order=False,  # matched by signature name
+    )
     base_runner = tflite_backend.TfliteRunner(base, base_info, threads=threads)
     cand_runner = tflite_backend.TfliteRunner(candidate, cand_info, threads=threads)
     notes = []
