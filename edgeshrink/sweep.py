@@ -367,7 +367,40 @@ def _check_optimize(optimize: str) -> None:
         raise EdgeshrinkError(f"optimize must be 'speed' or 'size', not {optimize!r}")
 
 
-def _with_plot(result: SweepResult, plot: str | os.PathLike[str] | None) -> SweepResult:
+def _finish(
+    model: Path,
+    profile: HardwareProfile,
+    target: Target | None,
+    budget: QualityBudget | OutputQualityBudget,
+    optimize: str,
+    speed_source: str,
+    candidates: list[SweepCandidate],
+    plot: str | os.PathLike[str] | None,
+    *,
+    picked_by: str | None = None,
+    preface: str = "",
+    reason: str | None = None,
+    **fields: Any,
+) -> SweepResult:
+    """The fronts, the pick and its reason (``reason`` overrides it), and the plot."""
+    picked_by = picked_by or optimize
+    size_front, speed_front = _fronts(candidates)
+    pick, why = _choose(candidates, budget, picked_by, speed_source, preface=preface)
+    result = SweepResult(
+        model=model,
+        profile_id=profile.id,
+        target=target.name if target else None,
+        budget=budget,
+        optimize=optimize,
+        speed_source=speed_source,
+        candidates=tuple(candidates),
+        pareto_size=size_front,
+        pareto_speed=speed_front,
+        pick=pick,
+        reason=reason or why,
+        picked_by=picked_by,
+        **fields,
+    )
     if not plot:
         return result
     from edgeshrink.report.plot import write_sweep_svg
@@ -464,24 +497,10 @@ def sweep_gguf(
             candidates, profile, target, params or BenchParams(), db, remeasure, say
         )
         speed_source = f"measured on {target.name}"
-    size_front, speed_front = _fronts(candidates)
-    pick, reason = _choose(candidates, budget, optimize, speed_source)
-    result = SweepResult(
-        model=model,
-        profile_id=profile.id,
-        target=target.name if target else None,
-        budget=budget,
-        optimize=optimize,
-        speed_source=speed_source,
-        candidates=tuple(candidates),
-        pareto_size=size_front,
-        pareto_speed=speed_front,
-        pick=pick,
-        reason=reason,
-        picked_by=optimize,
+    return _finish(
+        model, profile, target, budget, optimize, speed_source, candidates, plot,
         quality_source=f"{candidates[0].quality['n_scored']} tokens" if candidates else "",
-    )
-    return _with_plot(result, plot)
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- ONNX
@@ -692,30 +711,15 @@ def sweep_onnx(
             "no speed without --target (there is no ONNX speed estimate, and this machine's "
             "timings say little about the device's int8 kernels), so by size instead: "
         )
-    size_front, speed_front = _fronts(candidates)
-    pick, reason = _choose(candidates, budget, picked_by, speed_source, preface=preface)
+    no_candidate = None
     if not candidates and not all(why.startswith("does not fit") for _, why in skipped):
-        reason = "no candidate was made: " + "; ".join(f"{q}: {why}" for q, why in skipped)
-    result = SweepResult(
-        model=model,
-        profile_id=profile.id,
-        target=target.name if target else None,
-        budget=budget,
-        optimize=optimize,
-        speed_source=speed_source,
-        candidates=tuple(candidates),
-        pareto_size=size_front,
-        pareto_speed=speed_front,
-        pick=pick,
-        reason=reason,
-        format="onnx",
+        no_candidate = "no candidate was made: " + "; ".join(f"{q}: {why}" for q, why in skipped)
+    return _finish(
+        model, profile, target, budget, optimize, speed_source, candidates, plot,
+        picked_by=picked_by, preface=preface, reason=no_candidate, format="onnx",
         loss_label=ACCURACY_DROP_LABEL if labels else COSINE_LOSS_LABEL,
-        speed_label="inferences/s",
-        picked_by=picked_by,
-        skipped=tuple(skipped),
-        quality_source=quality_source,
-    )
-    return _with_plot(result, plot)
+        speed_label="inferences/s", skipped=tuple(skipped), quality_source=quality_source,
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- on the device
