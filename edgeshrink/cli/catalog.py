@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from edgeshrink.cli.common import Context, emit_json, pass_context
+from edgeshrink.cli.common import JSON_OPTION, Context, emit_json, pass_context
 from edgeshrink.report.table import render_pairs, render_table
 
 
@@ -14,7 +14,7 @@ def profiles() -> None:
 
 
 @profiles.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@JSON_OPTION
 @pass_context
 def profiles_list(obj: Context, as_json: bool) -> None:
     """List the known hardware profiles (built-in and your own)."""
@@ -37,7 +37,7 @@ def profiles_list(obj: Context, as_json: bool) -> None:
 
 @profiles.command("show")
 @click.argument("profile_id")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@JSON_OPTION
 @pass_context
 def profiles_show(obj: Context, profile_id: str, as_json: bool) -> None:
     """Show one hardware profile, with where its numbers come from."""
@@ -77,7 +77,7 @@ def profiles_show(obj: Context, profile_id: str, as_json: bool) -> None:
 
 
 @click.command("quant-types")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@JSON_OPTION
 def quant_types(as_json: bool) -> None:
     """List llama.cpp's GGUF quantization types, best quality first."""
     from edgeshrink.formats import gguf

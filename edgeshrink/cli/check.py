@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from edgeshrink.cli.common import Context, emit_json, pass_context, progress_printer
+from edgeshrink.cli.common import JSON_OPTION, Context, emit_json, pass_context, progress_printer
 from edgeshrink.cli.run import bench_options, connect_target, params_from
 
 MARKS = {"pass": "ok  ", "fail": "FAIL", "skip": "skip"}
@@ -115,7 +115,7 @@ MARKS = {"pass": "ok  ", "fail": "FAIL", "skip": "skip"}
     help="Also write the checklist as JUnit XML here.",
 )
 @bench_options
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@JSON_OPTION
 @pass_context
 def check(
     obj: Context,

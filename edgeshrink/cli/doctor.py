@@ -6,15 +6,15 @@ from typing import Any
 
 import click
 
-from edgeshrink.cli.common import Context, emit_json, pass_context, progress_printer
-
-# Not imported from cli.targets: the CLI modules are loaded by cli.main in turn,
-# and one importing another at module level can meet it half-initialised.
-ACCEPT_NEW_HOST_KEY = click.option(
-    "--accept-new-host-key",
-    is_flag=True,
-    help="Trust and store an SSH host key seen for the first time (like OpenSSH's accept-new).",
+from edgeshrink.cli.common import (
+    ACCEPT_NEW_HOST_KEY,
+    JSON_OPTION,
+    Context,
+    emit_json,
+    pass_context,
+    progress_printer,
 )
+
 MARKS = {
     "ok": ("ok", "green"),
     "warn": ("warn", "yellow"),
@@ -78,7 +78,7 @@ def print_report(report) -> None:
 @click.option(
     "--dry-run", is_flag=True, help="With --install-runtime: show the commands; run nothing."
 )
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@JSON_OPTION
 @pass_context
 def doctor(obj: Context, target_name: str, profile_id: str | None, accept_new_host_key: bool,
            install_runtime: str | None, pip_args: tuple[str, ...], timeout_s: float, dry_run: bool,

@@ -13,17 +13,11 @@ from typing import Any
 
 import click
 
-from edgeshrink.cli.common import emit_json
+from edgeshrink.cli.common import DB_OPTION, JSON_OPTION, emit_json
 from edgeshrink.report.table import render_table
 
-DB = click.option(
-    "--db",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    envvar="EDGESHRINK_DB",
-    help="Results database [default: user data dir; env EDGESHRINK_DB].",
-)
-JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+DB = DB_OPTION
+JSON = JSON_OPTION
 BASELINE = click.option(
     "--baseline",
     default=None,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from edgeshrink.cli.common import Context, emit_json, pass_context, progress_printer
+from edgeshrink.cli.common import JSON_OPTION, Context, emit_json, pass_context, progress_printer
 from edgeshrink.report.table import render_pairs, render_table
 from edgeshrink.util import human_bytes, human_count
 
@@ -78,7 +78,7 @@ OUTPUT = click.option(
     default=None,
     help="Artifact path [default: ./MODEL-QUANT.EXT in the current directory, e.g. ./model-q4_0.gguf].",
 )
-JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+JSON = JSON_OPTION
 
 
 def inspect_any(model: Path):

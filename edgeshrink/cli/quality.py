@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from edgeshrink.cli.common import emit_json, progress_printer
+from edgeshrink.cli.common import EVAL_TEXT, JSON_OPTION, emit_json, progress_printer
 from edgeshrink.report.table import render_pairs, render_table
 
 
@@ -80,13 +80,7 @@ def print_quality(report) -> None:
     default=None,
     help="Fail (exit 1) when accuracy drops by more points than this.",
 )
-@click.option(
-    "--text",
-    "text_file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=None,
-    help="GGUF: evaluation text [default: the short English text edgeshrink ships].",
-)
+@EVAL_TEXT
 @click.option(
     "--ctx",
     "n_ctx",
@@ -116,7 +110,7 @@ def print_quality(report) -> None:
     default=None,
     help="GGUF: fail when the same top token is chosen less often than this fraction.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@JSON_OPTION
 def eval_command(
     base: Path,
     candidate: Path,

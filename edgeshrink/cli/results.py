@@ -6,16 +6,10 @@ from pathlib import Path
 
 import click
 
-from edgeshrink.cli.common import emit_json
+from edgeshrink.cli.common import DB_OPTION, JSON_OPTION, emit_json
 from edgeshrink.report.table import render_table
 
-DB = click.option(
-    "--db",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    envvar="EDGESHRINK_DB",
-    help="Results database [default: user data dir; env EDGESHRINK_DB].",
-)
+DB = DB_OPTION
 
 
 @click.group(invoke_without_command=True)
@@ -35,7 +29,7 @@ DB = click.option(
     help="Only this status.",
 )
 @DB
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@JSON_OPTION
 @click.pass_context
 def results(
     ctx: click.Context,

@@ -8,7 +8,14 @@ from typing import Any
 
 import click
 
-from edgeshrink.cli.common import Context, emit_json, pass_context, progress_printer
+from edgeshrink.cli.common import (
+    ACCEPT_NEW_HOST_KEY,
+    DB_OPTION,
+    Context,
+    emit_json,
+    pass_context,
+    progress_printer,
+)
 from edgeshrink.cli.models import (
     CTX,
     JSON,
@@ -44,8 +51,8 @@ def bench_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--timeout", "timeout_s", type=click.FloatRange(1, None), default=900.0, show_default=True, help="Seconds before the agent is stopped."),
         click.option("--external-delegate", default=None, help="TFLite: delegate library path on the device [default: the profile's, on SSH targets]."),
         click.option("--tflite-runtime", type=click.Choice(["auto", "litert", "tflite-runtime", "tensorflow"]), default="auto", show_default=True, help="TFLite: which runtime the agent uses (auto: ai-edge-litert, then tflite-runtime, then tensorflow.lite)."),
-        click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None, envvar="EDGESHRINK_DB", help="Results database [default: user data dir; env EDGESHRINK_DB]."),
-        click.option("--accept-new-host-key", is_flag=True, help="Trust and store an SSH host key seen for the first time (like OpenSSH's accept-new)."),
+        DB_OPTION,
+        ACCEPT_NEW_HOST_KEY,
     ]  # fmt: skip
     for option in reversed(options):
         func = option(func)

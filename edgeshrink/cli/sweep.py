@@ -7,7 +7,14 @@ from typing import Any
 
 import click
 
-from edgeshrink.cli.common import Context, emit_json, pass_context, progress_printer
+from edgeshrink.cli.common import (
+    EVAL_TEXT,
+    JSON_OPTION,
+    Context,
+    emit_json,
+    pass_context,
+    progress_printer,
+)
 from edgeshrink.cli.run import bench_options, connect_target, params_from
 from edgeshrink.report.table import render_table
 
@@ -98,13 +105,7 @@ def _refuse_foreign_options(model: Path, fmt: str) -> None:
     help="Among good-enough candidates pick the fastest or the smallest (ONNX without "
     "--target: the smallest, as there is no speed to compare).",
 )
-@click.option(
-    "--text",
-    "text_file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=None,
-    help="GGUF: evaluation text [default: the short English text edgeshrink ships].",
-)
+@EVAL_TEXT
 @click.option(
     "--eval-ctx",
     type=click.IntRange(32, 1 << 16),
@@ -179,7 +180,7 @@ def _refuse_foreign_options(model: Path, fmt: str) -> None:
     help="Measure again even when the store has a result for the same bytes.",
 )
 @bench_options
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@JSON_OPTION
 @pass_context
 def sweep(
     obj: Context,

@@ -8,14 +8,15 @@ from typing import Any
 
 import click
 
-from edgeshrink.cli.common import Context, emit_json, pass_context, progress_printer
-from edgeshrink.report.table import render_pairs, render_table
-
-ACCEPT_NEW_HOST_KEY = click.option(
-    "--accept-new-host-key",
-    is_flag=True,
-    help="Trust and store an SSH host key seen for the first time (like OpenSSH's accept-new).",
+from edgeshrink.cli.common import (
+    ACCEPT_NEW_HOST_KEY,
+    JSON_OPTION,
+    Context,
+    emit_json,
+    pass_context,
+    progress_printer,
 )
+from edgeshrink.report.table import render_pairs, render_table
 
 
 def transfer_progress_printer(quiet: bool = False, *, min_interval_s: float = 0.25):
@@ -61,7 +62,7 @@ def targets() -> None:
 
 
 @targets.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@JSON_OPTION
 def targets_list(as_json: bool) -> None:
     """List the known targets."""
     from edgeshrink.targets import list_targets
@@ -86,7 +87,7 @@ def _endpoint_dict(target) -> dict[str, Any] | None:
 
 @targets.command("show")
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@JSON_OPTION
 def targets_show(name: str, as_json: bool) -> None:
     """Show one target, and for SSH where it really connects (after ~/.ssh/config)."""
     from edgeshrink.targets import get_target
@@ -138,7 +139,7 @@ def targets_show(name: str, as_json: bool) -> None:
 @click.option("--no-check", is_flag=True, help="Save without connecting to the device.")
 @ACCEPT_NEW_HOST_KEY
 @click.option("--dry-run", is_flag=True, help="Show the file that would be written; write nothing.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@JSON_OPTION
 @pass_context
 def targets_add(obj: Context, name: str, profile_id: str, no_check: bool, force: bool, dry_run: bool,
                 as_json: bool, accept_new_host_key: bool, **kw: Any) -> None:  # fmt: skip
