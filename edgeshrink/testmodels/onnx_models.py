@@ -259,7 +259,6 @@ def write_digits_npz(
 ) -> Path:
     """The digits ``split`` ("train" or "test") as an .npz: ``pixels`` [N, 64] float32 and
     ``labels`` [N] int64 (calibrate on "train", evaluate on "test")."""
-    import numpy as np
 
     x_train, x_test, y_train, y_test = digits_split(seed)
     if split not in ("train", "test"):
@@ -267,11 +266,7 @@ def write_digits_npz(
     x, y = (x_train, y_train) if split == "train" else (x_test, y_test)
     if limit is not None:
         x, y = x[:limit], y[:limit]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as handle:
-        np.savez(handle, **{DIGITS_INPUT: x, DIGITS_LABELS: y})
-    return path
+    return write_npz(path, {DIGITS_INPUT: x, DIGITS_LABELS: y})
 
 
 def write_random_inputs_npz(
@@ -282,28 +277,26 @@ def write_random_inputs_npz(
     seed: int = 0,
 ) -> Path:
     """``samples`` random inputs for every input of ``model_path``, stacked on the first
-    axis (a symbolic or size-1 first dimension becomes ``samples``); standard normal
-    floats, small non-negative integers."""
-    import numpy as np
-    import onnx
+    axis (a symbolic or size-1 first dimension becomes ``samples``): the random inputs
+    edgeshrink itself uses (standard normal floats, small non-negative integers)."""
+    from edgeshrink.formats.onnx import inspect_onnx, io_specs
 
-    model = onnx.load(str(model_path), load_external_data=False)
-    initializers = {init.name for init in model.graph.initializer}
-    rng = np.random.default_rng(seed)
-    arrays: dict[str, np.ndarray] = {}
-    for value in model.graph.input:
-        if value.name in initializers:
-            continue
-        tensor = value.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in tensor.shape.dim]
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)
-        shape = (samples * (dims[0] or 1), *dims[1:]) if dims else (samples,)
-        if np.issubdtype(dtype, np.floating):
-            arrays[value.name] = rng.standard_normal(shape).astype(dtype)
-        elif dtype == np.bool_:
-            arrays[value.name] = rng.integers(0, 2, shape).astype(dtype)
-        else:
-            arrays[value.name] = rng.integers(0, 10, shape).astype(dtype)
+    return write_inputs_npz(io_specs(inspect_onnx(model_path))[0], path, samples=samples, seed=seed)
+
+
+def write_inputs_npz(specs: Any, path: str | os.PathLike[str], *, samples: int, seed: int) -> Path:
+    """Random inputs of the declared ``specs`` (ONNX or TFLite), one .npz keyed by name."""
+    import numpy as np
+
+    from edgeshrink.formats.onnx import random_batches
+
+    feeds = random_batches(specs, samples=samples, seed=seed).feeds
+    return write_npz(path, {name: np.concatenate([f[name] for f in feeds]) for name in feeds[0]})
+
+
+def write_npz(path: str | os.PathLike[str], arrays: dict[str, Any]) -> Path:
+    import numpy as np
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as handle:

@@ -284,24 +284,13 @@ def write_random_inputs_npz(
     samples: int = 32,
     seed: int = 0,
 ) -> Path:
-    """``samples`` standard-normal inputs for every input of ``model_path``, keyed by
-    input name and stacked on the first axis (a batch of 1 becomes ``samples``)."""
-    import numpy as np
-
+    """``samples`` random inputs for every input of ``model_path``, keyed by input name
+    and stacked on the first axis (a batch of 1 becomes ``samples``)."""
     from edgeshrink.formats.tflite import inspect_tflite, io_specs
+    from edgeshrink.testmodels.onnx_models import write_inputs_npz
 
     inputs, _ = io_specs(inspect_tflite(model_path))
-    rng = np.random.default_rng(seed)
-    arrays = {}
-    for spec in inputs:
-        dims = spec.concrete_shape(1)
-        shape = (samples * (dims[0] or 1), *dims[1:]) if dims else (samples,)
-        arrays[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as handle:
-        np.savez(handle, **arrays)
-    return path
+    return write_inputs_npz(inputs, path, samples=samples, seed=seed)
 
 
 def main(argv: list[str] | None = None) -> int:
