@@ -1338,6 +1338,22 @@ def compare_output_runs(np, first, second) -> dict:
             "runs": 2}
 
 
+def timed_load(load, failure, report: Report, sampler: MemorySampler):
+    """``load()``'s result, timed as the model load, with the RSS after it; any error but
+    running out of memory becomes ``failure(exc)`` (an AgentError)."""
+    t0 = time.perf_counter()
+    try:
+        loaded = load()
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise failure(exc) from exc
+    report.load_s = time.perf_counter() - t0
+    _check_signal()
+    report.rss_after_load_mb = sampler.rss_now_mb()
+    return loaded
+
+
 def measure_runs(run_once, args, report: Report, sampler: MemorySampler) -> None:
     """Warm up, then time ``run_once`` until at least --runs runs AND --min-seconds have
     passed (TFLite benchmark_model's rule); --deadline-s stops it early with a warning.
@@ -1719,16 +1735,12 @@ def run_onnx(args, report: Report, sampler: MemorySampler) -> None:
     resolved["execution_provider"] = chosen
 
     _log(f"loading {args.model} ({size} bytes) with {chosen}, {threads} threads")
-    t0 = time.perf_counter()
-    try:
-        session = ort.InferenceSession(args.model, options, providers=providers)
-    except MemoryError:
-        raise
-    except Exception as exc:
-        raise _ort_load_failure(args.model, exc) from exc
-    report.load_s = time.perf_counter() - t0
-    _check_signal()
-    report.rss_after_load_mb = sampler.rss_now_mb()
+    session = timed_load(
+        lambda: ort.InferenceSession(args.model, options, providers=providers),
+        lambda exc: _ort_load_failure(args.model, exc),
+        report,
+        sampler,
+    )
     actual = list(session.get_providers())
     report.runtime["providers"] = actual
     if ORT_PROVIDERS[chosen] not in actual:
@@ -2078,17 +2090,15 @@ def run_tflite(args, report: Report, sampler: MemorySampler) -> None:
         kwargs["experimental_delegates"] = [delegate]
 
     _log(f"loading {args.model} ({size} bytes) with {runtime.dist} {runtime.version}, {threads} threads")
-    t0 = time.perf_counter()
-    try:
+
+    def load():
         interpreter = runtime.Interpreter(**kwargs)
         interpreter.allocate_tensors()
-    except MemoryError:
-        raise
-    except Exception as exc:
-        raise _tflite_load_failure(args.model, exc, runtime) from exc
-    report.load_s = time.perf_counter() - t0
-    _check_signal()
-    report.rss_after_load_mb = sampler.rss_now_mb()
+        return interpreter
+
+    interpreter = timed_load(
+        load, lambda exc: _tflite_load_failure(args.model, exc, runtime), report, sampler
+    )
     delegation = _delegation(interpreter)
     report.runtime["delegation"] = delegation
     if args.xnnpack == "on" and not args.external_delegate:
