@@ -122,10 +122,13 @@ def _run(argv: list[str], check: bool = True, **kw) -> subprocess.CompletedProce
 
 
 def _rig_module():
+    """scripts/sshd_rig.py (its memory cgroup helpers), loaded once."""
+    if "sshd_rig" in sys.modules:
+        return sys.modules["sshd_rig"]
     spec = importlib.util.spec_from_file_location("sshd_rig", HERE / "sshd_rig.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("sshd_rig", module)
+    sys.modules["sshd_rig"] = module
     spec.loader.exec_module(module)
     return module
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -13,6 +14,19 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_STORIES = REPO.parent / "shared" / "models" / "stories260K.gguf"
+
+
+def load_script(name: str):
+    """scripts/NAME.py as the module ``name``, loaded once: every test and conftest that
+    uses the SSH rig (or the arm64 device) shares one copy of its state."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 def llama_cpp_available() -> bool:

@@ -7,11 +7,10 @@ runs on the far side of a real SSH session.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
+from support import load_script
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -20,19 +19,7 @@ pytest.importorskip("sklearn")
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _rig_module():
-    """scripts/sshd_rig.py (the one tests/ssh/conftest.py loaded, if it already did)."""
-    if "sshd_rig" in sys.modules:
-        return sys.modules["sshd_rig"]
-    spec = importlib.util.spec_from_file_location("sshd_rig", REPO / "scripts" / "sshd_rig.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["sshd_rig"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-sshd_rig = _rig_module()
+sshd_rig = load_script("sshd_rig")
 SKIP = sshd_rig.sshd_available()
 pytestmark = [
     pytest.mark.ssh,

@@ -18,7 +18,6 @@ The op-version trap: edgeshrink's dynamic-int8 declares FULLY_CONNECTED v12
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -26,6 +25,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import load_script
 
 pytest.importorskip("ai_edge_litert")
 pytest.importorskip("ai_edge_quantizer")
@@ -181,22 +181,11 @@ def test_deploy_through_a_venv_target(files: dict[str, Path], tmp_path: Path) ->
     assert 0.7 < estimate / result.peak_rss_mb < 1.3, (estimate, result.peak_rss_mb)
 
 
-def _rig_module():
-    if "sshd_rig" in sys.modules:
-        return sys.modules["sshd_rig"]
-    spec = importlib.util.spec_from_file_location("sshd_rig", REPO / "scripts" / "sshd_rig.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["sshd_rig"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.ssh
 def test_ssh_device_with_each_runtime(
     files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    rig_module = _rig_module()
+    rig_module = load_script("sshd_rig")
     if (why := rig_module.sshd_available()) is not None:
         pytest.skip(f"no sshd for the test device: {why}")
     home = tmp_path / "host-home"

@@ -13,30 +13,18 @@ native: tiny models, few runs.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import socket
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _load(name: str, file: str):
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / file)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-arm64_device = _load("arm64_device", "arm64_device.py")
+arm64_device = load_script("arm64_device")
 ROOTFS = arm64_device.DEFAULT_ROOTFS
 CPU = os.environ.get("EDGESHRINK_ARM64_CPU", "cortex-a76")
 

@@ -23,10 +23,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from lab_rig import load_rig_module
-from support import llama_cpp_available
+from support import llama_cpp_available, load_script
 
-sshd_rig = load_rig_module()
+sshd_rig = load_script("sshd_rig")
 SKIP_REASON = sshd_rig.sshd_available() or (
     None if llama_cpp_available() else "llama-cpp-python is not installed (the devices' runtime)"
 )

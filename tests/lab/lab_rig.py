@@ -6,28 +6,14 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import signal
-import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 CPU_CGROUP_PREFIX = "edgeshrink-lab-"
 DEVICE_SHARES = 8192  # x8 the default 1024 of every other process here
-
-
-def load_rig_module():
-    """scripts/sshd_rig.py as the module ``sshd_rig`` (shared with tests/ssh when loaded there)."""
-    if "sshd_rig" in sys.modules:
-        return sys.modules["sshd_rig"]
-    spec = importlib.util.spec_from_file_location("sshd_rig", REPO / "scripts" / "sshd_rig.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["sshd_rig"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 # --------------------------------------------------------------------------- cgroup v1 cpu

@@ -9,30 +9,20 @@ its own HOME on the host (so ~/.ssh is empty unless the test fills it).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_STORIES = REPO.parent / "shared" / "models" / "stories260K.gguf"
 
 
-def _load_rig_module():
-    spec = importlib.util.spec_from_file_location("sshd_rig", REPO / "scripts" / "sshd_rig.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["sshd_rig"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-sshd_rig = _load_rig_module()
+sshd_rig = load_script("sshd_rig")
 SKIP_REASON = sshd_rig.sshd_available()
 
 
