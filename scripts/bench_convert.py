@@ -161,16 +161,16 @@ def evict(directory: Path) -> bool | None:
     return out.returncode == 0 and sum(resident) < 64 * MIB
 
 
-def timed(step, src: Path, cold: bool) -> tuple[float, float, object]:
-    """(seconds until the step returned, seconds until os.sync() returned, its result)."""
+def timed(step, src: Path, cold: bool) -> tuple[float, float, object, bool | None]:
+    """(seconds until the step returned, seconds until os.sync() returned, its result,
+    whether ``src`` was confirmed evicted first: None when not cold or unknown)."""
     os.sync()  # no dirty pages left over from the step before to throttle this one
-    if cold:
-        evict(src)
+    evicted = evict(src) if cold else None
     started = time.perf_counter()
     result = step()
     cached = time.perf_counter() - started
     os.sync()
-    return cached, time.perf_counter() - started, result
+    return cached, time.perf_counter() - started, result, evicted
 
 
 def copy_files(src: Path, dst: Path) -> None:
@@ -225,15 +225,21 @@ def main() -> int:
         for _ in range(args.rounds):
             for cold in (False, True):
                 shutil.rmtree(copy_dir, ignore_errors=True)
-                c_cached, c_synced, _ = timed(lambda: copy_files(ckpt, copy_dir), ckpt, cold)
+                c_cached, c_synced, _, c_evicted = timed(
+                    lambda: copy_files(ckpt, copy_dir), ckpt, cold
+                )
                 shutil.rmtree(copy_dir, ignore_errors=True)
                 out.unlink(missing_ok=True)
-                v_cached, v_synced, child = timed(lambda: convert_in_child(ckpt, out), ckpt, cold)
+                v_cached, v_synced, child, v_evicted = timed(
+                    lambda: convert_in_child(ckpt, out), ckpt, cold
+                )
                 out.unlink(missing_ok=True)
                 if cold:
                     times["cold"]["copy"].append(c_synced)
                     times["cold"]["convert"].append(v_synced)
-                    evicted = evict(ckpt) if evicted is None else evicted
+                    for confirmed in (c_evicted, v_evicted):
+                        if confirmed is not None:
+                            evicted = confirmed and evicted is not False
                 else:
                     times["cached"]["copy"].append(c_cached)
                     times["cached"]["convert"].append(v_cached)

@@ -687,7 +687,7 @@ def _write_tensor_data(
     # GGUFWriter's file is write-only; a shared writable mapping needs read access too.
     fd = os.open(fout.name, os.O_RDWR)
     try:
-        return _write_jobs(fd, end, offsets, jobs, ckpt, progress, rss, Path(fout.name))
+        return _write_jobs(fd, end, offsets, jobs, ckpt, progress, rss)
     finally:
         os.close(fd)
 
@@ -700,14 +700,13 @@ def _write_jobs(
     ckpt: Checkpoint,
     progress: ProgressFn | None,
     rss: _RssSampler,
-    path: Path,
 ) -> int:
     import mmap
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
     import numpy as np
 
-    preallocated = _preallocate(fd, end, path)
+    preallocated = _preallocate(fd, end)
     total = sum(job.nbytes for job in jobs)
     dst_map = None
     if preallocated and end:
@@ -795,14 +794,13 @@ def _write_jobs(
     return overflowed
 
 
-def _preallocate(fd: int, size: int, path: Path) -> bool:
-    """Give the output its final size; True when its blocks are reserved (mmap is safe)."""
+def _preallocate(fd: int, size: int) -> bool:
+    """Give the output its final size; True when its blocks are reserved (mmap is safe).
+    A full disk fails here (ENOSPC), before any tensor data is written."""
     try:
         os.posix_fallocate(fd, 0, size)
         return True
     except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise _disk_full(path, size) from exc
         if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
             raise
     os.ftruncate(fd, size)
@@ -811,28 +809,18 @@ def _preallocate(fd: int, size: int, path: Path) -> bool:
 
 @contextlib.contextmanager
 def _disk_full_is_an_error(path: Path, needed: int) -> Iterator[None]:
+    """ENOSPC anywhere in the writing (header, preallocation, pwrite) as one clear error."""
     try:
         yield
     except OSError as exc:
         if exc.errno != errno.ENOSPC:
             raise
-        raise _disk_full(path, needed) from exc
-
-
-def _free_bytes(path: Path) -> int:
-    """Free space where ``path`` would be written (its nearest existing directory)."""
-    directory = path.absolute().parent
-    while not directory.exists() and directory != directory.parent:
-        directory = directory.parent
-    return shutil.disk_usage(directory).free
-
-
-def _disk_full(path: Path, needed: int) -> ModelFileError:
-    return ModelFileError(
-        f"not enough disk space for {path.name}: it needs {needed / 2**30:.2f} GiB, "
-        f"{_free_bytes(path) / 2**30:.2f} GiB are free in {path.absolute().parent}",
-        hint="free some space or write the GGUF to another disk (-o PATH)",
-    )
+        free = shutil.disk_usage(path.absolute().parent).free
+        raise ModelFileError(
+            f"not enough disk space for {path.name}: it needs {needed / 2**30:.2f} GiB, "
+            f"{free / 2**30:.2f} GiB are free in {path.absolute().parent}",
+            hint="free some space or write the GGUF to another disk (-o PATH)",
+        ) from exc
 
 
 def _usable_cores() -> int:
@@ -984,8 +972,6 @@ def convert_hf_to_gguf(
         notes.extend(vocab.notes)
         overflow = [0]
         needed = sum(job.nbytes for job in jobs)
-        if _free_bytes(Path(dst_path)) < needed:
-            raise _disk_full(Path(dst_path), needed)
         with atomic_path(dst_path) as tmp, _disk_full_is_an_error(Path(dst_path), needed):
             # GGUFWriter opens its file "wb"; truncating the placeholder atomic_path made
             # would make ext4 write the whole file back to disk on close (auto_da_alloc),
