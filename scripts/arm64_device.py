@@ -103,6 +103,11 @@ CPUS = {
 }
 
 
+# Own mount and pid namespaces (nothing mounted leaks out; killing the first process
+# ends them all); `up` adds --uts for the device's own hostname.
+PRIVATE_NAMESPACES = ("unshare", "--mount", "--pid", "--fork", "--propagation", "private")
+
+
 class DeviceError(RuntimeError):
     pass
 
@@ -294,18 +299,7 @@ def in_chroot(
         + 'exec chroot "$R" /bin/sh -c "$0"'
     )
     environment = dict(CHROOT_ENV, QEMU_CPU=cpu, **(env or {}))
-    argv = [
-        "unshare",
-        "--mount",
-        "--pid",
-        "--fork",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        setup,
-        script,
-    ]
+    argv = [*PRIVATE_NAMESPACES, "sh", "-c", setup, script]
     if stream:
         return subprocess.run(argv, env=environment, text=True, timeout=timeout, check=False)
     return subprocess.run(
@@ -619,18 +613,7 @@ def up(
 
     with open(log_path, "ab") as handle:
         proc = subprocess.Popen(
-            [
-                "unshare",
-                "--mount",
-                "--uts",
-                "--pid",
-                "--fork",
-                "--propagation",
-                "private",
-                "sh",
-                "-c",
-                setup,
-            ],
+            [*PRIVATE_NAMESPACES, "--uts", "sh", "-c", setup],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=handle,
