@@ -125,3 +125,9 @@ class LabLockError(EdgeshrinkError, RuntimeError):
     """A device (or a run) is held by another lab run."""
 
     default_hint = "wait for the other run, or pass --lock-wait SECONDS to wait for it"
+
+
+class OutputPathError(EdgeshrinkError, OSError):
+    """An output file cannot be created where it was asked for."""
+
+    default_hint = "choose another output path (-o PATH) in a directory you can write"

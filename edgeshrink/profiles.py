@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.resources
+import math
 import os
 import re
 import sys
@@ -46,7 +47,9 @@ __all__ = [
     "get_profile",
     "list_profiles",
     "load_profile_file",
+    "ProfileScan",
     "profile_dirs",
+    "scan_profiles",
 ]
 
 PROFILES_PATH_ENV = "EDGESHRINK_PROFILES_PATH"
@@ -289,7 +292,7 @@ def _display_path(path: Path) -> str:
     """The path as a user would type it: relative to the working directory if inside it."""
     try:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except (ValueError, OSError):
+    except (ValueError, OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
         return str(path)
 
 
@@ -427,6 +430,9 @@ class _ProfileReader:
         value = table[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             self.fail(f"{prefix}{key} must be a number, got {_describe(value)}")
+        if not math.isfinite(value):
+            # TOML has nan and inf; either passes every range check and poisons the sums.
+            self.fail(f"{prefix}{key} must be a finite number, got {value}")
         return float(value)
 
     def choice(
@@ -688,7 +694,13 @@ def profile_dirs(extra: Iterable[str | os.PathLike[str]] = ()) -> list[Path]:
     dirs: list[Path] = []
     seen: set[Path] = set()
     for directory in candidates:
-        key = directory.expanduser().resolve()
+        try:
+            key = directory.expanduser().resolve()
+        except (OSError, RuntimeError) as exc:  # Python < 3.13 raises RuntimeError for a loop
+            raise ProfileError(
+                f"{directory}: cannot be resolved ({exc}): a symlink loop?",
+                hint=f"point --profiles-dir / ${PROFILES_PATH_ENV} at a real directory",
+            ) from exc
         if key not in seen:
             seen.add(key)
             dirs.append(directory.expanduser())
@@ -711,6 +723,35 @@ def _searchable_dirs(extra: Iterable[str | os.PathLike[str]]) -> list[Path]:
             hint=f"create it or fix --profiles-dir / ${PROFILES_PATH_ENV}",
         )
     return [d for d in dirs if d.is_dir()]
+
+
+@dataclass(frozen=True)
+class ProfileScan:
+    """Every good profile, and the files that are not good profiles."""
+
+    profiles: tuple[HardwareProfile, ...]
+    problems: tuple[ProfileError, ...]
+
+
+def scan_profiles(extra: Iterable[str | os.PathLike[str]] = ()) -> ProfileScan:
+    """Like list_profiles, but a malformed file is a problem in the result, not an error:
+    one bad file does not hide the good ones.  A broken file still shadows a profile of
+    the same id in a directory of lower precedence, so nothing silently stands in for it."""
+    by_id: dict[str, HardwareProfile] = {}
+    claimed: set[str] = set()
+    problems: list[ProfileError] = []
+    for directory in _searchable_dirs(extra):
+        for path in sorted(directory.glob("*.toml")):
+            if path.stem in claimed:
+                continue
+            claimed.add(path.stem)
+            try:
+                profile = load_profile_file(path)
+            except ProfileError as exc:
+                problems.append(exc)
+                continue
+            by_id.setdefault(profile.id, profile)
+    return ProfileScan(tuple(by_id[key] for key in sorted(by_id)), tuple(problems))
 
 
 def list_profiles(extra: Iterable[str | os.PathLike[str]] = ()) -> list[HardwareProfile]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from edgeshrink.cli.common import JSON_OPTION, Context, emit_json, pass_context
+from edgeshrink.cli.common import JSON_OPTION, Context, emit_json, pass_context, warn_problems
 from edgeshrink.report.table import render_pairs, render_table
 
 
@@ -18,9 +18,11 @@ def profiles() -> None:
 @pass_context
 def profiles_list(obj: Context, as_json: bool) -> None:
     """List the known hardware profiles (built-in and your own)."""
-    from edgeshrink.profiles import list_profiles
+    from edgeshrink.profiles import scan_profiles
 
-    found = list_profiles(obj.profiles_dirs)
+    scan = scan_profiles(obj.profiles_dirs)
+    warn_problems(scan.problems)
+    found = scan.profiles
     if as_json:
         emit_json([p.to_dict() for p in found])
         return

@@ -240,6 +240,12 @@ def print_plan(chosen) -> None:
     if llm:
         click.echo("* memory-bound estimate: bandwidth x 0.6 / weight bytes")
     click.echo(f"choice: {chosen.reason}")
+    print_warnings(chosen)
+
+
+def print_warnings(chosen) -> None:
+    for warning in chosen.warnings:
+        click.echo(f"warning: {warning}", err=True)
 
 
 @click.command()
@@ -338,6 +344,7 @@ def print_shrink(result, source_bytes: int | None, as_json: bool) -> None:
     ]))  # fmt: skip
     for note in art.notes[1:]:
         click.echo(f"note: {note}")
+    print_warnings(result.plan)
     if art.fallbacks:
         click.echo(fallback_summary(art.fallbacks))
 

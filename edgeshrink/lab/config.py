@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import socket
@@ -59,6 +60,26 @@ BASELINE_RE = re.compile(r"^(?:last-(?P<n>\d+)-(?:nights|runs)|run:(?P<ids>\d+(?
 # --------------------------------------------------------------------------- types
 
 
+_LOOPBACK = "127.0.0.1"  # how the loopback board is spelled in lock keys and messages
+
+
+def board_host(host: str) -> str:
+    """One spelling per machine for a host: case, a trailing dot, brackets and the many
+    names of the loopback interface (127.0.0.1, ::1, localhost) do not make another board."""
+    import ipaddress
+
+    name = host.strip().strip("[]").rstrip(".").lower()
+    try:
+        address = ipaddress.ip_address(name.split("%", 1)[0])
+    except ValueError:
+        if name == "localhost" or name.endswith(".localhost") or name == "localhost.localdomain":
+            return _LOOPBACK
+        return name
+    mapped = getattr(address, "ipv4_mapped", None)
+    address = mapped or address
+    return _LOOPBACK if address.is_loopback else address.compressed
+
+
 @dataclass(frozen=True)
 class LabDevice:
     name: str
@@ -72,7 +93,7 @@ class LabDevice:
         t = self.target
         if t.kind == "local":
             return f"local:{socket.gethostname()}"
-        return f"ssh:{t.host}:{t.port}"
+        return f"ssh:{board_host(t.host or '')}:{t.port}"
 
     @property
     def profile(self) -> str | None:
@@ -300,6 +321,9 @@ class _Reader:
         value = table[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             self.fail(f"{prefix}{key} must be a number, got {_describe(value)}")
+        if not math.isfinite(value):
+            # TOML has nan and inf: a NaN wait never ends, a NaN alpha never decides.
+            self.fail(f"{prefix}{key} must be a finite number, got {value}")
         if value < minimum or (maximum is not None and value > maximum):
             bounds = (
                 f"between {minimum:g} and {maximum:g}"
@@ -612,6 +636,12 @@ def _read_job(r: _Reader, entry: dict[str, Any], index: int, base: Path, timeout
             f"{prefix}{source_key}: {source} does not exist",
             hint="paths are relative to the suite file",
         )
+    from edgeshrink.formats import detect_format
+
+    try:
+        detect_format(source)  # a directory without config.json, a text file, ...
+    except EdgeshrinkError as exc:
+        r.fail(f"{prefix}{source_key}: {exc.message}", hint=exc.hint)
     quant = r.string(entry, "quant", prefix)
     if artifact is not None and quant is not None:
         r.fail(f"{prefix}quant applies to a model that is shrunk, not to a prebuilt artifact")
