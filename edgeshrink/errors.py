@@ -98,7 +98,8 @@ class EvalError(EdgeshrinkError, ValueError):
 class EvalDataError(EdgeshrinkError, ValueError):
     """The evaluation inputs or labels do not fit the models."""
 
-    default_hint = "pass --inputs data.npz whose keys are the model's input names"
+    # Not an option name: eval reads them with --inputs, check and sweep with --eval.
+    default_hint = "give evaluation inputs (an .npz) whose keys are the model's input names"
 
 
 class QualityBudgetError(EdgeshrinkError, ValueError):
