@@ -40,7 +40,12 @@ class FiniteFloat(click.FloatRange):
     check, and a NaN timeout or budget never ends or never fails); optional bounds as in
     click.FloatRange: ``type=FiniteFloat(min=0)``."""
 
-    name = "finite float"
+    name = "float"
+
+    def _describe_range(self) -> str:
+        if self.min is None and self.max is None:
+            return "finite"
+        return super()._describe_range()
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         number = click.types.FLOAT.convert(value, param, ctx)
