@@ -541,6 +541,11 @@ def update_target(name: str, **fields: Any) -> Path:
 
 def remove_target(name: str) -> Path:
     """Delete a user target file; returns the path it had."""
+    if name == LOCAL:
+        raise TargetError(
+            "'local' is the built-in target (this machine): it has no file to remove",
+            hint="`edgeshrink targets list` shows the targets that have files",
+        )
     path = target_file_path(name)
     if path.is_file():
         path.unlink()
