@@ -374,6 +374,21 @@ def test_two_names_of_one_board_are_one_board(
     assert "is the same board as device[1] (a)" in line
 
 
+def test_a_quantization_type_that_does_not_exist_is_refused_by_a_dry_run(
+    tiny_f16: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.copyfile(tiny_f16, tmp_path / "m.gguf")
+    inventory = tmp_path / "lab.toml"
+    inventory.write_text('[[device]]\nname = "a"\nkind = "local"\nprofile = "x86-64-host"\n')
+    suite = tmp_path / "suite.toml"
+    suite.write_text('name = "s"\n[[job]]\nname = "j"\nmodel = "m.gguf"\nquant = "Q9_9"\n')
+    code, out, err = run(capsys, "lab", "run", "-i", str(inventory), "-s", str(suite), "--dry-run")
+    assert code == 1, out
+    line, hint = one_error(err)
+    assert "job[1] (j).quant" in line and "Q9_9" in line
+    assert "quant-types" in hint
+
+
 def test_a_user_target_named_local_does_not_replace_the_built_in(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

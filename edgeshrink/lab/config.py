@@ -720,4 +720,29 @@ def match_jobs(inventory: Inventory, suite: Suite) -> dict[str, tuple[LabJob, ..
                 f"{list(job.tags)} match no device of {_display_path(inventory.path)}",
                 hint=f"tags in the inventory: {', '.join(known) or '(none)'}",
             )
+        if job.quant is not None and job.model is not None:
+            devices = [d for d in inventory.devices if job in plan[d.name]]
+            profile_id = job.profile or next((d.profile for d in devices if d.profile), None)
+            if profile_id is not None:
+                _check_quant(suite, job, profile_id)
     return plan
+
+
+def _check_quant(suite: Suite, job: LabJob, profile_id: str) -> None:
+    """Ask the model's backend whether it knows ``job.quant`` (a dry run must refuse
+    ``Q9_9`` as the build would); fitting the budget is the build's question."""
+    from edgeshrink.errors import QuantizationError
+    from edgeshrink.formats import detect_and_inspect
+    from edgeshrink.plan import ShrinkOptions
+    from edgeshrink.profiles import get_profile
+    from edgeshrink.shrink import plan_model
+
+    options = ShrinkOptions(quant=job.quant, context=job.context, prefer=job.prefer,
+                            check_fit=False)  # fmt: skip
+    try:
+        plan_model(detect_and_inspect(job.model), get_profile(profile_id), options)
+    except QuantizationError as exc:
+        raise LabConfigError(
+            f"{_display_path(suite.path)}: job[{job.index}] ({job.name}).quant: {exc.message}",
+            hint=exc.hint,
+        ) from exc
