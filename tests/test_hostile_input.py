@@ -241,6 +241,13 @@ def test_what_a_device_says_reaches_the_terminal_without_control_characters(
     assert "\x1b" not in device_text and "\x07" not in device_text, repr(seen)
     error_lines = [line for line in seen.splitlines() if line.startswith("error: ")]
     assert len(error_lines) == 1 and "boompwnedred" not in error_lines[0]
+    # The production checklist quotes the device too, in its items.
+    code, seen = run_on_a_terminal("check", str(tiny_f16), "--target", str(target), cwd=tmp_path)
+    assert code == 1, seen
+    loads = next(line for line in seen.splitlines() if "loads" in line)
+    assert "boomred" in loads
+    device_text = seen.replace("\x1b[2m", "").replace("\x1b[0m", "")
+    assert "\x1b" not in device_text and "\x07" not in device_text, repr(seen)
 
 
 # --------------------------------------------------------------------------- #13.9 bad files

@@ -6,6 +6,7 @@ import click
 
 from edgeshrink.cli.common import JSON_OPTION, Context, emit_json, pass_context, warn_problems
 from edgeshrink.report.table import render_pairs, render_table
+from edgeshrink.util import terminal_safe
 
 
 @click.group()
@@ -75,7 +76,7 @@ def profiles_show(obj: Context, profile_id: str, as_json: bool) -> None:
     click.echo(render_pairs(pairs))
     click.echo("sources:")
     for source in p.sources:
-        click.echo(f"  - {source}")
+        click.echo(f"  - {terminal_safe(source)}")
 
 
 @click.command("quant-types")

@@ -16,6 +16,7 @@ from edgeshrink.cli.common import (
     progress_printer,
 )
 from edgeshrink.cli.run import bench_options, connect_target, params_from
+from edgeshrink.util import terminal_safe
 
 MARKS = {"pass": "ok  ", "fail": "FAIL", "skip": "skip"}
 
@@ -187,10 +188,12 @@ def check(
     if as_json:
         emit_json(report.to_dict())
     else:
-        click.echo(f"check of {artifact.name} on {target.name} for {profile.id}")
+        click.echo(terminal_safe(f"check of {artifact.name} on {target.name} for {profile.id}"))
         width = max(len(i.name) for i in report.items)
         for item in report.items:
-            click.echo(f"  {MARKS[item.status]}  {item.name.ljust(width)}  {item.detail}")
+            click.echo(
+                f"  {MARKS[item.status]}  {item.name.ljust(width)}  {terminal_safe(item.detail)}"
+            )
         click.echo("ready" if report.passed else "NOT ready")
     if not report.passed:
         failed = [i.name for i in report.items if i.status == "fail"]

@@ -8,6 +8,7 @@ import click
 
 from edgeshrink.cli.common import EVAL_TEXT, JSON_OPTION, FiniteFloat, emit_json, progress_printer
 from edgeshrink.report.table import render_pairs, render_table
+from edgeshrink.util import terminal_safe
 
 
 def print_quality(report) -> None:
@@ -48,7 +49,7 @@ def print_quality(report) -> None:
             )
         )  # fmt: skip
     for note in report.notes:
-        click.echo(f"note: {note}")
+        click.echo(f"note: {terminal_safe(note)}")
     if report.verdict is not None:
         click.echo(f"verdict: {report.verdict}")
 
