@@ -52,18 +52,11 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 
 
 @contextlib.contextmanager
-def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a unique temporary path beside ``final``; rename it into place on success.
-
-    Nothing half-written ever carries the final name: on any exception the
-    temporary file is removed and ``final`` is left as it was.
-    """
-    final = Path(final)
+def _creating_beside(final: Path) -> Iterator[None]:
+    """An OSError while making a file or directory beside ``final`` is the user's output
+    path (``-o /proc/x.gguf``, a read-only dir), not a bug: say so in one line."""
     try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(
-            prefix=f".{final.name}.", suffix=".partial", dir=final.parent
-        )
+        yield
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise  # the CLI says what to do about a full disk
@@ -73,6 +66,30 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
             f"{final}: cannot create a file in {final.parent}: {exc.strerror or exc}",
             hint="choose another output path (-o PATH) in a directory you can write",
         ) from exc
+
+
+def make_work_dir(final: str | os.PathLike[str]) -> Path:
+    """A new, unique work directory beside ``final`` (same file system, so its result
+    can be renamed into place); an unusable output path is an OutputPathError."""
+    final = Path(final)
+    with _creating_beside(final):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".work", dir=final.parent))
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a unique temporary path beside ``final``; rename it into place on success.
+
+    Nothing half-written ever carries the final name: on any exception the
+    temporary file is removed and ``final`` is left as it was.
+    """
+    final = Path(final)
+    with _creating_beside(final):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{final.name}.", suffix=".partial", dir=final.parent
+        )
     os.close(fd)
     tmp = Path(tmp_name)
     try:

@@ -357,6 +357,16 @@ def test_output_where_no_file_can_be_made_is_one_clean_line(
     assert "/proc/x.gguf" in line and "-o" in hint
 
 
+def test_a_work_dir_beside_an_unusable_output_is_an_output_path_error(tmp_path: Path) -> None:
+    from edgeshrink.errors import OutputPathError
+    from edgeshrink.util import make_work_dir
+
+    with pytest.raises(OutputPathError, match=r"/proc/x\.onnx: cannot create a file in /proc"):
+        make_work_dir(Path("/proc/x.onnx"))
+    work = make_work_dir(tmp_path / "out" / "m.onnx")
+    assert work.is_dir() and work.parent == tmp_path / "out" and work.name.startswith(".m.onnx.")
+
+
 # --------------------------------------------------------------------------- #14.13 smaller gaps
 
 
