@@ -496,12 +496,12 @@ def build_ssh_target(
 
 
 def target_file_path(name: str) -> Path:
-    """The file of user target ``name``; a name that is not one (``../x``) is refused,
-    so no command reads, writes or deletes outside the targets directory."""
-    if not _NAME_RE.match(name):
+    """The file user target ``name`` would have; a name that is a path (``../x``) is
+    refused, so no command reads, writes or deletes outside the targets directory."""
+    if name in ("", ".", "..") or any(c in name for c in {"/", "\\", os.sep, "\0"}):
         raise TargetError(
-            f"target name {name!r} must start with a letter or digit and use only letters, "
-            "digits, '.', '_' and '-'",
+            f"target name {name!r} is a path, not a name: target names use letters, digits, "
+            "'.', '_' and '-'",
             hint="`edgeshrink targets list` shows the known targets",
         )
     return user_targets_dir() / f"{name}.toml"
@@ -545,6 +545,12 @@ def remove_target(name: str) -> Path:
         raise TargetError(
             "'local' is the built-in target (this machine): it has no file to remove",
             hint="`edgeshrink targets list` shows the targets that have files",
+        )
+    if not _NAME_RE.match(name):  # `targets add` wrote no such name
+        raise TargetError(
+            f"target name {name!r} must start with a letter or digit and use only letters, "
+            "digits, '.', '_' and '-'",
+            hint="`edgeshrink targets list` shows the known targets",
         )
     path = target_file_path(name)
     if path.is_file():

@@ -173,6 +173,13 @@ def test_targets_remove_refuses_a_name_that_is_a_path(
     assert victim.exists()
 
 
+def test_names_that_are_not_paths_still_have_a_target_file_path() -> None:
+    # doctor compares an ad-hoc destination's would-be file with its source.
+    from edgeshrink.targets import target_file_path, user_targets_dir
+
+    assert target_file_path("pi@10.0.0.7:2222").parent == user_targets_dir()
+
+
 def test_targets_remove_of_the_built_in_local_says_so(capsys: pytest.CaptureFixture[str]) -> None:
     code, _out, err = run(capsys, "targets", "remove", "local")
     assert code == 1
