@@ -44,10 +44,13 @@ __all__ = [
     "Accelerator",
     "CpuSpec",
     "HardwareProfile",
+    "ProfileScan",
+    "closest",
+    "describe_value",
+    "display_path",
     "get_profile",
     "list_profiles",
     "load_profile_file",
-    "ProfileScan",
     "profile_dirs",
     "scan_profiles",
 ]
@@ -288,7 +291,7 @@ class HardwareProfile:
 # --------------------------------------------------------------------------- validation
 
 
-def _display_path(path: Path) -> str:
+def display_path(path: Path) -> str:
     """The path as a user would type it: relative to the working directory if inside it."""
     try:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
@@ -312,7 +315,7 @@ def _toml_type(value: object) -> str:
     return "date/time"
 
 
-def _describe(value: object) -> str:
+def describe_value(value: object) -> str:
     """``string '4'``, ``boolean true``, ``table``: what a user wrote, shortly."""
     kind = _toml_type(value)
     if isinstance(value, dict):
@@ -330,7 +333,7 @@ def _fold(word: str) -> str:
     return word.lower().replace("o", "0")
 
 
-def _closest(word: str, choices: Iterable[str]) -> str | None:
+def closest(word: str, choices: Iterable[str]) -> str | None:
     """The choice a user most likely meant, or None if nothing is close."""
     by_fold = {_fold(choice): choice for choice in choices}
     if _fold(word) in by_fold:
@@ -356,7 +359,7 @@ class _ProfileReader:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.where = _display_path(path)
+        self.where = display_path(path)
 
     def fail(self, message: str, hint: str | None = None) -> NoReturn:
         raise ProfileError(f"{self.where}: {message}", hint=hint or _SCHEMA_HINT)
@@ -374,7 +377,7 @@ class _ProfileReader:
                     f"unknown key '{dotted}': '{key}' is a top-level key",
                     hint=f"move `{key} = ...` above the first [table] header of the file",
                 )
-            suggestion = _closest(key, schema)
+            suggestion = closest(key, schema)
             where = f"[{prefix.rstrip('.')}]" if prefix else "the top level"
             valid = ", ".join(schema)
             if suggestion is not None:
@@ -399,7 +402,7 @@ class _ProfileReader:
     def table(self, parent: Mapping[str, Any], key: str, prefix: str = "") -> dict[str, Any]:
         value = parent[key]
         if not isinstance(value, dict):
-            self.fail(f"{prefix}{key} must be a table ([{key}]), got {_describe(value)}")
+            self.fail(f"{prefix}{key} must be a table ([{key}]), got {describe_value(value)}")
         return value
 
     # -- scalars
@@ -407,7 +410,7 @@ class _ProfileReader:
     def string(self, table: Mapping[str, Any], key: str, prefix: str = "") -> str:
         value = table[key]
         if not isinstance(value, str):
-            self.fail(f"{prefix}{key} must be a string, got {_describe(value)}")
+            self.fail(f"{prefix}{key} must be a string, got {describe_value(value)}")
         if not value.strip():
             self.fail(f"{prefix}{key} must not be empty")
         return value
@@ -421,7 +424,7 @@ class _ProfileReader:
         value = table[key]
         # bool is an int subclass in Python; `cores = true` is still a mistake.
         if isinstance(value, bool) or not isinstance(value, int):
-            self.fail(f"{prefix}{key} must be an integer, got {_describe(value)}")
+            self.fail(f"{prefix}{key} must be an integer, got {describe_value(value)}")
         if value < minimum:
             self.fail(f"{prefix}{key} must be at least {minimum}, got {value}")
         return value
@@ -429,7 +432,7 @@ class _ProfileReader:
     def number(self, table: Mapping[str, Any], key: str, prefix: str = "") -> float:
         value = table[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            self.fail(f"{prefix}{key} must be a number, got {_describe(value)}")
+            self.fail(f"{prefix}{key} must be a number, got {describe_value(value)}")
         if not math.isfinite(value):
             # TOML has nan and inf; either passes every range check and poisons the sums.
             self.fail(f"{prefix}{key} must be a finite number, got {value}")
@@ -444,7 +447,7 @@ class _ProfileReader:
         return value
 
     def _unknown_choice(self, field_name: str, value: str, choices: tuple[str, ...]) -> NoReturn:
-        suggestion = _closest(value, choices)
+        suggestion = closest(value, choices)
         known = ", ".join(choices)
         if suggestion is not None:
             self.fail(
@@ -459,13 +462,13 @@ class _ProfileReader:
         value = table[key]
         name = f"{prefix}{key}"
         if not isinstance(value, list):
-            self.fail(f"{name} must be an array of strings, got {_describe(value)}")
+            self.fail(f"{name} must be an array of strings, got {describe_value(value)}")
         if not value and not allow_empty:
             self.fail(f"{name} must not be empty")
         seen: set[str] = set()
         for index, item in enumerate(value):
             if not isinstance(item, str):
-                self.fail(f"{name}[{index}] must be a string, got {_describe(item)}")
+                self.fail(f"{name}[{index}] must be a string, got {describe_value(item)}")
             if not item.strip():
                 self.fail(f"{name}[{index}] must not be empty")
             if item in seen:
@@ -566,13 +569,13 @@ class _ProfileReader:
         value = doc["accelerators"]
         if not isinstance(value, list):
             self.fail(
-                f"accelerators must be an array of tables ([[accelerators]]), got {_describe(value)}"
+                f"accelerators must be an array of tables ([[accelerators]]), got {describe_value(value)}"
             )
         found = []
         for index, entry in enumerate(value):
             prefix = f"accelerators[{index}]."
             if not isinstance(entry, dict):
-                self.fail(f"accelerators[{index}] must be a table, got {_describe(entry)}")
+                self.fail(f"accelerators[{index}] must be a table, got {describe_value(entry)}")
             self.check_keys(entry, _ACCELERATOR_KEYS, prefix)
             found.append(
                 Accelerator(
