@@ -98,7 +98,8 @@ class EvalError(EdgeshrinkError, ValueError):
 class EvalDataError(EdgeshrinkError, ValueError):
     """The evaluation inputs or labels do not fit the models."""
 
-    default_hint = "pass --inputs data.npz whose keys are the model's input names"
+    # Not an option name: eval reads them with --inputs, check and sweep with --eval.
+    default_hint = "give evaluation inputs (an .npz) whose keys are the model's input names"
 
 
 class QualityBudgetError(EdgeshrinkError, ValueError):
@@ -125,3 +126,9 @@ class LabLockError(EdgeshrinkError, RuntimeError):
     """A device (or a run) is held by another lab run."""
 
     default_hint = "wait for the other run, or pass --lock-wait SECONDS to wait for it"
+
+
+class OutputPathError(EdgeshrinkError, OSError):
+    """An output file cannot be created where it was asked for."""
+
+    default_hint = "choose another output path (-o PATH) in a directory you can write"

@@ -84,6 +84,8 @@ class ShrinkPlan:
     chosen: Candidate
     candidates: tuple[Candidate, ...]
     prefer: str
+    # What the user should know before using the result (a context beyond the trained one).
+    warnings: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -98,6 +100,7 @@ class ShrinkPlan:
             "prefer": self.prefer,
             "chosen": self.chosen.to_dict(),
             "candidates": [c.to_dict() for c in self.candidates],
+            "warnings": list(self.warnings),
         }
 
 
@@ -125,6 +128,7 @@ class Ladder:
         self.info, self.profile, self.options = info, profile, options
         self.label, self.context = label, context
         self._estimate, self._speed = estimate, speed
+        self.warnings: tuple[str, ...] = ()
         self._by_quant: dict[str, Candidate] = {}
         self.candidates = [self.candidate(q) for q in quants]
         self._by_quant = {c.quant: c for c in self.candidates}
@@ -194,6 +198,7 @@ class Ladder:
             chosen=chosen,
             candidates=tuple(self.candidates if known else [*self.candidates, chosen]),
             prefer=self.options.prefer,
+            warnings=self.warnings,
         )
 
 
@@ -213,6 +218,19 @@ def plan_gguf(
     if info.format != gguf.FORMAT:
         raise UnsupportedFormatError(f"{info.path}: is {info.format}, not GGUF")
     return plan_llm(info, profile, options or ShrinkOptions(), gguf.tensor_shapes(info.path))
+
+
+def context_warnings(info: ModelInfo, context: int | None) -> tuple[str, ...]:
+    """A context the user asked for beyond the one the model was trained at (the GGUF's
+    ``<arch>.context_length``): it fits in memory, but the model's output degrades."""
+    trained = info.llm.context_length if info.llm else None
+    if not context or not trained or context <= trained:
+        return ()
+    return (
+        f"--ctx {context} is beyond the context {info.path.name} was trained at "
+        f"({trained}, {info.architecture}.context_length): its output degrades past "
+        f"{trained} tokens; use --ctx {trained} or less",
+    )
 
 
 def plan_llm(
@@ -241,6 +259,7 @@ def plan_llm(
             else None
         ),
     )  # fmt: skip
+    ladder.warnings = context_warnings(info, context)
     candidates = ladder.candidates
     fitting = [c for c in candidates if c.fits]
     if quant is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.resources
+import math
 import os
 import re
 import sys
@@ -43,10 +44,15 @@ __all__ = [
     "Accelerator",
     "CpuSpec",
     "HardwareProfile",
+    "ProfileScan",
+    "closest",
+    "describe_value",
+    "display_path",
     "get_profile",
     "list_profiles",
     "load_profile_file",
     "profile_dirs",
+    "scan_profiles",
 ]
 
 PROFILES_PATH_ENV = "EDGESHRINK_PROFILES_PATH"
@@ -285,11 +291,11 @@ class HardwareProfile:
 # --------------------------------------------------------------------------- validation
 
 
-def _display_path(path: Path) -> str:
+def display_path(path: Path) -> str:
     """The path as a user would type it: relative to the working directory if inside it."""
     try:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except (ValueError, OSError):
+    except (ValueError, OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
         return str(path)
 
 
@@ -309,7 +315,7 @@ def _toml_type(value: object) -> str:
     return "date/time"
 
 
-def _describe(value: object) -> str:
+def describe_value(value: object) -> str:
     """``string '4'``, ``boolean true``, ``table``: what a user wrote, shortly."""
     kind = _toml_type(value)
     if isinstance(value, dict):
@@ -327,7 +333,7 @@ def _fold(word: str) -> str:
     return word.lower().replace("o", "0")
 
 
-def _closest(word: str, choices: Iterable[str]) -> str | None:
+def closest(word: str, choices: Iterable[str]) -> str | None:
     """The choice a user most likely meant, or None if nothing is close."""
     by_fold = {_fold(choice): choice for choice in choices}
     if _fold(word) in by_fold:
@@ -353,7 +359,7 @@ class _ProfileReader:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.where = _display_path(path)
+        self.where = display_path(path)
 
     def fail(self, message: str, hint: str | None = None) -> NoReturn:
         raise ProfileError(f"{self.where}: {message}", hint=hint or _SCHEMA_HINT)
@@ -371,7 +377,7 @@ class _ProfileReader:
                     f"unknown key '{dotted}': '{key}' is a top-level key",
                     hint=f"move `{key} = ...` above the first [table] header of the file",
                 )
-            suggestion = _closest(key, schema)
+            suggestion = closest(key, schema)
             where = f"[{prefix.rstrip('.')}]" if prefix else "the top level"
             valid = ", ".join(schema)
             if suggestion is not None:
@@ -396,7 +402,7 @@ class _ProfileReader:
     def table(self, parent: Mapping[str, Any], key: str, prefix: str = "") -> dict[str, Any]:
         value = parent[key]
         if not isinstance(value, dict):
-            self.fail(f"{prefix}{key} must be a table ([{key}]), got {_describe(value)}")
+            self.fail(f"{prefix}{key} must be a table ([{key}]), got {describe_value(value)}")
         return value
 
     # -- scalars
@@ -404,7 +410,7 @@ class _ProfileReader:
     def string(self, table: Mapping[str, Any], key: str, prefix: str = "") -> str:
         value = table[key]
         if not isinstance(value, str):
-            self.fail(f"{prefix}{key} must be a string, got {_describe(value)}")
+            self.fail(f"{prefix}{key} must be a string, got {describe_value(value)}")
         if not value.strip():
             self.fail(f"{prefix}{key} must not be empty")
         return value
@@ -418,7 +424,7 @@ class _ProfileReader:
         value = table[key]
         # bool is an int subclass in Python; `cores = true` is still a mistake.
         if isinstance(value, bool) or not isinstance(value, int):
-            self.fail(f"{prefix}{key} must be an integer, got {_describe(value)}")
+            self.fail(f"{prefix}{key} must be an integer, got {describe_value(value)}")
         if value < minimum:
             self.fail(f"{prefix}{key} must be at least {minimum}, got {value}")
         return value
@@ -426,7 +432,10 @@ class _ProfileReader:
     def number(self, table: Mapping[str, Any], key: str, prefix: str = "") -> float:
         value = table[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            self.fail(f"{prefix}{key} must be a number, got {_describe(value)}")
+            self.fail(f"{prefix}{key} must be a number, got {describe_value(value)}")
+        if not math.isfinite(value):
+            # TOML has nan and inf; either passes every range check and poisons the sums.
+            self.fail(f"{prefix}{key} must be a finite number, got {value}")
         return float(value)
 
     def choice(
@@ -438,7 +447,7 @@ class _ProfileReader:
         return value
 
     def _unknown_choice(self, field_name: str, value: str, choices: tuple[str, ...]) -> NoReturn:
-        suggestion = _closest(value, choices)
+        suggestion = closest(value, choices)
         known = ", ".join(choices)
         if suggestion is not None:
             self.fail(
@@ -453,13 +462,13 @@ class _ProfileReader:
         value = table[key]
         name = f"{prefix}{key}"
         if not isinstance(value, list):
-            self.fail(f"{name} must be an array of strings, got {_describe(value)}")
+            self.fail(f"{name} must be an array of strings, got {describe_value(value)}")
         if not value and not allow_empty:
             self.fail(f"{name} must not be empty")
         seen: set[str] = set()
         for index, item in enumerate(value):
             if not isinstance(item, str):
-                self.fail(f"{name}[{index}] must be a string, got {_describe(item)}")
+                self.fail(f"{name}[{index}] must be a string, got {describe_value(item)}")
             if not item.strip():
                 self.fail(f"{name}[{index}] must not be empty")
             if item in seen:
@@ -560,13 +569,13 @@ class _ProfileReader:
         value = doc["accelerators"]
         if not isinstance(value, list):
             self.fail(
-                f"accelerators must be an array of tables ([[accelerators]]), got {_describe(value)}"
+                f"accelerators must be an array of tables ([[accelerators]]), got {describe_value(value)}"
             )
         found = []
         for index, entry in enumerate(value):
             prefix = f"accelerators[{index}]."
             if not isinstance(entry, dict):
-                self.fail(f"accelerators[{index}] must be a table, got {_describe(entry)}")
+                self.fail(f"accelerators[{index}] must be a table, got {describe_value(entry)}")
             self.check_keys(entry, _ACCELERATOR_KEYS, prefix)
             found.append(
                 Accelerator(
@@ -688,7 +697,13 @@ def profile_dirs(extra: Iterable[str | os.PathLike[str]] = ()) -> list[Path]:
     dirs: list[Path] = []
     seen: set[Path] = set()
     for directory in candidates:
-        key = directory.expanduser().resolve()
+        try:
+            key = directory.expanduser().resolve()
+        except (OSError, RuntimeError) as exc:  # Python < 3.13 raises RuntimeError for a loop
+            raise ProfileError(
+                f"{directory}: cannot be resolved ({exc}): a symlink loop?",
+                hint=f"point --profiles-dir / ${PROFILES_PATH_ENV} at a real directory",
+            ) from exc
         if key not in seen:
             seen.add(key)
             dirs.append(directory.expanduser())
@@ -711,6 +726,35 @@ def _searchable_dirs(extra: Iterable[str | os.PathLike[str]]) -> list[Path]:
             hint=f"create it or fix --profiles-dir / ${PROFILES_PATH_ENV}",
         )
     return [d for d in dirs if d.is_dir()]
+
+
+@dataclass(frozen=True)
+class ProfileScan:
+    """Every good profile, and the files that are not good profiles."""
+
+    profiles: tuple[HardwareProfile, ...]
+    problems: tuple[ProfileError, ...]
+
+
+def scan_profiles(extra: Iterable[str | os.PathLike[str]] = ()) -> ProfileScan:
+    """Like list_profiles, but a malformed file is a problem in the result, not an error:
+    one bad file does not hide the good ones.  A broken file still shadows a profile of
+    the same id in a directory of lower precedence, so nothing silently stands in for it."""
+    by_id: dict[str, HardwareProfile] = {}
+    claimed: set[str] = set()
+    problems: list[ProfileError] = []
+    for directory in _searchable_dirs(extra):
+        for path in sorted(directory.glob("*.toml")):
+            if path.stem in claimed:
+                continue
+            claimed.add(path.stem)
+            try:
+                profile = load_profile_file(path)
+            except ProfileError as exc:
+                problems.append(exc)
+                continue
+            by_id.setdefault(profile.id, profile)
+    return ProfileScan(tuple(by_id[key] for key in sorted(by_id)), tuple(problems))
 
 
 def list_profiles(extra: Iterable[str | os.PathLike[str]] = ()) -> list[HardwareProfile]:

@@ -160,11 +160,23 @@ def load_target_file(path: str | os.PathLike[str]) -> Target:
     path = Path(path)
     tomllib = _tomllib()
     try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise TargetError(
+            f"{path}: not UTF-8 text (byte {exc.start}): not a target file",
+            hint="a target file is TOML text, see targets/example-*.toml",
+        ) from exc
     except OSError as exc:
-        raise TargetError(f"{path}: cannot read: {exc.strerror}") from exc
+        raise TargetError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    try:
+        doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise TargetError(f"{path}: not valid TOML: {exc}", hint="fix the file's syntax") from exc
+    if "name" not in doc and ("device" in doc or "defaults" in doc):
+        raise TargetError(
+            f"{path}: a lab inventory ([[device]] entries), not a target file",
+            hint=f"use it with `edgeshrink lab run --inventory {path}`",
+        )
     for key, value in doc.items():
         if key not in _FIELDS:
             close = difflib.get_close_matches(key, list(_FIELDS), n=1)
@@ -191,8 +203,12 @@ def load_target_file(path: str | os.PathLike[str]) -> Target:
         raise TargetError(f"{path}: kind must be one of {', '.join(KINDS)}, got {doc['kind']!r}")
     if doc["kind"] == "ssh" and not doc.get("host"):
         raise TargetError(f"{path}: an ssh target needs 'host'")
-    if doc["name"] == LOCAL and doc["kind"] != LOCAL:
-        raise TargetError(f"{path}: the name 'local' is reserved for this machine")
+    if doc["name"] == LOCAL:
+        # A file would silently replace the built-in target every command falls back to.
+        raise TargetError(
+            f"{path}: the name 'local' is reserved for the built-in target (this machine)",
+            hint='give it another name (name = "bench-box"); kind = "local" makes it this machine',
+        )
     if not 0 < int(doc.get("port", DEFAULT_SSH_PORT)) < 65536:
         raise TargetError(f"{path}: port must be 1-65535, got {doc['port']}")
     fields = dict(doc)
@@ -203,15 +219,36 @@ def load_target_file(path: str | os.PathLike[str]) -> Target:
     return Target(**fields, source=str(path))
 
 
-def list_targets() -> list[Target]:
+@dataclass(frozen=True)
+class TargetScan:
+    """The targets of every target directory, and the files that could not be read."""
+
+    targets: tuple[Target, ...]
+    problems: tuple[tuple[Path, TargetError], ...]
+
+
+def scan_targets() -> TargetScan:
+    """Every target, and one problem per file that is not a good target file: one bad
+    file (or the lab inventory beside the examples) does not hide the others."""
     found: dict[str, Target] = {LOCAL: local_target()}
+    problems: list[tuple[Path, TargetError]] = []
     for folder in reversed(target_dirs()):
         if not folder.is_dir():
             continue
         for path in sorted(folder.glob("*.toml")):
-            target = load_target_file(path)
+            try:
+                target = load_target_file(path)
+            except TargetError as exc:
+                problems.append((path, exc))
+                continue
             found[target.name] = target
-    return sorted(found.values(), key=lambda t: (t.name != LOCAL, t.name))
+    ordered = sorted(found.values(), key=lambda t: (t.name != LOCAL, t.name))
+    return TargetScan(tuple(ordered), tuple(problems))
+
+
+def list_targets() -> list[Target]:
+    """The good targets (see scan_targets for the files that are not)."""
+    return list(scan_targets().targets)
 
 
 # --------------------------------------------------------------------------- SSH destinations
@@ -286,10 +323,14 @@ def get_target(name: str, *, profile: str | None = None) -> Target:
     if name.endswith(".toml") and Path(name).exists():
         target = load_target_file(name)
     else:
-        targets = {t.name: t for t in list_targets()}
+        scan = scan_targets()
+        targets = {t.name: t for t in scan.targets}
         if name in targets:
             target = targets[name]
         else:
+            for path, problem in scan.problems:
+                if path.stem == name:
+                    raise problem  # the file of that name is broken: say why
             adhoc = _adhoc_target(name, profile)
             if adhoc is None:
                 close = difflib.get_close_matches(name, list(targets), n=1)
@@ -455,6 +496,14 @@ def build_ssh_target(
 
 
 def target_file_path(name: str) -> Path:
+    """The file user target ``name`` would have; a name that is a path (``../x``) is
+    refused, so no command reads, writes or deletes outside the targets directory."""
+    if name in ("", ".", "..") or any(c in name for c in {"/", "\\", os.sep, "\0"}):
+        raise TargetError(
+            f"target name {name!r} is a path, not a name: target names use letters, digits, "
+            "'.', '_' and '-'",
+            hint="`edgeshrink targets list` shows the known targets",
+        )
     return user_targets_dir() / f"{name}.toml"
 
 
@@ -492,6 +541,17 @@ def update_target(name: str, **fields: Any) -> Path:
 
 def remove_target(name: str) -> Path:
     """Delete a user target file; returns the path it had."""
+    if name == LOCAL:
+        raise TargetError(
+            "'local' is the built-in target (this machine): it has no file to remove",
+            hint="`edgeshrink targets list` shows the targets that have files",
+        )
+    if not _NAME_RE.match(name):  # `targets add` wrote no such name
+        raise TargetError(
+            f"target name {name!r} must start with a letter or digit and use only letters, "
+            "digits, '.', '_' and '-'",
+            hint="`edgeshrink targets list` shows the known targets",
+        )
     path = target_file_path(name)
     if path.is_file():
         path.unlink()

@@ -3,15 +3,44 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 HASH_CHUNK = 4 * 1024 * 1024
+
+# ESC-introduced sequences (CSI "ESC [ ... final", OSC "ESC ] ... BEL/ST", two-byte escapes)
+# and the 8-bit CSI, then any C0/C1 control character that is left.
+_ESCAPE_SEQUENCE = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]"
+    r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"
+    r"|\x1b[PX^_][^\x1b]*(?:\x1b\\)?"
+    r"|\x1b[ -/]*[0-~]?"
+    r"|\x9b[0-?]*[ -/]*[@-~]"
+)
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+_CONTROL_KEEP_NEWLINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def terminal_safe(text: object, *, keep_newlines: bool = False) -> str:
+    """``text`` with escape sequences and control characters removed, tabs as spaces:
+    what a device (or any file) says can clear the screen or recolour the terminal."""
+    value = _ESCAPE_SEQUENCE.sub("", str(text)).replace("\t", " ")
+    if keep_newlines:
+        return _CONTROL_KEEP_NEWLINES.sub("", value)
+    return _CONTROL.sub("", value.replace("\n", " "))
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -23,6 +52,32 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 
 
 @contextlib.contextmanager
+def _creating_beside(final: Path) -> Iterator[None]:
+    """An OSError while making a file or directory beside ``final`` is the user's output
+    path (``-o /proc/x.gguf``, a read-only dir), not a bug: say so in one line."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise  # the CLI says what to do about a full disk
+        from edgeshrink.errors import OutputPathError
+
+        raise OutputPathError(
+            f"{final}: cannot create a file in {final.parent}: {exc.strerror or exc}",
+            hint="choose another output path (-o PATH) in a directory you can write",
+        ) from exc
+
+
+def make_work_dir(final: str | os.PathLike[str]) -> Path:
+    """A new, unique work directory beside ``final`` (same file system, so its result
+    can be renamed into place); an unusable output path is an OutputPathError."""
+    final = Path(final)
+    with _creating_beside(final):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".work", dir=final.parent))
+
+
+@contextlib.contextmanager
 def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a unique temporary path beside ``final``; rename it into place on success.
 
@@ -30,12 +85,18 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
     temporary file is removed and ``final`` is left as it was.
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent)
+    with _creating_beside(final):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{final.name}.", suffix=".partial", dir=final.parent
+        )
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
+        if tmp.is_file() and not tmp.is_symlink():
+            # mkstemp makes 0600 files; a result file is as readable as any other the user makes.
+            os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, final)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

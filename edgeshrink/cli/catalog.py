@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
-from edgeshrink.cli.common import JSON_OPTION, Context, emit_json, pass_context
+from edgeshrink.cli.common import JSON_OPTION, Context, emit_json, pass_context, warn_problems
 from edgeshrink.report.table import render_pairs, render_table
+from edgeshrink.util import terminal_safe
 
 
 @click.group()
@@ -18,9 +19,11 @@ def profiles() -> None:
 @pass_context
 def profiles_list(obj: Context, as_json: bool) -> None:
     """List the known hardware profiles (built-in and your own)."""
-    from edgeshrink.profiles import list_profiles
+    from edgeshrink.profiles import scan_profiles
 
-    found = list_profiles(obj.profiles_dirs)
+    scan = scan_profiles(obj.profiles_dirs)
+    warn_problems(scan.problems)
+    found = scan.profiles
     if as_json:
         emit_json([p.to_dict() for p in found])
         return
@@ -73,7 +76,7 @@ def profiles_show(obj: Context, profile_id: str, as_json: bool) -> None:
     click.echo(render_pairs(pairs))
     click.echo("sources:")
     for source in p.sources:
-        click.echo(f"  - {source}")
+        click.echo(f"  - {terminal_safe(source)}")
 
 
 @click.command("quant-types")

@@ -7,8 +7,16 @@ from typing import Any
 
 import click
 
-from edgeshrink.cli.common import JSON_OPTION, Context, emit_json, pass_context, progress_printer
+from edgeshrink.cli.common import (
+    JSON_OPTION,
+    Context,
+    FiniteFloat,
+    emit_json,
+    pass_context,
+    progress_printer,
+)
 from edgeshrink.cli.run import bench_options, connect_target, params_from
+from edgeshrink.util import terminal_safe
 
 MARKS = {"pass": "ok  ", "fail": "FAIL", "skip": "skip"}
 
@@ -47,19 +55,19 @@ MARKS = {"pass": "ok  ", "fail": "FAIL", "skip": "skip"}
 )
 @click.option(
     "--max-kld",
-    type=click.FloatRange(0, None),
+    type=FiniteFloat(0, None),
     default=None,
     help="GGUF quality budget: mean KL divergence.",
 )
 @click.option(
     "--max-ppl-increase",
-    type=click.FloatRange(0, None),
+    type=FiniteFloat(0, None),
     default=None,
     help="GGUF quality budget: perplexity increase (0.05 = 5%).",
 )
 @click.option(
     "--min-agreement",
-    type=click.FloatRange(0, 1),
+    type=FiniteFloat(0, 1),
     default=None,
     help="GGUF quality budget: same-top-token fraction.",
 )
@@ -73,37 +81,37 @@ MARKS = {"pass": "ok  ", "fail": "FAIL", "skip": "skip"}
 @click.option("--labels", default=None, help="ONNX/TFLite quality: key of the labels in --eval.")
 @click.option(
     "--min-cosine",
-    type=float,
+    type=FiniteFloat(),
     default=None,
     help="ONNX/TFLite quality budget: mean cosine similarity.",
 )
 @click.option(
     "--max-accuracy-drop",
-    type=float,
+    type=FiniteFloat(),
     default=None,
     help="ONNX/TFLite quality budget: accuracy drop in points.",
 )
 @click.option(
     "--min-tg-tok-s",
-    type=click.FloatRange(0, None),
+    type=FiniteFloat(0, None),
     default=None,
     help="Speed target: generation tokens/s at least this.",
 )
 @click.option(
     "--max-ttft-ms",
-    type=click.FloatRange(0, None),
+    type=FiniteFloat(0, None),
     default=None,
     help="Speed target: time to first token at most this.",
 )
 @click.option(
     "--max-latency-ms",
-    type=click.FloatRange(0, None),
+    type=FiniteFloat(0, None),
     default=None,
     help="Speed target: p90 latency at most this (models that are not LLMs).",
 )
 @click.option(
     "--headroom",
-    type=click.FloatRange(0, 0.9),
+    type=FiniteFloat(0, 0.9),
     default=0.1,
     show_default=True,
     help="Peak memory must stay this fraction under the profile's budget.",
@@ -180,10 +188,12 @@ def check(
     if as_json:
         emit_json(report.to_dict())
     else:
-        click.echo(f"check of {artifact.name} on {target.name} for {profile.id}")
+        click.echo(terminal_safe(f"check of {artifact.name} on {target.name} for {profile.id}"))
         width = max(len(i.name) for i in report.items)
         for item in report.items:
-            click.echo(f"  {MARKS[item.status]}  {item.name.ljust(width)}  {item.detail}")
+            click.echo(
+                f"  {MARKS[item.status]}  {item.name.ljust(width)}  {terminal_safe(item.detail)}"
+            )
         click.echo("ready" if report.passed else "NOT ready")
     if not report.passed:
         failed = [i.name for i in report.items if i.status == "fail"]

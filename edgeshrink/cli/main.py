@@ -17,6 +17,7 @@ import click
 from edgeshrink import __version__
 from edgeshrink.cli.common import Context, debug_enabled
 from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.util import terminal_safe
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -71,7 +72,7 @@ _USER_FIXABLE = {
 
 
 def _internal_error(exc: BaseException) -> None:
-    click.echo(f"error: internal error: {type(exc).__name__}: {exc}", err=True)
+    click.echo(f"error: internal error: {type(exc).__name__}: {terminal_safe(exc)}", err=True)
     click.echo("hint: re-run with EDGESHRINK_DEBUG=1 and report the traceback", err=True)
     sys.exit(1)
 
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
+        exc.message = terminal_safe(exc.message, keep_newlines=True)
         exc.show()
         sys.exit(exc.exit_code)
     except click.Abort:
@@ -93,9 +95,9 @@ def main(argv: list[str] | None = None) -> None:
     except EdgeshrinkError as exc:
         if debug_enabled():
             traceback.print_exc()
-        click.echo(f"error: {exc.message}", err=True)
+        click.echo(f"error: {terminal_safe(exc.message, keep_newlines=True)}", err=True)
         if exc.hint:
-            click.echo(f"hint: {exc.hint}", err=True)
+            click.echo(f"hint: {terminal_safe(exc.hint, keep_newlines=True)}", err=True)
         sys.exit(1)
     except OSError as exc:
         if debug_enabled():
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
         if exc.errno not in _USER_FIXABLE:
             _internal_error(exc)
         where = f" ({exc.filename})" if exc.filename else ""
-        click.echo(f"error: {exc.strerror}{where}", err=True)
+        click.echo(f"error: {terminal_safe(f'{exc.strerror}{where}')}", err=True)
         click.echo(f"hint: {_USER_FIXABLE[exc.errno]}", err=True)
         sys.exit(1)
     except Exception as exc:  # noqa: BLE001 - last line of defence: one line, no traceback

@@ -8,7 +8,7 @@ import click
 
 from edgeshrink.cli.common import JSON_OPTION, Context, emit_json, pass_context, progress_printer
 from edgeshrink.report.table import render_pairs, render_table
-from edgeshrink.util import human_bytes, human_count
+from edgeshrink.util import human_bytes, human_count, terminal_safe
 
 MODEL = click.argument("model", type=click.Path(path_type=Path))
 PROFILE = click.option(
@@ -240,6 +240,12 @@ def print_plan(chosen) -> None:
     if llm:
         click.echo("* memory-bound estimate: bandwidth x 0.6 / weight bytes")
     click.echo(f"choice: {chosen.reason}")
+    print_warnings(chosen)
+
+
+def print_warnings(chosen) -> None:
+    for warning in chosen.warnings:
+        click.echo(f"warning: {warning}", err=True)
 
 
 @click.command()
@@ -337,9 +343,10 @@ def print_shrink(result, source_bytes: int | None, as_json: bool) -> None:
         ("why", result.plan.reason),
     ]))  # fmt: skip
     for note in art.notes[1:]:
-        click.echo(f"note: {note}")
+        click.echo(f"note: {terminal_safe(note)}")
+    print_warnings(result.plan)
     if art.fallbacks:
-        click.echo(fallback_summary(art.fallbacks))
+        click.echo(terminal_safe(fallback_summary(art.fallbacks), keep_newlines=True))
 
 
 COMMANDS = (inspect, plan, shrink)

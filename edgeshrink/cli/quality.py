@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
-from edgeshrink.cli.common import EVAL_TEXT, JSON_OPTION, emit_json, progress_printer
+from edgeshrink.cli.common import EVAL_TEXT, JSON_OPTION, FiniteFloat, emit_json, progress_printer
 from edgeshrink.report.table import render_pairs, render_table
+from edgeshrink.util import terminal_safe
 
 
 def print_quality(report) -> None:
@@ -48,7 +49,7 @@ def print_quality(report) -> None:
             )
         )  # fmt: skip
     for note in report.notes:
-        click.echo(f"note: {note}")
+        click.echo(f"note: {terminal_safe(note)}")
     if report.verdict is not None:
         click.echo(f"verdict: {report.verdict}")
 
@@ -72,11 +73,11 @@ def print_quality(report) -> None:
     help="How many random inputs when --inputs is not given.",
 )
 @click.option(
-    "--min-cosine", type=float, default=None, help="Fail (exit 1) below this mean cosine."
+    "--min-cosine", type=FiniteFloat(), default=None, help="Fail (exit 1) below this mean cosine."
 )
 @click.option(
     "--max-accuracy-drop",
-    type=float,
+    type=FiniteFloat(),
     default=None,
     help="Fail (exit 1) when accuracy drops by more points than this.",
 )
@@ -94,19 +95,19 @@ def print_quality(report) -> None:
 )
 @click.option(
     "--max-kld",
-    type=click.FloatRange(0, None),
+    type=FiniteFloat(0, None),
     default=None,
     help="GGUF: fail (exit 1) above this mean KL divergence.",
 )
 @click.option(
     "--max-ppl-increase",
-    type=click.FloatRange(0, None),
+    type=FiniteFloat(0, None),
     default=None,
     help="GGUF: fail when perplexity rises by more than this fraction (0.05 = 5%).",
 )
 @click.option(
     "--min-agreement",
-    type=click.FloatRange(0, 1),
+    type=FiniteFloat(0, 1),
     default=None,
     help="GGUF: fail when the same top token is chosen less often than this fraction.",
 )

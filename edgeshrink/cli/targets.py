@@ -15,6 +15,7 @@ from edgeshrink.cli.common import (
     emit_json,
     pass_context,
     progress_printer,
+    warn_problems,
 )
 from edgeshrink.report.table import render_pairs, render_table
 
@@ -65,9 +66,11 @@ def targets() -> None:
 @JSON_OPTION
 def targets_list(as_json: bool) -> None:
     """List the known targets."""
-    from edgeshrink.targets import list_targets
+    from edgeshrink.targets import scan_targets
 
-    found = list_targets()
+    scan = scan_targets()
+    warn_problems(problem for _path, problem in scan.problems)
+    found = scan.targets
     if as_json:
         emit_json([t.to_dict() for t in found])
         return

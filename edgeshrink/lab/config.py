@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import socket
@@ -46,7 +47,7 @@ from typing import Any, NoReturn
 
 from edgeshrink.bench import BenchParams
 from edgeshrink.errors import EdgeshrinkError, LabConfigError, LabLockError  # noqa: F401 (re-exported)
-from edgeshrink.profiles import _closest, _describe, _display_path
+from edgeshrink.profiles import closest, describe_value, display_path
 from edgeshrink.sweep import QualityBudget
 from edgeshrink.targets import DEFAULT_SSH_PORT, Target
 
@@ -57,6 +58,26 @@ BASELINE_RE = re.compile(r"^(?:last-(?P<n>\d+)-(?:nights|runs)|run:(?P<ids>\d+(?
 
 
 # --------------------------------------------------------------------------- types
+
+
+_LOOPBACK = "127.0.0.1"  # how the loopback board is spelled in lock keys and messages
+
+
+def board_host(host: str) -> str:
+    """One spelling per machine for a host: case, a trailing dot, brackets and the many
+    names of the loopback interface (127.0.0.1, ::1, localhost) do not make another board."""
+    import ipaddress
+
+    name = host.strip().strip("[]").rstrip(".").lower()
+    try:
+        address = ipaddress.ip_address(name.split("%", 1)[0])
+    except ValueError:
+        if name == "localhost" or name.endswith(".localhost") or name == "localhost.localdomain":
+            return _LOOPBACK
+        return name
+    mapped = getattr(address, "ipv4_mapped", None)
+    address = mapped or address
+    return _LOOPBACK if address.is_loopback else address.compressed
 
 
 @dataclass(frozen=True)
@@ -72,7 +93,7 @@ class LabDevice:
         t = self.target
         if t.kind == "local":
             return f"local:{socket.gethostname()}"
-        return f"ssh:{t.host}:{t.port}"
+        return f"ssh:{board_host(t.host or '')}:{t.port}"
 
     @property
     def profile(self) -> str | None:
@@ -99,7 +120,7 @@ class Inventory:
             if device.name == name:
                 return device
         raise LabConfigError(
-            f"{_display_path(self.path)}: no device named '{name}'",
+            f"{display_path(self.path)}: no device named '{name}'",
             hint=f"devices: {', '.join(d.name for d in self.devices)}",
         )
 
@@ -206,7 +227,7 @@ class Suite:
         for job in self.jobs:
             if job.name == name:
                 return job
-        raise LabConfigError(f"{_display_path(self.path)}: no job named '{name}'")
+        raise LabConfigError(f"{display_path(self.path)}: no job named '{name}'")
 
 
 # --------------------------------------------------------------------------- reading
@@ -221,7 +242,7 @@ def _tomllib() -> Any:
 
 
 def _read_toml(path: Path, text: str | None, what: str) -> tuple[str, dict[str, Any]]:
-    where = _display_path(path)
+    where = display_path(path)
     if text is None:
         try:
             text = path.read_text(encoding="utf-8")
@@ -243,7 +264,7 @@ class _Reader:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.where = _display_path(path)
+        self.where = display_path(path)
 
     def fail(self, message: str, hint: str | None = None) -> NoReturn:
         raise LabConfigError(f"{self.where}: {message}", hint=hint)
@@ -251,7 +272,7 @@ class _Reader:
     def keys(self, table: Mapping[str, Any], allowed: tuple[str, ...], prefix: str) -> None:
         for key in table:
             if key not in allowed:
-                close = _closest(key, allowed)
+                close = closest(key, allowed)
                 self.fail(
                     f"unknown key '{prefix}{key}'" + (f" (did you mean '{prefix}{close}'?)" if close else ""),
                     hint=f"valid keys here: {', '.join(allowed)}",
@@ -260,7 +281,9 @@ class _Reader:
     def table(self, doc: Mapping[str, Any], key: str, prefix: str = "") -> dict[str, Any]:
         value = doc.get(key, {})
         if not isinstance(value, dict):
-            self.fail(f"{prefix}{key} must be a table ([{prefix}{key}]), got {_describe(value)}")
+            self.fail(
+                f"{prefix}{key} must be a table ([{prefix}{key}]), got {describe_value(value)}"
+            )
         return value
 
     def string(self, table: Mapping[str, Any], key: str, prefix: str, default: Any = None) -> Any:
@@ -268,7 +291,7 @@ class _Reader:
             return default
         value = table[key]
         if not isinstance(value, str):
-            self.fail(f"{prefix}{key} must be a string, got {_describe(value)}")
+            self.fail(f"{prefix}{key} must be a string, got {describe_value(value)}")
         if not value.strip():
             self.fail(f"{prefix}{key} must not be empty")
         return value
@@ -280,7 +303,7 @@ class _Reader:
             return default
         value = table[key]
         if isinstance(value, bool) or not isinstance(value, int):
-            self.fail(f"{prefix}{key} must be an integer, got {_describe(value)}")
+            self.fail(f"{prefix}{key} must be an integer, got {describe_value(value)}")
         if value < minimum:
             self.fail(f"{prefix}{key} must be at least {minimum}, got {value}")
         return value
@@ -299,7 +322,10 @@ class _Reader:
             return default
         value = table[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            self.fail(f"{prefix}{key} must be a number, got {_describe(value)}")
+            self.fail(f"{prefix}{key} must be a number, got {describe_value(value)}")
+        if not math.isfinite(value):
+            # TOML has nan and inf: a NaN wait never ends, a NaN alpha never decides.
+            self.fail(f"{prefix}{key} must be a finite number, got {value}")
         if value < minimum or (maximum is not None and value > maximum):
             bounds = (
                 f"between {minimum:g} and {maximum:g}"
@@ -314,7 +340,7 @@ class _Reader:
             return default
         value = table[key]
         if not isinstance(value, bool):
-            self.fail(f"{prefix}{key} must be true or false, got {_describe(value)}")
+            self.fail(f"{prefix}{key} must be true or false, got {describe_value(value)}")
         return value
 
     def strings(
@@ -329,10 +355,12 @@ class _Reader:
             return None
         value = table[key]
         if not isinstance(value, list):
-            self.fail(f"{prefix}{key} must be an array of strings, got {_describe(value)}")
+            self.fail(f"{prefix}{key} must be an array of strings, got {describe_value(value)}")
         for i, item in enumerate(value):
             if not isinstance(item, str) or not item.strip():
-                self.fail(f"{prefix}{key}[{i}] must be a non-empty string, got {_describe(item)}")
+                self.fail(
+                    f"{prefix}{key}[{i}] must be a non-empty string, got {describe_value(item)}"
+                )
             if pattern is not None and not pattern.match(item):
                 self.fail(
                     f"{prefix}{key}[{i}] {item!r}: use letters, digits, '.', '_', ':' and '-'"
@@ -344,7 +372,7 @@ class _Reader:
         if isinstance(value, dict):
             self.fail(f"[{key}] must be written [[{key}]] (one per {what})")
         if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-            self.fail(f"{key} must be [[{key}]] tables, got {_describe(value)}")
+            self.fail(f"{key} must be [[{key}]] tables, got {describe_value(value)}")
         if not value:
             self.fail(f"no [[{key}]] entries", hint=f"add at least one {what} as [[{key}]]")
         return value
@@ -612,6 +640,12 @@ def _read_job(r: _Reader, entry: dict[str, Any], index: int, base: Path, timeout
             f"{prefix}{source_key}: {source} does not exist",
             hint="paths are relative to the suite file",
         )
+    from edgeshrink.formats import detect_format
+
+    try:
+        detect_format(source)  # a directory without config.json, a text file, ...
+    except EdgeshrinkError as exc:
+        r.fail(f"{prefix}{source_key}: {exc.message}", hint=exc.hint)
     quant = r.string(entry, "quant", prefix)
     if artifact is not None and quant is not None:
         r.fail(f"{prefix}quant applies to a model that is shrunk, not to a prebuilt artifact")
@@ -686,8 +720,33 @@ def match_jobs(inventory: Inventory, suite: Suite) -> dict[str, tuple[LabJob, ..
     for job in suite.jobs:
         if not any(job in jobs for jobs in plan.values()):
             raise LabConfigError(
-                f"{_display_path(suite.path)}: job[{job.index}] ({job.name}).tags "
-                f"{list(job.tags)} match no device of {_display_path(inventory.path)}",
+                f"{display_path(suite.path)}: job[{job.index}] ({job.name}).tags "
+                f"{list(job.tags)} match no device of {display_path(inventory.path)}",
                 hint=f"tags in the inventory: {', '.join(known) or '(none)'}",
             )
+        if job.quant is not None and job.model is not None:
+            devices = [d for d in inventory.devices if job in plan[d.name]]
+            profile_id = job.profile or next((d.profile for d in devices if d.profile), None)
+            if profile_id is not None:
+                _check_quant(suite, job, profile_id)
     return plan
+
+
+def _check_quant(suite: Suite, job: LabJob, profile_id: str) -> None:
+    """Ask the model's backend whether it knows ``job.quant`` (a dry run must refuse
+    ``Q9_9`` as the build would); fitting the budget is the build's question."""
+    from edgeshrink.errors import QuantizationError
+    from edgeshrink.formats import detect_and_inspect
+    from edgeshrink.plan import ShrinkOptions
+    from edgeshrink.profiles import get_profile
+    from edgeshrink.shrink import plan_model
+
+    options = ShrinkOptions(quant=job.quant, context=job.context, prefer=job.prefer,
+                            check_fit=False)  # fmt: skip
+    try:
+        plan_model(detect_and_inspect(job.model), get_profile(profile_id), options)
+    except QuantizationError as exc:
+        raise LabConfigError(
+            f"{display_path(suite.path)}: job[{job.index}] ({job.name}).quant: {exc.message}",
+            hint=exc.hint,
+        ) from exc

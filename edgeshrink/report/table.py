@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from edgeshrink.util import terminal_safe
+
 
 def render_table(
     headers: Sequence[str], rows: Sequence[Sequence[object]], *, right: Sequence[int] = ()
 ) -> str:
     """Columns padded to their widest cell; column indexes in ``right`` align right."""
+    headers = [terminal_safe(h) for h in headers]
     cells = [[_cell(v) for v in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in cells:
@@ -27,8 +30,9 @@ def render_table(
 
 
 def render_pairs(pairs: Sequence[tuple[str, object]]) -> str:
-    width = max((len(k) for k, _ in pairs), default=0)
-    return "\n".join(f"{k.ljust(width)}  {_cell(v)}" for k, v in pairs)
+    keys = [terminal_safe(k) for k, _ in pairs]
+    width = max((len(k) for k in keys), default=0)
+    return "\n".join(f"{k.ljust(width)}  {_cell(v)}" for k, (_, v) in zip(keys, pairs, strict=True))
 
 
 def _cell(value: object) -> str:
@@ -42,4 +46,5 @@ def _cell(value: object) -> str:
             if abs(value) < 1
             else f"{value:.2f}"
         )
-    return str(value)
+    # Cells carry what devices and files say: never let them drive the terminal.
+    return terminal_safe(value)
