@@ -196,6 +196,37 @@ def test_every_mode_loads_and_agrees(
         assert art.size_bytes < 0.5 * data["model"].stat().st_size
 
 
+def test_static_int8_weights_are_chosen_by_measurement_not_assumed(
+    digits: dict, work: Path
+) -> None:
+    """The plan never keeps a setting edgeshrink's own evaluation would reject: static int8
+    measures per-channel against per-tensor weights on the calibration data and keeps the
+    better, and it is at least as good as either forced choice on held-out data."""
+
+    def agreement(path: Path) -> float:
+        report = evaluate_onnx(digits["model"], path, inputs=digits["eval"], labels="labels")
+        return report.metric("top1_agreement", "probabilities").value
+
+    chosen = shrink(digits["model"], work / "digits-chosen.onnx", quant="int8-static",
+                    calibration=digits["calibration"])  # fmt: skip
+    note = next(n for n in chosen.artifact.notes if "output cosine on the calibration" in n)
+    assert "per-channel vs" in note and "per-tensor" in note
+    forced = {
+        per_channel: agreement(
+            shrink(
+                digits["model"],
+                work / f"digits-pc-{per_channel}.onnx",
+                quant="int8-static",
+                calibration=digits["calibration"],
+                per_channel=per_channel,
+            ).artifact.path
+        )  # fmt: skip
+        for per_channel in (True, False)
+    }
+    assert agreement(chosen.artifact.path) >= min(forced.values())
+    assert agreement(chosen.artifact.path) > 0.98
+
+
 @pytest.mark.parametrize("quant", ["int8-static", "int8-dynamic", "fp16"])
 def test_digits_accuracy_survives_quantization(quant: str, digits: dict, work: Path) -> None:
     out = work / f"digits-{quant}.onnx"
