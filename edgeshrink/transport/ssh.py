@@ -44,6 +44,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import logging
 import posixpath
 import re
 import select
@@ -75,6 +76,10 @@ from edgeshrink.transport.base import (
     device_busy_message,
 )
 from edgeshrink.util import atomic_path
+
+# paramiko logs a traceback for every connection that fails in its thread;
+# ours becomes one TransportError line instead (EDGESHRINK_DEBUG shows the cause).
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 CONNECT_TIMEOUT_S = 10.0
 # After SIGTERM the agent writes what it measured so far; give it this long.
@@ -379,6 +384,14 @@ def _start_ssh(
                 f"{label}: the connection closed during the SSH handshake: {exc or type(exc).__name__}",
                 hint="the server dropped us: check its logs (MaxStartups, tcp wrappers, fail2ban)",
             ) from exc
+        if not transport.is_active() or transport.host_key is None:
+            # start_client returns quietly when its timeout passes mid-negotiation.
+            raise TransportError(
+                f"{label}: the server accepted the connection but did not complete the SSH "
+                f"handshake within {timeout:.0f} s",
+                hint="check that sshd (not another service) listens on that port and is not "
+                "overloaded (MaxStartups); try `ssh -v` to the same address",
+            )
         trace.stage, trace.cipher = "handshake", transport.local_cipher
         checked = verify_host_key(
             endpoint, transport.get_remote_server_key(), accept_new=accept_new, label=label
@@ -393,11 +406,19 @@ def _start_ssh(
     return transport, checked
 
 
+PASSPHRASE_NOTE = "passphrase-protected: skipped (load it into the ssh-agent: ssh-add {path})"
+
+
 def _load_key(path: str) -> tuple[paramiko.PKey | None, str]:
     try:
         return paramiko.PKey.from_path(path), ""
     except paramiko.PasswordRequiredException:
-        return None, "encrypted (add it to the ssh-agent: ssh-add " + path + ")"
+        return None, PASSPHRASE_NOTE.format(path=path)
+    except TypeError as exc:
+        # cryptography raises TypeError ("Key is password-protected") for encrypted OpenSSH keys.
+        if "password" in str(exc).lower():
+            return None, PASSPHRASE_NOTE.format(path=path)
+        return None, f"unreadable: {exc}"
     except FileNotFoundError:
         return None, "missing"
     except (OSError, ValueError, paramiko.SSHException) as exc:
@@ -448,10 +469,20 @@ def _authenticate(
             return what
     if not candidates:
         tried.append("no key: none given, none in ~/.ssh/config, the ssh-agent and ~/.ssh/id_*")
+    locked = [t.split(" (", 1)[0] for t in tried if "passphrase-protected" in t]
+    if locked and not agent_keys:
+        raise TransportError(
+            f"{label}: the key {', '.join(locked)} is passphrase-protected and no ssh-agent "
+            f"offers it (tried: {'; '.join(tried)})",
+            hint=f"load it into the ssh-agent (eval $(ssh-agent); ssh-add {locked[0]}) and run again; "
+            "edgeshrink never asks for passphrases",
+        )
+    # Only options that exist: bench/deploy/push take the key from the target.
     raise TransportError(
         f"{label}: authentication refused for user '{endpoint.user}' (tried: {'; '.join(tried)})",
         hint=f"put your public key in the device's ~/.ssh/authorized_keys (ssh-copy-id -p {endpoint.port} "
-        f"{endpoint.user}@{endpoint.hostname}), or pass --key FILE / load it into ssh-agent",
+        f"{endpoint.user}@{endpoint.hostname}), load your key into the ssh-agent (ssh-add FILE), "
+        "or give the target its key (`edgeshrink targets add NAME --host HOST --profile ID --key FILE --force`)",
     )
 
 
