@@ -19,23 +19,31 @@ Host keys
     refused, naming the file and line that hold the old one.
 
 Push
-    One exec channel streams the file into a small receiver run by the
-    device's Python (standard library only).  It appends to
-    ``.<name>.partial`` beside the final name, hashes while it writes, and only
+    One exec channel runs edgeshrink/agent/device_helper.py (``receive``) with
+    the device's Python.  Before it opens any other file it takes the lock
+    ``.<name>.lock`` beside the destination, so concurrent pushes of one file
+    queue up there; under the lock it says what it needs: nothing (the final
+    name already holds those bytes: its sha256 was checked, through a cache
+    keyed by size, mtime, ctime and inode, so an unchanged re-push costs no
+    re-hash), no room, or the bytes from an offset (it resumes ``.<name>.partial``
+    and re-hashes the part already there).  It hashes while it writes and only
     when size and sha256 match renames the file into place (POSIX rename), so a
-    final name never holds a partial file.  A push that finds a partial file
-    resumes from its size (the receiver re-hashes the part already there).
-    ``push_artifact`` is content addressed: ``<work dir>/models/<sha256>/<name>``;
-    a file of the right size under that name is the same bytes (only verified
-    files ever get the name) and is not sent again.  Free space on the device
-    is checked before anything is sent.
+    final name never holds unverified bytes.  A receiver that stops reading (a
+    full disk) says why, and that is the error, not "connection lost".
+    ``push_artifact`` is content addressed: ``<work dir>/models/<sha256>/<name>``.
 
 Run
-    The command runs through ``sh -c`` in the work dir, every argument quoted
-    with shlex.quote, in its own process group (``setsid`` where the device
-    has it).  On timeout or Ctrl-C the group gets SIGTERM over a second channel,
-    then SIGKILL after a grace period, like the local transport.  A process
-    killed by a signal comes back as ``signal=N, returncode=-N``.
+    The command runs in the work dir under the device helper's ``launch``:
+    every argument quoted with shlex.quote, in its own process group, with the
+    per-device lock ``<work dir>/.edgeshrink-device.lock`` held (a second
+    command waits for it, then fails naming the holder's pid).  The session's
+    stdin is the launcher's lifeline: on timeout or Ctrl-C the host writes
+    TERM, then KILL after a grace period; when the host or the connection dies,
+    stdin reaches EOF and the launcher ends the group itself.  Results come back
+    only once the group is gone, with whether the kernel's OOM killer acted.  A
+    process killed by a signal comes back as ``signal=N, returncode=-N``.  On a
+    device without that Python the command runs directly (``setsid`` where it
+    exists), so that doctor can say what is missing.
 """
 
 from __future__ import annotations
@@ -377,7 +385,8 @@ def _start_ssh(
         except paramiko.SSHException as exc:
             raise TransportError(
                 f"{label}: SSH handshake failed: {exc}",
-                hint="check that an SSH server (not another service) listens on that port",
+                hint="check that an SSH server (not another service) listens on that port; "
+                "a server that hangs up at once may be refusing us (MaxStartups, tcp wrappers, fail2ban)",
             ) from exc
         except (EOFError, OSError) as exc:
             raise TransportError(
