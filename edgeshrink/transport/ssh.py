@@ -908,7 +908,13 @@ class SSHTransport:
                 return PushResult(local, remote, sha256, size, 0, True, time.perf_counter() - start)
             if status != "send":
                 self._push_failed(decision, local, remote, size)
-            offset = int(decision.get("offset") or 0)
+            offset = decision.get("offset")
+            if not isinstance(offset, int) or not 0 <= offset <= size:
+                raise TransportError(
+                    f"{self.label}: the device's receiver asked for offset {offset!r} of a "
+                    f"{size}-byte file",
+                    hint="run again with EDGESHRINK_DEBUG=1; the device's helper is not edgeshrink's",
+                )
             began = time.perf_counter()
             self._report(local, remote, offset, size, 0, began)
             try:
