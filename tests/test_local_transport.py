@@ -92,7 +92,7 @@ def test_a_second_run_waits_or_names_the_pid(device, tmp_path):
         _wait_for(marker)
         with pytest.raises(TransportError, match=r"busy: edgeshrink process \d+") as info:
             device.run(["true"], timeout_s=10, device_wait_s=0.5)
-        assert re.search(r"kill \d+", info.value.hint)
+        assert re.search(r"kill -TERM -\d+", info.value.hint)
         assert device.run(["true"], timeout_s=10, device_wait_s=30).returncode == 0
     finally:
         thread.join()
@@ -133,3 +133,26 @@ def test_same_size_corruption_is_pushed_again(device, tmp_path):
     Path(first.remote).write_bytes(os.urandom(1 << 20))
     again = device.push_artifact(local, sha)
     assert not again.skipped and sha256_file(Path(again.remote)) == sha
+
+
+def test_an_agent_whose_launcher_was_killed_still_keeps_the_device(device, tmp_path):
+    pidfile = tmp_path / "pids"
+    results: list[object] = []
+    thread = threading.Thread(
+        target=lambda: results.append(
+            device.run([sys.executable, "-c", SLEEPER, str(pidfile)], timeout_s=60)
+        )
+    )
+    thread.start()
+    agent = int(_wait_for(pidfile).split()[0])
+    try:
+        launcher = int(Path(f"/proc/{agent}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        os.kill(launcher, signal.SIGKILL)  # the launcher alone: the agent lives on
+        thread.join(timeout=30)
+        assert results and results[0].signal == signal.SIGKILL and _alive(agent)
+        with pytest.raises(TransportError, match=f"busy: edgeshrink process {agent} "):
+            device.run(["true"], timeout_s=10, device_wait_s=0.5)
+    finally:
+        os.killpg(agent, signal.SIGKILL)
+        thread.join(timeout=30)
+    assert device.run(["true"], timeout_s=10, device_wait_s=10).returncode == 0

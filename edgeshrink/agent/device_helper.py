@@ -15,8 +15,8 @@ receive FINAL SIZE SHA256 DURABLE
 
 launch LOCK WAIT_S -- ARGV...
     Runs ARGV in its own process group and holds LOCK (a per-device lock file
-    holding the launcher's pid) while it runs: a second launch waits up to
-    WAIT_S, then says who holds it.  Its stdin is the host's lifeline: a line
+    holding the group's id and the command) while any process of it runs: a
+    second launch waits up to WAIT_S, then says who holds it.  Its stdin is the host's lifeline: a line
     ``TERM`` or ``KILL`` signals the group, EOF (the host or the SSH session is
     gone) terminates it.  It exits only when the whole group is gone and then
     writes one marker line on stderr with the exit status, the signal and
@@ -363,16 +363,20 @@ def launch(lock, wait_s, *rest):
         doc = {"status": "busy", "lock": lock, "holder": holder}
         sys.stderr.write(EXIT_MARKER + json.dumps(doc) + "\n")
         return BUSY_EXIT
-    os.ftruncate(lock_fd, 0)
-    os.write(lock_fd, f"{os.getpid()} {' '.join(argv)[:200]}\n".encode())
     before = oom_kill_counters()
     try:
-        child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True)
+        # The command inherits the locked descriptor: even a launcher killed on its own
+        # leaves the device locked until the last process of the command is gone.
+        child = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, start_new_session=True, pass_fds=(lock_fd,)
+        )
     except OSError as exc:
         sys.stderr.write(f"{argv[0]}: {exc.strerror or exc}\n")
         doc = {"status": "exec_failed", "returncode": 127, "signal": None, "oom_kill": None}
         sys.stderr.write(EXIT_MARKER + json.dumps(doc) + "\n")
         return 127
+    os.ftruncate(lock_fd, 0)
+    os.pwrite(lock_fd, f"{child.pid} {' '.join(argv)[:200]}\n".encode(), 0)
     sys.stderr.write(f"{PID_MARKER}{child.pid}\n")
     sys.stderr.flush()
     stopping = threading.Event()

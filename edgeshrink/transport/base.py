@@ -77,5 +77,6 @@ def device_busy_message(label: str, doc: dict, waited_s: float) -> tuple[str, st
     return (
         f"{label}: the device is busy: edgeshrink process {pid}{what} still holds "
         f"{doc.get('lock')} after {waited_s:.0f} s",
-        f"wait for it to finish, or stop it on the device (kill {pid}), then run again",
+        f"wait for it to finish, or stop it on the device (kill -TERM -{pid}: its process "
+        "group), then run again",
     )

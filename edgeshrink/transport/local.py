@@ -166,8 +166,10 @@ class LocalTransport:
         finally:
             with contextlib.suppress(OSError):
                 proc.stdin.close()
+        # Bounded: only a launcher killed on its own leaves writers of these pipes behind.
+        until = time.monotonic() + 2.0
         for reader in readers:
-            reader.join()
+            reader.join(timeout=max(0.0, until - time.monotonic()))
         doc, stderr = split_exit_marker(bytes(err))
         if doc.get("status") == "busy":
             message, hint = device_busy_message("local", doc, device_wait_s)

@@ -183,7 +183,7 @@ def test_a_second_run_waits_for_the_first_or_names_its_pid(target, tmp_path):
         with SSHTransport(target) as second:
             with pytest.raises(TransportError, match=r"busy: edgeshrink process \d+") as info:
                 second.run(["true"], timeout_s=30, device_wait_s=0.5)
-            assert re.search(r"kill \d+", info.value.hint)
+            assert re.search(r"kill -TERM -\d+", info.value.hint)
             waited = second.run(["true"], timeout_s=30, device_wait_s=30)
         assert waited.returncode == 0 and first_done and first_done[0].returncode == 0
     finally:
