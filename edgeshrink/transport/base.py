@@ -48,8 +48,17 @@ class Transport(Protocol):
     def push_artifact(self, local: Path, sha256: str) -> PushResult: ...
 
     def run(
-        self, argv: list[str], *, timeout_s: float, max_output_bytes: int = 8 << 20
-    ) -> CommandResult: ...
+        self,
+        argv: list[str],
+        *,
+        timeout_s: float,
+        max_output_bytes: int = 8 << 20,
+        device_wait_s: float = ...,
+    ) -> CommandResult:
+        """Run ``argv`` on the device under the launcher: own process group, the device
+        lock held (waiting ``device_wait_s`` for an earlier command of ours), ended with
+        the session; returns once the group is gone."""
+        ...
 
     def close(self) -> None: ...
 
