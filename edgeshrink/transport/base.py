@@ -19,6 +19,9 @@ class CommandResult:
     timed_out: bool = False
     signal: int | None = None  # the signal that ended the process, if any
     stdout_truncated: bool = False
+    # Whether the kernel's OOM killer acted while the command ran (the kernel's or
+    # the cgroup's oom_kill counter rose); None when no counter was readable.
+    oom_kill: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -45,11 +48,44 @@ class Transport(Protocol):
     def push_artifact(self, local: Path, sha256: str) -> PushResult: ...
 
     def run(
-        self, argv: list[str], *, timeout_s: float, max_output_bytes: int = 8 << 20
-    ) -> CommandResult: ...
+        self,
+        argv: list[str],
+        *,
+        timeout_s: float,
+        max_output_bytes: int = 8 << 20,
+        device_wait_s: float = ...,
+    ) -> CommandResult:
+        """Run ``argv`` on the device under the launcher: own process group, the device
+        lock held (waiting ``device_wait_s`` for an earlier command of ours), ended with
+        the session; returns once the group is gone."""
+        ...
 
     def close(self) -> None: ...
 
     def __enter__(self) -> Transport: ...
 
     def __exit__(self, *exc: object) -> None: ...
+
+
+# The device-side helper (push receiver and command launcher): a real file,
+# standard library only, that both transports run on the device.
+DEVICE_HELPER_PATH = Path(__file__).resolve().parent.parent / "agent" / "device_helper.py"
+# The per-device lock the launcher holds while a command runs (in the work dir).
+DEVICE_LOCK_NAME = ".edgeshrink-device.lock"
+# How long a command waits for an earlier one of ours on the same device.
+DEVICE_WAIT_S = 60.0
+EXIT_MARKER = b"@@edgeshrink-exit="
+BUSY_EXIT = 75
+
+
+def device_busy_message(label: str, doc: dict, waited_s: float) -> tuple[str, str]:
+    """(message, hint) for a device whose lock another of our commands holds."""
+    holder = str(doc.get("holder") or "").split(" ", 1)
+    pid = holder[0] or "?"
+    what = f" ({holder[1]})" if len(holder) > 1 and holder[1] else ""
+    return (
+        f"{label}: the device is busy: edgeshrink process {pid}{what} still holds "
+        f"{doc.get('lock')} after {waited_s:.0f} s",
+        f"wait for it to finish, or stop it on the device (kill -TERM -{pid}: its process "
+        "group), then run again",
+    )

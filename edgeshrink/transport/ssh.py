@@ -19,23 +19,31 @@ Host keys
     refused, naming the file and line that hold the old one.
 
 Push
-    One exec channel streams the file into a small receiver run by the
-    device's Python (standard library only).  It appends to
-    ``.<name>.partial`` beside the final name, hashes while it writes, and only
+    One exec channel runs edgeshrink/agent/device_helper.py (``receive``) with
+    the device's Python.  Before it opens any other file it takes the lock
+    ``.<name>.lock`` beside the destination, so concurrent pushes of one file
+    queue up there; under the lock it says what it needs: nothing (the final
+    name already holds those bytes: its sha256 was checked, through a cache
+    keyed by size, mtime, ctime and inode, so an unchanged re-push costs no
+    re-hash), no room, or the bytes from an offset (it resumes ``.<name>.partial``
+    and re-hashes the part already there).  It hashes while it writes and only
     when size and sha256 match renames the file into place (POSIX rename), so a
-    final name never holds a partial file.  A push that finds a partial file
-    resumes from its size (the receiver re-hashes the part already there).
-    ``push_artifact`` is content addressed: ``<work dir>/models/<sha256>/<name>``;
-    a file of the right size under that name is the same bytes (only verified
-    files ever get the name) and is not sent again.  Free space on the device
-    is checked before anything is sent.
+    final name never holds unverified bytes.  A receiver that stops reading (a
+    full disk) says why, and that is the error, not "connection lost".
+    ``push_artifact`` is content addressed: ``<work dir>/models/<sha256>/<name>``.
 
 Run
-    The command runs through ``sh -c`` in the work dir, every argument quoted
-    with shlex.quote, in its own process group (``setsid`` where the device
-    has it).  On timeout or Ctrl-C the group gets SIGTERM over a second channel,
-    then SIGKILL after a grace period, like the local transport.  A process
-    killed by a signal comes back as ``signal=N, returncode=-N``.
+    The command runs in the work dir under the device helper's ``launch``:
+    every argument quoted with shlex.quote, in its own process group, with the
+    per-device lock ``<work dir>/.edgeshrink-device.lock`` held (a second
+    command waits for it, then fails naming the holder's pid).  The session's
+    stdin is the launcher's lifeline: on timeout or Ctrl-C the host writes
+    TERM, then KILL after a grace period; when the host or the connection dies,
+    stdin reaches EOF and the launcher ends the group itself.  Results come back
+    only once the group is gone, with whether the kernel's OOM killer acted.  A
+    process killed by a signal comes back as ``signal=N, returncode=-N``.  On a
+    device without that Python the command runs directly (``setsid`` where it
+    exists), so that doctor can say what is missing.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import logging
 import posixpath
 import re
 import select
@@ -65,8 +74,20 @@ from edgeshrink.targets import (
     resolve_destination,
     resolve_ssh,
 )
-from edgeshrink.transport.base import CommandResult, PushResult
+from edgeshrink.transport.base import (
+    DEVICE_HELPER_PATH,
+    DEVICE_LOCK_NAME,
+    DEVICE_WAIT_S,
+    EXIT_MARKER,
+    CommandResult,
+    PushResult,
+    device_busy_message,
+)
 from edgeshrink.util import atomic_path
+
+# paramiko logs a traceback for every connection that fails in its thread;
+# ours becomes one TransportError line instead (EDGESHRINK_DEBUG shows the cause).
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 CONNECT_TIMEOUT_S = 10.0
 # After SIGTERM the agent writes what it measured so far; give it this long.
@@ -87,6 +108,9 @@ DEFAULT_IDENTITIES = ("~/.ssh/id_ed25519", "~/.ssh/id_ecdsa", "~/.ssh/id_rsa")
 USER_KNOWN_HOSTS = ("~/.ssh/known_hosts", "~/.ssh/known_hosts2")
 _PID_MARKER = re.compile(rb"@@edgeshrink-pid=(\d+)\n")
 _WORKDIR_MARKER = b"@@edgeshrink-workdir-failed"
+_EXIT_RE = re.compile(re.escape(EXIT_MARKER) + rb"(\{[^\n]*\})\n")
+# The launcher's own Python failed before it could start the command.
+_HELPER_BROKE = re.compile(rb'File "device_helper.py"|SyntaxError')
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 PYTHON_HINT = (
@@ -361,13 +385,22 @@ def _start_ssh(
         except paramiko.SSHException as exc:
             raise TransportError(
                 f"{label}: SSH handshake failed: {exc}",
-                hint="check that an SSH server (not another service) listens on that port",
+                hint="check that an SSH server (not another service) listens on that port; "
+                "a server that hangs up at once may be refusing us (MaxStartups, tcp wrappers, fail2ban)",
             ) from exc
         except (EOFError, OSError) as exc:
             raise TransportError(
                 f"{label}: the connection closed during the SSH handshake: {exc or type(exc).__name__}",
                 hint="the server dropped us: check its logs (MaxStartups, tcp wrappers, fail2ban)",
             ) from exc
+        if not transport.is_active() or transport.host_key is None:
+            # start_client returns quietly when its timeout passes mid-negotiation.
+            raise TransportError(
+                f"{label}: the server accepted the connection but did not complete the SSH "
+                f"handshake within {timeout:.0f} s",
+                hint="check that sshd (not another service) listens on that port and is not "
+                "overloaded (MaxStartups); try `ssh -v` to the same address",
+            )
         trace.stage, trace.cipher = "handshake", transport.local_cipher
         checked = verify_host_key(
             endpoint, transport.get_remote_server_key(), accept_new=accept_new, label=label
@@ -382,11 +415,19 @@ def _start_ssh(
     return transport, checked
 
 
+PASSPHRASE_NOTE = "passphrase-protected: skipped (load it into the ssh-agent: ssh-add {path})"
+
+
 def _load_key(path: str) -> tuple[paramiko.PKey | None, str]:
     try:
         return paramiko.PKey.from_path(path), ""
     except paramiko.PasswordRequiredException:
-        return None, "encrypted (add it to the ssh-agent: ssh-add " + path + ")"
+        return None, PASSPHRASE_NOTE.format(path=path)
+    except TypeError as exc:
+        # cryptography raises TypeError ("Key is password-protected") for encrypted OpenSSH keys.
+        if "password" in str(exc).lower():
+            return None, PASSPHRASE_NOTE.format(path=path)
+        return None, f"unreadable: {exc}"
     except FileNotFoundError:
         return None, "missing"
     except (OSError, ValueError, paramiko.SSHException) as exc:
@@ -437,10 +478,20 @@ def _authenticate(
             return what
     if not candidates:
         tried.append("no key: none given, none in ~/.ssh/config, the ssh-agent and ~/.ssh/id_*")
+    locked = [t.split(" (", 1)[0] for t in tried if "passphrase-protected" in t]
+    if locked and not agent_keys:
+        raise TransportError(
+            f"{label}: the key {', '.join(locked)} is passphrase-protected and no ssh-agent "
+            f"offers it (tried: {'; '.join(tried)})",
+            hint=f"load it into the ssh-agent (eval $(ssh-agent); ssh-add {locked[0]}) and run again; "
+            "edgeshrink never asks for passphrases",
+        )
+    # Only options that exist: bench/deploy/push take the key from the target.
     raise TransportError(
         f"{label}: authentication refused for user '{endpoint.user}' (tried: {'; '.join(tried)})",
         hint=f"put your public key in the device's ~/.ssh/authorized_keys (ssh-copy-id -p {endpoint.port} "
-        f"{endpoint.user}@{endpoint.hostname}), or pass --key FILE / load it into ssh-agent",
+        f"{endpoint.user}@{endpoint.hostname}), load your key into the ssh-agent (ssh-add FILE), "
+        "or give the target its key (`edgeshrink targets add NAME --host HOST --profile ID --key FILE --force`)",
     )
 
 
@@ -540,174 +591,18 @@ def _direct_tcpip(
         ) from exc
 
 
-# --------------------------------------------------------------------------- the device-side receiver
+# --------------------------------------------------------------------------- the device-side helper
 
-# Run by the device's Python with -c.  Python 2.7-compatible syntax (so that an
-# old device Python can still say what it is) and no backslashes (so that the
-# quoting survives any login shell).
-DEVICE_HELPER = """
-import hashlib, json, os, sys, threading, time
-NL = chr(10)
-MIB = 1048576
 
-def out(doc):
-    sys.stdout.write(json.dumps(doc) + NL)
-    sys.stdout.flush()
+def helper_command(python: str, args: list[str]) -> str:
+    """``python -c`` running edgeshrink/agent/device_helper.py with ``args``.
 
-def size_of(path):
-    try:
-        return os.stat(path).st_size
-    except OSError:
-        return None
-
-def free_bytes(path):
-    while path and not os.path.exists(path):
-        path = os.path.dirname(path)
-    try:
-        st = os.statvfs(path or '/')
-        return st.f_bavail * st.f_frsize, path
-    except (OSError, AttributeError):
-        return None, path
-
-def hash_file(path, limit):
-    h = hashlib.sha256()
-    left = limit
-    f = open(path, 'rb')
-    try:
-        while left is None or left > 0:
-            b = f.read(MIB if left is None else min(MIB, left))
-            if not b:
-                break
-            h.update(b)
-            if left is not None:
-                left -= len(b)
-    finally:
-        f.close()
-    return h
-
-def probe(final, partial, want_hash):
-    doc = {'python': list(sys.version_info[:3]), 'executable': sys.executable,
-           'final_size': size_of(final), 'partial_size': size_of(partial), 'final_sha256': None}
-    if want_hash == '1' and doc['final_size'] is not None:
-        doc['final_sha256'] = hash_file(final, None).hexdigest()
-    doc['free_bytes'], doc['free_path'] = free_bytes(os.path.dirname(final))
-    out(doc)
-    return 0
-
-def lock(fd):
-    try:
-        import fcntl
-    except ImportError:
-        return True
-    deadline = time.time() + 15
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except (IOError, OSError):
-            if time.time() > deadline:
-                return False
-            time.sleep(0.1)
-
-class Syncer(object):
-    # Writes dirty pages out in the background, so the final fsync is short.
-    def __init__(self, fd):
-        self.fd = fd
-        self.thread = None
-    def kick(self):
-        if self.thread is None or not self.thread.is_alive():
-            self.thread = threading.Thread(target=self.run)
-            self.thread.daemon = True
-            self.thread.start()
-    def run(self):
-        try:
-            getattr(os, 'fdatasync', os.fsync)(self.fd)
-        except OSError:
-            pass
-    def join(self):
-        if self.thread is not None:
-            self.thread.join()
-
-def receive(final, partial, offset, size, expected, durable):
-    offset, size = int(offset), int(size)
-    folder = os.path.dirname(final)
-    try:
-        os.makedirs(folder)
-    except OSError:
-        if not os.path.isdir(folder):
-            raise
-    fd = os.open(partial, os.O_RDWR | os.O_CREAT, 420)
-    if not lock(fd):
-        out({'status': 'busy'})
-        return 3
-    have = os.fstat(fd).st_size
-    if have < offset:
-        out({'status': 'partial_changed', 'have': have})
-        return 4
-    os.ftruncate(fd, offset)
-    h = hash_file(partial, offset) if offset else hashlib.sha256()
-    os.lseek(fd, offset, 0)
-    try:
-        # A 1 MiB pipe from sshd (Linux F_SETPIPE_SZ) means far fewer wake-ups of both.
-        import fcntl
-        fcntl.fcntl(0, 1031, MIB)
-    except Exception:
-        pass
-    syncer = Syncer(fd) if durable == '1' else None
-    got = offset
-    since_sync = 0
-    buf = memoryview(bytearray(MIB))
-    try:
-        while got < size:
-            n = os.readv(0, [buf if size - got >= MIB else buf[:size - got]])
-            if not n:
-                break
-            h.update(buf[:n])
-            view = buf[:n]
-            while len(view):
-                view = view[os.write(fd, view):]
-            got += n
-            since_sync += n
-            if syncer is not None and since_sync >= 64 * MIB:
-                since_sync = 0
-                syncer.kick()
-    except OSError as exc:
-        if syncer is not None:
-            syncer.join()
-        free = free_bytes(folder)[0]
-        out({'status': 'write_failed', 'have': os.fstat(fd).st_size, 'errno': exc.errno,
-             'error': str(exc), 'free_bytes': free})
-        return 7
-    if got < size:
-        out({'status': 'incomplete', 'have': got})
-        return 5
-    if os.read(0, 1):
-        out({'status': 'too_long', 'have': got})
-        return 8
-    if syncer is not None:
-        syncer.join()
-        os.fsync(fd)
-    digest = h.hexdigest()
-    real = os.fstat(fd).st_size
-    os.close(fd)
-    if digest != expected or real != size:
-        os.unlink(partial)
-        out({'status': 'mismatch', 'sha256': digest, 'size': real})
-        return 6
-    os.rename(partial, final)
-    if durable == '1':
-        try:
-            dfd = os.open(folder, os.O_RDONLY)
-            os.fsync(dfd)
-            os.close(dfd)
-        except OSError:
-            pass
-    out({'status': 'ok', 'sha256': digest, 'size': real})
-    return 0
-
-COMMANDS = {'probe': probe, 'receive': receive}
-sys.exit(COMMANDS[sys.argv[1]](*sys.argv[2:]))
-"""
+    The file travels base64-encoded inside the command line: no quote or
+    backslash in it can meet a login shell's rules.
+    """
+    encoded = base64.b64encode(DEVICE_HELPER_PATH.read_bytes()).decode("ascii")
+    code = f'import base64;exec(compile(base64.b64decode("{encoded}"),"device_helper.py","exec"))'
+    return _quote_argv([python, "-c", code, *args])
 
 
 def _sh(script: str) -> str:
@@ -732,6 +627,69 @@ def _signal_status(rc: int) -> tuple[int | None, int | None]:
     if 128 < rc <= 128 + 64:
         return -(rc - 128), rc - 128
     return rc, None
+
+
+class _ChannelLines:
+    """JSON documents, one a line, on a channel's stdout (other lines are skipped)."""
+
+    def __init__(self, chan: paramiko.Channel) -> None:
+        self.chan = chan
+        self.buf = bytearray()
+        self.eof = False
+
+    def _line(self) -> bytes | None:
+        while True:
+            at = self.buf.find(b"\n")
+            if at >= 0:
+                line = bytes(self.buf[:at])
+                del self.buf[: at + 1]
+                return line
+            if self.eof:
+                line, self.buf = bytes(self.buf), bytearray()
+                return line or None
+            data = self.chan.recv(65536)
+            if data:
+                self.buf += data
+            else:
+                self.eof = True
+
+    def next_doc(
+        self, *, skip: tuple[str, ...] = (), timeout_s: float | None = None
+    ) -> dict[str, Any] | None:
+        """The next document (None at the end); with ``timeout_s``, None also on a timeout."""
+        previous = self.chan.gettimeout()
+        if timeout_s is not None:
+            self.chan.settimeout(timeout_s)
+        try:
+            while True:
+                line = self._line()
+                if line is None:
+                    return None
+                try:
+                    doc = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(doc, dict) and doc.get("status") not in skip:
+                    return doc
+        except (OSError, EOFError, paramiko.SSHException):
+            if timeout_s is None:
+                raise
+            return None
+        finally:
+            with contextlib.suppress(Exception):
+                self.chan.settimeout(previous)
+
+    def finish(self, wait_s: float = 5.0) -> tuple[int, bytes]:
+        """(exit status or -1 when the session ended without one, stderr)."""
+        deadline = time.monotonic() + wait_s
+        while not self.chan.exit_status_ready() and time.monotonic() < deadline:
+            select.select([self.chan], [], [], 0.1)
+        err = bytearray()
+        with contextlib.suppress(Exception):
+            while self.chan.recv_stderr_ready():
+                err += self.chan.recv_stderr(65536)
+        status = self.chan.exit_status if self.chan.exit_status_ready() else -1
+        return status, bytes(err)
 
 
 # --------------------------------------------------------------------------- the transport
@@ -884,148 +842,136 @@ class SSHTransport:
 
     # -- the device's Python helper
 
-    def _helper(self, args: list[str], *, timeout_s: float) -> dict[str, Any]:
-        python = self.target.python
-        command = _sh("exec " + _quote_argv([python, "-c", DEVICE_HELPER, *args]))
-        rc, out, err = self._exec(command, timeout_s=timeout_s)
-        return self._helper_result(rc, out, err)
-
-    def _helper_result(self, rc: int, out: bytes, err: bytes) -> dict[str, Any]:
-        text = out.decode("utf-8", "replace").strip().splitlines()
-        try:
-            doc = json.loads(text[-1]) if text else None
-        except json.JSONDecodeError:
-            doc = None
-        if isinstance(doc, dict):
-            return doc
+    def _helper_failed(self, rc: int, err: bytes, doing: str) -> TransportError:
+        """The error for a helper that ended without a JSON verdict."""
         message = err.decode("utf-8", "replace").strip().splitlines()
         tail = " | ".join(message[-3:]) or f"exit status {rc}"
+        if rc < 0:
+            # No exit status: the session ended under the helper (sshd or the network died).
+            return TransportError(
+                f"{self.label}: the connection closed while {doing}: {tail}",
+                hint="check that the device and its SSH server still run, then try again",
+            )
         if rc in (126, 127):
-            raise TransportError(
+            return TransportError(
                 f"{self.label}: cannot start the device's Python {self.target.python!r}: {tail}",
                 hint=PYTHON_HINT,
             )
-        raise TransportError(
-            f"{self.label}: the device's Python {self.target.python!r} failed (exit status {rc}): {tail}",
-            hint=PYTHON_HINT,
+        if re.search(r"SyntaxError|ImportError|ModuleNotFoundError", tail):
+            return TransportError(
+                f"{self.label}: the device's Python {self.target.python!r} cannot run "
+                f"edgeshrink's helper: {tail}",
+                hint=PYTHON_HINT,
+            )
+        return TransportError(
+            f"{self.label}: edgeshrink's helper failed on the device while {doing} "
+            f"(exit status {rc}): {tail}",
+            hint="run again with EDGESHRINK_DEBUG=1; check the device's disk and work dir",
         )
 
     # -- push
 
     def push_file(self, local: Path, remote_rel: str, sha256: str) -> PushResult:
-        return self._push(
-            Path(local), self._remote_path(remote_rel), sha256, content_addressed=False
-        )
+        return self._push(Path(local), self._remote_path(remote_rel), sha256)
 
     def push_artifact(self, local: Path, sha256: str) -> PushResult:
         if not _SHA256_RE.match(sha256):
             raise TransportError(f"{sha256!r} is not a sha256 hex digest")
         local = Path(local)
-        return self._push(
-            local,
-            self._remote_path(f"models/{sha256}/{local.name}"),
-            sha256,
-            content_addressed=True,
-        )
+        return self._push(local, self._remote_path(f"models/{sha256}/{local.name}"), sha256)
 
-    def _push(
-        self, local: Path, remote: str, sha256: str, *, content_addressed: bool
-    ) -> PushResult:
+    def _push(self, local: Path, remote: str, sha256: str) -> PushResult:
+        """One session: the receiver locks the destination, says what it needs, takes the bytes.
+
+        Deciding under the device-side lock is what keeps concurrent pushes of
+        one file apart; "present" means the receiver checked the sha256.
+        """
         start = time.perf_counter()
         try:
             size = local.stat().st_size
         except OSError as exc:
             raise TransportError(f"cannot read {local}: {exc.strerror}") from exc
-        folder, name = posixpath.split(remote)
-        partial = posixpath.join(folder, f".{name}.partial")
-        state = self._helper(
-            ["probe", remote, partial, "0" if content_addressed else "1"],
-            timeout_s=60 + size / 20e6,
-        )
-        if state.get("final_size") == size and (
-            content_addressed or state.get("final_sha256") == sha256
-        ):
-            return PushResult(local, remote, sha256, size, 0, True, time.perf_counter() - start)
-        have = state.get("partial_size") or 0
-        offset = have if 0 < have <= size else 0
-        need = size - offset
-        free = state.get("free_bytes")
-        if free is not None and free < need:
-            from edgeshrink.util import human_bytes
-
-            raise TransportError(
-                f"{self.label}: not enough space on the device: {state.get('free_path')} has "
-                f"{human_bytes(free)} free, {local.name} needs {human_bytes(need)} more",
-                hint="free space on the device, or give the target a work_dir on a larger filesystem",
-            )
-        doc = self._send(local, remote, partial, offset, size, sha256)
-        status = doc.get("status")
-        if status != "ok":
-            self._push_failed(doc, local, remote, partial, size)
-        return PushResult(
-            local, remote, sha256, size, size - offset, False, time.perf_counter() - start
-        )
-
-    def _send(
-        self, local: Path, remote: str, partial: str, offset: int, size: int, sha256: str
-    ) -> dict[str, Any]:
-        args = [
-            "receive",
-            remote,
-            partial,
-            str(offset),
-            str(size),
-            sha256,
-            "1" if self.durable else "0",
-        ]
-        command = _sh("exec " + _quote_argv([self.target.python, "-c", DEVICE_HELPER, *args]))
+        args = ["receive", remote, str(size), sha256, "1" if self.durable else "0"]
+        command = _sh("exec " + helper_command(self.target.python, args))
         chan = self._session()
-        sent = 0
-        began = time.perf_counter()
+        lines = _ChannelLines(chan)
+        sent = offset = 0
         try:
-            chan.settimeout(SEND_STALL_S)
+            # A long stall is fine while the device waits for the lock ("waiting" every few s).
+            chan.settimeout(max(SEND_STALL_S, size / 20e6))
             chan.exec_command(command)
+            decision = lines.next_doc(skip=("waiting",))
+            if decision is None:
+                raise self._helper_failed(*lines.finish(), "preparing the push")
+            status = decision.get("status")
+            if status == "present":
+                return PushResult(local, remote, sha256, size, 0, True, time.perf_counter() - start)
+            if status != "send":
+                self._push_failed(decision, local, remote, size)
+            offset = decision.get("offset")
+            if not isinstance(offset, int) or not 0 <= offset <= size:
+                raise TransportError(
+                    f"{self.label}: the device's receiver asked for offset {offset!r} of a "
+                    f"{size}-byte file",
+                    hint="run again with EDGESHRINK_DEBUG=1; the device's helper is not edgeshrink's",
+                )
+            began = time.perf_counter()
             self._report(local, remote, offset, size, 0, began)
-            with open(local, "rb", buffering=0) as handle:
-                handle.seek(offset)
-                left = size - offset
-                while left > 0:
-                    block = handle.read(min(CHUNK_BYTES, left))
-                    if not block:
-                        raise TransportError(f"{local} shrank while it was being sent")
-                    view = memoryview(block)
-                    while view:
-                        # Channel.send takes at most one window/packet; sendall would
-                        # re-slice (copy) the rest of the block on every packet.
-                        n = chan.send(view)
-                        if n <= 0:
-                            raise EOFError("channel closed")
-                        view = view[n:]
-                    sent += len(block)
-                    left -= len(block)
-                    self._report(local, remote, offset + sent, size, sent, began)
-            chan.shutdown_write()
-            out, err = bytearray(), bytearray()
-            chan.settimeout(max(120.0, size / 20e6))
-            while True:
-                data = chan.recv(65536)
-                if not data:
-                    break
-                out += data
-            while chan.recv_stderr_ready():
-                err += chan.recv_stderr(65536)
-            rc = chan.recv_exit_status()
+            try:
+                sent = self._stream(chan, local, remote, offset, size, began)
+                chan.shutdown_write()
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                # The receiver may have stopped reading on purpose (a full disk): ask it why.
+                verdict = lines.next_doc(timeout_s=5.0)
+                if verdict is not None:
+                    self._push_failed(verdict, local, remote, size)
+                raise TransportError(
+                    f"{self.label}: connection lost after sending {offset + sent} of {size} bytes "
+                    f"of {local.name}: {exc or type(exc).__name__}",
+                    hint="push again: it resumes from what reached the device",
+                ) from exc
+            verdict = lines.next_doc()
+            if verdict is None:
+                raise self._helper_failed(*lines.finish(), f"receiving {local.name}")
         except TransportError:
             raise
         except (paramiko.SSHException, EOFError, OSError) as exc:
             raise TransportError(
-                f"{self.label}: connection lost after sending {offset + sent} of {size} bytes of {local.name}: "
+                f"{self.label}: connection lost while pushing {local.name}: "
                 f"{exc or type(exc).__name__}",
                 hint="push again: it resumes from what reached the device",
             ) from exc
         finally:
             _close_quietly(chan)
-        return self._helper_result(rc, bytes(out), bytes(err))
+        if verdict.get("status") != "ok":
+            self._push_failed(verdict, local, remote, size)
+        return PushResult(
+            local, remote, sha256, size, size - offset, False, time.perf_counter() - start
+        )
+
+    def _stream(
+        self, chan: paramiko.Channel, local: Path, remote: str, offset: int, size: int, began: float
+    ) -> int:
+        sent = 0
+        with open(local, "rb", buffering=0) as handle:
+            handle.seek(offset)
+            left = size - offset
+            while left > 0:
+                block = handle.read(min(CHUNK_BYTES, left))
+                if not block:
+                    raise TransportError(f"{local} shrank while it was being sent")
+                view = memoryview(block)
+                while view:
+                    # Channel.send takes at most one window/packet; sendall would
+                    # re-slice (copy) the rest of the block on every packet.
+                    n = chan.send(view)
+                    if n <= 0:
+                        raise EOFError("channel closed")
+                    view = view[n:]
+                sent += len(block)
+                left -= len(block)
+                self._report(local, remote, offset + sent, size, sent, began)
+        return sent
 
     def _report(
         self, local: Path, remote: str, done: int, total: int, sent: int, began: float
@@ -1035,12 +981,24 @@ class SSHTransport:
                 PushProgress(local, remote, done, total, sent, time.perf_counter() - began)
             )
 
-    def _push_failed(
-        self, doc: dict[str, Any], local: Path, remote: str, partial: str, size: int
-    ) -> None:
+    def _push_failed(self, doc: dict[str, Any], local: Path, remote: str, size: int) -> None:
         from edgeshrink.util import human_bytes
 
         status = doc.get("status")
+        partial = doc.get("path") or remote
+        if status == "no_space":
+            raise TransportError(
+                f"{self.label}: not enough space on the device: {doc.get('free_path')} has "
+                f"{human_bytes(doc.get('free_bytes') or 0)} free, {local.name} needs "
+                f"{human_bytes(doc.get('need') or 0)} more",
+                hint="free space on the device, or give the target a work_dir on a larger filesystem",
+            )
+        if status == "not_writable":
+            raise TransportError(
+                f"{self.label}: cannot write {doc.get('path')} on the device: {doc.get('error')}",
+                hint="give the target a work_dir the SSH user can write "
+                "(`edgeshrink targets add NAME ... --work-dir PATH`), or make it writable",
+            )
         if status == "busy":
             raise TransportError(
                 f"{self.label}: another push of {local.name} to {remote} is running",
@@ -1075,15 +1033,29 @@ class SSHTransport:
         timeout_s: float,
         max_output_bytes: int = 8 << 20,
         on_stderr: LineCallback | None = None,
+        device_wait_s: float = DEVICE_WAIT_S,
     ) -> CommandResult:
-        """Run ``argv`` in the work dir; stdout bounded, stderr streamed by line to ``on_stderr``."""
+        """Run ``argv`` in the work dir; stdout bounded, stderr streamed by line to ``on_stderr``.
+
+        The device's Python runs edgeshrink's launcher (agent/device_helper.py),
+        which holds the device lock (waiting up to ``device_wait_s`` for an
+        earlier command of ours), puts the command in its own process group and
+        ends that group when this session ends.  Without a Python there, the
+        command runs directly (so that doctor can say what is missing).
+        """
         on_line = on_stderr or self.on_stderr
         work = shlex.quote(self.work_dir)
         command = _quote_argv(argv)
+        python = shlex.quote(self.target.python)
+        lock = posixpath.join(self.work_dir, DEVICE_LOCK_NAME)
+        launcher = "exec " + helper_command(
+            self.target.python, ["launch", lock, f"{device_wait_s:g}", "--", *argv]
+        )
         script = (
             f"cd -- {work} 2>/dev/null || {{ mkdir -p -- {work} && cd -- {work}; }} || "
             f"{{ printf '{_WORKDIR_MARKER.decode()}' >&2; exit 125; }}\n"
-            f"if command -v setsid >/dev/null 2>&1; then setsid {command} </dev/null &\n"
+            f"if command -v {python} >/dev/null 2>&1; then {launcher}\n"
+            f"elif command -v setsid >/dev/null 2>&1; then setsid {command} </dev/null &\n"
             f"else {command} </dev/null &\nfi\n"
             'pid=$!\nprintf "@@edgeshrink-pid=%s\\n" "$pid" >&2\nwait "$pid"\nexit $?\n'
         )
@@ -1092,7 +1064,8 @@ class SSHTransport:
         stdout, tail = bytearray(), bytearray()
         truncated = timed_out = False
         pending = b""
-        pid: list[int] = []  # filled when the wrapper reports the process group
+        pid: list[int] = []  # filled when the launcher (or the shell) reports the process group
+        exit_doc: dict[str, Any] = {}
 
         def take_stderr(data: bytes) -> None:
             nonlocal pending
@@ -1100,6 +1073,11 @@ class SSHTransport:
             match = _PID_MARKER.search(pending)
             if match and not pid:
                 pid.append(int(match.group(1)))
+                pending = pending[: match.start()] + pending[match.end() :]
+            match = _EXIT_RE.search(pending)
+            if match:
+                with contextlib.suppress(ValueError):
+                    exit_doc.update(json.loads(match.group(1)))
                 pending = pending[: match.start()] + pending[match.end() :]
             lines = pending.split(b"\n")
             pending = lines.pop()
@@ -1134,11 +1112,15 @@ class SSHTransport:
             return False
 
         try:
+            # stdin stays open: it is the launcher's lifeline (EOF ends the command).
             chan.exec_command(_sh(script))
-            chan.shutdown_write()
-            deadline = time.monotonic() + timeout_s
+            # Until the command starts, the launcher may be waiting for the device lock.
+            deadline = time.monotonic() + device_wait_s + timeout_s + 5
+            started = False
             while True:
                 drain()
+                if pid and not started:
+                    started, deadline = True, time.monotonic() + timeout_s
                 if (
                     chan.exit_status_ready()
                     and not chan.recv_ready()
@@ -1151,7 +1133,8 @@ class SSHTransport:
                         break
                     raise TransportError(
                         f"{self.label}: connection lost while running {argv[0]}",
-                        hint="check the device and network; the command may still be running there",
+                        hint="check the device and network; the launcher ends the command "
+                        "when its session is gone",
                     )
                 if time.monotonic() > deadline:
                     timed_out = True
@@ -1182,7 +1165,24 @@ class SSHTransport:
                 f"{tail.decode('utf-8', 'replace').replace(_WORKDIR_MARKER.decode(), '').strip()}",
                 hint="give the target a work_dir the SSH user can write (`targets add ... --work-dir`)",
             )
-        returncode, sig = _signal_status(status)
+        if exit_doc.get("status") == "busy":
+            message, hint = device_busy_message(self.label, exit_doc, device_wait_s)
+            raise TransportError(message, hint=hint)
+        if exit_doc.get("status") == "lock_failed":
+            raise TransportError(
+                f"{self.label}: cannot write the device lock {exit_doc.get('path')}: "
+                f"{exit_doc.get('error')}",
+                hint="give the target a work_dir the SSH user can write "
+                "(`edgeshrink targets add NAME ... --work-dir PATH`)",
+            )
+        if status == 1 and not pid and not exit_doc and _HELPER_BROKE.search(tail):
+            raise self._helper_failed(status, bytes(tail), f"starting {argv[0]}")
+        if exit_doc.get("status") == "exited":
+            returncode, sig = exit_doc.get("returncode"), exit_doc.get("signal")
+            if sig is not None:
+                returncode = -int(sig)
+        else:
+            returncode, sig = _signal_status(status)
         return CommandResult(
             argv=tuple(argv),
             returncode=returncode,
@@ -1192,19 +1192,22 @@ class SSHTransport:
             timed_out=timed_out,
             signal=sig,
             stdout_truncated=truncated,
+            oom_kill=exit_doc.get("oom_kill"),
         )
 
     def _stop(
         self, pid: list[int], chan: paramiko.Channel, wait_exit: Callable[[float], bool]
     ) -> None:
-        """SIGTERM the remote process group, then SIGKILL what is left after the grace period."""
+        """SIGTERM the remote process group, then SIGKILL; return once the launcher says it is gone."""
         if not pid:
             wait_exit(1.0)  # the marker may still be on its way
         if not pid:
-            _close_quietly(chan)
+            _close_quietly(chan)  # EOF: the launcher ends whatever it started
             return
         for sig, grace in (("TERM", TERM_GRACE_S), ("KILL", TERM_GRACE_S)):
-            self._kill(pid[0], sig)
+            with contextlib.suppress(Exception):
+                chan.sendall(sig.encode() + b"\n")  # the launcher signals its group
+            self._kill(pid[0], sig)  # a device without Python: the shell's group
             if wait_exit(grace):
                 return
         _close_quietly(chan)

@@ -164,7 +164,9 @@ def test_disk_full_is_refused_before_sending(rig, tmp_path):
             transport.push_artifact(big, sha256_file(big))
         assert "needs 3.0 MiB" in info.value.message and "free space" in info.value.hint
         assert not seen  # nothing was sent
-        assert not [p for p in small.rglob("*") if p.is_file()]
+        # Only the receiver's empty lock file: no partial, no final name.
+        left = [p for p in small.rglob("*") if p.is_file()]
+        assert [p.name for p in left] == [".big.gguf.lock"] and left[0].stat().st_size == 0
 
 
 def test_connection_dropped_mid_push_resumes_and_never_shows_a_partial_final(

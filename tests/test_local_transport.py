@@ -1,0 +1,158 @@
+"""The local transport (this machine as a device): verified pushes and the device launcher."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from edgeshrink.errors import TransportError
+from edgeshrink.targets import Target
+from edgeshrink.transport.local import LocalTransport
+from edgeshrink.util import sha256_file
+
+REPO = Path(__file__).resolve().parents[1]
+
+HOST_SCRIPT = """
+import json, sys
+from edgeshrink.targets import Target
+from edgeshrink.transport.local import LocalTransport
+with LocalTransport(Target(name="local", kind="local", work_dir=sys.argv[1])) as t:
+    t.run(json.loads(sys.argv[2]), timeout_s=600)
+"""
+
+SLEEPER = (
+    "import os, subprocess, sys, time; "
+    "kid = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)']); "
+    "open(sys.argv[1] + '.tmp', 'w').write('%d %d' % (os.getpid(), kid.pid)); "
+    "os.rename(sys.argv[1] + '.tmp', sys.argv[1]); time.sleep(300)"
+)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _wait_for(path: Path, limit_s: float = 30) -> str:
+    until = time.monotonic() + limit_s
+    while not path.exists():
+        assert time.monotonic() < until, f"{path} never appeared"
+        time.sleep(0.05)
+    return path.read_text()
+
+
+@pytest.fixture
+def device(tmp_path: Path) -> LocalTransport:
+    return LocalTransport(Target(name="local", kind="local", work_dir=str(tmp_path / "device")))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL, signal.SIGHUP])
+def test_a_killed_host_leaves_nothing_running(tmp_path, sig):
+    pidfile = tmp_path / "pids"
+    host = subprocess.Popen(
+        [sys.executable, "-c", HOST_SCRIPT, str(tmp_path / "device"),
+         json.dumps([sys.executable, "-c", SLEEPER, str(pidfile)])],
+        env={**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True,
+    )  # fmt: skip
+    try:
+        pids = [int(p) for p in _wait_for(pidfile).split()]
+        os.kill(host.pid, sig)
+        host.wait(timeout=30)
+        until = time.monotonic() + 15
+        while any(_alive(p) for p in pids) and time.monotonic() < until:
+            time.sleep(0.1)
+        assert not [p for p in pids if _alive(p)], f"still running after the host got {sig}"
+    finally:
+        if host.poll() is None:
+            host.kill()
+            host.wait()
+
+
+def test_a_second_run_waits_or_names_the_pid(device, tmp_path):
+    marker = tmp_path / "first-started"
+    results: list[object] = []
+    code = f"open({str(marker)!r}, 'w').write('x'); import time; time.sleep(3)"
+    thread = threading.Thread(
+        target=lambda: results.append(device.run([sys.executable, "-c", code], timeout_s=60))
+    )
+    thread.start()
+    try:
+        _wait_for(marker)
+        with pytest.raises(TransportError, match=r"busy: edgeshrink process \d+") as info:
+            device.run(["true"], timeout_s=10, device_wait_s=0.5)
+        assert re.search(r"kill -TERM -\d+", info.value.hint)
+        assert device.run(["true"], timeout_s=10, device_wait_s=30).returncode == 0
+    finally:
+        thread.join()
+    assert results and results[0].returncode == 0
+
+
+def test_a_timeout_is_reported_once_the_group_is_gone(device, tmp_path):
+    pidfile = tmp_path / "stubborn.pid"
+    stubborn = (
+        "import subprocess, sys, time; "
+        "kid = subprocess.Popen([sys.executable, '-c', "
+        "'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)']); "
+        f"open({str(pidfile)!r}, 'w').write(str(kid.pid)); time.sleep(300)"
+    )
+    result = device.run([sys.executable, "-c", stubborn], timeout_s=2)
+    assert result.timed_out
+    assert not _alive(int(pidfile.read_text()))
+
+
+def test_output_status_and_oom_kill_of_a_run(device):
+    done = device.run(
+        [sys.executable, "-c", "import sys; print('out'); sys.stderr.write('err\\n'); sys.exit(3)"],
+        timeout_s=30,
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (3, "out\n", "err\n")
+    killed = device.run([sys.executable, "-c", "import os; os.kill(os.getpid(), 9)"], timeout_s=30)
+    assert killed.signal == 9 and killed.returncode == -9
+    if "oom_kill" in Path("/proc/vmstat").read_text():
+        assert killed.oom_kill is False  # an operator's SIGKILL is not the OOM killer
+
+
+def test_same_size_corruption_is_pushed_again(device, tmp_path):
+    local = tmp_path / "model.gguf"
+    local.write_bytes(os.urandom(1 << 20))
+    sha = sha256_file(local)
+    first = device.push_artifact(local, sha)
+    assert not first.skipped and device.push_artifact(local, sha).skipped
+    Path(first.remote).write_bytes(os.urandom(1 << 20))
+    again = device.push_artifact(local, sha)
+    assert not again.skipped and sha256_file(Path(again.remote)) == sha
+
+
+def test_an_agent_whose_launcher_was_killed_still_keeps_the_device(device, tmp_path):
+    pidfile = tmp_path / "pids"
+    results: list[object] = []
+    thread = threading.Thread(
+        target=lambda: results.append(
+            device.run([sys.executable, "-c", SLEEPER, str(pidfile)], timeout_s=60)
+        )
+    )
+    thread.start()
+    agent = int(_wait_for(pidfile).split()[0])
+    try:
+        launcher = int(Path(f"/proc/{agent}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        os.kill(launcher, signal.SIGKILL)  # the launcher alone: the agent lives on
+        thread.join(timeout=30)
+        assert results and results[0].signal == signal.SIGKILL and _alive(agent)
+        with pytest.raises(TransportError, match=f"busy: edgeshrink process {agent} "):
+            device.run(["true"], timeout_s=10, device_wait_s=0.5)
+    finally:
+        os.killpg(agent, signal.SIGKILL)
+        thread.join(timeout=30)
+    assert device.run(["true"], timeout_s=10, device_wait_s=10).returncode == 0
