@@ -241,9 +241,18 @@ def interpret_agent_output(run: CommandResult, params: dict[str, Any]) -> BenchR
             params,
         ))  # fmt: skip
     if run.signal == SIGKILL or run.returncode == 128 + SIGKILL:
+        if run.oom_kill is False:
+            return BenchResult.from_document(_synthetic(
+                "error",
+                "the agent was killed by SIGKILL, not by the kernel's out-of-memory killer"
+                " (its oom_kill counter did not rise)",
+                "something or someone on the device killed it; run again",
+                params,
+            ))  # fmt: skip
+        who = "by" if run.oom_kill else "most likely by"
         return BenchResult.from_document(_synthetic(
             "oom",
-            "the agent was killed by SIGKILL, most likely by the kernel's out-of-memory killer",
+            f"the agent was killed by SIGKILL, {who} the kernel's out-of-memory killer",
             "use a smaller quantization or a shorter context (edgeshrink plan shows the estimate)",
             params,
         ))  # fmt: skip

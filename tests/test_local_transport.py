@@ -156,3 +156,15 @@ def test_an_agent_whose_launcher_was_killed_still_keeps_the_device(device, tmp_p
         os.killpg(agent, signal.SIGKILL)
         thread.join(timeout=30)
     assert device.run(["true"], timeout_s=10, device_wait_s=10).returncode == 0
+
+
+def test_an_operators_sigkill_of_the_agent_is_not_stored_as_oom(device):
+    """A SIGKILL the kernel's OOM killer did not send is an error, not `oom`."""
+    from edgeshrink.bench import interpret_agent_output
+
+    if "oom_kill" not in Path("/proc/vmstat").read_text():
+        pytest.skip("this kernel has no oom_kill counter in /proc/vmstat")
+    killed = device.run([sys.executable, "-c", "import os; os.kill(os.getpid(), 9)"], timeout_s=30)
+    result = interpret_agent_output(killed, {})
+    assert result.status == "error"
+    assert "not by the kernel's out-of-memory killer" in (result.error_message or "")
