@@ -129,9 +129,7 @@ CASES: dict[str, tuple[str, list[str]]] = {
 
 # Hints printed by files other engineers own, reported to them; the case flips (strict
 # xfail) when the hint is fixed.
-KNOWN_WRONG = {
-    "lab run too big": "lab/runner.py passes plan's '--ctx' hint through to `lab run`",
-}
+KNOWN_WRONG: dict[str, str] = {}
 
 
 @pytest.mark.parametrize(
@@ -226,8 +224,8 @@ MODULE_COMMANDS = {
     "edgeshrink/lab/config.py": ["lab run"],
     "edgeshrink/quality.py": ["eval", "check"],
 }
-# Hints in files other engineers own, reported to them; the test flips when they are fixed.
-KNOWN_ELSEWHERE = {"edgeshrink/transport/ssh.py"}
+# Hints in modules known to be wrong, as strict xfails that flip when they are fixed.
+KNOWN_ELSEWHERE: set[str] = set()
 
 
 @pytest.mark.parametrize(

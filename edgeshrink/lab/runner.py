@@ -229,7 +229,10 @@ def plan_lab(inventory: Inventory, suite: Suite) -> LabPlan:
                         raise LabConfigError(
                             f"{where}: job[{job.index}] ({job.name}) on {device.name} "
                             f"({profile_id}): {exc.message}",
-                            hint=exc.hint,
+                            # plan's own hint names plan's options (--ctx), which lab run
+                            # does not have: say it in the suite's words.
+                            hint='give the job a smaller quant = "..." or a shorter context = N '
+                            "in the suite, or run it on a device with more memory",
                         ) from exc
                 # The bytes depend on the source and the type only (context and
                 # prefer only choose the type), so jobs that agree share an artifact.
