@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -32,6 +33,35 @@ class BenchOutcome:
     result: BenchResult
     result_id: int | None
     db_path: Path | None
+    # What the host knows the user should hear (e.g. a context beyond the trained one).
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def all_warnings(self) -> tuple[str, ...]:
+        """The host's warnings, then the agent's (its document's ``warnings``)."""
+        agent = self.result.document.get("warnings") or []
+        return self.warnings + tuple(str(w) for w in agent if str(w) not in self.warnings)
+
+
+def bench_context_warnings(info: Any, params: BenchParams) -> tuple[str, ...]:
+    """A benchmark context beyond the one a GGUF was trained at: the speed is real, but
+    not what the model would be used at."""
+    trained = info.llm.context_length if getattr(info, "llm", None) else None
+    if info.format != "gguf" or not trained:
+        return ()
+    used = params.n_ctx or params.prompt_tokens + params.gen_tokens
+    if used <= trained:
+        return ()
+    asked = (
+        f"--n-ctx {params.n_ctx}"
+        if params.n_ctx
+        else f"--prompt-tokens {params.prompt_tokens} + --gen-tokens {params.gen_tokens}"
+    )
+    return (
+        f"{asked} = {used} tokens is beyond the context {info.path.name} was trained at "
+        f"({trained}, {info.architecture}.context_length): the model's output degrades past "
+        f"{trained} tokens, so this speed is not one it would be used at",
+    )
 
 
 @dataclass(frozen=True)
@@ -77,6 +107,27 @@ def bench_model(
     say = progress or (lambda _msg: None)
     model = Path(model)
     info = detect_and_inspect(model)
+    # The store is opened (and checked) before anything is measured: a bad --db must
+    # not cost a whole benchmark whose figures then go nowhere.
+    with ResultStore(db) if store_result else contextlib.nullcontext() as store:
+        return _bench_and_store(
+            model, info, target, params, store, profile, timeout_s, say,
+            push_progress, agent_stderr,
+        )  # fmt: skip
+
+
+def _bench_and_store(
+    model: Path,
+    info: Any,
+    target: Target,
+    params: BenchParams,
+    store: ResultStore | None,
+    profile: HardwareProfile | None,
+    timeout_s: float,
+    say: Callable[[str], None],
+    push_progress: Callable[[Any], None] | None,
+    agent_stderr: Callable[[str], None] | None,
+) -> BenchOutcome:
     try:
         artifact: Artifact | None = load_artifact(model, verify=True)
         sha = artifact.sha256
@@ -120,26 +171,28 @@ def bench_model(
         )
     result_id = None
     db_path = None
-    if store_result:
-        with ResultStore(db) as store:
-            db_path = store.path
-            result_id = store.add_result(
-                {
-                    "target": target.name,
-                    "target_kind": target.kind,
-                    "profile_id": profile.id if profile else target.profile,
-                    "format": info.format,
-                    "quant": artifact.quant if artifact else info.file_type,
-                    "model_name": model.name,
-                    "source_sha256": artifact.source_sha256 if artifact else None,
-                    "artifact_sha256": sha,
-                    "artifact_size": model.stat().st_size,
-                    **result.store_columns(),
-                    "params_key": params.key(),
-                },
-                result.document,
-            )
-    return BenchOutcome(target, artifact, model, pushed, result, result_id, db_path)
+    if store is not None:
+        db_path = store.path
+        result_id = store.add_result(
+            {
+                "target": target.name,
+                "target_kind": target.kind,
+                "profile_id": profile.id if profile else target.profile,
+                "format": info.format,
+                "quant": artifact.quant if artifact else info.file_type,
+                "model_name": model.name,
+                "source_sha256": artifact.source_sha256 if artifact else None,
+                "artifact_sha256": sha,
+                "artifact_size": model.stat().st_size,
+                **result.store_columns(),
+                "params_key": params.key(),
+            },
+            result.document,
+        )
+    return BenchOutcome(
+        target, artifact, model, pushed, result, result_id, db_path,
+        warnings=bench_context_warnings(info, params),
+    )  # fmt: skip
 
 
 def deploy_model(

@@ -12,6 +12,7 @@ from edgeshrink.cli.common import (
     ACCEPT_NEW_HOST_KEY,
     DB_OPTION,
     Context,
+    FiniteFloat,
     emit_json,
     pass_context,
     progress_printer,
@@ -27,7 +28,7 @@ from edgeshrink.cli.models import (
     print_plan,
 )
 from edgeshrink.report.table import render_pairs
-from edgeshrink.util import human_bytes
+from edgeshrink.util import human_bytes, terminal_safe
 
 FORMAT_KEYS = (
     "calibration", "calibration_method", "per_channel", "allow_random_calibration", "convert_type",
@@ -45,10 +46,10 @@ def bench_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--flash-attn", type=click.Choice(["on", "off"]), default="on", show_default=True, help="llama.cpp flash attention."),
         click.option("--n-ctx", type=click.IntRange(16, 1 << 20), default=None, help="Context of the benchmark [default: prompt + gen]."),
         click.option("--runs", type=click.IntRange(1, 1 << 20), default=50, show_default=True, help="Non-LLM models: at least this many timed runs."),
-        click.option("--min-seconds", type=click.FloatRange(0, None), default=1.0, show_default=True, help="Non-LLM models: keep running until this long has passed too."),
+        click.option("--min-seconds", type=FiniteFloat(min=0), default=1.0, show_default=True, help="Non-LLM models: keep running until this long has passed too."),
         click.option("--inputs", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="Non-LLM models: an .npz of inputs pushed with the model [default: random from the declared shapes]."),
         click.option("--no-mmap", is_flag=True, help="Read the model into memory instead of mmap'ing it."),
-        click.option("--timeout", "timeout_s", type=click.FloatRange(1, None), default=900.0, show_default=True, help="Seconds before the agent is stopped."),
+        click.option("--timeout", "timeout_s", type=FiniteFloat(min=1), default=900.0, show_default=True, help="Seconds before the agent is stopped."),
         click.option("--external-delegate", default=None, help="TFLite: delegate library path on the device [default: the profile's, on SSH targets]."),
         click.option("--tflite-runtime", type=click.Choice(["auto", "litert", "tflite-runtime", "tensorflow"]), default="auto", show_default=True, help="TFLite: which runtime the agent uses (auto: ai-edge-litert, then tflite-runtime, then tensorflow.lite)."),
         DB_OPTION,
@@ -93,6 +94,8 @@ def _fmt_stat(stat, unit: str, label: str) -> str:
 
 def print_bench(outcome) -> None:
     r = outcome.result
+    for warning in outcome.all_warnings:  # the agent's too: text mode must not hide them
+        click.echo(f"warning: {terminal_safe(warning)}", err=True)
     device = r.document.get("device") or {}
     where = f"{outcome.target.name}: {device.get('board') or r.device_cpu or '?'}, {r.device_cores or '?'} cores, {r.device_arch or '?'}"
     params = r.document.get("params") or {}
@@ -146,6 +149,7 @@ def bench_json(outcome) -> dict[str, Any]:
                  "bytes_sent": outcome.push.bytes_sent, "seconds": outcome.push.seconds},
         "result_id": outcome.result_id,
         "db": str(outcome.db_path) if outcome.db_path else None,
+        "warnings": list(outcome.all_warnings),
         "result": outcome.result.document,
     }  # fmt: skip
 
