@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -208,6 +209,99 @@ class BenchResult:
         }
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+_OPTIONAL = object()  # a field that may be absent or null
+
+
+def document_problems(doc: Any) -> list[str]:
+    """What is wrong with an agent document, checked against the schema the agent writes
+    (edgeshrink.bench/1): types, finite numbers, known statuses. Empty when it is sound.
+
+    The host reads what a device printed: nothing in it is trusted until checked here.
+    """
+    problems: list[str] = []
+
+    def section(path: str, value: Any) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            problems.append(f"{path} is {type(value).__name__}, not an object")
+            return {}
+        return value
+
+    def number(path: str, value: Any, *, integer: bool = False) -> None:
+        if value is None:
+            return
+        if not _is_number(value) or (integer and not isinstance(value, int)):
+            kind = "a whole number" if integer else "a finite number"
+            problems.append(f"{path} is {value!r:.40}, not {kind}")
+
+    def text(path: str, value: Any) -> None:
+        if value is not None and not isinstance(value, str):
+            problems.append(f"{path} is {type(value).__name__}, not text")
+
+    if not isinstance(doc, dict):
+        return [f"the document is {type(doc).__name__}, not an object"]
+    if doc.get("schema") != SCHEMA:
+        problems.append(f"schema is {doc.get('schema')!r:.40}, expected {SCHEMA!r}")
+    if doc.get("status") not in STATUSES:
+        problems.append(f"status is {doc.get('status')!r:.40}, expected one of {STATUSES}")
+    error = section("error", doc.get("error"))
+    for key in ("type", "message", "hint"):
+        text(f"error.{key}", error.get(key))
+    number("load_s", doc.get("load_s"))
+    number("duration_s", doc.get("duration_s"))
+    number("throughput_per_s", doc.get("throughput_per_s"))
+    memory = section("memory", doc.get("memory"))
+    for key in ("peak_rss_mb", "rss_anon_mb", "rss_file_mb", "rss_after_load_mb"):
+        number(f"memory.{key}", memory.get(key))
+    llm = section("llm", doc.get("llm"))
+    for key in ("pp_tok_s", "tg_tok_s", "ttft_ms"):
+        stat = section(f"llm.{key}", llm.get(key))
+        number(f"llm.{key}.mean", stat.get("mean"))
+        number(f"llm.{key}.stddev", stat.get("stddev"))
+        samples = stat.get("samples")
+        if samples is not None and not (
+            isinstance(samples, list) and all(_is_number(v) for v in samples)
+        ):
+            problems.append(f"llm.{key}.samples is not a list of finite numbers")
+    latency = section("latency_ms", doc.get("latency_ms"))
+    for key in ("mean", "stddev", "min", "p50", "p90", "p99", "max"):
+        number(f"latency_ms.{key}", latency.get(key))
+    number("latency_ms.count", latency.get("count"), integer=True)
+    device = section("device", doc.get("device"))
+    for key in ("cpu", "arch", "board", "os"):
+        text(f"device.{key}", device.get(key))
+    number("device.cores", device.get("cores"), integer=True)
+    runtime = section("runtime", doc.get("runtime"))
+    for key in ("name", "version"):
+        text(f"runtime.{key}", runtime.get(key))
+    params = section("params", doc.get("params"))
+    number("params.threads", params.get("threads"), integer=True)
+    number("params.resolved.threads", section("params.resolved", params.get("resolved")).get("threads"), integer=True)  # fmt: skip
+    for key in ("warnings", "unmeasured"):
+        items = doc.get(key)
+        if items is not None and not isinstance(items, list):
+            problems.append(f"{key} is {type(items).__name__}, not a list")
+    return problems
+
+
+def parse_agent_json(text: str) -> Any:
+    """The agent's stdout as JSON, strictly: NaN and infinity are not JSON, and a document
+    nested past any sane depth is refused instead of exhausting the stack."""
+
+    def refuse_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not a JSON number")
+
+    try:
+        return json.loads(text, parse_constant=refuse_constant)
+    except RecursionError as exc:
+        raise ValueError("the document is nested too deeply") from exc
+
+
 def _synthetic(status: str, message: str, hint: str, params: dict[str, Any]) -> dict[str, Any]:
     """A result document for a run that ended before the agent could write one."""
     return {
@@ -224,11 +318,28 @@ def interpret_agent_output(run: CommandResult, params: dict[str, Any]) -> BenchR
     doc: dict[str, Any] | None = None
     if text and not run.stdout_truncated:
         try:
-            parsed = json.loads(text)
-            doc = parsed if isinstance(parsed, dict) else None
-        except json.JSONDecodeError:
-            doc = None
+            parsed = parse_agent_json(text)
+        except ValueError as exc:  # JSONDecodeError is a ValueError too
+            parsed = None
+            if text.startswith("{"):
+                return BenchResult.from_document(_synthetic(
+                    "error",
+                    f"the agent printed a document that is not valid JSON: {exc}",
+                    "check that the device runs this edgeshrink's agent; EDGESHRINK_DEBUG=1",
+                    params,
+                ))  # fmt: skip
+        doc = parsed if isinstance(parsed, dict) else None
     if doc is not None:
+        problems = document_problems(doc)
+        if problems:
+            more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
+            return BenchResult.from_document(_synthetic(
+                "error",
+                "the agent's document does not match its schema: "
+                + "; ".join(problems[:3]) + more,
+                "check that the device runs this edgeshrink's agent; EDGESHRINK_DEBUG=1",
+                params,
+            ))  # fmt: skip
         if run.timed_out and doc.get("status") == "ok":
             doc["status"] = "timeout"
         return BenchResult.from_document(doc)

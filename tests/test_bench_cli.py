@@ -62,3 +62,47 @@ def test_the_agents_warnings_and_the_hosts_are_printed_in_text_mode(nano: Path) 
     doc = json.loads(as_json.stdout)
     assert any("trained at (64" in w for w in doc["warnings"])
     assert any("usable cores" in w for w in doc["warnings"])
+
+
+def _device_printing(tmp_path: Path, document: str) -> Path:
+    """A target whose 'Python' is a real program that prints ``document`` as the agent's."""
+    printed = tmp_path / "document.json"
+    printed.write_text(document)
+    python = tmp_path / "python3"
+    python.write_text(f"#!/bin/sh\ncat '{printed}'\n")
+    python.chmod(0o755)
+    target = tmp_path / "dev.toml"
+    target.write_text(
+        f'name = "dev"\nkind = "local"\npython = "{python}"\nwork_dir = "{tmp_path / "work"}"\n'
+    )
+    return target
+
+
+HEAD = '{"schema": "edgeshrink.bench/1", "status": "ok", '
+
+
+@pytest.mark.parametrize(
+    ("document", "said"),
+    [
+        (HEAD + '"llm": {"pp_tok_s": {"mean": "fast"}}}', "llm.pp_tok_s.mean is 'fast'"),
+        (HEAD + '"memory": "lots"}', "memory is str, not an object"),
+        (HEAD + '"device": {"cores": "two"}}', "device.cores is 'two'"),
+        (HEAD + '"load_s": NaN}', "NaN is not a JSON number"),
+        (HEAD + '"latency_ms": {"mean": Infinity}}', "Infinity is not a JSON number"),
+        ('{"a": ' * 100_000 + "1" + "}" * 100_000, "nested too deeply"),
+        ('{"schema": "edgeshrink.bench/1", "status": "splendid"}', "status is 'splendid'"),
+    ],
+    ids=["string-mean", "string-section", "string-cores", "nan", "infinity", "deep", "status"],
+)
+def test_a_malformed_agent_document_is_stored_as_an_error_with_what_was_wrong(
+    nano: Path, tmp_path: Path, document: str, said: str
+) -> None:
+    target = _device_printing(tmp_path, document)
+    run = run_cli("bench", str(nano), "--target", str(target), "--json", *QUICK)
+    assert run.returncode == 1, run.stderr
+    assert "Traceback" not in run.stderr and "internal error" not in run.stderr
+    result = json.loads(run.stdout)
+    assert result["result"]["status"] == "error"
+    assert said in result["result"]["error"]["message"]
+    stored = json.loads(run_cli("results", "--json").stdout)
+    assert [r["status"] for r in stored] == ["error"]
