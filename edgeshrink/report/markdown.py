@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import html
 import os
 from pathlib import Path
 from typing import Any
 
-from edgeshrink.util import atomic_path
+from edgeshrink.util import atomic_path, terminal_safe
 
 SPARKS = "▁▂▃▄▅▆▇█"
 
@@ -18,8 +19,10 @@ def _num(value: float | None, unit: str = "") -> str:
     return f"{text} {unit}".strip()
 
 
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+def markdown_cell(text: str) -> str:
+    """A table cell from any text, a device's error included: no control characters, no
+    raw HTML (Markdown renderers pass it through, e.g. a <script>), no cell breaks."""
+    return html.escape(terminal_safe(text), quote=False).replace("|", "\\|")
 
 
 def sparkline(values: list[float | None]) -> str:
@@ -48,10 +51,10 @@ def _findings_table(findings: list[Any]) -> list[str]:
         else:
             detail = "; ".join(c.describe() for c in f.changed) or "nothing recorded changed"
         lines.append(
-            f"| {_cell(f.device)} | {_cell(f.job)} | {_cell(f.label if f.metric != 'status' else 'status')} "
+            f"| {markdown_cell(f.device)} | {markdown_cell(f.job)} | {markdown_cell(f.label if f.metric != 'status' else 'status')} "
             f"| {_num(f.baseline, f.unit)} | {_num(f.current, f.unit)} "
             f"| {f'{f.change:+.1%}' if f.change is not None else '-'} "
-            f"| {f'{f.p_value:.2g}' if f.p_value is not None else '-'} | {_cell(detail)} |"
+            f"| {f'{f.p_value:.2g}' if f.p_value is not None else '-'} | {markdown_cell(detail)} |"
         )
     return lines
 
@@ -81,7 +84,10 @@ def render_markdown(report: Any) -> str:
     ):
         if findings:
             lines += [f"## {title}", "", *_findings_table(findings), ""]
-    trend = [s for s in report.series if s.metric in ("tg_tok_s", "latency_p50_ms", "kld_mean")]
+    trend = [
+        s for s in report.series
+        if s.metric in ("tg_tok_s", "pp_tok_s", "ttft_ms", "peak_rss_mb", "latency_p50_ms", "kld_mean")
+    ]  # fmt: skip
     if trend:
         lines += [
             "## Trends (oldest → newest)",
@@ -91,11 +97,13 @@ def render_markdown(report: Any) -> str:
         ]
         for s in trend:
             values = [p.value for p in s.points]
-            newest = next((v for v in reversed(values) if v is not None), None)
+            # The newest run's own value: when it failed, say so, not the last good one.
+            last = s.points[-1]
+            newest = "✗ failed" if last.status == "failed" else _num(last.value, s.unit)
             flag = " ⚠" if s.regressed else ""
             lines.append(
-                f"| {_cell(s.device)} | {_cell(s.job)} | {s.label} | `{sparkline(values)}`{flag} "
-                f"| {_num(newest, s.unit)} | {len(values)} |"
+                f"| {markdown_cell(s.device)} | {markdown_cell(s.job)} | {s.label} | `{sparkline(values)}`{flag} "
+                f"| {newest} | {len(values)} |"
             )
         lines.append("")
     runs = report.view.runs
@@ -106,7 +114,7 @@ def render_markdown(report: Any) -> str:
             s = run.summary or {}
             lines.append(
                 f"| #{run.id} | {run.started_at[:16].replace('T', ' ')} | {run.status} | {s.get('ok', '-')} "
-                f"| {s.get('failed', '-')} | {_cell(', '.join(s.get('devices_failed', [])) or '-')} |"
+                f"| {s.get('failed', '-')} | {markdown_cell(', '.join(s.get('devices_failed', [])) or '-')} |"
             )
         lines.append("")
     lines.append(

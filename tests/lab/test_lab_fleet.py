@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -300,6 +301,12 @@ def test_markdown_report(fleet):
     assert (
         "## Trends" in out.stdout and "✗" in out.stdout
     )  # dev-gone's failed night in its sparkline
+    # The newest value of a job whose newest run failed is that failure, not the last good
+    # figure; and the table has more than generation speed.
+    ended_failed = [line for line in out.stdout.splitlines() if re.search(r"✗` (⚠ )?\|", line)]
+    assert ended_failed, out.stdout
+    assert all("| ✗ failed |" in line for line in ended_failed), ended_failed
+    assert "| dev-a | gen | prompt processing |" in out.stdout
 
 
 # --------------------------------------------------------------------------- HTML in Chromium

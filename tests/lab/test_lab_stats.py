@@ -15,7 +15,7 @@ from edgeshrink.lab.history import JobRecord
 from edgeshrink.lab.regress import compare_run_metric, compare_sampled, evaluate, what_changed
 from edgeshrink.lab.reporting import since_iso
 from edgeshrink.lab.stats import log_spread, mann_whitney_u, median
-from edgeshrink.report.markdown import sparkline
+from edgeshrink.report.markdown import markdown_cell, sparkline
 
 POLICY = RegressionPolicy()
 
@@ -164,3 +164,11 @@ def test_since_and_sparkline() -> None:
     assert since_iso("12h", now=now).startswith("2026-11-29T00:00")
     assert since_iso("2026-11-01").startswith("2026-11-01T00:00")
     assert sparkline([1.0, 2.0, None, 4.0]) == "▃▅✗█"
+
+
+def test_device_text_in_a_markdown_cell_is_inert() -> None:
+    """A device's error reaches the Markdown report as text: no HTML a renderer would run,
+    no escape sequences, no cell or row breaks."""
+    hostile = "<script>alert(1)</script>\x1b[2J\x1b[31mred\x1b[0m | next\ncell"
+    cell = markdown_cell(hostile)
+    assert cell == "&lt;script&gt;alert(1)&lt;/script&gt;red \\| next cell"
