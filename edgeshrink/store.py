@@ -284,10 +284,35 @@ class ResultStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
+        except StoreError:
+            self._close_quietly()
+            raise  # it says what is wrong already (e.g. a newer schema)
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path}: cannot open the results database: {exc}") from exc
+            self._close_quietly()
+            text = str(exc)
+            if "not a database" in text or "malformed" in text:
+                hint = (
+                    "it is not a SQLite results database, or it is damaged: point --db / "
+                    "EDGESHRINK_DB at another file (edgeshrink leaves this one as it is)"
+                )
+            elif "locked" in text or "busy" in text:
+                hint = "another program holds the database locked: wait for it, or use another --db"
+            else:
+                hint = StoreError.default_hint
+            raise StoreError(
+                f"{self.path}: cannot open the results database: {exc}", hint=hint
+            ) from exc
         except OSError as exc:
+            self._close_quietly()
             raise StoreError(f"{self.path}: cannot create the results database: {exc}") from exc
+        except BaseException:
+            self._close_quietly()
+            raise
+
+    def _close_quietly(self) -> None:
+        db = getattr(self, "_db", None)
+        if db is not None:
+            db.close()
 
     def __enter__(self) -> ResultStore:
         return self
@@ -344,28 +369,39 @@ class ResultStore:
         return int(row[0] or 0)
 
     def _migrate(self) -> None:
-        with self._transaction() as db:
+        """Bring the schema to SCHEMA_VERSION, all of it in ONE transaction taken with the
+        write lock first: a crash at any statement leaves the database as it was, and
+        processes opening a fresh database at once wait for each other instead of each
+        creating the tables (Python's sqlite3 would otherwise run DDL outside any
+        transaction, one statement at a time)."""
+        db = self._db
+        db.commit()  # nothing of ours may be pending before BEGIN
+        db.execute("BEGIN IMMEDIATE")
+        try:
             db.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations ("
                 " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
             )
-        current = self.schema_version()
-        if current > SCHEMA_VERSION:
-            raise StoreError(
-                f"{self.path}: schema version {current} is newer than this edgeshrink knows "
-                f"({SCHEMA_VERSION})",
-                hint="upgrade edgeshrink, or use another --db",
-            )
-        for version, (name, sql) in enumerate(MIGRATIONS, start=1):
-            if version <= current:
-                continue
-            with self._transaction() as db:
+            current = self.schema_version()  # read under the lock: another opener may have won
+            if current > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path}: schema version {current} is newer than this edgeshrink knows "
+                    f"({SCHEMA_VERSION}): a newer edgeshrink wrote it",
+                    hint="upgrade edgeshrink (pip install -U edgeshrink), or use another --db",
+                )
+            for version, (name, sql) in enumerate(MIGRATIONS, start=1):
+                if version <= current:
+                    continue
                 for statement in filter(str.strip, sql.split(";")):
                     db.execute(statement)
                 db.execute(
                     "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
                     (version, name, _now()),
                 )
+            db.commit()
+        except BaseException:
+            db.rollback()
+            raise
 
     def add_result(self, row: dict[str, Any], document: dict[str, Any]) -> int:
         unknown = set(row) - set(RESULT_COLUMNS)
