@@ -153,22 +153,50 @@ class Shape:
     tied: bool
 
 
+def _count(config: dict[str, Any], key: str, default: Any = None, *, minimum: int = 1) -> int:
+    """A whole number of config.json at least ``minimum``; ValueError names the key and the
+    value (a float, a bool, NaN, a negative or zero count)."""
+    value = config.get(key, default) if default is not None else config[key]
+    if value is None and default is not None:
+        value = default
+    if isinstance(value, bool) or not isinstance(value, int):
+        if not (isinstance(value, float) and value.is_integer()):
+            raise ValueError(f"'{key}' = {value!r} (a whole number is needed)")
+        value = int(value)
+    if value < minimum or value > 1 << 40:
+        raise ValueError(f"'{key}' = {value} (it must be from {minimum} to 2^40)")
+    return value
+
+
 def shape_of(spec: ArchSpec, config: dict[str, Any]) -> Shape:
-    """Read the model's dimensions; KeyError names a missing config.json key."""
-    n_embd = int(config["hidden_size"])
-    n_head = int(config["num_attention_heads"])
+    """Read the model's dimensions; KeyError names a missing config.json key, ValueError a
+    count that is not a positive whole number or does not agree with the others."""
+    n_embd = _count(config, "hidden_size")
+    n_head = _count(config, "num_attention_heads")
     head_dim = config.get("head_dim")
+    head_dim = _count(config, "head_dim") if head_dim is not None else None
+    if head_dim is None and n_embd % n_head:
+        raise ValueError(
+            f"'hidden_size' = {n_embd} is not a multiple of 'num_attention_heads' = {n_head}"
+        )
+    n_head_kv = _count(config, "num_key_value_heads", n_head)
+    if n_head % n_head_kv:
+        raise ValueError(
+            f"'num_attention_heads' = {n_head} is not a multiple of "
+            f"'num_key_value_heads' = {n_head_kv}"
+        )
     n_ctx = config.get("max_position_embeddings") or config.get("n_positions") or 0
+    n_ctx = _count({"context": n_ctx}, "context", minimum=0)
     tied = bool(config.get("tie_word_embeddings", spec.tie_default)) or spec.ties_output_always
     return Shape(
-        n_vocab=int(config["vocab_size"]),
+        n_vocab=_count(config, "vocab_size"),
         n_embd=n_embd,
-        n_layer=int(config["num_hidden_layers"]),
+        n_layer=_count(config, "num_hidden_layers"),
         n_head=n_head,
-        n_head_kv=int(config.get("num_key_value_heads") or n_head),
-        head_dim=int(head_dim) if head_dim else n_embd // n_head,
-        n_ff=int(config["intermediate_size"]),
-        n_ctx=int(n_ctx),
-        head_dim_explicit=bool(head_dim) and int(head_dim) != n_embd // n_head,
+        n_head_kv=n_head_kv,
+        head_dim=head_dim or n_embd // n_head,
+        n_ff=_count(config, "intermediate_size"),
+        n_ctx=n_ctx,
+        head_dim_explicit=head_dim is not None and head_dim != n_embd // n_head,
         tied=tied,
     )

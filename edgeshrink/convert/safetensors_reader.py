@@ -127,6 +127,8 @@ class SafetensorsFile:
             begin, end = (int(x) for x in spec["data_offsets"])
         except (KeyError, TypeError, ValueError) as exc:
             raise self._error(f"has a malformed header entry for tensor {name!r}") from exc
+        if any(d < 0 for d in shape) or len(shape) > 8:
+            raise self._error(f"gives tensor {name!r} the impossible shape {list(shape)}")
         if dtype not in DTYPES:
             raise self._error(
                 f"stores tensor {name!r} as {dtype}, which edgeshrink cannot read",

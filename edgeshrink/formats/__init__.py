@@ -10,6 +10,7 @@ shrink its format, so listing what edgeshrink supports imports nothing heavy:
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeshrink.errors import ModelFileError, UnsupportedFormatError
+from edgeshrink.errors import EdgeshrinkError, ModelFileError, UnsupportedFormatError
 from edgeshrink.formats.base import ModelInfo
 
 
@@ -92,6 +93,18 @@ def backend(name: str) -> Backend:
 def detect_format(path: str | os.PathLike[str]) -> str:
     path = Path(path)
     if not path.exists():
+        try:
+            os.stat(path)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise ModelFileError(
+                    f"{path}: a loop of symbolic links (it never reaches a file)",
+                    hint="point the link at the model file itself (ls -l shows where it goes)",
+                ) from exc
+            if exc.errno in (errno.EACCES, errno.EPERM):
+                raise ModelFileError(
+                    f"{path}: permission denied", hint="check the file's and its folders' rights"
+                ) from exc
         raise ModelFileError(f"{path}: no such file or directory", hint="check the path")
     if path.is_dir():
         if (path / "config.json").is_file():
@@ -124,5 +137,24 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     )
 
 
+# What a reader's parsing of damaged bytes can raise before its own checks catch it.
+READER_FAILURES = (
+    ValueError, TypeError, AttributeError, IndexError, KeyError, OverflowError,
+    UnicodeDecodeError, MemoryError, RecursionError,
+)  # fmt: skip
+
+
 def detect_and_inspect(path: str | os.PathLike[str]) -> ModelInfo:
-    return backend(detect_format(path)).function("inspect")(path)
+    """Inspect any model file: a file the readers cannot make sense of is one
+    ModelFileError naming what failed, never another exception."""
+    kind = detect_format(path)
+    try:
+        return backend(kind).function("inspect")(path)
+    except EdgeshrinkError:
+        raise
+    except READER_FAILURES as exc:
+        raise ModelFileError(
+            f"{path}: a damaged or unusual {kind} file: reading it failed with "
+            f"{type(exc).__name__}: {str(exc)[:200]}",
+            hint="copy or export the model again; EDGESHRINK_DEBUG=1 shows where it failed",
+        ) from exc

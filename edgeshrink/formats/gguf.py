@@ -155,6 +155,117 @@ def _field_value(field: Any) -> Any:
     return field.contents()
 
 
+MAX_DIMS = 8  # GGML_MAX_DIMS is 4; a little slack for future files, none for garbage
+MAX_ARRAY_NESTING = 4
+_SCALAR_BYTES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_STRING, _ARRAY = 8, 9
+
+
+class _Damaged(ValueError):
+    """A count or length in a GGUF header that the file's bytes cannot hold."""
+
+
+def check_gguf_layout(data: Any, size: int) -> None:
+    """Walk a GGUF header and check every count, length and tensor extent against the
+    ``size`` bytes the file has, before anything is allocated from them.
+
+    gguf-py's reader trusts the header: an array claiming 2^61 strings in a 72-byte file
+    makes it loop and allocate without bound. Raises _Damaged naming the offset.
+    """
+    import struct
+
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    pos = 0
+
+    def take(n: int, what: str) -> int:
+        nonlocal pos
+        if n < 0 or pos + n > size:
+            raise _Damaged(
+                f"{what} at offset {pos} needs {n} bytes, the file has {size - pos} left"
+            )
+        start, pos = pos, pos + n
+        return start
+
+    def u32(what: str) -> int:
+        return struct.unpack_from("<I", data, take(4, what))[0]
+
+    def u64(what: str) -> int:
+        return struct.unpack_from("<Q", data, take(8, what))[0]
+
+    def string(what: str) -> None:
+        take(u64(f"{what} length"), what)
+
+    def value(kind: int, what: str, depth: int = 0) -> None:
+        if kind in _SCALAR_BYTES:
+            take(_SCALAR_BYTES[kind], what)
+        elif kind == _STRING:
+            string(what)
+        elif kind == _ARRAY:
+            if depth >= MAX_ARRAY_NESTING:
+                raise _Damaged(f"{what}: arrays nested deeper than {MAX_ARRAY_NESTING}")
+            item, count = u32(f"{what} item type"), u64(f"{what} count")
+            smallest = _SCALAR_BYTES.get(item, 8 if item in (_STRING, _ARRAY) else 0)
+            if item not in _SCALAR_BYTES and item not in (_STRING, _ARRAY):
+                raise _Damaged(f"{what}: unknown array item type {item}")
+            if count * smallest > size - pos:
+                raise _Damaged(
+                    f"{what}: an array of {count} items at offset {pos} cannot fit in the "
+                    f"{size - pos} bytes left"
+                )
+            if item in _SCALAR_BYTES:
+                take(count * smallest, what)
+            else:
+                for _ in range(count):
+                    value(item, what, depth + 1)
+        else:
+            raise _Damaged(f"{what}: unknown value type {kind} at offset {pos - 4}")
+
+    take(4, "magic")
+    version = u32("version")
+    if version not in (2, 3):
+        raise _Damaged(f"GGUF version {version} (this reader knows versions 2 and 3)")
+    n_tensors, n_kv = u64("tensor count"), u64("key-value count")
+    if n_kv * 12 > size - pos or n_tensors * 24 > size - pos:
+        raise _Damaged(
+            f"the header claims {n_kv} key-values and {n_tensors} tensors, more than "
+            f"{size} bytes can hold"
+        )
+    alignment = 32
+    for i in range(n_kv):
+        key_at = pos
+        key_length = u64(f"key {i} length")
+        key = bytes(data[take(key_length, f"key {i}") : pos])
+        kind = u32(f"key {i} type")
+        name = key.decode("utf-8", "replace")
+        if name == "general.alignment" and kind == 4:
+            alignment = struct.unpack_from("<I", data, pos)[0] or 32
+        value(kind, f"value of '{name}' (key at offset {key_at})")
+    extents = []
+    for i in range(n_tensors):
+        string(f"tensor {i} name")
+        n_dims = u32(f"tensor {i} dimension count")
+        if not 0 < n_dims <= MAX_DIMS:
+            raise _Damaged(f"tensor {i} has {n_dims} dimensions (at most {MAX_DIMS})")
+        elements = 1
+        for d in range(n_dims):
+            elements *= u64(f"tensor {i} dimension {d}")
+        kind = u32(f"tensor {i} type")
+        try:
+            block, block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType(kind)]
+        except (ValueError, KeyError):
+            raise _Damaged(f"tensor {i} has unknown type {kind}") from None
+        offset = u64(f"tensor {i} data offset")
+        extents.append((i, offset, elements * block_bytes // block))
+    data_start = -(-pos // alignment) * alignment
+    for i, offset, n_bytes in extents:
+        if data_start + offset + n_bytes > size:
+            raise _Damaged(
+                f"truncated GGUF file: tensor {i}'s data needs {data_start + offset + n_bytes} "
+                f"bytes, the file has {size}"
+            )
+
+
 def read_gguf(path: str | os.PathLike[str]) -> Any:
     """Open a GGUF file with gguf-py, turning every failure into ModelFileError."""
     path = Path(path)
@@ -173,8 +284,21 @@ def read_gguf(path: str | os.PathLike[str]) -> Any:
             f"{path}: not a GGUF file (starts with {magic!r}, expected b'GGUF')",
             hint="give a .gguf file made by llama.cpp's converters",
         )
+    import mmap
+
     from gguf import GGUFReader
 
+    try:
+        with (
+            open(path, "rb") as handle,
+            mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data,
+        ):
+            check_gguf_layout(data, size)
+    except (_Damaged, ValueError) as exc:
+        raise ModelFileError(
+            f"{path}: GGUF header is damaged or truncated ({size} bytes): {exc}",
+            hint="copy or download the file again",
+        ) from exc
     try:
         reader = GGUFReader(path)
     except (ValueError, IndexError, KeyError, OverflowError, TypeError) as exc:

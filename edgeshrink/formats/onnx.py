@@ -155,6 +155,11 @@ def _import_onnx() -> Any:
     return onnx
 
 
+def _text(value: Any) -> str:
+    """A protobuf string field: bytes when the file holds invalid UTF-8 there."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
 def _import_ort() -> Any:
     try:
         import onnxruntime
@@ -264,7 +269,7 @@ def load_model_proto(path: str | os.PathLike[str]) -> Any:
     try:
         # By path, so that external data is looked up beside the model.
         onnx.checker.check_model(str(path))
-    except onnx.checker.ValidationError as exc:
+    except (onnx.checker.ValidationError, UnicodeDecodeError) as exc:  # damaged names decode badly
         first = first_line(exc)
         raise ModelFileError(
             f"{path}: not a valid ONNX model: {first}",
@@ -496,7 +501,8 @@ def inspect_onnx(path: str | os.PathLike[str]) -> ModelInfo:
     metadata: dict[str, Any] = {
         "opset": opsets,
         "ir_version": int(model.ir_version),
-        "producer": " ".join(p for p in (model.producer_name, model.producer_version) if p) or None,
+        "producer": " ".join(_text(p) for p in (model.producer_name, model.producer_version) if p)
+        or None,
         "inputs": [s.to_dict() for s in inputs],
         "outputs": [s.to_dict() for s in outputs],
         "op_histogram": dict(histogram.most_common()),

@@ -389,7 +389,9 @@ def read_tflite(path: str | os.PathLike[str]) -> dict[str, Any]:
             return _read_model(path, data, size)
         except EdgeshrinkError:
             raise
-        except (IndexError, struct.error, ValueError, TypeError, UnicodeDecodeError) as exc:
+        except (
+            IndexError, struct.error, ValueError, TypeError, UnicodeDecodeError, AttributeError,
+        ) as exc:  # a missing table reads as None  # fmt: skip
             beyond = re.search(r"at least (\d+) bytes", str(exc))
             if beyond and int(beyond[1]) > size:
                 raise ModelFileError(
@@ -527,8 +529,21 @@ def inspect_tflite(path: str | os.PathLike[str]) -> ModelInfo:
         parsed["signatures"][0] if parsed["signatures"] else None,
     )
     main_index = signature["subgraph"] if signature else 0
+    if not 0 <= main_index < len(parsed["subgraphs"]):
+        raise ModelFileError(
+            f"{path}: its signature names subgraph {main_index} of {len(parsed['subgraphs'])}",
+            hint="the file is damaged; convert the model again",
+        )
     main = parsed["subgraphs"][main_index]
     tensors = main["tensors"]
+    named = [i for _, i in [*signature["inputs"], *signature["outputs"]]] if signature else []
+    for i in named or [*main["inputs"], *main["outputs"]]:
+        if not 0 <= i < len(tensors):
+            raise ModelFileError(
+                f"{path}: an input or output names tensor {i}, but subgraph {main_index} has "
+                f"{len(tensors)} tensors",
+                hint="the file is damaged; convert the model again",
+            )
     if signature:
         inputs = [_spec_dict(n, tensors[i], i, main_index) for n, i in signature["inputs"]]
         outputs = [_spec_dict(n, tensors[i], i, main_index) for n, i in signature["outputs"]]
