@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -376,3 +377,27 @@ def test_not_onnx_and_truncated_through_shrink(mlp: dict, work: Path) -> None:
     cut.write_bytes(mlp["model"].read_bytes()[:5000])
     with pytest.raises(ModelFileError, match="truncated or corrupt"):
         shrink(cut, work / "cut-out.onnx", quant="int8-dynamic")
+
+
+def test_shrink_with_relative_paths_writes_nothing_but_its_output(
+    digits: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """onnxruntime's tools drop temporary files into the current directory: edgeshrink runs
+    them in its own work dir, and relative paths still work."""
+    import shutil
+
+    from support import run_cli
+
+    for key in ("model", "calibration"):
+        shutil.copy(digits[key], tmp_path / digits[key].name)
+    monkeypatch.chdir(tmp_path)
+    before = set(os.listdir(tmp_path))
+    run = run_cli(
+        "shrink", digits["model"].name, "-p", PI4, "-q", "int8-static",
+        "--calibration", digits["calibration"].name, "-o", "out.onnx", "--json", cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert set(os.listdir(tmp_path)) - before == {"out.onnx", "out.onnx.manifest.json"}
+    notes = json.loads((tmp_path / "out.onnx.manifest.json").read_text())["notes"]
+    assert any(n.startswith("pre-processed with quant_pre_process") for n in notes), notes
+    assert "WARNING" not in run.stderr and "\x1b[" not in run.stderr

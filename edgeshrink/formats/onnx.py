@@ -703,7 +703,12 @@ def plan_onnx(
 def _recipe_reason(profile: HardwareProfile, options: ShrinkOptions, quant: str) -> str:
     if quant in INT8_QUANTS:
         recipe = int8_recipe(profile, options, quant)
-        return f". {recipe.describe()}: {recipe.why}"
+        described = recipe.describe()
+        if quant != "int8-dynamic" and options.per_channel is None:
+            described = described.replace(
+                "per-channel", "per-channel or per-tensor (whichever measures better)"
+            )
+        return f". {described}: {recipe.why}"
     if quant == "fp16":
         return ". fp16 weights and compute, fp32 inputs and outputs (keep_io_types)"
     return ""
@@ -1086,17 +1091,20 @@ def _preprocess(src: Path, dst: Path, external: bool) -> tuple[Path, str]:
             "all_tensors_to_one_file": True,
             "external_data_location": dst.name + ".data",
         }
+    src, dst = src.resolve(), dst.resolve()  # before any chdir below
     logger = logging.getLogger("onnxruntime")
     level = logger.level
     logger.setLevel(logging.CRITICAL)  # its failures are reported by our note, not logged
     try:
         try:
-            quant_pre_process(str(src), str(dst), **kw)
+            with working_directory(dst.parent):
+                quant_pre_process(str(src), str(dst), **kw)
             return dst, "pre-processed with quant_pre_process (shape inference, optimisation)"
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises bare Exception here
             if "Incomplete symbolic shape inference" not in str(exc):
                 raise
-        quant_pre_process(str(src), str(dst), skip_symbolic_shape=True, **kw)
+        with working_directory(dst.parent):
+            quant_pre_process(str(src), str(dst), skip_symbolic_shape=True, **kw)
         return dst, (
             "pre-processed with quant_pre_process(skip_symbolic_shape=True): symbolic shape "
             "inference was incomplete"
@@ -1420,9 +1428,8 @@ def shrink_onnx(
     open_session(src, opsets=dict(info.metadata).get("opset"))
     start = time.perf_counter()
     work = make_work_dir(out).resolve()
-    src = src.resolve()
     try:
-        with working_directory(work), quantizer_failures(
+        with quantizer_failures(
             src, plan.quant, "onnxruntime's tooling",
             "try another --quant (fp16, int8-dynamic); EDGESHRINK_DEBUG=1 shows the traceback",
         ):  # fmt: skip
