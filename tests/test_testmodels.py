@@ -222,3 +222,19 @@ def test_llama_cpp_quantizes_tiny(
     llm = llama_cpp.Llama(model_path=str(out), n_ctx=64, verbose=False, logits_all=True)
     llm.eval(llm.tokenize(b"The river runs through the valley."))
     assert np.isfinite(np.asarray(llm.scores[: llm.n_tokens])).all()
+
+
+def test_the_hf_checkpoint_maker_runs_as_a_module(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "-m", "edgeshrink.testmodels.hf_checkpoints", "-o", str(tmp_path),
+         "--preset", "llama", "--preset", "bert"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert len(run.stdout.splitlines()) == 2
+    for preset in ("llama", "bert"):
+        made = tmp_path / f"{preset}-f32"
+        assert (made / "config.json").is_file() and list(made.glob("*.safetensors"))

@@ -836,3 +836,30 @@ def make_hf_checkpoint(
         tokenizer_file=directory / tok.main_file,
         dtype=dtype,
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write a tiny Hugging Face checkpoint of every architecture preset into one directory.
+
+    python -m edgeshrink.testmodels.hf_checkpoints -o out/hf [--preset llama] [--dtype bf16]
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    parser.add_argument("-o", "--out-dir", type=Path, default=Path("out/hf"))
+    parser.add_argument("--preset", choices=sorted(PRESETS), action="append",
+                        help="only this preset (repeatable; default: all)")  # fmt: skip
+    parser.add_argument("--dtype", choices=DTYPES, default="f32")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    for preset in args.preset or sorted(PRESETS):
+        made = make_hf_checkpoint(
+            args.out_dir / f"{preset}-{args.dtype}", preset, args.dtype, seed=args.seed
+        )
+        size = sum(f.stat().st_size for f in made.path.iterdir())
+        print(f"{made.path}\t{preset}\t{size:,} bytes")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
