@@ -79,3 +79,23 @@ def test_an_unsupported_architecture_lists_the_supported_ones(tmp_path: Path) ->
     lines = result.stderr.strip().splitlines()
     assert lines[0].startswith("error:") and "Mamba" in lines[0]
     assert "llama" in result.stderr and "qwen2" in result.stderr
+
+
+@pytest.mark.parametrize("quant", ["F16", "F32"])
+def test_a_float_type_asked_for_is_the_conversion_itself(
+    checkpoint: Path, tmp_path: Path, quant: str
+) -> None:
+    """`-o NAME-f16.gguf --quant F16` writes the converted file there (it used to say the
+    output would overwrite the input, the converted base having that very name)."""
+    out = tmp_path / f"{checkpoint.name}-{quant.lower()}.gguf"
+    args = ("shrink", str(checkpoint), "-p", "raspberry-pi-5-8gb", "--quant", quant,
+            "-o", str(out), "--json")  # fmt: skip
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr
+    doc = json.loads(first.stdout)
+    assert doc["reused"] is False and doc["artifact"]["quant"] == quant
+    assert [p.name for p in tmp_path.glob("*.gguf")] == [out.name]
+    manifest = json.loads(out.with_name(out.name + ".manifest.json").read_text())
+    assert manifest["profile_id"] == "raspberry-pi-5-8gb"
+    again = run_cli(*args)
+    assert again.returncode == 0 and json.loads(again.stdout)["reused"] is True

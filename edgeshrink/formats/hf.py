@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from edgeshrink.plan import ShrinkOptions, ShrinkPlan, plan_llm
 from edgeshrink.profiles import HardwareProfile
 
 Progress = Callable[[str], None]
+FLOAT_TYPES = ("F32", "F16", "BF16")  # what the converter writes itself
 CHECKPOINT_FILES = ("config.json", "tokenizer.json", "tokenizer.model", "tokenizer_config.json",
                     "special_tokens_map.json", "generation_config.json", "modules.json", "vocab.txt")  # fmt: skip
 
@@ -64,7 +66,7 @@ def shrink_hf(
     from edgeshrink.artifacts import Artifact, tool_versions
     from edgeshrink.convert import convert_hf_to_gguf
     from edgeshrink.formats import gguf
-    from edgeshrink.shrink import default_output_path, reusable_artifact, shrink_gguf
+    from edgeshrink.shrink import ShrinkResult, default_output_path, reusable_artifact, shrink_gguf
     from edgeshrink.util import write_json_atomic
 
     say = progress or (lambda _m: None)
@@ -76,17 +78,26 @@ def shrink_hf(
     outtype = options.convert_type
     if outtype == "auto":
         outtype = "bf16" if info.file_type == "BF16" else "f16"
+    # A float type asked for is what the converter writes: that file is the artifact.
+    conversion_is_artifact = plan.quant.upper() in FLOAT_TYPES
+    if conversion_is_artifact:
+        outtype = plan.quant.lower()
     folder = (final or default_output_path(src, plan.quant)).parent
     say(f"hashing the checkpoint {src.name}")
     source_sha = checkpoint_sha256(src)
     base = folder / f"{src.name}-{outtype}.gguf"
+    if conversion_is_artifact:
+        base = final or default_output_path(src, plan.quant)
+    start = time.perf_counter()
     converted = reusable_artifact(base, source_sha, outtype.upper())
+    reused = converted is not None
     if converted is None:
         say(f"converting {src.name} to GGUF ({outtype})")
         result = convert_hf_to_gguf(src, base, outtype=outtype)
         converted = Artifact.of_file(
             base, format=gguf.FORMAT, quant=outtype.upper(), source=src, source_sha256=source_sha,
-            profile_id=None, tool_versions=tool_versions(), notes=result.notes,
+            profile_id=profile.id if conversion_is_artifact else None,
+            tool_versions=tool_versions(), notes=result.notes,
         )  # fmt: skip
         try:
             write_json_atomic(converted.manifest_path, converted.to_manifest())
@@ -95,5 +106,9 @@ def shrink_hf(
             raise
     else:
         say(f"reusing {base.name} (converted from the same checkpoint)")
+    if conversion_is_artifact:
+        return ShrinkResult(
+            plan=plan, artifact=converted, reused=reused, seconds=time.perf_counter() - start
+        )
     return shrink_gguf(base, profile, options, output=final or default_output_path(src, plan.quant),
                        progress=progress)  # fmt: skip
