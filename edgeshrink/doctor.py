@@ -627,6 +627,18 @@ class InstallResult:
         }
 
 
+# Run by the new venv's Python with the old one as argv[1]: lists the old one's
+# site-packages in a .pth file of the new venv, after the venv's own packages.
+KEEP_BASE_PACKAGES = (
+    "import os, site, subprocess, sys; "
+    "old = subprocess.run([sys.argv[1], '-c', 'import site; print(chr(10).join(site.getsitepackages()))'],"
+    " capture_output=True, text=True, check=True).stdout.split(); "
+    "mine = site.getsitepackages()[0]; "
+    "open(os.path.join(mine, '_edgeshrink_base.pth'), 'w').write("
+    "''.join(d + chr(10) for d in old if d != mine))"
+)
+
+
 def plan_install(
     target: Target, runtime: str, *, work_dir: str, pip_args: tuple[str, ...] = ()
 ) -> InstallPlan:
@@ -640,7 +652,12 @@ def plan_install(
     packages = RUNTIME_PACKAGES[runtime]
     steps = []
     if base != venv_python:
-        steps.append((base, "-m", "venv", venv))
+        # Add to the device's runtime environment, never replace it: the venv sees the
+        # packages of the Python the target used so far (llama-cpp-python, tflite...).
+        steps.append((base, "-m", "venv", "--system-site-packages", venv))
+        # --system-site-packages reaches the base interpreter's packages only: when the
+        # target's Python is itself a venv, its packages come along through a .pth file.
+        steps.append((venv_python, "-c", KEEP_BASE_PACKAGES, base))
     steps.append(
         (venv_python, "-m", "pip", "install", "--progress-bar", "off", *pip_args, *packages)
     )

@@ -104,7 +104,7 @@ def test_doctor_install_runtime_dry_run(rig, user_home, cli_env):
     )
     assert result.returncode == 0, result.stderr
     venv = rig.home / "edgeshrink" / "venv"
-    assert f"python3 -m venv {venv}" in result.stdout
+    assert f"python3 -m venv --system-site-packages {venv}" in result.stdout
     assert f"{venv}/bin/python -m pip install --progress-bar off onnxruntime" in result.stdout
 
 
