@@ -41,6 +41,9 @@ class BenchParams:
     tflite_runtime: str = "auto"
     # Run twice more on fixed inputs after measuring: finite and repeatable outputs?
     check_output: bool = False
+    # Random integer inputs stay below these bounds ((input name, rows of the table it
+    # indexes), read from the model's graph on the host; the device may not have onnx).
+    int_bounds: tuple[tuple[str, int], ...] = ()
 
     def key(self) -> str:
         """A stable digest of what was asked, to find an earlier identical measurement."""
@@ -74,6 +77,8 @@ class BenchParams:
                 args += ["--external-delegate", self.external_delegate]
         if remote_inputs:
             args += ["--inputs", remote_inputs]
+        for name, bound in self.int_bounds:
+            args += ["--int-bound", f"{name}={bound}"]
         return args
 
 

@@ -144,6 +144,10 @@ def _bench_and_store(
     ):
         # The profile's delegate exists on that device, not on this machine.
         params = replace(params, external_delegate=profile.external_delegate)
+    bounds = dict(info.metadata).get("int_bounds")
+    if bounds and params.inputs is None:
+        # Valid random integers need the graph, which the device may not be able to read.
+        params = replace(params, int_bounds=tuple(sorted(bounds.items())))
     with open_transport(target, progress=push_progress, on_stderr=agent_stderr) as transport:
         say(f"pushing {model.name} to {target.name} ({target.describe()})")
         pushed = transport.push_artifact(model, sha)

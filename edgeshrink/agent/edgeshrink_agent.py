@@ -1290,7 +1290,9 @@ class LlamaBench:
 
         lc, ctypes = self.lc, self.ctypes
         tokens = (lc.llama_token * len(prompt))(*prompt)
-        self._check(lc.llama_decode(self.ctx, lc.llama_batch_get_one(tokens, len(prompt))), "check prompt")
+        self._check(
+            lc.llama_decode(self.ctx, lc.llama_batch_get_one(tokens, len(prompt))), "check prompt"
+        )
         out, finite = [], True
         for _ in range(n_gen):
             logits = lc.llama_get_logits_ith(self.ctx, -1)
@@ -1334,8 +1336,12 @@ def compare_output_runs(np, first, second) -> dict:
             scale = max(scale, float(np.nanmax(np.abs(a.astype("float64")))))
     # Threaded reductions may reorder float sums: allow a relative 1e-6.
     deterministic = max_diff <= 1e-6 * max(scale, 1.0)
-    return {"finite": finite, "deterministic": deterministic, "max_abs_diff": _round(max_diff, 9),
-            "runs": 2}
+    return {
+        "finite": finite,
+        "deterministic": deterministic,
+        "max_abs_diff": _round(max_diff, 9),
+        "runs": 2,
+    }
 
 
 def timed_load(load, failure, report: Report, sampler: MemorySampler):
@@ -1527,7 +1533,9 @@ def _ort_load_failure(path: str, exc: BaseException) -> AgentError:
     )
 
 
-def onnx_input_feed(np, session_inputs, inputs_path, seed: int, report: Report) -> tuple:
+def onnx_input_feed(
+    np, session_inputs, inputs_path, seed: int, report: Report, int_bounds=None
+) -> tuple:
     """Feeds for every onnxruntime input (see ``input_feeds``)."""
     metas = []
     for meta in session_inputs:
@@ -1539,7 +1547,7 @@ def onnx_input_feed(np, session_inputs, inputs_path, seed: int, report: Report) 
                 "the agent feeds numeric tensors only",
             )
         metas.append(InputMeta(meta.name, list(meta.shape), dtype))
-    return input_feeds(np, metas, inputs_path, seed, report)
+    return input_feeds(np, metas, inputs_path, seed, report, int_bounds)
 
 
 class InputMeta:
@@ -1585,13 +1593,37 @@ def _load_npz(np, inputs_path: str) -> dict:
         ) from exc
 
 
-def input_feeds(np, metas, inputs_path, seed: int, report: Report) -> tuple:
+def parse_int_bounds(items) -> dict:
+    """``["input_ids=30522", ...]`` as {name: exclusive upper bound}."""
+    bounds = {}
+    for item in items or ():
+        name, _, value = str(item).rpartition("=")
+        if not name or not value.isdigit() or int(value) < 1:
+            raise BadArguments(f"--int-bound wants NAME=N with N >= 1, not {item!r}")
+        bounds[name] = int(value)
+    return bounds
+
+
+def random_integers(np, rng, name: str, shape, dtype: str, bounds: dict):
+    """Valid random integers for an input: what transformer exports expect of their
+    integer inputs (a Gather index below its table's rows, masks of ones, type ids 0)."""
+    lowered = name.lower()
+    if "mask" in lowered:
+        return np.ones(shape, dtype=dtype)
+    if "token_type" in lowered or "segment" in lowered:
+        return np.zeros(shape, dtype=dtype)
+    high = min(10, bounds.get(name, 10))
+    return rng.integers(0, max(high, 1), shape).astype(dtype)
+
+
+def input_feeds(np, metas, inputs_path, seed: int, report: Report, int_bounds=None) -> tuple:
     """Feeds for every input, from the pushed .npz or random from the declared shapes.
 
     Arrays hold samples on their first axis; one batch is taken: the declared
     first dimension when it is fixed, 1 when it is symbolic.  Random inputs:
     symbolic dimensions become 1 (with a warning), floats are standard normal,
-    integers in [0, 10), all from ``seed``.  Float data for a quantized integer
+    integers in [0, 10) (below --int-bound; masks ones, type ids zero), all from
+    ``seed``.  Float data for a quantized integer
     input is quantized with the input's scale and zero point.
     """
     feeds, described = {}, []
@@ -1666,7 +1698,9 @@ def input_feeds(np, metas, inputs_path, seed: int, report: Report) -> tuple:
             elif kind == "b":
                 feeds[meta.name] = rng.integers(0, 2, shape).astype(dtype)
             else:
-                feeds[meta.name] = rng.integers(0, 10, shape).astype(dtype)
+                feeds[meta.name] = random_integers(
+                    np, rng, meta.name, shape, dtype, int_bounds or {}
+                )
         described.append(
             {
                 "name": meta.name,
@@ -1756,7 +1790,9 @@ def run_onnx(args, report: Report, sampler: MemorySampler) -> None:
     # Importing the onnx package to count initializers would inflate the peak RSS
     # being measured; the host's `edgeshrink inspect` reports the parameters.
     report.not_measured("model.n_params", "onnxruntime does not expose initializers")
-    feeds, described = onnx_input_feed(np, session.get_inputs(), args.inputs, args.seed, report)
+    feeds, described = onnx_input_feed(
+        np, session.get_inputs(), args.inputs, args.seed, report, parse_int_bounds(args.int_bound)
+    )
     resolved["inputs"] = described
     resolved["input_source"] = "file" if args.inputs else "random"
     _log(
@@ -1912,11 +1948,15 @@ def _tflite_load_failure(path: str, exc: BaseException, runtime: TfliteRuntime) 
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     numpy_version = _numpy_version() or "?"
     label = f"{runtime.dist} {runtime.version or '?'}"
-    if "_array_api not found" in lower or "numpy.core.multiarray failed to import" in lower or (
-        runtime.name == "tflite-runtime"
-        and isinstance(exc, SystemError)
-        and numpy_version.split(".")[0].isdigit()
-        and int(numpy_version.split(".")[0]) >= 2
+    if (
+        "_array_api not found" in lower
+        or "numpy.core.multiarray failed to import" in lower
+        or (
+            runtime.name == "tflite-runtime"
+            and isinstance(exc, SystemError)
+            and numpy_version.split(".")[0].isdigit()
+            and int(numpy_version.split(".")[0]) >= 2
+        )
     ):
         return AgentError(
             "numpy_incompatible",
@@ -2089,7 +2129,9 @@ def run_tflite(args, report: Report, sampler: MemorySampler) -> None:
         report.runtime["external_delegate"]["loaded"] = True
         kwargs["experimental_delegates"] = [delegate]
 
-    _log(f"loading {args.model} ({size} bytes) with {runtime.dist} {runtime.version}, {threads} threads")
+    _log(
+        f"loading {args.model} ({size} bytes) with {runtime.dist} {runtime.version}, {threads} threads"
+    )
 
     def load():
         interpreter = runtime.Interpreter(**kwargs)
@@ -2108,9 +2150,7 @@ def run_tflite(args, report: Report, sampler: MemorySampler) -> None:
     output_details = interpreter.get_output_details()
     report.model["inputs"] = [_tflite_tensor_doc(d) for d in input_details]
     report.model["outputs"] = [_tflite_tensor_doc(d) for d in output_details]
-    report.not_measured(
-        "model.n_params", "the interpreter does not say which tensors are constant"
-    )
+    report.not_measured("model.n_params", "the interpreter does not say which tensors are constant")
     aliases = _signature_aliases(interpreter)
     metas = []
     for detail in input_details:
@@ -2129,7 +2169,9 @@ def run_tflite(args, report: Report, sampler: MemorySampler) -> None:
                 aliases=[a for a in aliases.get(int(detail["index"]), []) if a != detail["name"]],
             )
         )  # fmt: skip
-    feeds, described = input_feeds(np, metas, args.inputs, args.seed, report)
+    feeds, described = input_feeds(
+        np, metas, args.inputs, args.seed, report, parse_int_bounds(args.int_bound)
+    )
     resolved["inputs"] = described
     resolved["input_source"] = "file" if args.inputs else "random"
     resolved["timed"] = "invoke (inputs set once, as benchmark_model does)"
@@ -2157,6 +2199,7 @@ def run_tflite(args, report: Report, sampler: MemorySampler) -> None:
     sampler.sample()
     measure_runs(invoke, args, report, sampler)
     if args.check_output:
+
         def outputs():
             invoke()
             return [interpreter.get_tensor(d["index"]).copy() for d in output_details]
@@ -2251,6 +2294,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--inputs", default=None, help=".npz of inputs (default: random, declared shapes)"
+    )
+    bench.add_argument(
+        "--int-bound",
+        action="append",
+        default=[],
+        metavar="NAME=N",
+        help="random integers for input NAME stay below N (e.g. the rows of the embedding"
+        " table it indexes; the host reads them from the graph)",
     )
     bench.add_argument(
         "--execution-provider",

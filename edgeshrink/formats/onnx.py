@@ -499,6 +499,7 @@ def inspect_onnx(path: str | os.PathLike[str]) -> ModelInfo:
 
     total_bytes = sum(b for _, _, b in by_type.values())
     metadata: dict[str, Any] = {
+        "int_bounds": integer_input_bounds(model),
         "opset": opsets,
         "ir_version": int(model.ir_version),
         "producer": " ".join(_text(p) for p in (model.producer_name, model.producer_version) if p)
@@ -928,8 +929,62 @@ def make_batches(
     return InputBatches(tuple(feeds), tuple(bounds), n_rows, source)
 
 
-def random_batches(specs: Iterable[TensorSpec], *, samples: int, seed: int) -> InputBatches:
-    """Random inputs of the declared shapes (symbolic dimensions as 1), from a fixed seed."""
+# Ops an integer index passes through unchanged on its way to the Gather it feeds.
+_INDEX_PASSTHROUGH = {"Cast", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Identity", "Expand"}
+
+
+def integer_input_bounds(model: Any) -> dict[str, int]:
+    """For each integer graph input that indexes a table (a Gather's indices, directly or
+    through casts and reshapes), the table's first dimension: valid values are below it.
+    A BERT export's token_type_ids index a 2-row table; random values up to 9 fail there."""
+    initializers = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    consumers: dict[str, list[Any]] = {}
+    for node in _walk_nodes(model.graph):
+        for position, name in enumerate(node.input):
+            consumers.setdefault(name, []).append((node, position))
+    integer = {i.name for i in model.graph.input if i.type.tensor_type.elem_type in (6, 7, 12, 13)}
+    bounds: dict[str, int] = {}
+    for name in integer:
+        pending, seen = [name], set()
+        while pending:
+            value = pending.pop()
+            if value in seen:
+                continue
+            seen.add(value)
+            for node, position in consumers.get(value, ()):
+                if node.op_type == "Gather" and position == 1:
+                    rows = initializers.get(node.input[0])
+                    if rows and rows[0] > 0:
+                        bounds[name] = min(bounds.get(name, rows[0]), int(rows[0]))
+                elif node.op_type in _INDEX_PASSTHROUGH and position == 0:
+                    pending.extend(node.output)
+    return bounds
+
+
+def random_integers(
+    rng: Any, name: str, shape: tuple[int, ...], dtype: Any, bounds: Mapping[str, int]
+) -> Any:
+    """Valid random integers for an input (the agent's rule too): below the table the input
+    indexes, masks all ones, token type ids zero."""
+    import numpy as np
+
+    lowered = name.lower()
+    if "mask" in lowered:
+        return np.ones(shape, dtype=dtype)
+    if "token_type" in lowered or "segment" in lowered:
+        return np.zeros(shape, dtype=dtype)
+    return rng.integers(0, max(1, min(10, bounds.get(name, 10))), shape).astype(dtype)
+
+
+def random_batches(
+    specs: Iterable[TensorSpec],
+    *,
+    samples: int,
+    seed: int,
+    int_bounds: Mapping[str, int] | None = None,
+) -> InputBatches:
+    """Random inputs of the declared shapes (symbolic dimensions as 1), from a fixed seed;
+    integers valid for what they index (see random_integers)."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -945,7 +1000,7 @@ def random_batches(specs: Iterable[TensorSpec], *, samples: int, seed: int) -> I
             elif _kind(dtype) == "bool":
                 feed[spec.name] = rng.integers(0, 2, shape).astype(dtype)
             else:
-                feed[spec.name] = rng.integers(0, 10, shape).astype(dtype)
+                feed[spec.name] = random_integers(rng, spec.name, shape, dtype, int_bounds or {})
         feeds.append(feed)
     bounds = tuple((i, i + 1) for i in range(samples))
     return InputBatches(tuple(feeds), bounds, samples, "random inputs")
@@ -1059,7 +1114,9 @@ def calibration_batches(
                 "--allow-random-calibration to calibrate on random inputs (recorded as a "
                 "warning), or --quant int8-dynamic",
             )
-        batches = random_batches(inputs, samples=RANDOM_CALIBRATION_SAMPLES, seed=seed)
+        batches = random_batches(
+            inputs, samples=RANDOM_CALIBRATION_SAMPLES, seed=seed, int_bounds=int_bounds_of(info)
+        )
         symbolic = sorted({d for s in inputs for d in s.symbolic})
         notes.append(
             f"WARNING: calibrated on {RANDOM_CALIBRATION_SAMPLES} random inputs "
@@ -1352,13 +1409,25 @@ def _data_files(dst: Path, external: bool) -> tuple[Path, ...]:
     return (data,) if data.exists() else ()
 
 
-def verify_runs(path: Path, info: ModelInfo, *, threads: int | None = None) -> None:
-    """Load ``path`` in onnxruntime and run it once on inputs of the declared shapes."""
+def int_bounds_of(info: ModelInfo) -> dict[str, int]:
+    return dict(dict(info.metadata).get("int_bounds") or {})
+
+
+def verify_runs(
+    path: Path,
+    info: ModelInfo,
+    *,
+    threads: int | None = None,
+    feed: Mapping[str, Any] | None = None,
+) -> None:
+    """Load ``path`` in onnxruntime and run it once: on ``feed`` (the user's calibration
+    data) when given, else on valid random inputs of the declared shapes."""
     import numpy as np
 
     inputs, _ = io_specs(info)
     session = open_session(path, threads=threads)
-    feed = random_batches(inputs, samples=1, seed=0).feeds[0]
+    if feed is None:
+        feed = random_batches(inputs, samples=1, seed=0, int_bounds=int_bounds_of(info)).feeds[0]
     try:
         outputs = session.run(None, feed)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own classes
@@ -1438,7 +1507,10 @@ def shrink_onnx(
                 out_name=out.name, external=external, progress=say,
             )  # fmt: skip
         say(f"verifying {out.name} in onnxruntime")
-        verify_runs(outcome.path, info)
+        feed = None
+        if options.calibration is not None:
+            feed = calibration_batches(info, options)[0].feeds[0]
+        verify_runs(outcome.path, info, feed=feed)
         out_info = inspect_onnx(outcome.path)
         with atomic_path(out) as tmp:
             for data in outcome.data_files:

@@ -170,6 +170,106 @@ def make_convnet_onnx(
     return _save(_model(graph, "edgeshrink.testmodels.convnet"), path, False)
 
 
+BERT_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
+
+
+def make_bert_onnx(
+    path: str | os.PathLike[str],
+    *,
+    vocab: int = 120,
+    hidden: int = 32,
+    max_positions: int = 64,
+    seed: int = 0,
+) -> Path:
+    """A sentence-embedding encoder shaped like a torch export of BERT: int64 inputs
+    input_ids [batch, seq] (< vocab), token_type_ids (< 2) and attention_mask (0/1), word,
+    position and token-type embeddings looked up with Gather, LayerNormalization, one
+    single-head self-attention block whose scores the mask pushes to -10000, a GELU-free
+    feed-forward, and the mean-pooled ``sentence_embedding`` [batch, hidden] as output.
+    Random integers beyond the tables (e.g. a token type of 5) make its Gathers fail."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+
+    def w(name: str, *shape: int) -> Any:
+        return numpy_helper.from_array(_he(rng, shape, shape[0]), name)
+
+    def const(name: str, value: Any, dtype: Any = np.float32) -> Any:
+        return numpy_helper.from_array(np.array(value, dtype=dtype), name)
+
+    inits = [
+        w("emb.word", vocab, hidden), w("emb.position", max_positions, hidden),
+        w("emb.type", 2, hidden),
+        const("ln.scale", np.ones(hidden)), const("ln.bias", np.zeros(hidden)),
+        w("attn.q", hidden, hidden), w("attn.k", hidden, hidden), w("attn.v", hidden, hidden),
+        w("attn.o", hidden, hidden), w("ffn.up", hidden, 4 * hidden), w("ffn.down", 4 * hidden, hidden),
+        const("scale", 1.0 / np.sqrt(hidden)), const("one", 1.0), const("neg", -10000.0),
+        const("axis1", [1], np.int64), const("zero", 0, np.int64), const("one_i", 1, np.int64),
+    ]  # fmt: skip
+    nodes = [
+        helper.make_node("Shape", ["input_ids"], ["ids.shape"]),
+        helper.make_node("Gather", ["ids.shape", "one_i"], ["seq"], axis=0),
+        helper.make_node("Range", ["zero", "seq", "one_i"], ["positions"]),
+        helper.make_node("Gather", ["emb.word", "input_ids"], ["e.word"]),
+        helper.make_node("Gather", ["emb.position", "positions"], ["e.pos"]),
+        helper.make_node("Gather", ["emb.type", "token_type_ids"], ["e.type"]),
+        helper.make_node("Add", ["e.word", "e.pos"], ["e.wp"]),
+        helper.make_node("Add", ["e.wp", "e.type"], ["e.sum"]),
+        helper.make_node("LayerNormalization", ["e.sum", "ln.scale", "ln.bias"], ["x"], axis=-1),
+        helper.make_node("MatMul", ["x", "attn.q"], ["q"]),
+        helper.make_node("MatMul", ["x", "attn.k"], ["k"]),
+        helper.make_node("MatMul", ["x", "attn.v"], ["v"]),
+        helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["q", "kt"], ["scores.raw"]),
+        helper.make_node("Mul", ["scores.raw", "scale"], ["scores.scaled"]),
+        helper.make_node("Unsqueeze", ["attention_mask", "axis1"], ["mask.3d"]),
+        helper.make_node("Cast", ["mask.3d"], ["mask.f"], to=TensorProto.FLOAT),
+        helper.make_node("Sub", ["one", "mask.f"], ["mask.off"]),
+        helper.make_node("Mul", ["mask.off", "neg"], ["mask.bias"]),
+        helper.make_node("Add", ["scores.scaled", "mask.bias"], ["scores"]),
+        helper.make_node("Softmax", ["scores"], ["probs"], axis=-1),
+        helper.make_node("MatMul", ["probs", "v"], ["ctx"]),
+        helper.make_node("MatMul", ["ctx", "attn.o"], ["attn.out"]),
+        helper.make_node("Add", ["x", "attn.out"], ["h1"]),
+        helper.make_node("MatMul", ["h1", "ffn.up"], ["up"]),
+        helper.make_node("Relu", ["up"], ["act"]),
+        helper.make_node("MatMul", ["act", "ffn.down"], ["down"]),
+        helper.make_node("Add", ["h1", "down"], ["hidden"]),
+        helper.make_node("ReduceMean", ["hidden"], ["sentence_embedding"], axes=[1], keepdims=0),
+    ]
+    ints = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "sequence"])
+            for n in BERT_INPUTS]  # fmt: skip
+    graph = helper.make_graph(
+        nodes,
+        "bert",
+        ints,
+        [helper.make_tensor_value_info("sentence_embedding", TensorProto.FLOAT, ["batch", hidden])],
+        inits,
+    )
+    return _save(_model(graph, "edgeshrink.testmodels.bert"), path, False)
+
+
+def write_bert_npz(
+    path: str | os.PathLike[str],
+    *,
+    samples: int = 64,
+    seq: int = 16,
+    vocab: int = 120,
+    seed: int = 0,
+) -> Path:
+    """Real-looking inputs for make_bert_onnx: ids below ``vocab``, a sentence A/B split,
+    masks that pad the end of some rows."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, vocab, (samples, seq)).astype(np.int64)
+    types = (np.arange(seq) >= seq // 2).astype(np.int64)[None].repeat(samples, 0)
+    lengths = rng.integers(seq // 2, seq + 1, samples)
+    mask = (np.arange(seq)[None] < lengths[:, None]).astype(np.int64)
+    return write_npz(path, {"input_ids": ids, "token_type_ids": types, "attention_mask": mask})
+
+
 def digits_split(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """scikit-learn's digits as (x_train, x_test, y_train, y_test): raw pixels 0..16, 80/20."""
     import numpy as np
