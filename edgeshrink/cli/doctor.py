@@ -10,6 +10,7 @@ from edgeshrink.cli.common import (
     ACCEPT_NEW_HOST_KEY,
     JSON_OPTION,
     Context,
+    FiniteFloat,
     emit_json,
     pass_context,
     progress_printer,
@@ -70,7 +71,7 @@ def print_report(report) -> None:
 @click.option(
     "--timeout",
     "timeout_s",
-    type=click.FloatRange(1, None),
+    type=FiniteFloat(min=1),
     default=3600.0,
     show_default=True,
     help="Seconds --install-runtime may take (llama-cpp-python compiles on the device).",

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from edgeshrink.cli.common import DB_OPTION, JSON_OPTION, emit_json
+from edgeshrink.cli.common import DB_OPTION, JSON_OPTION, FiniteFloat, emit_json
 from edgeshrink.report.table import render_table
 
 DB = DB_OPTION
@@ -106,7 +106,7 @@ JOB_HEADERS = ["DEVICE", "JOB", "STATUS", "PP TOK/S", "TG TOK/S", "PEAK MB", "CO
 @click.option("--resume", type=int, default=None, metavar="RUN_ID",
               help="Finish an interrupted or partly failed run: only its jobs without a stored "
               "measurement run again (with the inventory and suite stored with the run).")  # fmt: skip
-@click.option("--lock-wait", type=click.FloatRange(0, None), default=0.0, show_default=True,
+@click.option("--lock-wait", type=FiniteFloat(min=0), default=0.0, show_default=True,
               metavar="SECONDS",
               help="Wait this long for devices another lab run holds, then refuse.")  # fmt: skip
 @click.option("--artifacts-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -212,9 +212,9 @@ def _print_comparison(comp: Any, verbose: bool) -> None:
 )
 @click.option("--suite", "suite_name", default=None, help="The newest run of this suite (by name).")
 @BASELINE
-@click.option("--threshold", type=click.FloatRange(0, 10), default=None,
+@click.option("--threshold", type=FiniteFloat(min=0, max=10), default=None,
               help="Relative change that matters for speed (0.1 = 1.1× worse) [default: the suite's].")  # fmt: skip
-@click.option("--alpha", type=click.FloatRange(1e-9, 0.5), default=None,
+@click.option("--alpha", type=FiniteFloat(min=1e-9, max=0.5), default=None,
               help="Significance level of the Mann–Whitney U test [default: the suite's, else 0.01].")  # fmt: skip
 @click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write JUnit XML here (one test case per device, job and metric).")  # fmt: skip

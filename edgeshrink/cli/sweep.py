@@ -11,6 +11,7 @@ from edgeshrink.cli.common import (
     EVAL_TEXT,
     JSON_OPTION,
     Context,
+    FiniteFloat,
     emit_json,
     pass_context,
     progress_printer,
@@ -67,33 +68,33 @@ def _refuse_foreign_options(model: Path, fmt: str) -> None:
 )
 @click.option(
     "--max-kld",
-    type=click.FloatRange(0, None),
+    type=FiniteFloat(min=0),
     default=None,
     help="GGUF budget: mean KL divergence at most this.",
 )
 @click.option(
     "--max-ppl-increase",
-    type=click.FloatRange(0, None),
+    type=FiniteFloat(min=0),
     default=None,
     help="GGUF budget: perplexity at most this fraction above the original (0.05 = 5%).",
 )
 @click.option(
     "--min-agreement",
-    type=click.FloatRange(0, 1),
+    type=FiniteFloat(min=0, max=1),
     default=None,
     help="Budget: at least this fraction of agreement with the original (GGUF: same top "
     "token; ONNX: top-1 class of every classifier output).",
 )
 @click.option(
     "--max-accuracy-drop",
-    type=click.FloatRange(0, 100),
+    type=FiniteFloat(min=0, max=100),
     default=None,
     help="ONNX budget: accuracy at most this many points below the original's (2 = two "
     "percentage points, as in `edgeshrink eval`); needs --eval and --labels.",
 )
 @click.option(
     "--min-cosine",
-    type=click.FloatRange(-1, 1),
+    type=FiniteFloat(min=-1, max=1),
     default=None,
     help="ONNX budget: mean cosine similarity of every output at least this.",
 )
