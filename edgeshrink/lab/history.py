@@ -400,17 +400,22 @@ class LabHistory:
                 (now_iso(), job_id),
             )
 
-    def job_attempt_failed(self, job_id: int, error: str) -> None:
+    def job_attempt_failed(self, job_id: int, error: str, *, before_start: bool = False) -> None:
+        """One try of the job failed; ``before_start``: while reaching the device, so the
+        try was not counted by job_started (a device that never answers still had tries)."""
         with self.store.transaction() as db:
             db.execute(
-                "UPDATE lab_jobs SET status = 'pending', error = ? WHERE id = ?", (error, job_id)
+                "UPDATE lab_jobs SET status = 'pending', error = ?, attempts = attempts + ?"
+                " WHERE id = ?",
+                (error, int(before_start), job_id),
             )
 
-    def job_failed(self, job_id: int, error: str) -> None:
+    def job_failed(self, job_id: int, error: str, *, before_start: bool = False) -> None:
         with self.store.transaction() as db:
             db.execute(
-                "UPDATE lab_jobs SET status = 'failed', error = ?, finished_at = ? WHERE id = ?",
-                (error, now_iso(), job_id),
+                "UPDATE lab_jobs SET status = 'failed', error = ?, finished_at = ?,"
+                " attempts = attempts + ? WHERE id = ?",
+                (error, now_iso(), int(before_start), job_id),
             )
 
     def job_done(self, job_id: int, fields: dict[str, Any]) -> None:

@@ -479,6 +479,7 @@ class _DeviceSession:
         try:
             while pending and not runner.stop.is_set():
                 record = pending[0]
+                reaching = True  # until the job itself starts, a failure is the device's
                 try:
                     if transport is None:
                         attempts += 1
@@ -490,6 +491,7 @@ class _DeviceSession:
                             runner.run_id, device.name, fields, document
                         )
                         self.emit("snapshot", message=_describe_snapshot(fields), snapshot=fields)
+                    reaching = False
                     self._run_job(hist, transport, record, snapshot, snapshot_id)
                     pending.pop(0)
                     failures = 0
@@ -502,12 +504,14 @@ class _DeviceSession:
                         status = "failed"
                         error = f"device failed after {failures} attempt(s): {exc.message}"
                         for rest in pending:
-                            hist.job_failed(rest.id, error)
+                            hist.job_failed(
+                                rest.id, error, before_start=reaching and rest is record
+                            )
                             self.emit("job-failed", rest.job, error)
                         pending = []
                         self.emit("device-failed", message=error)
                         break
-                    hist.job_attempt_failed(record.id, exc.message)
+                    hist.job_attempt_failed(record.id, exc.message, before_start=reaching)
                     self.emit(
                         "retry", record.job,
                         f"{exc.message}; retry {failures}/{runner.suite.retry.retries} "
