@@ -24,6 +24,9 @@ from edgeshrink.util import sha256_file
 Progress = Callable[[str], None]
 
 
+NO_DELEGATE = "none"  # --external-delegate none: the CPU, even where the profile names one
+
+
 @dataclass(frozen=True)
 class BenchOutcome:
     target: Target
@@ -144,6 +147,8 @@ def _bench_and_store(
     ):
         # The profile's delegate exists on that device, not on this machine.
         params = replace(params, external_delegate=profile.external_delegate)
+    elif params.external_delegate == NO_DELEGATE:
+        params = replace(params, external_delegate=None)  # asked for: no delegate at all
     bounds = dict(info.metadata).get("int_bounds")
     if bounds and params.inputs is None:
         # Valid random integers need the graph, which the device may not be able to read.

@@ -64,3 +64,20 @@ def test_keras_model_converted_with_to_tflite(tmp_path: Path) -> None:
     art = Path(json.loads(result.stdout)["artifact"]["path"])
     assert art.suffix == ".tflite" and art.exists()
     assert json.loads(run_cli("inspect", str(art), "--json").stdout)["format"] == "tflite"
+
+
+def test_no_delegate_is_a_value_and_the_missing_delegate_hint_names_it(
+    conv: Path, tmp_path: Path
+) -> None:
+    """`--external-delegate none` runs on the CPU; a delegate the device lacks says so and
+    names that value (it used to say 'bench without --external-delegate', which the user
+    had not passed: the profile had)."""
+    none = run_cli("bench", str(conv), "--external-delegate", "none", "--runs", "3",
+                   "--min-seconds", "0", "--no-store", "--json")  # fmt: skip
+    assert none.returncode == 0, none.stderr
+    assert json.loads(none.stdout)["result"]["runtime"].get("external_delegate") is None
+    missing = run_cli("bench", str(conv), "--external-delegate", str(tmp_path / "libvx.so"),
+                      "--runs", "3", "--min-seconds", "0", "--no-store", "--json")  # fmt: skip
+    assert missing.returncode == 1
+    error = json.loads(missing.stdout)["result"]["error"]
+    assert error["type"] == "delegate_missing" and "--external-delegate none" in error["hint"]

@@ -2113,7 +2113,8 @@ def run_tflite(args, report: Report, sampler: MemorySampler) -> None:
                 "delegate_missing",
                 f"external delegate not found on this device: {args.external_delegate}",
                 "check the path (the i.MX 8M Plus BSP installs /usr/lib/libvx_delegate.so with"
-                " its TensorFlow Lite), or bench without --external-delegate",
+                " its TensorFlow Lite; the profile may name it for you), or bench with"
+                " --external-delegate none to run on the CPU",
             )
         try:
             delegate = runtime.load_delegate(args.external_delegate, delegate_options)

@@ -50,7 +50,7 @@ def bench_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--inputs", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="Non-LLM models: an .npz of inputs pushed with the model [default: random from the declared shapes]."),
         click.option("--no-mmap", is_flag=True, help="Read the model into memory instead of mmap'ing it."),
         click.option("--timeout", "timeout_s", type=FiniteFloat(min=1), default=900.0, show_default=True, help="Seconds before the agent is stopped."),
-        click.option("--external-delegate", default=None, help="TFLite: delegate library path on the device [default: the profile's, on SSH targets]."),
+        click.option("--external-delegate", default=None, help="TFLite: delegate library path on the device, or 'none' for no delegate [default: the profile's, on SSH targets]."),
         click.option("--tflite-runtime", type=click.Choice(["auto", "litert", "tflite-runtime", "tensorflow"]), default="auto", show_default=True, help="TFLite: which runtime the agent uses (auto: ai-edge-litert, then tflite-runtime, then tensorflow.lite)."),
         DB_OPTION,
         ACCEPT_NEW_HOST_KEY,
