@@ -105,3 +105,19 @@ def test_default_plan_on_a_saved_model(sources: dict[str, Path], tmp_path: Path)
         output=tmp_path / "digits-wo.tflite",
     )  # fmt: skip
     assert inspect_tflite(weight_only.artifact.path).file_type == "INT8-WEIGHT-ONLY"
+
+
+def test_a_model_too_small_to_quantize_is_labelled_float32(tmp_path: Path) -> None:
+    """TFLiteConverter leaves weights under 1024 elements float: a tiny Keras model asked
+    for dynamic-int8 comes out float32, and the artifact says so, not what was asked."""
+    x = tf.keras.Input((4,), name="x")
+    model = tf.keras.Model(x, tf.keras.layers.Dense(3, name="y")(x))
+    model.save(tmp_path / "tiny.keras")
+    result = shrink_to_tflite(
+        tmp_path / "tiny.keras", get_profile("pixel-8"), ShrinkOptions(quant="dynamic-int8"),
+        output=tmp_path / "tiny-dynamic-int8.tflite",
+    )  # fmt: skip
+    assert result.artifact.quant == "float32"
+    assert "no weight large enough to quantize" in result.plan.reason
+    manifest = load_artifact(result.artifact.path)
+    assert manifest.quant == "float32"

@@ -17,6 +17,7 @@ renamed into place.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -226,6 +227,7 @@ def shrink_to_tflite(
     try:
         made = work / out.name
         notes = convert_with_tflite_converter(src, made, plan.quant, representative=representative)
+        plan = what_the_converter_made(made, plan)
         artifact = tflite.finish_artifact(
             made, out, plan, src, source_sha, profile,
             notes=(plan.reason, *cal_notes, *notes, f"float32 base: {base.name}"),
@@ -235,6 +237,30 @@ def shrink_to_tflite(
         shutil.rmtree(work, ignore_errors=True)
     return ShrinkResult(
         plan=plan, artifact=artifact, reused=False, seconds=time.perf_counter() - start
+    )
+
+
+# What each converter mode leaves in the file when it quantized anything at all.
+_WEIGHT_TYPES = {"dynamic-int8": {"INT8"}, "fp16": {"FLOAT16"}}
+
+
+def what_the_converter_made(made: Path, plan: Any) -> Any:
+    """``plan`` with the type the file really has: TFLiteConverter skips weights under
+    1024 elements, so a small model asked for dynamic-int8 or fp16 can come out float32,
+    and the label must say so, not what was asked."""
+    from edgeshrink.formats import tflite
+
+    wanted = _WEIGHT_TYPES.get(plan.quant)
+    if wanted is None:
+        return plan
+    present = {t.type for t in tflite.inspect_tflite(made).tensor_types}
+    if present & wanted:
+        return plan
+    return dataclasses.replace(
+        plan,
+        quant="float32",
+        reason=f"{plan.reason}; float32: TFLiteConverter's {plan.quant} found no weight large "
+        "enough to quantize (it leaves tensors under 1024 elements as they are)",
     )
 
 
