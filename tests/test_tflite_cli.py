@@ -81,3 +81,14 @@ def test_no_delegate_is_a_value_and_the_missing_delegate_hint_names_it(
     assert missing.returncode == 1
     error = json.loads(missing.stdout)["result"]["error"]
     assert error["type"] == "delegate_missing" and "--external-delegate none" in error["hint"]
+
+
+def test_inspect_shows_an_int8_io_models_inputs_as_stored(conv: Path, tmp_path: Path) -> None:
+    out = tmp_path / "conv-int8-io.tflite"
+    made = run_cli("shrink", str(conv), "-p", "imx8mp", "-q", "int8-int8-io",
+                   "--allow-random-calibration", "-o", str(out))  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    shown = run_cli("inspect", str(out))
+    assert shown.returncode == 0, shown.stderr
+    inputs = next(line for line in shown.stdout.splitlines() if line.startswith("inputs"))
+    assert " int8[" in inputs and "zero point" in inputs and "float32" not in inputs, inputs

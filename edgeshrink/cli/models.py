@@ -27,6 +27,25 @@ QUANT = click.option(
 )
 
 
+def _io_text(tensor: dict) -> str:
+    """An input/output as stored: a quantized int8 tensor shows int8 with its scale and
+    zero point (edgeshrink still accepts float data for it and quantizes it)."""
+    shape = ",".join(str(d) for d in tensor["shape"])
+    stored = tensor.get("storage_dtype") or tensor["dtype"]
+    text = f"{tensor['name']} {stored}[{shape}]"
+    quant = tensor.get("quantization")
+    if quant and stored != tensor["dtype"]:
+        scale, zero = quant.get("scale"), quant.get("zero_point")
+        scale = scale[0] if isinstance(scale, list) and len(scale) == 1 else scale
+        zero = zero[0] if isinstance(zero, list) and len(zero) == 1 else zero
+        text += (
+            f" (scale {scale:.4g}, zero point {zero})"
+            if isinstance(scale, float)
+            else " (quantized)"
+        )
+    return text
+
+
 def format_options(func):
     """Options that only some formats read (ONNX/TFLite static quantization)."""
     options = [
@@ -127,10 +146,8 @@ def inspect(model: Path, context: int | None, as_json: bool) -> None:
         ]
     meta = dict(info.metadata)
     if info.format in ("onnx", "tflite"):
-        io = [f"{t['name']} {t['dtype']}[{','.join(str(d) for d in t['shape'])}]"
-              for t in meta.get("inputs", [])]  # fmt: skip
-        out = [f"{t['name']} {t['dtype']}[{','.join(str(d) for d in t['shape'])}]"
-               for t in meta.get("outputs", [])]  # fmt: skip
+        io = [_io_text(t) for t in meta.get("inputs", [])]
+        out = [_io_text(t) for t in meta.get("outputs", [])]
         ops = sorted((meta.get("op_histogram") or {}).items(), key=lambda kv: -kv[1])
         if meta.get("operators"):  # TFLite: operator versions matter (old runtimes refuse new ones)
             ops = [(f"{o['op']} v{o['version']}", o["count"]) for o in meta["operators"]]
