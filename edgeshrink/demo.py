@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 
-def demo_model_path(size: str = "small") -> Path:
+def demo_model_path(size: str = "small", progress: Callable[[str], None] | None = None) -> Path:
+    """The demo model, made (and said so through ``progress``) only when it is not there."""
     import platformdirs
 
     from edgeshrink.testmodels.llama_gguf import SIZES, make_llama_gguf
@@ -19,5 +21,9 @@ def demo_model_path(size: str = "small") -> Path:
     folder = platformdirs.user_cache_path("edgeshrink") / "demo"
     path = folder / f"edgeshrink-demo-llama-{size}-f16.gguf"
     if not path.exists():
+        if progress:
+            progress(f"making a {size} llama-architecture model (F16, random weights, fixed seed)")
         make_llama_gguf(path, size=size, ftype="f16", seed=0)
+    elif progress:
+        progress(f"reusing the {size} demo model made earlier ({path.name})")
     return path

@@ -331,3 +331,15 @@ def test_demo_needs_nothing_but_the_install(tmp_path: Path) -> None:
     assert doc["result"]["status"] == "ok"
     assert doc["plan"]["profile"] == "raspberry-pi-5-8gb"
     assert list(tmp_path.iterdir()) == []  # the demo keeps its files in the cache
+
+
+def test_a_second_demo_says_what_it_reuses(tmp_path: Path) -> None:
+    args = ("demo", "--size", "nano", "--reps", "1", "--prompt-tokens", "16", "--gen-tokens", "4")
+    first = run_cli(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "· making a nano llama-architecture model" in first.stderr
+    assert "· quantizing" in first.stderr
+    second = run_cli(*args, cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert "making a" not in second.stderr and "· quantizing" not in second.stderr
+    assert "· reusing the nano demo model" in second.stderr

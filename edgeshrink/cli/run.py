@@ -334,8 +334,7 @@ def demo(
     say = progress_printer(as_json)
     profile = get_profile(profile_id, obj.profiles_dirs)
     target = connect_target(target_name, profile.id, kw)
-    say(f"making a {size} llama-architecture model (F16, random weights, fixed seed)")
-    model = demo_model_path(size)
+    model = demo_model_path(size, progress=say)
     output = model.with_name(model.name.replace("-f16.gguf", f"-for-{profile.id}.gguf"))
     outcome = deploy_model(
         model,
