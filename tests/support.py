@@ -68,3 +68,69 @@ def small_disk(directory: Path, size: str = "64k") -> Iterator[Path]:
         yield directory
     finally:
         subprocess.run(["umount", "-l", str(directory)], check=False)
+
+
+# A host process that runs one command on a device (any target kind) and is then killed.
+HOST_SCRIPT = """
+import json, sys
+from edgeshrink.targets import Target
+from edgeshrink.transport import open_transport
+target = Target(**json.loads(sys.argv[1]))
+with open_transport(target) as t:
+    t.run(json.loads(sys.argv[2]), timeout_s=600)
+"""
+
+# Writes its pid (and a grandchild's) where the test can see them, then sleeps.
+SLEEPER = (
+    "import os, subprocess, sys, time; "
+    "kid = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)']); "
+    "open(sys.argv[1] + '.tmp', 'w').write('%d %d' % (os.getpid(), kid.pid)); "
+    "os.rename(sys.argv[1] + '.tmp', sys.argv[1]); time.sleep(300)"
+)
+
+
+def process_alive(pid: int) -> bool:
+    """Running and not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_for_file(path: Path, limit_s: float = 30) -> str:
+    import time
+
+    until = time.monotonic() + limit_s
+    while not path.exists():
+        assert time.monotonic() < until, f"{path} never appeared"
+        time.sleep(0.05)
+    return path.read_text()
+
+
+def host_dies_leaves_nothing(
+    target_fields: dict, device_python: str, pidfile: Path, sig: int, env: dict
+) -> None:
+    """Start a host that runs SLEEPER on the device, kill the host with ``sig``: every
+    process it started on the device must be gone soon after."""
+    import json
+    import time
+
+    host = subprocess.Popen(
+        [sys.executable, "-c", HOST_SCRIPT, json.dumps(target_fields),
+         json.dumps([device_python, "-c", SLEEPER, str(pidfile)])],
+        env=env, start_new_session=True,
+    )  # fmt: skip
+    try:
+        pids = [int(p) for p in wait_for_file(pidfile).split()]
+        assert all(process_alive(p) for p in pids)
+        os.kill(host.pid, sig)
+        host.wait(timeout=30)
+        until = time.monotonic() + 15
+        while any(process_alive(p) for p in pids) and time.monotonic() < until:
+            time.sleep(0.1)
+        assert not [p for p in pids if process_alive(p)], f"still running after the host got {sig}"
+    finally:
+        if host.poll() is None:
+            host.kill()
+            host.wait()

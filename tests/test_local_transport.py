@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
-import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
+from support import SLEEPER, host_dies_leaves_nothing, process_alive, wait_for_file
 
 from edgeshrink.errors import TransportError
 from edgeshrink.targets import Target
@@ -20,37 +18,6 @@ from edgeshrink.transport.local import LocalTransport
 from edgeshrink.util import sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
-
-HOST_SCRIPT = """
-import json, sys
-from edgeshrink.targets import Target
-from edgeshrink.transport.local import LocalTransport
-with LocalTransport(Target(name="local", kind="local", work_dir=sys.argv[1])) as t:
-    t.run(json.loads(sys.argv[2]), timeout_s=600)
-"""
-
-SLEEPER = (
-    "import os, subprocess, sys, time; "
-    "kid = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)']); "
-    "open(sys.argv[1] + '.tmp', 'w').write('%d %d' % (os.getpid(), kid.pid)); "
-    "os.rename(sys.argv[1] + '.tmp', sys.argv[1]); time.sleep(300)"
-)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _wait_for(path: Path, limit_s: float = 30) -> str:
-    until = time.monotonic() + limit_s
-    while not path.exists():
-        assert time.monotonic() < until, f"{path} never appeared"
-        time.sleep(0.05)
-    return path.read_text()
 
 
 @pytest.fixture
@@ -60,24 +27,9 @@ def device(tmp_path: Path) -> LocalTransport:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL, signal.SIGHUP])
 def test_a_killed_host_leaves_nothing_running(tmp_path, sig):
-    pidfile = tmp_path / "pids"
-    host = subprocess.Popen(
-        [sys.executable, "-c", HOST_SCRIPT, str(tmp_path / "device"),
-         json.dumps([sys.executable, "-c", SLEEPER, str(pidfile)])],
-        env={**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True,
-    )  # fmt: skip
-    try:
-        pids = [int(p) for p in _wait_for(pidfile).split()]
-        os.kill(host.pid, sig)
-        host.wait(timeout=30)
-        until = time.monotonic() + 15
-        while any(_alive(p) for p in pids) and time.monotonic() < until:
-            time.sleep(0.1)
-        assert not [p for p in pids if _alive(p)], f"still running after the host got {sig}"
-    finally:
-        if host.poll() is None:
-            host.kill()
-            host.wait()
+    fields = {"name": "local", "kind": "local", "work_dir": str(tmp_path / "device")}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    host_dies_leaves_nothing(fields, sys.executable, tmp_path / "pids", sig, env)
 
 
 def test_a_second_run_waits_or_names_the_pid(device, tmp_path):
@@ -89,7 +41,7 @@ def test_a_second_run_waits_or_names_the_pid(device, tmp_path):
     )
     thread.start()
     try:
-        _wait_for(marker)
+        wait_for_file(marker)
         with pytest.raises(TransportError, match=r"busy: edgeshrink process \d+") as info:
             device.run(["true"], timeout_s=10, device_wait_s=0.5)
         assert re.search(r"kill -TERM -\d+", info.value.hint)
@@ -109,7 +61,7 @@ def test_a_timeout_is_reported_once_the_group_is_gone(device, tmp_path):
     )
     result = device.run([sys.executable, "-c", stubborn], timeout_s=2)
     assert result.timed_out
-    assert not _alive(int(pidfile.read_text()))
+    assert not process_alive(int(pidfile.read_text()))
 
 
 def test_output_status_and_oom_kill_of_a_run(device):
@@ -144,12 +96,12 @@ def test_an_agent_whose_launcher_was_killed_still_keeps_the_device(device, tmp_p
         )
     )
     thread.start()
-    agent = int(_wait_for(pidfile).split()[0])
+    agent = int(wait_for_file(pidfile).split()[0])
     try:
         launcher = int(Path(f"/proc/{agent}/stat").read_text().rsplit(")", 1)[1].split()[1])
         os.kill(launcher, signal.SIGKILL)  # the launcher alone: the agent lives on
         thread.join(timeout=30)
-        assert results and results[0].signal == signal.SIGKILL and _alive(agent)
+        assert results and results[0].signal == signal.SIGKILL and process_alive(agent)
         with pytest.raises(TransportError, match=f"busy: edgeshrink process {agent} "):
             device.run(["true"], timeout_s=10, device_wait_s=0.5)
     finally:

@@ -15,6 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+from support import host_dies_leaves_nothing, process_alive, wait_for_file
 
 from edgeshrink.errors import TransportError
 from edgeshrink.transport.ssh import PYTHON_HINT, PushProgress, SSHTransport
@@ -98,65 +99,11 @@ def test_same_size_corruption_on_the_device_is_noticed_and_pushed_again(
 
 # --------------------------------------------------------------------------- 4: orphaned agents
 
-HOST_SCRIPT = """
-import json, sys
-from edgeshrink.targets import Target
-from edgeshrink.transport import open_transport
-target = Target(**json.loads(sys.argv[1]))
-with open_transport(target) as t:
-    t.run(json.loads(sys.argv[2]), timeout_s=600)
-"""
-
-# Writes its pid (and a grandchild's) where the test can see them, then sleeps.
-SLEEPER = (
-    "import os, subprocess, sys, time; "
-    "kid = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)']); "
-    "open(sys.argv[1] + '.tmp', 'w').write('%d %d' % (os.getpid(), kid.pid)); "
-    "os.rename(sys.argv[1] + '.tmp', sys.argv[1]); time.sleep(300)"
-)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _wait_for(path: Path, limit_s: float = 30) -> str:
-    until = time.monotonic() + limit_s
-    while not path.exists():
-        assert time.monotonic() < until, f"{path} never appeared"
-        time.sleep(0.05)
-    return path.read_text()
-
-
-def host_dies_leaves_nothing(target_fields: dict, pidfile: Path, sig: int, env: dict) -> None:
-    host = subprocess.Popen(
-        [sys.executable, "-c", HOST_SCRIPT, json.dumps(target_fields),
-         json.dumps(["python3", "-c", SLEEPER, str(pidfile)])],
-        env=env, start_new_session=True,
-    )  # fmt: skip
-    try:
-        pids = [int(p) for p in _wait_for(pidfile).split()]
-        assert all(_alive(p) for p in pids)
-        os.kill(host.pid, sig)
-        host.wait(timeout=30)
-        until = time.monotonic() + 15
-        while any(_alive(p) for p in pids) and time.monotonic() < until:
-            time.sleep(0.1)
-        assert not [p for p in pids if _alive(p)], f"still running after the host got {sig}"
-    finally:
-        if host.poll() is None:
-            host.kill()
-            host.wait()
-
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL, signal.SIGHUP])
 def test_a_killed_host_leaves_no_agent_on_the_device(target, tmp_path, sig):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    host_dies_leaves_nothing(asdict(target), tmp_path / "pids", sig, env)
+    host_dies_leaves_nothing(asdict(target), "python3", tmp_path / "pids", sig, env)
 
 
 def test_a_second_run_waits_for_the_first_or_names_its_pid(target, tmp_path):
@@ -179,7 +126,7 @@ def test_a_second_run_waits_for_the_first_or_names_its_pid(target, tmp_path):
     thread = threading.Thread(target=first)
     thread.start()
     try:
-        _wait_for(pidfile)
+        wait_for_file(pidfile)
         with SSHTransport(target) as second:
             with pytest.raises(TransportError, match=r"busy: edgeshrink process \d+") as info:
                 second.run(["true"], timeout_s=30, device_wait_s=0.5)
@@ -202,7 +149,7 @@ def test_a_timeout_is_reported_only_once_the_process_group_is_gone(target, tmp_p
     with SSHTransport(target) as t:
         result = t.run(["python3", "-c", stubborn], timeout_s=2)
     assert result.timed_out
-    assert not _alive(int(pidfile.read_text()))
+    assert not process_alive(int(pidfile.read_text()))
 
 
 def test_oom_kill_is_false_for_an_operators_sigkill(target):
