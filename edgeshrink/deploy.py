@@ -13,7 +13,7 @@ from edgeshrink.artifacts import Artifact, load_artifact
 from edgeshrink.bench import BenchParams, BenchResult, run_agent_bench
 from edgeshrink.errors import EdgeshrinkError
 from edgeshrink.formats import detect_and_inspect
-from edgeshrink.plan import ShrinkOptions
+from edgeshrink.plan import ShrinkOptions, context_warnings
 from edgeshrink.profiles import HardwareProfile
 from edgeshrink.shrink import ShrinkResult, shrink_model
 from edgeshrink.store import ResultStore
@@ -47,24 +47,18 @@ class BenchOutcome:
 
 
 def bench_context_warnings(info: Any, params: BenchParams) -> tuple[str, ...]:
-    """A benchmark context beyond the one a GGUF was trained at: the speed is real, but
-    not what the model would be used at."""
-    trained = info.llm.context_length if getattr(info, "llm", None) else None
-    if info.format != "gguf" or not trained:
-        return ()
+    """A benchmark context beyond the one the model was trained at: the speed is real, but
+    not one the model would be used at."""
     used = params.n_ctx or params.prompt_tokens + params.gen_tokens
-    if used <= trained:
-        return ()
     asked = (
         f"--n-ctx {params.n_ctx}"
         if params.n_ctx
         else f"--prompt-tokens {params.prompt_tokens} + --gen-tokens {params.gen_tokens}"
     )
-    return (
-        f"{asked} = {used} tokens is beyond the context {info.path.name} was trained at "
-        f"({trained}, {info.architecture}.context_length): the model's output degrades past "
-        f"{trained} tokens, so this speed is not one it would be used at",
-    )
+    return context_warnings(
+        info, used, asked=f"{asked} = {used} tokens",
+        remedy="so this speed is not one it would be used at",
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)

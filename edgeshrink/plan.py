@@ -220,16 +220,19 @@ def plan_gguf(
     return plan_llm(info, profile, options or ShrinkOptions(), gguf.tensor_shapes(info.path))
 
 
-def context_warnings(info: ModelInfo, context: int | None) -> tuple[str, ...]:
-    """A context the user asked for beyond the one the model was trained at (the GGUF's
-    ``<arch>.context_length``): it fits in memory, but the model's output degrades."""
+def context_warnings(
+    info: ModelInfo, context: int | None, *, asked: str | None = None, remedy: str | None = None
+) -> tuple[str, ...]:
+    """A context the user asked for (``asked`` says how; default ``--ctx N``) beyond the one
+    the model was trained at (the GGUF's ``<arch>.context_length``): it fits in memory, but
+    the model's output degrades."""
     trained = info.llm.context_length if info.llm else None
     if not context or not trained or context <= trained:
         return ()
     return (
-        f"--ctx {context} is beyond the context {info.path.name} was trained at "
+        f"{asked or f'--ctx {context}'} is beyond the context {info.path.name} was trained at "
         f"({trained}, {info.architecture}.context_length): its output degrades past "
-        f"{trained} tokens; use --ctx {trained} or less",
+        f"{trained} tokens; {remedy or f'use --ctx {trained} or less'}",
     )
 
 

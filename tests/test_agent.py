@@ -816,3 +816,17 @@ def test_info_lists_the_tflite_runner() -> None:
     code, doc, stderr = run_agent("info")
     assert code == 0, stderr
     assert doc["formats"]["tflite"] == {"runner": True, "runtime_available": litert}
+
+
+def test_the_agent_and_the_host_make_the_same_random_integer_inputs() -> None:
+    """One rule on both sides of the host/device line (the agent cannot import the host):
+    the same seed, name, shape and bounds give the same array."""
+    np = pytest.importorskip("numpy")
+    from edgeshrink.formats.onnx import random_integers as host_rule
+
+    agent = _agent_module()
+    bounds = {"input_ids": 120, "token_type_ids": 2, "tiny": 3}
+    for name in ("input_ids", "token_type_ids", "attention_mask", "segment_ids", "tiny", "x"):
+        device = agent.random_integers(np, np.random.default_rng(7), name, (2, 5), "int64", bounds)
+        host = host_rule(np.random.default_rng(7), name, (2, 5), np.dtype("int64"), bounds)
+        assert device.dtype == host.dtype and np.array_equal(device, host), name

@@ -156,7 +156,7 @@ class Shape:
 def _count(config: dict[str, Any], key: str, default: Any = None, *, minimum: int = 1) -> int:
     """A whole number of config.json at least ``minimum``; ValueError names the key and the
     value (a float, a bool, NaN, a negative or zero count)."""
-    value = config.get(key, default) if default is not None else config[key]
+    value = config[key] if default is None else config.get(key)
     if value is None and default is not None:
         value = default
     if isinstance(value, bool) or not isinstance(value, int):
@@ -185,8 +185,8 @@ def shape_of(spec: ArchSpec, config: dict[str, Any]) -> Shape:
             f"'num_attention_heads' = {n_head} is not a multiple of "
             f"'num_key_value_heads' = {n_head_kv}"
         )
-    n_ctx = config.get("max_position_embeddings") or config.get("n_positions") or 0
-    n_ctx = _count({"context": n_ctx}, "context", minimum=0)
+    ctx_key = next((k for k in ("max_position_embeddings", "n_positions") if config.get(k)), None)
+    n_ctx = _count(config, ctx_key, minimum=0) if ctx_key else 0
     tied = bool(config.get("tie_word_embeddings", spec.tie_default)) or spec.ties_output_always
     return Shape(
         n_vocab=_count(config, "vocab_size"),

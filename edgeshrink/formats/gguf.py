@@ -294,7 +294,7 @@ def read_gguf(path: str | os.PathLike[str]) -> Any:
             mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data,
         ):
             check_gguf_layout(data, size)
-    except (_Damaged, ValueError) as exc:
+    except ValueError as exc:  # _Damaged, and mmap of an unreadable file
         raise ModelFileError(
             f"{path}: GGUF header is damaged or truncated ({size} bytes): {exc}",
             hint="copy or download the file again",
