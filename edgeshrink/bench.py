@@ -69,7 +69,8 @@ class BenchParams:
                 args += ["--n-ctx", str(self.n_ctx)]
             if self.no_mmap:
                 args.append("--no-mmap")
-            return args
+            # An embedding model (BERT) is timed per input, like ONNX and TFLite models.
+            return args + ["--runs", str(self.runs), "--min-seconds", str(self.min_seconds)]
         args += ["--runs", str(self.runs), "--min-seconds", str(self.min_seconds)]
         if model_format == "tflite":
             args += ["--tflite-runtime", self.tflite_runtime]
@@ -144,6 +145,12 @@ class BenchResult:
     runtime_version: str | None
     threads: int | None
     document: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    @property
+    def embedding(self) -> dict[str, Any] | None:
+        """An embedding model's run: tokens_per_input, n_embd, pooling (else None)."""
+        value = self.document.get("embedding")
+        return value if isinstance(value, dict) else None
 
     @property
     def ok(self) -> bool:
@@ -277,6 +284,10 @@ def document_problems(doc: Any) -> list[str]:
     for key in ("mean", "stddev", "min", "p50", "p90", "p99", "max"):
         number(f"latency_ms.{key}", latency.get(key))
     number("latency_ms.count", latency.get("count"), integer=True)
+    embedding = section("embedding", doc.get("embedding"))
+    for key in ("tokens_per_input", "n_embd"):
+        number(f"embedding.{key}", embedding.get(key), integer=True)
+    text("embedding.pooling", embedding.get("pooling"))
     device = section("device", doc.get("device"))
     for key in ("cpu", "arch", "board", "os"):
         text(f"device.{key}", device.get(key))

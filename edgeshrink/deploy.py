@@ -11,8 +11,8 @@ from typing import Any
 
 from edgeshrink.artifacts import Artifact, load_artifact
 from edgeshrink.bench import BenchParams, BenchResult, run_agent_bench
-from edgeshrink.errors import EdgeshrinkError
-from edgeshrink.formats import detect_and_inspect
+from edgeshrink.errors import BenchParamsError, EdgeshrinkError
+from edgeshrink.formats import detect_and_inspect, gguf
 from edgeshrink.plan import ShrinkOptions, context_warnings
 from edgeshrink.profiles import HardwareProfile
 from edgeshrink.shrink import ShrinkResult, shrink_model
@@ -46,9 +46,29 @@ class BenchOutcome:
         return self.warnings + tuple(str(w) for w in agent if str(w) not in self.warnings)
 
 
+def check_position_table(info: Any, params: BenchParams) -> None:
+    """A decoder with a learned position table (GPT-2 and kin) cannot run past its rows:
+    llama.cpp aborts. Refused here with the numbers that fit. (Embedding models embed at
+    most that many tokens: the agent says so and uses fewer.)"""
+    rows = gguf.position_rows(info) if info.format == "gguf" else None
+    if not rows or gguf.is_encoder(info):
+        return
+    used = params.n_ctx or params.prompt_tokens + params.gen_tokens
+    if used > rows:
+        raise BenchParamsError(
+            f"{info.path.name} has a learned position table of {rows} rows: {used} tokens"
+            f" (--prompt-tokens {params.prompt_tokens} + --gen-tokens {params.gen_tokens})"
+            " would run past it, which aborts llama.cpp",
+            hint=f"bench with at most {rows} tokens, e.g. --prompt-tokens {rows * 3 // 4}"
+            f" --gen-tokens {rows - rows * 3 // 4}",
+        )
+
+
 def bench_context_warnings(info: Any, params: BenchParams) -> tuple[str, ...]:
     """A benchmark context beyond the one the model was trained at: the speed is real, but
     not one the model would be used at."""
+    if info.format == "gguf" and gguf.is_encoder(info):
+        return ()  # the agent embeds at most the trained length, and says so
     used = params.n_ctx or params.prompt_tokens + params.gen_tokens
     asked = (
         f"--n-ctx {params.n_ctx}"
@@ -133,6 +153,18 @@ def _bench_and_store(
         say(f"hashing {model.name}")
         sha = sha256_file(model)
     params = replace(params, threads=_threads_for(target, profile, params.threads))
+    check_position_table(info, params)
+    longest = ""
+    trained = info.llm.context_length if info.llm else 0
+    if (
+        info.format == "gguf"
+        and gguf.is_encoder(info)
+        and trained
+        and params.prompt_tokens > trained
+    ):
+        # An embedding model takes at most its trained length (its position table's rows).
+        params = replace(params, prompt_tokens=trained)
+        longest = " (the longest it takes)"
     if (
         info.format == "tflite"
         and params.external_delegate is None
@@ -155,7 +187,12 @@ def _bench_and_store(
         # (push_artifact's contract: the model lives at models/<sha256>/<its name>.)
         for data in _external_data_files(info, model):
             transport.push_file(data, f"models/{sha}/{data.name}", sha256_file(data))
-        if info.format == "gguf":
+        if info.format == "gguf" and gguf.is_encoder(info):
+            what = (
+                f"embedding {params.prompt_tokens}-token inputs{longest},"
+                f" at least {params.runs} runs and {params.min_seconds:g} s"
+            )
+        elif info.format == "gguf":
             what = f"{params.reps} reps of pp{params.prompt_tokens} + tg{params.gen_tokens}"
         else:
             what = f"at least {params.runs} runs and {params.min_seconds:g} s"

@@ -77,6 +77,12 @@ class AgentError(EdgeshrinkError, RuntimeError):
     default_hint = "re-run with EDGESHRINK_DEBUG=1 to see the agent's stderr"
 
 
+class BenchParamsError(EdgeshrinkError, ValueError):
+    """Benchmark parameters that the model cannot run with."""
+
+    default_hint = "see `edgeshrink bench --help`"
+
+
 class StoreError(EdgeshrinkError, OSError):
     """The results database cannot be opened, migrated or written."""
 

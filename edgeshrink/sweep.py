@@ -199,7 +199,7 @@ class SweepCandidate:
     @property
     def speed(self) -> float | None:
         """Higher is faster: tokens/s generated (GGUF), inferences/s measured (ONNX)."""
-        if self.format == "gguf":
+        if self.format == "gguf" and self.tg_tok_s:
             return self.tg_tok_s
         measured = self.measured or {}
         if measured.get("throughput_per_s"):

@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO.parent / "shared" / "models" / "stories260K.gguf"
 SMALL = ["--prompt-tokens", "64", "--gen-tokens", "16", "--reps", "2", "--threads", "1"]
 TOP_KEYS = {
+    "embedding",
     "output_check",
     "schema",
     "agent_version",

@@ -38,7 +38,7 @@ import sys
 import threading
 import time
 
-AGENT_VERSION = "1.2.0"
+AGENT_VERSION = "1.3.0"
 SCHEMA = "edgeshrink.bench/1"
 
 EXIT_CODES = {"ok": 0, "error": 1, "oom": 3, "timeout": 124}
@@ -332,6 +332,8 @@ class Report:
         self.throughput_per_s = None  # type: float | None
         # --check-output: are the outputs finite and the same on a second identical run?
         self.output_check = None  # type: dict | None
+        # Embedding models (GGUF encoders): what one timed run embeds.
+        self.embedding = None  # type: dict | None
         self.unmeasured = []  # type: list
         self.warnings = []  # type: list
 
@@ -362,6 +364,7 @@ class Report:
             "latency_ms": self.latency_ms,
             "throughput_per_s": _round(self.throughput_per_s),
             "output_check": self.output_check,
+            "embedding": self.embedding,
             "unmeasured": self.unmeasured,
             "warnings": self.warnings,
         }
@@ -982,6 +985,46 @@ def _memory_clearer(lc, ctx):
     )
 
 
+def _new_context(lc, model, report, llama_log, n_ctx, n_batch, n_ubatch, *, what, hint, bad_hint,
+                 embeddings=False):  # fmt: skip
+    """A llama.cpp context with threads and flash attention set explicitly, because the
+    binding's defaults (cores/2, flash off) differ from llama-bench's."""
+    resolved = report.params["resolved"]
+    cparams = lc.llama_context_default_params()
+    cfields = _struct_fields(cparams)
+    cparams.n_ctx = n_ctx
+    cparams.n_batch = n_batch
+    cparams.n_ubatch = n_ubatch
+    cparams.n_threads = resolved["threads"]
+    cparams.n_threads_batch = resolved["threads"]
+    if embeddings and "embeddings" in cfields:
+        cparams.embeddings = True
+    if "flash_attn_type" in cfields:
+        cparams.flash_attn_type = (
+            lc.LLAMA_FLASH_ATTN_TYPE_ENABLED
+            if resolved["flash_attn"]
+            else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
+    elif "flash_attn" in cfields:
+        cparams.flash_attn = bool(resolved["flash_attn"])
+    else:
+        report.warn("this llama-cpp-python has no flash attention switch; --flash-attn ignored")
+    init_context = _first_attr(lc, "llama_init_from_model", "llama_new_context_with_model")
+    ctx = init_context(model, cparams)
+    if not ctx:
+        details = llama_log.problems()
+        if llama_log.says_oom():
+            raise AgentOutOfMemory(
+                "oom", f"llama.cpp could not allocate {what}: {details}", hint
+            )
+        raise AgentError(
+            "context_failed",
+            f"llama.cpp failed to create {what}: {details or 'no message'}",
+            bad_hint,
+        )
+    return ctx
+
+
 def run_gguf(args, report: Report, sampler: MemorySampler) -> None:
     size = check_gguf_file(args.model)
     report.model["size_bytes"] = size
@@ -1074,42 +1117,19 @@ def run_gguf(args, report: Report, sampler: MemorySampler) -> None:
         f"model: {report.model['desc']}, {report.model['n_params']} params,"
         f" vocab {n_vocab}, load {report.load_s:.3f} s"
     )
+    if gguf_is_encoder(lc, ctypes, model):
+        # BERT-style embedding models: no generation to time; what matters is how fast
+        # a whole input becomes an embedding.
+        run_gguf_encoder(lc, ctypes, model, n_vocab, bos, llama_log, args, report, sampler)
+        return
 
-    # Context: threads and flash attention set explicitly, because the
-    # binding's defaults (cores/2, flash off) differ from llama-bench's.
     resolved = report.params["resolved"]
-    cparams = lc.llama_context_default_params()
-    cfields = _struct_fields(cparams)
-    cparams.n_ctx = resolved["n_ctx"]
-    cparams.n_batch = args.batch_size
-    cparams.n_ubatch = args.ubatch_size
-    cparams.n_threads = resolved["threads"]
-    cparams.n_threads_batch = resolved["threads"]
-    if "flash_attn_type" in cfields:
-        cparams.flash_attn_type = (
-            lc.LLAMA_FLASH_ATTN_TYPE_ENABLED
-            if resolved["flash_attn"]
-            else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        )
-    elif "flash_attn" in cfields:
-        cparams.flash_attn = bool(resolved["flash_attn"])
-    else:
-        report.warn("this llama-cpp-python has no flash attention switch; --flash-attn ignored")
-    init_context = _first_attr(lc, "llama_init_from_model", "llama_new_context_with_model")
-    ctx = init_context(model, cparams)
-    if not ctx:
-        details = llama_log.problems()
-        if llama_log.says_oom():
-            raise AgentOutOfMemory(
-                "oom",
-                f"llama.cpp could not allocate the context (n_ctx {resolved['n_ctx']}): {details}",
-                "lower --n-ctx / --batch-size or use a smaller model",
-            )
-        raise AgentError(
-            "context_failed",
-            f"llama.cpp failed to create a context: {details or 'no message'}",
-            "check --n-ctx, --batch-size and --ubatch-size",
-        )
+    ctx = _new_context(
+        lc, model, report, llama_log, resolved["n_ctx"], args.batch_size, args.ubatch_size,
+        what=f"the context (n_ctx {resolved['n_ctx']})",
+        hint="lower --n-ctx / --batch-size or use a smaller model",
+        bad_hint="check --n-ctx, --batch-size and --ubatch-size",
+    )  # fmt: skip
     _check_signal()
     resolved["n_ctx"] = int(lc.llama_n_ctx(ctx))
     resolved["batch_size"] = (
@@ -1182,6 +1202,138 @@ def run_gguf(args, report: Report, sampler: MemorySampler) -> None:
             "tokens": runs[0][0],
             "runs": 2,
         }
+        _log(f"output check: {report.output_check}")
+
+
+def _meta_str(lc, ctypes, model, key: str):
+    """A GGUF metadata value as llama.cpp prints it (bools: 'true'/'false'), or None."""
+    function = getattr(lc, "llama_model_meta_val_str", None)
+    if function is None:
+        return None
+    buffer = ctypes.create_string_buffer(256)
+    if function(model, key.encode(), buffer, ctypes.sizeof(buffer)) < 0:
+        return None
+    return buffer.value.decode("utf-8", "replace")
+
+
+def gguf_is_encoder(lc, ctypes, model) -> bool:
+    """An embedding model (BERT and kin: non-causal attention, or an encoder without a
+    decoder) rather than a text generator."""
+    has_encoder = getattr(lc, "llama_model_has_encoder", None)
+    has_decoder = getattr(lc, "llama_model_has_decoder", None)
+    if has_encoder is not None and has_decoder is not None:
+        if has_encoder(model) and not has_decoder(model):
+            return True
+    arch = _meta_str(lc, ctypes, model, "general.architecture")
+    return bool(arch) and _meta_str(lc, ctypes, model, arch + ".attention.causal") == "false"
+
+
+POOLING_NAMES = {-1: "unspecified", 0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}
+
+
+def run_gguf_encoder(lc, ctypes, model, n_vocab, bos, llama_log, args, report, sampler) -> None:
+    """Time whole inputs of --prompt-tokens tokens becoming embeddings (one llama_encode
+    or llama_decode of a non-causal batch each), like the ONNX/TFLite runs: at least
+    --runs runs and --min-seconds, with latency percentiles and inputs per second."""
+    resolved = report.params["resolved"]
+    n_tokens = args.prompt_tokens
+    trained = int(lc.llama_model_n_ctx_train(model)) if hasattr(lc, "llama_model_n_ctx_train") else 0
+    if trained and n_tokens > trained:
+        # Learned position tables (BERT) have exactly `trained` rows: more tokens would
+        # index past them and abort the process inside llama.cpp.
+        report.warn(
+            f"--prompt-tokens {n_tokens} is beyond the {trained} tokens this embedding model"
+            f" takes: embedding inputs of {trained} tokens"
+        )
+        n_tokens = trained
+    for key in ("gen_tokens", "reps", "batch_size", "ubatch_size"):
+        report.params.pop(key, None)
+    report.params["runs"] = args.runs
+    report.params["min_seconds"] = args.min_seconds
+    # A non-causal batch must be decoded in one micro-batch.
+    ctx = _new_context(
+        lc, model, report, llama_log, n_tokens, n_tokens, n_tokens, embeddings=True,
+        what=f"an embedding context ({n_tokens} tokens)",
+        hint="lower --prompt-tokens or use a smaller model", bad_hint="lower --prompt-tokens",
+    )  # fmt: skip
+    _check_signal()
+    resolved["n_ctx"] = int(lc.llama_n_ctx(ctx))
+    resolved["prompt_tokens"] = n_tokens
+    n_embd = int(lc.llama_model_n_embd(model))
+    pooling = int(lc.llama_pooling_type(ctx)) if hasattr(lc, "llama_pooling_type") else -1
+    uses_encode = bool(getattr(lc, "llama_model_has_encoder", lambda _m: False)(model))
+    run = lc.llama_encode if uses_encode else lc.llama_decode
+    clear_memory = (
+        _memory_clearer(lc, ctx)
+        if not uses_encode and getattr(lc, "llama_get_memory", lambda _c: True)(ctx)
+        else (lambda: None)
+    )
+    rng = random.Random(args.seed)
+    tokens = [rng.randrange(n_vocab) for _ in range(n_tokens)]
+    if bos is not None and tokens:
+        tokens[0] = bos
+    # Every token marked as an output, in sequence 0, as llama-embedding does (a batch
+    # from llama_batch_get_one makes llama.cpp log an override on every run).
+    batch = lc.llama_batch_init(n_tokens, 0, 1)
+    for i, token in enumerate(tokens):
+        batch.token[i] = token
+        batch.pos[i] = i
+        batch.n_seq_id[i] = 1
+        batch.seq_id[i][0] = 0
+        batch.logits[i] = 1
+    batch.n_tokens = n_tokens
+    synchronize = lc.llama_synchronize
+
+    def embed_once() -> None:
+        clear_memory()
+        rc = run(ctx, batch)
+        if rc:
+            details = llama_log.problems()
+            if llama_log.says_oom():
+                raise AgentOutOfMemory(
+                    "oom", f"embedding an input could not allocate memory: {details}",
+                    "lower --prompt-tokens or use a smaller model",
+                )
+            raise AgentError(
+                "decode_failed",
+                f"embedding {n_tokens} tokens returned {rc}: {details or 'no message'}",
+                "see the llama.cpp messages on stderr",
+            )
+        synchronize(ctx)
+
+    def embedding() -> list:
+        get = getattr(lc, "llama_get_embeddings_seq", None)
+        pointer = get(ctx, 0) if get is not None and pooling > 0 else None
+        if not pointer:
+            pointer = lc.llama_get_embeddings_ith(ctx, -1)
+        if not pointer:
+            raise AgentError(
+                "decode_failed",
+                "llama.cpp returned no embedding for the input",
+                "check that the GGUF is an embedding model llama.cpp supports",
+            )
+        return [pointer[i] for i in range(n_embd)]
+
+    _log(f"embedding model: inputs of {n_tokens} tokens, {n_embd} dims, pooling {POOLING_NAMES.get(pooling, pooling)}")
+    measure_runs(embed_once, args, report, sampler)
+    report.embedding = {
+        "tokens_per_input": n_tokens,
+        "n_embd": n_embd,
+        "pooling": POOLING_NAMES.get(pooling, str(pooling)),
+    }
+    if args.check_output:
+        runs = []
+        for _ in range(2):
+            embed_once()
+            runs.append([embedding()])
+        try:
+            import numpy as np
+        except ImportError:
+            same = runs[0] == runs[1]
+            finite = all(v == v and abs(v) != float("inf") for v in runs[0][0])
+            report.output_check = {"finite": finite, "deterministic": same, "runs": 2}
+        else:
+            report.output_check = compare_output_runs(np, runs[0], runs[1])
         _log(f"output check: {report.output_check}")
 
 

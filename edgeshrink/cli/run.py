@@ -121,11 +121,27 @@ def print_bench(outcome) -> None:
             ]  # fmt: skip
         if r.latency_ms:
             lat = r.latency_ms
+            embedding = r.embedding
+            per = f" per {embedding.get('tokens_per_input')}-token input" if embedding else ""
+            if not r.throughput_per_s:
+                throughput = "-"
+            elif embedding:
+                tokens = r.throughput_per_s * (embedding.get("tokens_per_input") or 0)
+                throughput = f"{r.throughput_per_s:,.1f} embeddings/s ({tokens:,.0f} tok/s)"
+            else:
+                throughput = f"{r.throughput_per_s:,.1f} inferences/s"
             pairs += [
-                ("latency", f"{lat.mean:.3f} ± {lat.stddev:.3f} ms over {lat.samples} runs "
+                ("latency", f"{lat.mean:.3f} ± {lat.stddev:.3f} ms{per} over {lat.samples} runs "
                             f"(p50 {lat.p50:.3f}, p90 {lat.p90:.3f}, p99 {lat.p99:.3f}, max {lat.max:.3f})"),
-                ("throughput", f"{r.throughput_per_s:,.1f} inferences/s" if r.throughput_per_s else "-"),
+                ("throughput", throughput),
             ]  # fmt: skip
+            if embedding:
+                pairs.append(
+                    (
+                        "embedding",
+                        f"{embedding.get('n_embd')} dims, {embedding.get('pooling')} pooling",
+                    )
+                )
         pairs.append(
             ("temperature", ", ".join(f"{k} {v:.0f}°C" for k, v in temps.items()) or "not readable")
         )

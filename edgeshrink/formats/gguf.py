@@ -356,6 +356,25 @@ def _file_type_name(fields: dict[str, Any], histogram: Counter[str]) -> str:
     return histogram.most_common(1)[0][0] if histogram else "unknown"
 
 
+POSITION_TABLE = "position_embd.weight"
+POSITION_ROWS = "edgeshrink.position_rows"  # a key of ModelInfo.metadata, not of the file
+
+
+def is_encoder(info: ModelInfo) -> bool:
+    """An embedding model (BERT and kin: non-causal attention, or an encoder-only
+    architecture): it makes embeddings, it does not generate text."""
+    meta = dict(info.metadata)
+    return (
+        meta.get(f"{info.architecture}.attention.causal") is False
+        or info.architecture == "t5encoder"
+    )
+
+
+def position_rows(info: ModelInfo) -> int | None:
+    """Rows of the model's learned position table, if it has one."""
+    return dict(info.metadata).get(POSITION_ROWS)
+
+
 def inspect_gguf(path: str | os.PathLike[str]) -> ModelInfo:
     path = Path(path)
     reader = read_gguf(path)
@@ -392,6 +411,11 @@ def inspect_gguf(path: str | os.PathLike[str]) -> ModelInfo:
         and not key.startswith("tokenizer.ggml.")
         or key in ("tokenizer.ggml.model", "tokenizer.ggml.pre")
     )
+    for t in reader.tensors:
+        if t.name == POSITION_TABLE and len(t.shape) == 2:
+            # Learned absolute positions (BERT, GPT-2): a position past the table's rows
+            # aborts llama.cpp, it does not just degrade the output.
+            scalar_meta += ((POSITION_ROWS, int(t.shape[1])),)
     return ModelInfo(
         path=path,
         format=FORMAT,
