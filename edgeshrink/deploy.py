@@ -247,6 +247,7 @@ def deploy_model(
     timeout_s: float = 900.0,
     progress: Progress | None = None,
     push_progress: Callable[[Any], None] | None = None,
+    agent_stderr: Callable[[str], None] | None = None,
 ) -> DeployOutcome:
     shrunk = shrink_model(
         model, profile, options or ShrinkOptions(), output=output, progress=progress
@@ -260,5 +261,6 @@ def deploy_model(
         timeout_s=timeout_s,
         progress=progress,
         push_progress=push_progress,
+        agent_stderr=agent_stderr,
     )
     return DeployOutcome(shrink=shrunk, bench=outcome)

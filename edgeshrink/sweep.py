@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -63,6 +64,9 @@ ONNX_LADDER = (
     "int8-static-per-channel",
 )
 ONNX_QUALITY_METHOD = "onnx-agreement/1"
+# Two measured speeds closer than this (relative) are tied: separate runs of the same
+# model on one machine drift that much (FACTS.md: per-round ratios swing 5-25 %).
+TIE_FLOOR = 0.05
 KLD_LABEL = "mean KL divergence"
 ACCURACY_DROP_LABEL = "accuracy drop (points)"
 COSINE_LOSS_LABEL = "1 − mean cosine (worst output)"
@@ -209,6 +213,22 @@ class SweepCandidate:
         return None
 
     @property
+    def speed_noise(self) -> float | None:
+        """The relative uncertainty of a measured speed (None for an estimate): the spread
+        of the repetitions (GGUF: stddev / mean of tg; ONNX: the standard error of the mean
+        latency), at least TIE_FLOOR, the drift between separate runs on one machine."""
+        measured = self.measured or {}
+        if self.format == "gguf" and measured.get("tg_tok_s"):
+            spread = (measured.get("tg_tok_s_stddev") or 0.0) / float(measured["tg_tok_s"])
+        elif self.format != "gguf" and measured.get("latency_mean_ms"):
+            count = max(int(measured.get("latency_count") or 1), 1)
+            stddev = measured.get("latency_stddev_ms") or 0.0
+            spread = stddev / float(measured["latency_mean_ms"]) / math.sqrt(count)
+        else:
+            return None
+        return max(TIE_FLOOR, spread)
+
+    @property
     def kld(self) -> float:
         """GGUF only: the mean KL divergence."""
         return float(self.quality["kld_mean"]["value"])
@@ -346,8 +366,22 @@ def _choose(
         pick = min(eligible, key=lambda c: c.size_bytes)
         why = f"the smallest ({_size_text(pick)})"
     else:
-        pick = max(eligible, key=lambda c: c.speed or 0.0)
+        fastest = max(eligible, key=lambda c: c.speed or 0.0)
+        tied = speed_ties(fastest, eligible)
+        pick = min(tied, key=lambda c: (c.size_bytes, c.loss))
         why = f"the fastest ({_speed_summary(pick, speed_source)})"
+        if len(tied) > 1:
+            others = ", ".join(f"{c.quant} {c.speed:,.1f}" for c in tied if c is not pick)
+            why = (
+                f"tied for the fastest with {others} (within the measurement noise,"
+                f" ±{max(c.speed_noise or 0.0 for c in tied):.0%}) and the "
+                + (
+                    "smallest"
+                    if pick.size_bytes < max(c.size_bytes for c in tied)
+                    else "best quality"
+                )
+                + f" of them ({_speed_summary(pick, speed_source)}, {_size_text(pick)})"
+            )
     rejected = [c.quant for c in candidates if c.fits and not c.meets_quality]
     tail = f"; {', '.join(rejected)} lose too much quality" if rejected else ""
     meet = budget.describe()
@@ -360,6 +394,22 @@ def _choose(
         f"{preface}{pick.quant} is {why} of the {len(eligible)} candidate(s) that {meet} "
         f"({_quality_summary(pick)}){tail}{failed_text}"
     )
+
+
+def speed_ties(fastest: SweepCandidate, eligible: list[SweepCandidate]) -> list[SweepCandidate]:
+    """The candidates whose measured speed is within the noise of the fastest one's (the
+    larger of the two noises): they are tied, and no speed figure can tell them apart.
+    Estimated speeds are exact figures of a model: only equal ones tie."""
+    top = fastest.speed or 0.0
+    tied = []
+    for c in eligible:
+        speed = c.speed or 0.0
+        if c.speed_noise is None or fastest.speed_noise is None:
+            if speed == top:
+                tied.append(c)
+        elif speed >= top * (1 - max(c.speed_noise, fastest.speed_noise)):
+            tied.append(c)
+    return tied
 
 
 def _check_optimize(optimize: str) -> None:
@@ -727,6 +777,7 @@ def sweep_onnx(
 
 def _gguf_measured(r: Any, result_id: int | None) -> dict[str, Any]:
     return {"tg_tok_s": r.tg_tok_s.mean if r.tg_tok_s else None,
+            "tg_tok_s_stddev": r.tg_tok_s.stddev if r.tg_tok_s else None,
             "pp_tok_s": r.pp_tok_s.mean if r.pp_tok_s else None,
             "peak_rss_mb": r.peak_rss_mb, "ttft_ms": r.ttft_ms.mean if r.ttft_ms else None,
             "status": r.status, "result_id": result_id}  # fmt: skip
@@ -736,19 +787,22 @@ def _onnx_measured(r: Any, result_id: int | None) -> dict[str, Any]:
     lat = r.latency_ms
     return {"latency_p50_ms": lat.p50 if lat else None, "latency_p90_ms": lat.p90 if lat else None,
             "latency_mean_ms": lat.mean if lat else None, "throughput_per_s": r.throughput_per_s,
+            "latency_stddev_ms": lat.stddev if lat else None, "latency_count": lat.samples if lat else None,
             "peak_rss_mb": r.peak_rss_mb, "status": r.status, "error": r.error_message,
             "result_id": result_id}  # fmt: skip
 
 
 def _stored_measured(store: ResultStore, found: Any, fmt: str) -> dict[str, Any]:
     if fmt == "gguf":
-        return {"tg_tok_s": found.tg_tok_s, "pp_tok_s": found.pp_tok_s,
+        return {"tg_tok_s": found.tg_tok_s, "tg_tok_s_stddev": found.tg_tok_s_stddev,
+                "pp_tok_s": found.pp_tok_s,
                 "peak_rss_mb": found.peak_rss_mb, "ttft_ms": found.ttft_ms,
                 "status": found.status, "result_id": found.id}  # fmt: skip
     # p50 has no column of its own: it is in the agent's document beside the row.
     latency = store.get_document(found.id).get("latency_ms") or {}
     return {"latency_p50_ms": latency.get("p50"), "latency_p90_ms": found.latency_p90_ms,
             "latency_mean_ms": found.latency_ms, "throughput_per_s": found.throughput_per_s,
+            "latency_stddev_ms": latency.get("stddev"), "latency_count": latency.get("count"),
             "peak_rss_mb": found.peak_rss_mb, "status": found.status, "error": None,
             "result_id": found.id}  # fmt: skip
 

@@ -106,3 +106,19 @@ def test_a_malformed_agent_document_is_stored_as_an_error_with_what_was_wrong(
     assert said in result["result"]["error"]["message"]
     stored = json.loads(run_cli("results", "--json").stdout)
     assert [r["status"] for r in stored] == ["error"]
+
+
+def test_a_benchmark_shows_the_agents_progress_as_it_runs(nano: Path) -> None:
+    """Before: `bench` said nothing between "benchmarking on" and the result (~26 s at
+    its defaults on a small board); now each repetition is shown as the device ends it."""
+    run = run_cli("bench", str(nano), "--reps", "2", "--prompt-tokens", "16", "--gen-tokens", "4",
+                  "--no-store")  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    progress = [line.strip() for line in run.stderr.splitlines()]
+    assert "· warm-up 1/1" in progress
+    reps = [line for line in progress if line.startswith("· rep ")]
+    assert [line.split(":")[0] for line in reps] == ["· rep 1/2", "· rep 2/2"], run.stderr
+    assert all("tok/s" in line for line in reps)
+    assert not any(line.startswith("llama_") for line in progress)  # llama.cpp's chatter is not
+    quiet = run_cli("bench", str(nano), *QUICK, "--no-store", "--json")
+    assert quiet.returncode == 0 and "· rep" not in quiet.stderr

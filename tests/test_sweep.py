@@ -115,3 +115,67 @@ def test_sweep_cli_json_and_exit_code(stories: Path, tmp_path: Path) -> None:
                    "--max-kld", "0.0001", "--eval-ctx", "256", cwd=tmp_path)  # fmt: skip
     assert none.returncode == 1
     assert "error: no candidate is good enough" in none.stderr
+
+
+def _candidate(quant: str, size_mib: float, kld: float, tg: float, stddev: float):
+    from edgeshrink.sweep import SweepCandidate
+
+    return SweepCandidate(
+        quant=quant, path=Path(f"{quant}.gguf"), sha256=quant, size_bytes=int(size_mib * 2**20),
+        estimate_mb=size_mib * 1.2, fits=True, est_tg_tok_s=None, quality_reused=False,
+        quality={"kld_mean": {"value": kld}, "same_top": {"value": 0.9}},
+        quality_failures=(), loss=kld,
+        measured={"status": "ok", "tg_tok_s": tg, "tg_tok_s_stddev": stddev},
+    )  # fmt: skip
+
+
+def test_speeds_within_the_noise_are_tied_and_the_smaller_wins() -> None:
+    """Before: 71.0 ± 4 tok/s beat 69.5 ± 4 tok/s as if 1.5 tok/s meant something; now
+    they are tied, the smaller one is picked and the reason says so."""
+    from edgeshrink.sweep import _choose
+
+    big = _candidate("Q5_K_M", 9.0, 0.010, 71.0, 4.0)
+    small = _candidate("Q4_K_M", 7.5, 0.018, 69.5, 4.0)
+    slow = _candidate("Q8_0", 13.0, 0.002, 50.0, 1.0)
+    pick, why = _choose([big, small, slow], QualityBudget(max_kld=0.05), "speed", "measured on dev")
+    assert pick == "Q4_K_M"
+    assert "tied for the fastest with Q5_K_M 71.0" in why and "±6%" in why
+    assert "smallest of them" in why
+
+    # Far apart (more than either's noise): the fastest wins, as before.
+    fast = _candidate("Q5_K_M", 9.0, 0.010, 90.0, 2.0)
+    pick, why = _choose(
+        [fast, small, slow], QualityBudget(max_kld=0.05), "speed", "measured on dev"
+    )
+    assert pick == "Q5_K_M" and "tied" not in why and why.count("the fastest") == 1
+
+    # Quiet measurements still tie within the 5 % two runs drift apart.
+    a = _candidate("Q4_0", 7.0, 0.03, 100.0, 0.1)
+    b = _candidate("Q4_K_M", 7.5, 0.018, 103.0, 0.1)
+    pick, why = _choose([a, b], QualityBudget(max_kld=0.05), "speed", "measured on dev")
+    assert pick == "Q4_0" and "±5%" in why
+
+
+def test_the_plot_legend_explains_the_colours_its_points_have(tmp_path: Path) -> None:
+    """Before: the legend explained a light grey no point had ("does not fit") and not the
+    grey that the points off the front had."""
+    from edgeshrink.report.plot import write_sweep_svg
+    from edgeshrink.sweep import _finish
+
+    pick = _candidate("Q4_K_M", 7.5, 0.018, 70.0, 1.0)
+    dominated = _candidate("Q5_0", 9.0, 0.030, 60.0, 1.0)  # bigger, worse and slower
+    front = _candidate("Q8_0", 13.0, 0.002, 50.0, 1.0)
+    result = _finish(
+        Path("m.gguf"), get_profile("raspberry-pi-5-8gb"), None, QualityBudget(max_kld=0.05),
+        "speed", "measured on dev", [pick, dominated, front], None, format="gguf",
+        loss_label="mean KL divergence", speed_label="generation tok/s",
+    )  # fmt: skip
+    assert result.pick == "Q4_K_M" and "Q5_0" not in result.pareto_size
+    svg = write_sweep_svg(result, tmp_path / "sweep.svg").read_text()
+    assert "grey: fits, but off the Pareto front of that plot" in svg
+    assert "does not fit" not in svg
+    nofit = replace(dominated, fits=False)
+    svg = write_sweep_svg(
+        replace(result, candidates=(pick, nofit, front)), tmp_path / "b.svg"
+    ).read_text()
+    assert "light grey: does not fit the memory budget" in svg

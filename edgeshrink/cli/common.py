@@ -110,6 +110,26 @@ def progress_printer(quiet: bool = False):
     return say
 
 
+AGENT_LOG_PREFIX = "edgeshrink-agent: "
+
+
+def agent_progress_printer(quiet: bool = False):
+    """The agent's own progress lines (warm-up, each repetition) as they come from the
+    device, so a long benchmark is not silent. Its warnings are printed once, at the end,
+    and llama.cpp's chatter is left out."""
+    from edgeshrink.util import terminal_safe
+
+    def on_line(line: str) -> None:
+        if quiet or not line.startswith(AGENT_LOG_PREFIX):
+            return
+        message = line[len(AGENT_LOG_PREFIX) :]
+        if message.startswith("warning: "):
+            return
+        click.echo(click.style(f"  · {terminal_safe(message)}", dim=True), err=True)
+
+    return on_line
+
+
 class Context:
     def __init__(self, profiles_dirs: tuple[Path, ...]) -> None:
         self.profiles_dirs = profiles_dirs

@@ -79,6 +79,15 @@ def _print_plan(plan: Any) -> None:
     )
 
 
+def _speed(job: Any, metric: str) -> float | None:
+    """The median of a job's repetitions: the figure `lab compare` judges (a mean would
+    let one slow repetition move it)."""
+    from edgeshrink.lab.stats import median
+
+    samples = (job.samples or {}).get(metric)
+    return round(median(samples), 1) if samples else job.metrics.get(metric)
+
+
 def _job_rows(jobs: list[Any]) -> list[tuple[Any, ...]]:
     rows = []
     for j in jobs:
@@ -87,7 +96,7 @@ def _job_rows(jobs: list[Any]) -> list[tuple[Any, ...]]:
         if cooled in ("cool", "timeout"):
             cooled = f"{cooled} {cool.get('temp_c', 0):.0f}°C/{cool.get('waited_s', 0):.0f}s"
         status = j.result_status if j.status == "done" else j.status
-        rows.append((j.device, j.job, status, m.get("pp_tok_s"), m.get("tg_tok_s"),
+        rows.append((j.device, j.job, status, _speed(j, "pp_tok_s"), _speed(j, "tg_tok_s"),
                      m.get("peak_rss_mb"), cooled, j.attempts, j.result_id,
                      (j.error or "")[:70] or None))  # fmt: skip
     return rows
@@ -95,6 +104,11 @@ def _job_rows(jobs: list[Any]) -> list[tuple[Any, ...]]:
 
 JOB_HEADERS = ["DEVICE", "JOB", "STATUS", "PP TOK/S", "TG TOK/S", "PEAK MB", "COOL-DOWN", "TRIES",
                "RESULT", "ERROR"]  # fmt: skip
+JOB_LEGEND = "tok/s: median of the job's repetitions (what `lab compare` judges)"
+COMPARE_LEGEND = (
+    "speeds and times: NOW is the median of this run's repetitions, BASELINE the median of"
+    " the baseline runs' medians; other metrics: one value per run"
+)
 
 
 @lab.command("run")
@@ -156,6 +170,7 @@ def lab_run(
         emit_json(outcome.to_dict())
     else:
         click.echo(render_table(JOB_HEADERS, _job_rows(list(outcome.jobs)), right=(3, 4, 5, 7, 8)))
+        click.echo(JOB_LEGEND)
         failed = [d for d in outcome.devices if d.status == "failed"]
         ok = sum(1 for j in outcome.jobs if j.ok)
         click.echo(
@@ -192,6 +207,7 @@ def _print_comparison(comp: Any, verbose: bool) -> None:
                 right=(4, 5, 6, 7, 8, 9),
             )
         )  # fmt: skip
+        click.echo(COMPARE_LEGEND)
     for f in comp.regressions + [f for f in comp.findings if f.verdict == "failing"]:
         click.echo(f"\n{f.verdict}: {f.device} / {f.job} / {f.metric}\n  {f.message}")
         if f.changed and f.verdict == "new-failure":
@@ -354,6 +370,7 @@ def lab_status(run_id: int | None, limit: int, db: Path | None, as_json: bool) -
             ))  # fmt: skip
             click.echo("")
             click.echo(render_table(JOB_HEADERS, _job_rows(jobs), right=(3, 4, 5, 7, 8)))
+            click.echo(JOB_LEGEND)
             return
         runs = hist.list_runs(limit=limit)
         locks = hist.locks()

@@ -13,6 +13,7 @@ from edgeshrink.cli.common import (
     DB_OPTION,
     Context,
     FiniteFloat,
+    agent_progress_printer,
     emit_json,
     pass_context,
     progress_printer,
@@ -221,6 +222,7 @@ def bench(
     outcome = bench_model(
         model, target, params_from(kw), profile=profile, db=kw["db"], store_result=not no_store,
         timeout_s=kw["timeout_s"], progress=progress_printer(as_json), push_progress=push_printer(as_json),
+        agent_stderr=agent_progress_printer(as_json),
     )  # fmt: skip
     if as_json:
         emit_json(bench_json(outcome))
@@ -291,6 +293,7 @@ def deploy(
     outcome = deploy_model(
         model, profile, target, params_from(kw), options, output=output, db=kw["db"],
         timeout_s=kw["timeout_s"], progress=progress_printer(as_json), push_progress=push_printer(as_json),
+        agent_stderr=agent_progress_printer(as_json),
     )  # fmt: skip
     if as_json:
         emit_json(
@@ -362,6 +365,7 @@ def demo(
         output=output,
         timeout_s=kw["timeout_s"],
         progress=say,
+        agent_stderr=agent_progress_printer(as_json),
     )
     if as_json:
         emit_json(

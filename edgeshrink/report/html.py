@@ -87,13 +87,18 @@ def _point_color(verdict: str | None) -> tuple[str, float, str]:
 
 
 def trend_svg(series: Any, baseline: float | None = None) -> str:
-    """One small trend plot: the median of each run (whiskers: min-max of its samples)."""
+    """One small trend plot: the median of each run (whiskers: min-max of its samples).
+
+    The axis is scaled to the medians (and the baseline), not to the whiskers: on a noisy
+    host one wild repetition would otherwise squash every median into a flat line. A
+    whisker longer than the plot is cut at its top and marked with an arrow; its tooltip
+    keeps the full range.
+    """
     points = list(series.points)
     n = max(len(points), 1)
     values = [p.value for p in points if p.value is not None]
-    highs = [p.high for p in points if p.high is not None]
-    top = max([*values, *highs, *([baseline] if baseline else [])] or [1.0])
-    y_lo, y_hi = 0.0, (top * 1.12) or 1.0
+    top = max([*values, *([baseline] if baseline else [])] or [1.0])
+    y_lo, y_hi = 0.0, (top * 1.25) or 1.0
     plot_w = PLOT_W - MARGIN["left"] - MARGIN["right"]
     plot_h = PLOT_H - MARGIN["top"] - MARGIN["bottom"]
 
@@ -150,10 +155,18 @@ def trend_svg(series: Any, baseline: float | None = None) -> str:
             )
             continue
         if p.low is not None and p.high is not None and p.high > p.low:
+            high = min(p.high, y_hi)
             out.append(
-                f'<line x1="{sx(i):.1f}" x2="{sx(i):.1f}" y1="{sy(p.low):.1f}" y2="{sy(p.high):.1f}" '
+                f'<line x1="{sx(i):.1f}" x2="{sx(i):.1f}" y1="{sy(p.low):.1f}" y2="{sy(high):.1f}" '
                 f'stroke="{GREY}" stroke-width="1"/>'
             )
+            if p.high > y_hi:
+                x, y = sx(i), sy(y_hi)
+                out.append(
+                    f'<path class="clipped" d="M{x - 3:.1f},{y + 5:.1f} L{x:.1f},{y:.1f} L{x + 3:.1f},{y + 5:.1f}" '
+                    f'fill="none" stroke="{GREY}" stroke-width="1.2"><title>the whisker goes on to '
+                    f"{_num(p.high, series.unit)}</title></path>"
+                )
         color, radius, cls = _point_color(p.verdict)
         spread = f" (min {_num(p.low)}, max {_num(p.high)})" if p.low is not None else ""
         out.append(
@@ -262,7 +275,8 @@ def render_html(report: Any) -> str:
 
     parts.append('<section id="trends"><h2>Trends</h2>')
     parts.append(
-        '<p class="legend">One point per run (its median; the grey whisker spans its repetitions). '
+        '<p class="legend">One point per run (its median; the grey whisker spans its repetitions, '
+        "cut at the top of the plot with an arrow when it runs past it). "
         f'<span style="color:{RED}">●</span> regressed in that run against its own baseline, '
         f'<span style="color:{GREEN}">●</span> improved, <span style="color:{AMBER}">●</span> over the limit but '
         f'not significant, <span style="color:{RED}">×</span> the job failed. Dashed: the newest run\'s baseline.</p>'

@@ -168,6 +168,24 @@ def empty_panel(*, title: str, message: str, offset_x: int = 0) -> str:
     ])  # fmt: skip
 
 
+def sweep_legend(result: Any) -> str:
+    """What each colour on the plots means, for the colours the points really have (a
+    point's colour is per panel: on the size plot's front, or the speed plot's)."""
+    cands = result.candidates
+    fronts = [set(result.pareto_size)]
+    if any(c.speed for c in cands):
+        fronts.append(set(result.pareto_speed))
+    others = [c for c in cands if c.fits and c.quant != result.pick]
+    parts = ["red: the pick"] if result.pick else []
+    if any(c.quant in front for c in others for front in fronts):
+        parts.append("blue, dashed: Pareto front")
+    if any(c.quant not in front for c in others for front in fronts):
+        parts.append("grey: fits, but off the Pareto front of that plot")
+    if any(not c.fits for c in cands):
+        parts.append("light grey: does not fit the memory budget")
+    return "; ".join(parts)
+
+
 def write_sweep_svg(result: Any, path: str | os.PathLike[str]) -> Path:
     """Quality loss against size and against speed, Pareto fronts dashed, the pick in red.
 
@@ -205,13 +223,15 @@ def write_sweep_svg(result: Any, path: str | os.PathLike[str]) -> Path:
         right = empty_panel(
             title="quality vs speed", message="speed not measured: pass --target", offset_x=WIDTH
         )
-    caption = escape(f"{result.model.name} on {result.profile_id}: pick {result.pick or 'none'}")
+    caption = escape(
+        f"{result.model.name} on {result.profile_id}: pick {result.pick or 'none'}; "
+        + sweep_legend(result)
+    )
     svg = (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * WIDTH}" height="{HEIGHT + 24}" '
         f'font-family="sans-serif" font-size="12">\n<rect width="100%" height="100%" fill="white"/>\n'
         f"{left}\n{right}\n"
-        f'<text x="{WIDTH}" y="{HEIGHT + 16}" text-anchor="middle" font-size="11">{caption}; '
-        f"red: the pick; blue, dashed: Pareto front; light grey: does not fit the memory budget"
+        f'<text x="{WIDTH}" y="{HEIGHT + 16}" text-anchor="middle" font-size="11">{caption}'
         f"</text>\n</svg>\n"
     )
     path = Path(path)

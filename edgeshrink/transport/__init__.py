@@ -19,13 +19,13 @@ def open_transport(
     """A transport for ``target`` (nothing connects until it is first used).
 
     ``progress`` gets a :class:`~edgeshrink.transport.ssh.PushProgress` about
-    once per MiB pushed and ``on_stderr`` each stderr line of a remote run;
-    the local transport copies and runs without either.
+    once per MiB pushed (SSH only: the local transport copies) and ``on_stderr``
+    each stderr line of a run, as it comes.
     """
     if target.kind == "local":
         from edgeshrink.transport.local import LocalTransport
 
-        return LocalTransport(target)
+        return LocalTransport(target, on_stderr=on_stderr)
     if target.kind == "ssh":
         from edgeshrink.transport.ssh import SSHTransport
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from edgeshrink.agent import device_helper
@@ -33,9 +34,10 @@ TERM_GRACE_S = 5.0
 
 
 class LocalTransport:
-    def __init__(self, target: Target) -> None:
+    def __init__(self, target: Target, on_stderr: Callable[[str], None] | None = None) -> None:
         self.target = target
         self._work_dir = Path(target.work_dir).expanduser()
+        self.on_stderr = on_stderr  # each stderr line of a run, as it comes (like SSH's)
 
     @property
     def work_dir(self) -> str:
@@ -142,10 +144,18 @@ class LocalTransport:
                     truncated[0] = True
                 out.extend(block[: max(room, 0)])
 
+        on_line = self.on_stderr
+
         def collect_stderr() -> None:
+            pending = b""
             for block in iter(lambda: proc.stderr.read1(65536), b""):
                 err.extend(block)
                 del err[: max(0, len(err) - 2 * max_output_bytes)]
+                if on_line is not None:
+                    *lines, pending = (pending + block).split(b"\n")
+                    pending = pending[-65536:]
+                    for line in lines:
+                        on_line(line.decode("utf-8", "replace").rstrip("\r"))
 
         readers = [
             threading.Thread(target=f, daemon=True) for f in (collect_stdout, collect_stderr)

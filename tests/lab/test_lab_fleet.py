@@ -407,3 +407,33 @@ def test_html_report_renders_in_headless_chromium(fleet, tmp_path):
     )  # fmt: skip
     # The regressed box (red border, red count) is at the top of the page.
     assert red > 300 if fleet.cpu_groups else red >= 0
+
+
+def test_status_shows_the_median_that_compare_judges(fleet):
+    """Before: `lab status` showed the mean of the repetitions and `lab compare` the median,
+    both unlabelled, so the same job read two different speeds."""
+    run_id = fleet.outcomes[4].run_id
+    doc = json.loads(
+        edgeshrink(fleet, "lab", "compare", "--run", str(run_id), "--all", "--json").stdout
+    )
+    now = {
+        (f["device"], f["job"]): f["current"]
+        for f in doc["findings"]
+        if f["metric"] == "tg_tok_s" and f["current"] is not None
+    }
+    assert now, doc["findings"]
+    status = edgeshrink(fleet, "lab", "status", str(run_id))
+    assert status.returncode == 0, status.stderr
+    assert "tok/s: median of the job's repetitions" in status.stdout
+    lines = status.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("DEVICE") and "TG TOK/S" in line)
+    column = header.index("TG TOK/S")
+    checked = 0
+    for (device, job), current in now.items():
+        row = next(line for line in lines if line.split()[:2] == [device, job])
+        shown = float(row[column - 4 : column + len("TG TOK/S")].split()[-1].replace(",", ""))
+        assert shown == pytest.approx(current, abs=0.06), (row, current)
+        checked += 1
+    assert checked
+    compare = edgeshrink(fleet, "lab", "compare", "--run", str(run_id), "--all")
+    assert "NOW is the median of this run's repetitions" in compare.stdout
