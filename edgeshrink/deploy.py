@@ -108,6 +108,43 @@ def _external_data_files(info, model: Path) -> list[Path]:
     ]
 
 
+def _artifact_and_sha(model: Path, say: Callable[[str], None]) -> tuple[Artifact | None, str]:
+    """The artifact's manifest (verified) and sha256; a file without one is hashed."""
+    try:
+        artifact = load_artifact(model, verify=True)
+        return artifact, artifact.sha256
+    except EdgeshrinkError:
+        say(f"hashing {model.name}")
+        return None, sha256_file(model)
+
+
+def _push_files(transport: Any, model: Path, info: Any, sha: str) -> list[PushResult]:
+    """The model at models/<sha256>/<its name> (push_artifact's contract), then the data
+    files an ONNX model with external data finds by relative name, beside it."""
+    pushed = [transport.push_artifact(model, sha)]
+    for data in _external_data_files(info, model):
+        pushed.append(transport.push_file(data, f"models/{sha}/{data.name}", sha256_file(data)))
+    return pushed
+
+
+def push_model(
+    model: str | os.PathLike[str],
+    target: Target,
+    *,
+    progress: Progress | None = None,
+    push_progress: Callable[[Any], None] | None = None,
+) -> list[PushResult]:
+    """Push a model (and its external data files) to ``target``, verified there: what
+    `bench` pushes before it measures, as a stage of its own. The model's result first."""
+    say = progress or (lambda _msg: None)
+    model = Path(model)
+    info = detect_and_inspect(model)
+    _artifact, sha = _artifact_and_sha(model, say)
+    with open_transport(target, progress=push_progress) as transport:
+        say(f"pushing {model.name} to {target.name} ({target.describe()})")
+        return _push_files(transport, model, info, sha)
+
+
 def bench_model(
     model: str | os.PathLike[str],
     target: Target,
@@ -145,13 +182,7 @@ def _bench_and_store(
     push_progress: Callable[[Any], None] | None,
     agent_stderr: Callable[[str], None] | None,
 ) -> BenchOutcome:
-    try:
-        artifact: Artifact | None = load_artifact(model, verify=True)
-        sha = artifact.sha256
-    except EdgeshrinkError:
-        artifact = None
-        say(f"hashing {model.name}")
-        sha = sha256_file(model)
+    artifact, sha = _artifact_and_sha(model, say)
     params = replace(params, threads=_threads_for(target, profile, params.threads))
     check_position_table(info, params)
     longest = ""
@@ -181,12 +212,7 @@ def _bench_and_store(
         params = replace(params, int_bounds=tuple(sorted(bounds.items())))
     with open_transport(target, progress=push_progress, on_stderr=agent_stderr) as transport:
         say(f"pushing {model.name} to {target.name} ({target.describe()})")
-        pushed = transport.push_artifact(model, sha)
-        # An ONNX model with external data finds its data files by relative name:
-        # they go into the model's content-addressed folder under their own names.
-        # (push_artifact's contract: the model lives at models/<sha256>/<its name>.)
-        for data in _external_data_files(info, model):
-            transport.push_file(data, f"models/{sha}/{data.name}", sha256_file(data))
+        pushed = _push_files(transport, model, info, sha)[0]
         if info.format == "gguf" and gguf.is_encoder(info):
             what = (
                 f"embedding {params.prompt_tokens}-token inputs{longest},"

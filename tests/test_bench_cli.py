@@ -115,10 +115,13 @@ def test_a_benchmark_shows_the_agents_progress_as_it_runs(nano: Path) -> None:
                   "--no-store")  # fmt: skip
     assert run.returncode == 0, run.stderr
     progress = [line.strip() for line in run.stderr.splitlines()]
-    assert "· warm-up 1/1" in progress
+    assert "· warm-up 1/1: pp16" in progress and "· warm-up 1/1: tg4" in progress
     reps = [line for line in progress if line.startswith("· rep ")]
-    assert [line.split(":")[0] for line in reps] == ["· rep 1/2", "· rep 2/2"], run.stderr
-    assert all("tok/s" in line for line in reps)
+    assert [line.split(" tok/s")[0].split(":")[0] for line in reps] == [
+        "· rep 1/2",
+        "· rep 2/2",
+    ] * 2
+    assert all("tok/s" in line for line in reps) and "tg" in reps[-1], run.stderr
     assert not any(line.startswith("llama_") for line in progress)  # llama.cpp's chatter is not
     quiet = run_cli("bench", str(nano), *QUICK, "--no-store", "--json")
     assert quiet.returncode == 0 and "· rep" not in quiet.stderr

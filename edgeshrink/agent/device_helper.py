@@ -27,6 +27,7 @@ import contextlib
 import hashlib
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -131,6 +132,45 @@ def flock_waiting(fd, wait_s, on_wait=None):
             time.sleep(0.05)
 
 
+class Hasher:
+    """sha256 in a thread of its own: hashlib releases the GIL, so on a board with two or
+    more cores the hash runs beside the reads and writes instead of after each of them.
+
+    The blocks are a ring of preallocated buffers (a fresh 1 MiB object per read would
+    cost page faults and zeroing on every MiB): ``buffer()`` hands out a free one, and the
+    hashing thread gives it back once it has hashed it.
+    """
+
+    def __init__(self, h, count=8):
+        self.h = h
+        self.free = queue.Queue()
+        for _ in range(count):
+            self.free.put(bytearray(MIB))
+        self.blocks = queue.Queue()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while True:
+            item = self.blocks.get()
+            if item is None:
+                return
+            buf, n = item
+            self.h.update(memoryview(buf)[:n])
+            self.free.put(buf)
+
+    def buffer(self):
+        return self.free.get()
+
+    def update(self, buf, n):
+        self.blocks.put((buf, n))
+
+    def finish(self):
+        self.blocks.put(None)
+        self.thread.join()
+        return self.h
+
+
 class Syncer:
     """Writes dirty pages out in the background, so the final fsync is short."""
 
@@ -207,14 +247,17 @@ def receive(final, size, expected, durable):
     syncer = Syncer(fd) if durable == "1" else None
     got = offset
     since_sync = 0
-    buf = memoryview(bytearray(MIB))
+    hasher = Hasher(h)
     try:
         while got < size:
-            n = os.readv(0, [buf if size - got >= MIB else buf[: size - got]])
+            buf = hasher.buffer()
+            view = memoryview(buf)
+            n = os.readv(0, [view if size - got >= MIB else view[: size - got]])
             if not n:
+                hasher.free.put(buf)
                 break
-            h.update(buf[:n])
-            view = buf[:n]
+            hasher.update(buf, n)
+            view = view[:n]
             while len(view):
                 view = view[os.write(fd, view) :]
             got += n
@@ -222,10 +265,12 @@ def receive(final, size, expected, durable):
             if syncer is not None and since_sync >= 64 * MIB:
                 since_sync = 0
                 syncer.kick()
+        h = hasher.finish()
         if syncer is not None:
             syncer.join()
             os.fsync(fd)
     except OSError as exc:
+        hasher.finish()
         if syncer is not None:
             syncer.join()
         out(_os_error("write_failed", exc, partial, have=os.fstat(fd).st_size,

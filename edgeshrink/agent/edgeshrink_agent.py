@@ -451,6 +451,13 @@ class MemorySampler:
     def stop(self) -> None:
         self._stop.set()
 
+    def quiet(self) -> None:
+        """Stop the sampling thread before anything is timed: on a small board it would take
+        a core from the runtime (explicit samples between phases go on; VmHWM has the peak)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=1.0)
+
     def rss_now_mb(self) -> float | None:
         current = self.sample()
         if current is not None and "VmRSS" in current:
@@ -1071,7 +1078,7 @@ def run_gguf(args, report: Report, sampler: MemorySampler) -> None:
     else:
         report.warn("cannot choose mmap on this llama-cpp-python; --no-mmap ignored")
     load_model = _first_attr(lc, "llama_model_load_from_file", "llama_load_model_from_file")
-    _log(f"loading {args.model} ({size} bytes, mmap {'off' if args.no_mmap else 'on'})")
+    _log(f"loading {os.path.basename(args.model)} ({size} bytes, mmap {'off' if args.no_mmap else 'on'})")
     t0 = time.perf_counter()
     model = load_model(os.fsencode(args.model), mparams)
     report.load_s = time.perf_counter() - t0
@@ -1146,48 +1153,65 @@ def run_gguf(args, report: Report, sampler: MemorySampler) -> None:
     pp_samples, tg_samples, ttft_samples = [], [], []
     report.llm_partial = (pp_samples, tg_samples, ttft_samples)
 
-    for index in range(args.warmup):
-        _log(f"warm-up {index + 1}/{args.warmup}")
-        clear_memory()
-        bench.prompt(min(n_prompt, resolved["ubatch_size"]))
-        bench.generate(1)
-    sampler.sample()
+    # llama-bench's sequence: the prompt test (a warm-up, then every repetition), then the
+    # generation test (its own warm-up of one token, then every repetition), each from an
+    # empty cache. Nothing runs beside llama.cpp while it is timed: the memory sampler's
+    # thread is stopped first (the kernel keeps the peak, VmHWM), and the log lines are
+    # written between repetitions.
+    sampler.quiet()
+    deadline_at = None if args.deadline_s is None else report.t_start + args.deadline_s
+    # With a deadline the prompt test may take half of the time left, so the generation
+    # test gets its share.
+    limit = {"at": None if deadline_at is None else (time.perf_counter() + deadline_at) / 2}
 
-    deadline_at = None
-    if args.deadline_s is not None:
-        deadline_at = report.t_start + args.deadline_s
-    rep_times = []
-    for rep in range(args.reps):
-        if deadline_at is not None and rep > 0:
-            expected_rep_s = statistics.mean(rep_times)
-            if time.perf_counter() + expected_rep_s > deadline_at:
-                report.warn(
-                    f"deadline of {args.deadline_s} s reached:"
-                    f" stopped after {rep} of {args.reps} repetitions"
-                )
+    def out_of_time(done: int, spent: list, what: str) -> bool:
+        if limit["at"] is None or not spent:
+            return False
+        if time.perf_counter() + statistics.mean(spent) <= limit["at"]:
+            return False
+        report.warn(
+            f"deadline of {args.deadline_s} s reached: stopped {what} after {done} of"
+            f" {args.reps} repetitions"
+        )
+        return True
+
+    def run_test(name: str, reps: int, warm_up, once) -> None:
+        """llama-bench's shape of one test: warm-ups, then timed repetitions (``once``
+        records its samples and returns the text to log) until ``reps`` or the deadline."""
+        for index in range(args.warmup):
+            _log(f"warm-up {index + 1}/{args.warmup}: {name}")
+            clear_memory()
+            warm_up()
+        sampler.sample()
+        spent = []
+        for rep in range(reps):
+            if out_of_time(rep, spent, f"the {name} test"):
                 break
-        _check_signal()
-        t_rep = time.perf_counter()
+            _check_signal()
+            t_rep = time.perf_counter()
+            clear_memory()
+            text = once()
+            spent.append(time.perf_counter() - t_rep)
+            sampler.sample()
+            _log(f"rep {rep + 1}/{args.reps}: {text}")
+
+    def prompt_once() -> str:
         # Time to first token: prompt, greedy pick of the first token, and its decode.
-        clear_memory()
         t_pp = bench.prompt(n_prompt)
         t0 = time.perf_counter()
-        first = bench.argmax_last()
-        bench.decode_one(first)
+        bench.decode_one(bench.argmax_last())
         t_first = time.perf_counter() - t0
-        sampler.sample()
-        # Generation from an empty cache, like llama-bench's tg test.
-        clear_memory()
-        t_tg = bench.generate(n_gen)
-        sampler.sample()
         pp_samples.append(n_prompt / t_pp)
-        tg_samples.append(n_gen / t_tg)
         ttft_samples.append((t_pp + t_first) * 1000.0)
-        rep_times.append(time.perf_counter() - t_rep)
-        _log(
-            f"rep {rep + 1}/{args.reps}: pp {pp_samples[-1]:.1f} tok/s,"
-            f" tg {tg_samples[-1]:.1f} tok/s, ttft {ttft_samples[-1]:.2f} ms"
-        )
+        return f"pp {pp_samples[-1]:.1f} tok/s, ttft {ttft_samples[-1]:.2f} ms"
+
+    def generate_once() -> str:
+        tg_samples.append(n_gen / bench.generate(n_gen))
+        return f"tg {tg_samples[-1]:.1f} tok/s"
+
+    run_test(f"pp{n_prompt}", args.reps, lambda: bench.prompt(n_prompt), prompt_once)
+    limit["at"] = deadline_at
+    run_test(f"tg{n_gen}", len(pp_samples), lambda: bench.generate(1), generate_once)
     if args.check_output:
         prompt = [t for t in random.Random(args.seed).sample(range(n_vocab), min(16, n_vocab))]
         if bos is not None:
@@ -1519,6 +1543,7 @@ def measure_runs(run_once, args, report: Report, sampler: MemorySampler) -> None
     Per-run seconds go into ``report.latency_partial`` as they are measured, so a
     run stopped by SIGTERM still reports what it measured.
     """
+    sampler.quiet()
     for index in range(args.warmup):
         _log(f"warm-up {index + 1}/{args.warmup}")
         run_once()
@@ -1920,7 +1945,7 @@ def run_onnx(args, report: Report, sampler: MemorySampler) -> None:
     }
     resolved["execution_provider"] = chosen
 
-    _log(f"loading {args.model} ({size} bytes) with {chosen}, {threads} threads")
+    _log(f"loading {os.path.basename(args.model)} ({size} bytes) with {chosen}, {threads} threads")
     session = timed_load(
         lambda: ort.InferenceSession(args.model, options, providers=providers),
         lambda exc: _ort_load_failure(args.model, exc),
@@ -2429,7 +2454,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--n-ctx",
         type=_positive_int,
         default=None,
-        help="default: prompt + gen tokens, at least 512",
+        help="default: prompt + gen tokens, as llama-bench",
     )
     bench.add_argument("--batch-size", type=_positive_int, default=2048)
     bench.add_argument("--ubatch-size", type=_positive_int, default=512)
@@ -2561,7 +2586,8 @@ def command_bench(args, report: Report, sampler: MemorySampler) -> None:
         # threads from a profile that may describe a bigger board).
         report.warn(f"--threads {threads} is more than the {cores} usable cores: using {cores}")
         threads = cores
-    n_ctx = args.n_ctx if args.n_ctx is not None else max(args.prompt_tokens + args.gen_tokens, 512)
+    # llama-bench's n_ctx: prompt + generation (llama.cpp pads it to its own granularity).
+    n_ctx = args.n_ctx if args.n_ctx is not None else args.prompt_tokens + args.gen_tokens
     report.params = {
         "model": args.model,
         "format": args.format,

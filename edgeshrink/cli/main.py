@@ -8,6 +8,7 @@ shows the traceback instead.
 from __future__ import annotations
 
 import errno
+import importlib
 import sys
 import traceback
 from pathlib import Path
@@ -40,22 +41,13 @@ def cli(ctx: click.Context, profiles_dirs: tuple[Path, ...]) -> None:
     ctx.obj = Context(profiles_dirs)
 
 
-def _register() -> None:
-    from edgeshrink.cli import (
-        catalog,
-        check,
-        doctor,
-        lab,
-        models,
-        quality,
-        results,
-        run,
-        sweep,
-        targets,
-    )
+COMMAND_MODULES = ("catalog", "check", "doctor", "lab", "models", "push", "quality", "results",
+                   "run", "sweep", "targets")  # fmt: skip
 
-    for module in (catalog, check, doctor, lab, models, quality, results, run, sweep, targets):
-        for command in module.COMMANDS:
+
+def _register() -> None:
+    for name in COMMAND_MODULES:
+        for command in importlib.import_module(f"edgeshrink.cli.{name}").COMMANDS:
             cli.add_command(command)
 
 

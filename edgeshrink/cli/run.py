@@ -103,7 +103,7 @@ def print_bench(outcome) -> None:
     pairs: list[tuple[str, object]] = [
         ("model", f"{outcome.model_path} ({human_bytes(outcome.model_path.stat().st_size)})"),
         ("device", where),
-        ("pushed", "already there (same sha256)" if outcome.push.skipped else f"{human_bytes(outcome.push.bytes_sent)} in {outcome.push.seconds:.2f} s"),
+        ("pushed", "already there (same sha256)" if outcome.push.skipped else f"{human_bytes(outcome.push.bytes_sent)} in {outcome.push.seconds:.2f} s" + (" (OpenSSH)" if outcome.push.via == "openssh" else "")),
         ("status", r.status),
     ]  # fmt: skip
     if r.ok:
@@ -163,7 +163,8 @@ def bench_json(outcome) -> dict[str, Any]:
         "target": outcome.target.name,
         "model": str(outcome.model_path),
         "push": {"remote": outcome.push.remote, "skipped": outcome.push.skipped,
-                 "bytes_sent": outcome.push.bytes_sent, "seconds": outcome.push.seconds},
+                 "bytes_sent": outcome.push.bytes_sent, "seconds": outcome.push.seconds,
+                 "via": outcome.push.via},
         "result_id": outcome.result_id,
         "db": str(outcome.db_path) if outcome.db_path else None,
         "warnings": list(outcome.all_warnings),

@@ -35,6 +35,7 @@ class PushResult:
     bytes_sent: int
     skipped: bool
     seconds: float
+    via: str = "copy"  # how the bytes went: copy (local), paramiko or openssh
 
 
 class Transport(Protocol):

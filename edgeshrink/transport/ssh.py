@@ -62,7 +62,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import paramiko
 
@@ -74,6 +74,7 @@ from edgeshrink.targets import (
     resolve_destination,
     resolve_ssh,
 )
+from edgeshrink.transport import openssh
 from edgeshrink.transport.base import (
     DEVICE_HELPER_PATH,
     DEVICE_LOCK_NAME,
@@ -716,6 +717,7 @@ class SSHTransport:
         self._conn: _Connection | None = None
         self._work_dir: str | None = None
         self.trace = ConnectTrace()
+        self.push_via_note: str | None = None  # why a big push did not go through OpenSSH
 
     # -- connection
 
@@ -893,6 +895,11 @@ class SSHTransport:
             raise TransportError(f"cannot read {local}: {exc.strerror}") from exc
         args = ["receive", remote, str(size), sha256, "1" if self.durable else "0"]
         command = _sh("exec " + helper_command(self.target.python, args))
+        if openssh.wanted(size):
+            # Big files: OpenSSH's C moves the bytes, to the same receiver (see openssh.py).
+            pushed = openssh.push(self, local, remote, sha256, size, command, start)
+            if pushed is not None:
+                return pushed
         chan = self._session()
         lines = _ChannelLines(chan)
         sent = offset = 0
@@ -905,16 +912,17 @@ class SSHTransport:
                 raise self._helper_failed(*lines.finish(), "preparing the push")
             status = decision.get("status")
             if status == "present":
-                return PushResult(local, remote, sha256, size, 0, True, time.perf_counter() - start)
-            if status != "send":
-                self._push_failed(decision, local, remote, size)
-            offset = decision.get("offset")
-            if not isinstance(offset, int) or not 0 <= offset <= size:
-                raise TransportError(
-                    f"{self.label}: the device's receiver asked for offset {offset!r} of a "
-                    f"{size}-byte file",
-                    hint="run again with EDGESHRINK_DEBUG=1; the device's helper is not edgeshrink's",
+                return PushResult(
+                    local,
+                    remote,
+                    sha256,
+                    size,
+                    0,
+                    True,
+                    time.perf_counter() - start,
+                    via="paramiko",
                 )
+            offset = self._send_offset(decision, local, remote, size)
             began = time.perf_counter()
             self._report(local, remote, offset, size, 0, began)
             try:
@@ -922,14 +930,12 @@ class SSHTransport:
                 chan.shutdown_write()
             except (paramiko.SSHException, EOFError, OSError) as exc:
                 # The receiver may have stopped reading on purpose (a full disk): ask it why.
-                verdict = lines.next_doc(timeout_s=5.0)
-                if verdict is not None:
-                    self._push_failed(verdict, local, remote, size)
-                raise TransportError(
-                    f"{self.label}: connection lost after sending {offset + sent} of {size} bytes "
-                    f"of {local.name}: {exc or type(exc).__name__}",
-                    hint="push again: it resumes from what reached the device",
-                ) from exc
+                self._lost(
+                    lines.next_doc(timeout_s=5.0), local, remote, size,
+                    f"after sending {offset + sent} of {size} bytes of {local.name}: "
+                    f"{exc or type(exc).__name__}",
+                    exc,
+                )  # fmt: skip
             verdict = lines.next_doc()
             if verdict is None:
                 raise self._helper_failed(*lines.finish(), f"receiving {local.name}")
@@ -946,8 +952,33 @@ class SSHTransport:
         if verdict.get("status") != "ok":
             self._push_failed(verdict, local, remote, size)
         return PushResult(
-            local, remote, sha256, size, size - offset, False, time.perf_counter() - start
-        )
+            local, remote, sha256, size, size - offset, False, time.perf_counter() - start,
+            via="paramiko",
+        )  # fmt: skip
+
+    def _send_offset(self, decision: dict[str, Any], local: Path, remote: str, size: int) -> int:
+        """Where the receiver wants the bytes from, once it said "send" (else its error)."""
+        if decision.get("status") != "send":
+            self._push_failed(decision, local, remote, size)
+        offset = decision.get("offset")
+        if not isinstance(offset, int) or not 0 <= offset <= size:
+            raise TransportError(
+                f"{self.label}: the device's receiver asked for offset {offset!r} of a "
+                f"{size}-byte file",
+                hint="run again with EDGESHRINK_DEBUG=1; the device's helper is not edgeshrink's",
+            )
+        return offset
+
+    def _lost(self, verdict: dict[str, Any] | None, local: Path, remote: str, size: int,
+              detail: str, exc: BaseException) -> NoReturn:  # fmt: skip
+        """A push that broke off: the receiver's reason when it gave one (it may have stopped
+        reading on purpose, e.g. a full disk), else a lost connection, which resumes."""
+        if verdict is not None:
+            self._push_failed(verdict, local, remote, size)
+        raise TransportError(
+            f"{self.label}: connection lost {detail}",
+            hint="push again: it resumes from what reached the device",
+        ) from exc
 
     def _stream(
         self, chan: paramiko.Channel, local: Path, remote: str, offset: int, size: int, began: float

@@ -163,6 +163,37 @@ def test_deploy_to_the_device_end_to_end(rig, user_home, cli_env, tmp_path, mode
 
 def test_new_commands_have_help(cli_env, tmp_path):
     env = cli_env(tmp_path)
-    for command in (["targets", "add"], ["targets", "remove"], ["targets", "show"], ["doctor"]):
+    for command in (
+        ["targets", "add"],
+        ["targets", "remove"],
+        ["targets", "show"],
+        ["doctor"],
+        ["push"],
+    ):
         result = edgeshrink(*command, "--help", env=env)
         assert result.returncode == 0 and len(result.stdout.splitlines()) > 5, command
+
+
+def test_push_to_the_device_through_openssh_then_skipped(rig, user_home, cli_env, tmp_path):
+    """`edgeshrink push` to a user@host target: an unknown host key is refused, then the
+    file goes (through OpenSSH: EDGESHRINK_PUSH_VIA forces it at this small size), is
+    verified there, and is not sent a second time."""
+    env = cli_env(user_home, EDGESHRINK_PUSH_VIA="openssh")
+    artifact = tmp_path / "m.gguf"
+    from edgeshrink.testmodels import make_llama_gguf
+
+    make_llama_gguf(artifact, size="nano", ftype="f32")
+    dest = f"{rig.user}@{rig.host}:{rig.port}"
+    refused = edgeshrink("push", str(artifact), "--target", dest, env=env)
+    assert refused.returncode == 1 and "unknown host key" in refused.stderr
+    first = edgeshrink(
+        "push", str(artifact), "--target", dest, "--accept-new-host-key", "--json", env=env
+    )
+    assert first.returncode == 0, first.stderr
+    doc = json.loads(first.stdout)
+    [entry] = doc["files"]
+    assert entry["via"] == "openssh" and not entry["skipped"]
+    remote = Path(doc["remote"])
+    assert remote.read_bytes() == artifact.read_bytes()
+    again = edgeshrink("push", str(artifact), "--target", dest, env=env)
+    assert again.returncode == 0 and "already there (same sha256)" in again.stdout

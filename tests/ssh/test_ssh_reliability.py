@@ -332,7 +332,11 @@ def test_sshd_killed_during_the_push_probe_says_connection_not_install_python(ri
     assert "connection" in info.value.message
 
 
-def test_a_disk_that_fills_mid_push_says_no_space_not_connection_lost(rig, tmp_path):
+@pytest.mark.parametrize("via", ["paramiko", "openssh"])
+def test_a_disk_that_fills_mid_push_says_no_space_not_connection_lost(
+    rig, tmp_path, via, monkeypatch
+):
+    monkeypatch.setenv("EDGESHRINK_PUSH_VIA", via)
     local, sha = random_file(tmp_path / "model.gguf", 8 << 20)
     with mounted_tmpfs(rig.root / f"fills-{os.getpid()}", "size=12m") as disk:
         filled: list[bool] = []
