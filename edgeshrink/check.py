@@ -10,6 +10,7 @@ the same bytes (on-device quality evaluation is not implemented yet).
 
 from __future__ import annotations
 
+import json
 import os
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -22,17 +23,22 @@ from edgeshrink.bench import BenchParams
 from edgeshrink.errors import EdgeshrinkError
 from edgeshrink.profiles import HardwareProfile
 from edgeshrink.targets import Target
+from edgeshrink.transport.base import helper_argv
 from edgeshrink.util import atomic_path
 
 Progress = Callable[[str], None]
 
-_REMOTE_SHA256 = (
-    "import hashlib,sys\n"
-    "h=hashlib.sha256()\n"
-    "with open(sys.argv[1],'rb') as f:\n"
-    "    for b in iter(lambda: f.read(1<<20), b''): h.update(b)\n"
-    "print(h.hexdigest())"
-)
+
+def _json_line(text: str) -> dict[str, Any]:
+    """The last JSON object line of a device helper's output ({} when there is none)."""
+    for line in reversed(text.splitlines()):
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(doc, dict):
+            return doc
+    return {}
 
 
 @dataclass(frozen=True)
@@ -192,9 +198,10 @@ def check_artifact(
 
     with open_transport(target) as transport:
         run = transport.run(
-            [target.python, "-c", _REMOTE_SHA256, outcome.push.remote], timeout_s=600
+            helper_argv(target.python, ["sha256", outcome.push.remote]), timeout_s=600
         )
-    device_sha = run.stdout.strip() if run.returncode == 0 else None
+    said = _json_line(run.stdout) if run.returncode == 0 else {}
+    device_sha = said.get("sha256") if said.get("status") == "ok" else None
     expected = manifest.sha256 if manifest else outcome.push.sha256
     if device_sha == expected:
         items.append(

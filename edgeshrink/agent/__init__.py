@@ -12,6 +12,8 @@ import re
 from pathlib import Path
 
 AGENT_PATH: Path = Path(__file__).with_name("edgeshrink_agent.py")
+# Run by the device's Python for doctor and the lab (Python 2.7-compatible syntax).
+DEVICE_FACTS_PATH: Path = Path(__file__).with_name("device_facts.py")
 SCHEMA = "edgeshrink.bench/1"
 
 _VERSION_LINE = re.compile(r'^AGENT_VERSION\s*=\s*["\']([^"\']+)["\']\s*$', re.MULTILINE)
@@ -27,4 +29,4 @@ def read_agent_version(path: Path = AGENT_PATH) -> str:
 
 AGENT_VERSION: str = read_agent_version()
 
-__all__ = ["AGENT_PATH", "AGENT_VERSION", "SCHEMA", "read_agent_version"]
+__all__ = ["AGENT_PATH", "AGENT_VERSION", "DEVICE_FACTS_PATH", "SCHEMA", "read_agent_version"]

@@ -13,6 +13,13 @@ receive FINAL SIZE SHA256 DURABLE
     size and sha256 match renames the file into place.  The last JSON line is the
     verdict.
 
+sha256 PATH
+    The file's sha256 as the device reads it: ``{"status": "ok", "sha256": ...}``.
+
+temps PATTERN...
+    The sysfs temperature files matching the glob patterns, in degrees C, as one
+    JSON object (for the lab's cool-down).
+
 launch LOCK WAIT_S -- ARGV...
     Runs ARGV in its own process group and holds LOCK (a per-device lock file
     holding the group's id and the command) while any process of it runs: a
@@ -24,6 +31,7 @@ launch LOCK WAIT_S -- ARGV...
 """
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -445,7 +453,34 @@ def launch(lock, wait_s, *rest):
     return status if status >= 0 else 128 - status
 
 
-COMMANDS = {"receive": receive, "launch": launch}
+# --------------------------------------------------------------------------- small reads
+
+
+def sha256(path):
+    """The file's sha256 as it is on the device's disk (hex on stdout)."""
+    try:
+        out({"status": "ok", "sha256": hash_file(path).hexdigest()})
+    except OSError as exc:
+        out(_os_error("unreadable", exc, path))
+        return 1
+    return 0
+
+
+def temps(*patterns):
+    """Each sysfs temperature file matching the patterns, in degrees C (one JSON line)."""
+    found = {}
+    for pattern in patterns:
+        for path in sorted(glob.glob(pattern)):
+            try:
+                with open(path) as f:
+                    found[path] = int(f.read().strip()) / 1000.0
+            except (OSError, ValueError):
+                pass
+    out(found)
+    return 0
+
+
+COMMANDS = {"receive": receive, "launch": launch, "sha256": sha256, "temps": temps}
 
 if __name__ == "__main__":
     sys.exit(COMMANDS[sys.argv[1]](*sys.argv[2:]))

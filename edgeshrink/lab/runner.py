@@ -58,24 +58,12 @@ from edgeshrink.lab.config import (
 )
 from edgeshrink.lab.history import JobRecord, LabHistory, LabRun, this_host
 from edgeshrink.lab.stats import median
+from edgeshrink.transport.base import helper_argv
 
 HEARTBEAT_S = 5.0
 STALE_S = 60.0
 INFO_TIMEOUT_S = 120.0
 LOCK_POLL_S = 1.0
-
-# Run by the device's Python: the hottest of the given sysfs files (millidegrees C).
-THERMAL_SCRIPT = r"""
-import glob, json, sys
-temps = {}
-for pattern in sys.argv[1:]:
-    for path in sorted(glob.glob(pattern)):
-        try:
-            temps[path] = int(open(path).read().strip()) / 1000.0
-        except Exception:
-            pass
-print(json.dumps(temps))
-"""
 
 
 @dataclass(frozen=True)
@@ -339,7 +327,7 @@ def take_snapshot(transport: Any, device: LabDevice) -> tuple[dict[str, Any], di
 
 
 def read_temperatures(transport: Any, device: LabDevice) -> dict[str, float]:
-    run = transport.run([device.target.python, "-c", THERMAL_SCRIPT, *device.thermal], timeout_s=30)
+    run = transport.run(helper_argv(device.target.python, ["temps", *device.thermal]), timeout_s=30)
     doc = _parse_json(run.stdout) or {}
     return {str(k): float(v) for k, v in doc.items() if isinstance(v, (int, float))}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -71,6 +72,17 @@ class Transport(Protocol):
 # The device-side helper (push receiver and command launcher): a real file,
 # standard library only, that both transports run on the device.
 DEVICE_HELPER_PATH = Path(__file__).resolve().parent.parent / "agent" / "device_helper.py"
+
+
+def helper_argv(python: str, args: list[str]) -> list[str]:
+    """``python -c`` running edgeshrink/agent/device_helper.py with ``args``, for
+    ``transport.run`` on any transport. The file travels base64-encoded inside the
+    command line: no quote or backslash in it can meet a login shell's rules."""
+    encoded = base64.b64encode(DEVICE_HELPER_PATH.read_bytes()).decode("ascii")
+    code = f'import base64;exec(compile(base64.b64decode("{encoded}"),"device_helper.py","exec"))'
+    return [python, "-c", code, *args]
+
+
 # The per-device lock the launcher holds while a command runs (in the work dir).
 DEVICE_LOCK_NAME = ".edgeshrink-device.lock"
 # How long a command waits for an earlier one of ours on the same device.

@@ -76,13 +76,13 @@ from edgeshrink.targets import (
 )
 from edgeshrink.transport import openssh
 from edgeshrink.transport.base import (
-    DEVICE_HELPER_PATH,
     DEVICE_LOCK_NAME,
     DEVICE_WAIT_S,
     EXIT_MARKER,
     CommandResult,
     PushResult,
     device_busy_message,
+    helper_argv,
 )
 from edgeshrink.util import atomic_path
 
@@ -601,9 +601,7 @@ def helper_command(python: str, args: list[str]) -> str:
     The file travels base64-encoded inside the command line: no quote or
     backslash in it can meet a login shell's rules.
     """
-    encoded = base64.b64encode(DEVICE_HELPER_PATH.read_bytes()).decode("ascii")
-    code = f'import base64;exec(compile(base64.b64decode("{encoded}"),"device_helper.py","exec"))'
-    return _quote_argv([python, "-c", code, *args])
+    return _quote_argv(helper_argv(python, args))
 
 
 def _sh(script: str) -> str:
