@@ -106,6 +106,8 @@ CASES: dict[str, tuple[str, list[str]]] = {
     "deploy too big": ("deploy", ["deploy", "M", "-p", "raspberry-pi-zero-2w", "-q", "F32", *HUGE]),
     "bench text": ("bench", ["bench", "W/notes.txt"]),
     "bench unknown target": ("bench", ["bench", "M", "--target", "no-such-target"]),
+    "push text": ("push", ["push", "W/notes.txt"]),
+    "push unknown target": ("push", ["push", "M", "--target", "no-such-target"]),
     "check no profile": ("check", ["check", "M"]),
     "check unknown target": ("check", ["check", "M", "--target", "no-such-target"]),
     "eval text": ("eval", ["eval", "M", "W/notes.txt"]),

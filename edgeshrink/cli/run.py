@@ -62,14 +62,15 @@ def bench_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def params_from(kw: dict[str, Any]):
+    """BenchParams from the bench options: each option is named after its field
+    (tests/test_bench_params_schema.py holds the CLI, the host and the agent to that)."""
+    from dataclasses import fields
+
     from edgeshrink.bench import BenchParams
 
-    return BenchParams(
-        prompt_tokens=kw["prompt_tokens"], gen_tokens=kw["gen_tokens"], reps=kw["reps"],
-        warmup=kw["warmup"], threads=kw["threads"], flash_attn=kw["flash_attn"] == "on",
-        n_ctx=kw["n_ctx"], no_mmap=kw["no_mmap"], runs=kw["runs"], min_seconds=kw["min_seconds"],
-        inputs=kw["inputs"], external_delegate=kw["external_delegate"], tflite_runtime=kw["tflite_runtime"],
-    )  # fmt: skip
+    values = {f.name: kw[f.name] for f in fields(BenchParams) if f.name in kw}
+    values["flash_attn"] = values["flash_attn"] == "on"
+    return BenchParams(**values)
 
 
 def push_printer(quiet: bool):
