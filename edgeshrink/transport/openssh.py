@@ -65,10 +65,7 @@ def ssh_command(transport: SSHTransport, known_hosts: Path, command: str) -> lis
     endpoint = transport.endpoint
     if ssh is None or endpoint.jump or endpoint.proxy_command:
         return None
-    conn = transport._conn
     auth = transport.trace.auth or ""
-    if conn is None:
-        return None
     if auth.startswith("ssh-agent key"):
         if not os.environ.get("SSH_AUTH_SOCK"):
             return None
@@ -77,9 +74,9 @@ def ssh_command(transport: SSHTransport, known_hosts: Path, command: str) -> lis
         identity = ["-i", auth, "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none"]
     else:
         return None
-    key = conn.transport.get_remote_server_key()
+    key = transport.server_key
     known_hosts.write_text(f"{HOST_ALIAS} {key.get_name()} {key.get_base64()}\n")
-    cipher = conn.transport.local_cipher
+    cipher = transport.cipher
     return [
         ssh, "-F", "/dev/null", "-T", "-x", "-e", "none",
         "-p", str(endpoint.port), "-l", endpoint.user,
@@ -216,37 +213,37 @@ def _push(transport: SSHTransport, argv: list[str], local: Path, remote: str, sh
             if rc == 255 or rc is None:
                 _stop(proc)
                 raise _NotUsable(_stderr_text(proc) or f"ssh exited with {proc.returncode}")
-            raise transport._helper_failed(rc, _stderr_text(proc).encode(), "preparing the push")
+            raise transport.helper_failed(rc, _stderr_text(proc).encode(), "preparing the push")
         status = decision.get("status")
         if status == "present":
             proc.stdin.close()
             proc.wait(timeout=30)
             return PushResult(local, remote, sha256, size, 0, True, time.perf_counter() - start,
                               via="openssh")  # fmt: skip
-        offset = transport._send_offset(decision, local, remote, size)
+        offset = transport.send_offset(decision, local, remote, size)
         began = time.perf_counter()
-        transport._report(local, remote, offset, size, 0, began)
+        transport.report_progress(local, remote, offset, size, 0, began)
         stall = max(SEND_STALL_S, size / 20e6)
         try:
             with open(local, "rb") as handle:
                 _send(proc.stdin.fileno(), handle, offset, size, stall,
-                      lambda sent: transport._report(local, remote, offset + sent, size, sent, began))  # fmt: skip
+                      lambda sent: transport.report_progress(local, remote, offset + sent, size, sent, began))  # fmt: skip
             proc.stdin.close()
         except (OSError, TimeoutError) as exc:
             if isinstance(exc, TransportError):
                 raise
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-            transport._lost(
+            transport.lost(
                 lines.next_doc(5.0), local, remote, size, f"while pushing {local.name}: {why}", exc
             )
         verdict = lines.next_doc(max(600.0, size / 20e6))
         if verdict is None:
             rc = proc.wait(timeout=30)
-            raise transport._helper_failed(
+            raise transport.helper_failed(
                 -1 if rc == 255 else rc, _stderr_text(proc).encode(), f"receiving {local.name}"
             )
         if verdict.get("status") != "ok":
-            transport._push_failed(verdict, local, remote, size)
+            transport.push_failed(verdict, local, remote, size)
         proc.wait(timeout=30)
         return PushResult(local, remote, sha256, size, size - offset, False,
                           time.perf_counter() - start, via="openssh")  # fmt: skip

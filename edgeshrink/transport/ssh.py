@@ -749,6 +749,11 @@ class SSHTransport:
         return self._conn.host_key
 
     @property
+    def server_key(self) -> paramiko.PKey:
+        """The device's host key, as verified (or accepted) when connecting."""
+        return self.connect().get_remote_server_key()
+
+    @property
     def cipher(self) -> str:
         return self.connect().local_cipher
 
@@ -842,7 +847,7 @@ class SSHTransport:
 
     # -- the device's Python helper
 
-    def _helper_failed(self, rc: int, err: bytes, doing: str) -> TransportError:
+    def helper_failed(self, rc: int, err: bytes, doing: str) -> TransportError:
         """The error for a helper that ended without a JSON verdict."""
         message = err.decode("utf-8", "replace").strip().splitlines()
         tail = " | ".join(message[-3:]) or f"exit status {rc}"
@@ -907,7 +912,7 @@ class SSHTransport:
             chan.exec_command(command)
             decision = lines.next_doc(skip=("waiting",))
             if decision is None:
-                raise self._helper_failed(*lines.finish(), "preparing the push")
+                raise self.helper_failed(*lines.finish(), "preparing the push")
             status = decision.get("status")
             if status == "present":
                 return PushResult(
@@ -920,15 +925,15 @@ class SSHTransport:
                     time.perf_counter() - start,
                     via="paramiko",
                 )
-            offset = self._send_offset(decision, local, remote, size)
+            offset = self.send_offset(decision, local, remote, size)
             began = time.perf_counter()
-            self._report(local, remote, offset, size, 0, began)
+            self.report_progress(local, remote, offset, size, 0, began)
             try:
                 sent = self._stream(chan, local, remote, offset, size, began)
                 chan.shutdown_write()
             except (paramiko.SSHException, EOFError, OSError) as exc:
                 # The receiver may have stopped reading on purpose (a full disk): ask it why.
-                self._lost(
+                self.lost(
                     lines.next_doc(timeout_s=5.0), local, remote, size,
                     f"after sending {offset + sent} of {size} bytes of {local.name}: "
                     f"{exc or type(exc).__name__}",
@@ -936,7 +941,7 @@ class SSHTransport:
                 )  # fmt: skip
             verdict = lines.next_doc()
             if verdict is None:
-                raise self._helper_failed(*lines.finish(), f"receiving {local.name}")
+                raise self.helper_failed(*lines.finish(), f"receiving {local.name}")
         except TransportError:
             raise
         except (paramiko.SSHException, EOFError, OSError) as exc:
@@ -948,16 +953,16 @@ class SSHTransport:
         finally:
             _close_quietly(chan)
         if verdict.get("status") != "ok":
-            self._push_failed(verdict, local, remote, size)
+            self.push_failed(verdict, local, remote, size)
         return PushResult(
             local, remote, sha256, size, size - offset, False, time.perf_counter() - start,
             via="paramiko",
         )  # fmt: skip
 
-    def _send_offset(self, decision: dict[str, Any], local: Path, remote: str, size: int) -> int:
+    def send_offset(self, decision: dict[str, Any], local: Path, remote: str, size: int) -> int:
         """Where the receiver wants the bytes from, once it said "send" (else its error)."""
         if decision.get("status") != "send":
-            self._push_failed(decision, local, remote, size)
+            self.push_failed(decision, local, remote, size)
         offset = decision.get("offset")
         if not isinstance(offset, int) or not 0 <= offset <= size:
             raise TransportError(
@@ -967,12 +972,12 @@ class SSHTransport:
             )
         return offset
 
-    def _lost(self, verdict: dict[str, Any] | None, local: Path, remote: str, size: int,
+    def lost(self, verdict: dict[str, Any] | None, local: Path, remote: str, size: int,
               detail: str, exc: BaseException) -> NoReturn:  # fmt: skip
         """A push that broke off: the receiver's reason when it gave one (it may have stopped
         reading on purpose, e.g. a full disk), else a lost connection, which resumes."""
         if verdict is not None:
-            self._push_failed(verdict, local, remote, size)
+            self.push_failed(verdict, local, remote, size)
         raise TransportError(
             f"{self.label}: connection lost {detail}",
             hint="push again: it resumes from what reached the device",
@@ -999,10 +1004,10 @@ class SSHTransport:
                     view = view[n:]
                 sent += len(block)
                 left -= len(block)
-                self._report(local, remote, offset + sent, size, sent, began)
+                self.report_progress(local, remote, offset + sent, size, sent, began)
         return sent
 
-    def _report(
+    def report_progress(
         self, local: Path, remote: str, done: int, total: int, sent: int, began: float
     ) -> None:
         if self.progress is not None:
@@ -1010,7 +1015,7 @@ class SSHTransport:
                 PushProgress(local, remote, done, total, sent, time.perf_counter() - began)
             )
 
-    def _push_failed(self, doc: dict[str, Any], local: Path, remote: str, size: int) -> None:
+    def push_failed(self, doc: dict[str, Any], local: Path, remote: str, size: int) -> None:
         from edgeshrink.util import human_bytes
 
         status = doc.get("status")
@@ -1205,7 +1210,7 @@ class SSHTransport:
                 "(`edgeshrink targets add NAME ... --work-dir PATH`)",
             )
         if status == 1 and not pid and not exit_doc and _HELPER_BROKE.search(tail):
-            raise self._helper_failed(status, bytes(tail), f"starting {argv[0]}")
+            raise self.helper_failed(status, bytes(tail), f"starting {argv[0]}")
         if exit_doc.get("status") == "exited":
             returncode, sig = exit_doc.get("returncode"), exit_doc.get("signal")
             if sig is not None:

@@ -116,7 +116,7 @@ def test_openssh_is_pinned_to_the_key_paramiko_verified(target, tmp_path, via_op
         transport.connect()
         known = tmp_path / "known_hosts"
         argv = openssh.ssh_command(transport, known, "true")
-        server_key = transport._conn.transport.get_remote_server_key()
+        server_key = transport.server_key
     assert argv is not None
     assert (
         known.read_text()
