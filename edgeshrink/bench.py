@@ -44,6 +44,9 @@ class BenchParams:
     # Random integer inputs stay below these bounds ((input name, rows of the table it
     # indexes), read from the model's graph on the host; the device may not have onnx).
     int_bounds: tuple[tuple[str, int], ...] = ()
+    # Random inputs: sizes of named symbolic dimensions ((name, size), e.g. ("sequence", 128));
+    # unnamed or unlisted ones are 1.
+    dims: tuple[tuple[str, int], ...] = ()
 
     def key(self) -> str:
         """A stable digest of what was asked, to find an earlier identical measurement."""
@@ -80,6 +83,8 @@ class BenchParams:
             args += ["--inputs", remote_inputs]
         for name, bound in self.int_bounds:
             args += ["--int-bound", f"{name}={bound}"]
+        for name, size in self.dims:
+            args += ["--dim", f"{name}={size}"]
         return args
 
 

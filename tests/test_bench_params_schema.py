@@ -25,13 +25,26 @@ def _agent_defaults() -> dict[str, object]:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     bench = module.build_parser()._subparsers._group_actions[0].choices["bench"]
-    return {action.dest: action.default for action in bench._actions if action.dest != "help"}
+    return {
+        action.dest: tuple(action.default) if isinstance(action.default, list) else action.default
+        for action in bench._actions
+        if action.dest != "help"
+    }
 
 
 def _cli_defaults() -> dict[str, object]:
     options = [p for p in bench_command.params if isinstance(p, click.Option)]
     # A flag's unset default (click's sentinel) means off.
-    return {p.name: (p.default is True) if p.is_flag else p.default for p in options}
+    return {
+        p.name: (p.default is True)
+        if p.is_flag
+        else tuple(p.default or ())
+        if p.multiple and isinstance(p.default, (list, tuple))
+        else ()
+        if p.multiple
+        else p.default
+        for p in options
+    }
 
 
 def _host(field: dataclasses.Field) -> object:
@@ -58,10 +71,12 @@ def test_the_agent_parses_every_parameter_with_the_same_default() -> None:
         assert field.name in agent, f"the agent has no --{field.name.replace('_', '-')}"
         assert agent[field.name] == _host(field), field.name
     # ... and the host passes the agent only options it has.
-    args = BenchParams(int_bounds=(("input_ids", 5),), check_output=True).agent_args("onnx")
+    args = BenchParams(
+        int_bounds=(("input_ids", 5),), dims=(("seq", 8),), check_output=True
+    ).agent_args("onnx")
     args += BenchParams().agent_args("gguf")
     flags = {a[2:].replace("-", "_") for a in args if a.startswith("--")}
-    assert flags <= set(agent) | {"int_bound"}
+    assert flags <= set(agent) | {"int_bound", "dim"}  # appended to int_bound, dims
 
 
 def test_the_lab_suite_keys_are_bench_parameters() -> None:

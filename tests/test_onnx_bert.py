@@ -60,3 +60,33 @@ def test_every_type_shrinks_and_benches_without_inputs(
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [out.name, out.name + ".manifest.json"]
     )  # nothing else in the working directory
+
+
+def test_dim_sets_the_sequence_length_of_random_inputs(bert: dict, tmp_path: Path) -> None:
+    """Before: a symbolic sequence dimension was always 1 in random inputs (a benchmark of
+    one-token sentences); `--dim sequence=48` benches 48-token inputs, like
+    onnxruntime_perf_test's free-dimension overrides, and the rest stay 1 with a warning."""
+    args = (
+        "bench",
+        str(bert["model"]),
+        "--runs",
+        "3",
+        "--min-seconds",
+        "0",
+        "--no-store",
+        "--json",
+    )
+    one = json.loads(run_cli(*args, cwd=tmp_path).stdout)["result"]
+    longer = run_cli(*args, "--dim", "sequence=48", cwd=tmp_path)
+    assert longer.returncode == 0, longer.stderr
+    doc = json.loads(longer.stdout)["result"]
+    shapes = {i["name"]: i["shape"] for i in doc["params"]["resolved"]["inputs"]}
+    assert shapes["input_ids"] == [1, 48] and shapes["attention_mask"] == [1, 48]
+    symbolic = [w for w in doc["warnings"] if "symbolic dimension(s)" in w]
+    assert symbolic and all("dimension(s) batch set to 1 (--dim NAME=N" in w for w in symbolic)
+    assert {i["name"]: i["shape"] for i in one["params"]["resolved"]["inputs"]}["input_ids"] == [
+        1,
+        1,
+    ]
+    bad = run_cli("bench", str(bert["model"]), "--dim", "sequence", "--no-store", cwd=tmp_path)
+    assert bad.returncode == 2 and "NAME=N" in bad.stderr and "Traceback" not in bad.stderr

@@ -1711,7 +1711,7 @@ def _ort_load_failure(path: str, exc: BaseException) -> AgentError:
 
 
 def onnx_input_feed(
-    np, session_inputs, inputs_path, seed: int, report: Report, int_bounds=None
+    np, session_inputs, inputs_path, seed: int, report: Report, int_bounds=None, dim_values=None
 ) -> tuple:
     """Feeds for every onnxruntime input (see ``input_feeds``)."""
     metas = []
@@ -1724,7 +1724,7 @@ def onnx_input_feed(
                 "the agent feeds numeric tensors only",
             )
         metas.append(InputMeta(meta.name, list(meta.shape), dtype))
-    return input_feeds(np, metas, inputs_path, seed, report, int_bounds)
+    return input_feeds(np, metas, inputs_path, seed, report, int_bounds, dim_values)
 
 
 class InputMeta:
@@ -1770,15 +1770,26 @@ def _load_npz(np, inputs_path: str) -> dict:
         ) from exc
 
 
-def parse_int_bounds(items) -> dict:
-    """``["input_ids=30522", ...]`` as {name: exclusive upper bound}."""
-    bounds = {}
+def parse_name_values(items, flag: str = "--int-bound") -> dict:
+    """``["input_ids=30522", ...]`` as {name: N} (N >= 1)."""
+    values = {}
     for item in items or ():
         name, _, value = str(item).rpartition("=")
         if not name or not value.isdigit() or int(value) < 1:
-            raise BadArguments(f"--int-bound wants NAME=N with N >= 1, not {item!r}")
-        bounds[name] = int(value)
-    return bounds
+            raise BadArguments(f"{flag} wants NAME=N with N >= 1, not {item!r}")
+        values[name] = int(value)
+    return values
+
+
+def parse_int_bounds(items) -> dict:
+    """``--int-bound`` values: {input name: exclusive upper bound of its random integers}."""
+    return parse_name_values(items, "--int-bound")
+
+
+def parse_dims(items) -> dict:
+    """``--dim`` values: {symbolic dimension name: its size in random inputs}, like
+    onnxruntime_perf_test's free-dimension overrides (-f NAME:N)."""
+    return parse_name_values(items, "--dim")
 
 
 def random_integers(np, rng, name: str, shape, dtype: str, bounds: dict):
@@ -1793,7 +1804,9 @@ def random_integers(np, rng, name: str, shape, dtype: str, bounds: dict):
     return rng.integers(0, max(high, 1), shape).astype(dtype)
 
 
-def input_feeds(np, metas, inputs_path, seed: int, report: Report, int_bounds=None) -> tuple:
+def input_feeds(
+    np, metas, inputs_path, seed: int, report: Report, int_bounds=None, dim_values=None
+) -> tuple:
     """Feeds for every input, from the pushed .npz or random from the declared shapes.
 
     Arrays hold samples on their first axis; one batch is taken: the declared
@@ -1855,16 +1868,21 @@ def input_feeds(np, metas, inputs_path, seed: int, report: Report, int_bounds=No
                 array = array.astype(dtype)
             feeds[meta.name] = np.ascontiguousarray(array)
         else:
+            sizes = dim_values or {}
             symbolic = [
                 d if isinstance(d, str) else f"axis {axis}"
                 for axis, d in enumerate(dims)
-                if not (isinstance(d, int) and d > 0)
+                if not (isinstance(d, int) and d > 0) and not (isinstance(d, str) and d in sizes)
             ]
             if symbolic:
                 report.warn(
-                    f"input '{meta.name}' {shown}: symbolic dimension(s) {', '.join(symbolic)} set to 1"
+                    f"input '{meta.name}' {shown}: symbolic dimension(s) {', '.join(symbolic)}"
+                    " set to 1 (--dim NAME=N sets a named one)"
                 )
-            shape = meta.shape or [d if isinstance(d, int) and d > 0 else 1 for d in dims]
+            shape = meta.shape or [
+                d if isinstance(d, int) and d > 0 else sizes.get(d, 1) if isinstance(d, str) else 1
+                for d in dims
+            ]
             kind = np.dtype(dtype).kind
             if meta.quantization is not None:
                 feeds[meta.name] = _quantize(
@@ -1968,7 +1986,8 @@ def run_onnx(args, report: Report, sampler: MemorySampler) -> None:
     # being measured; the host's `edgeshrink inspect` reports the parameters.
     report.not_measured("model.n_params", "onnxruntime does not expose initializers")
     feeds, described = onnx_input_feed(
-        np, session.get_inputs(), args.inputs, args.seed, report, parse_int_bounds(args.int_bound)
+        np, session.get_inputs(), args.inputs, args.seed, report, parse_int_bounds(args.int_bound),
+        parse_dims(args.dims),
     )
     resolved["inputs"] = described
     resolved["input_source"] = "file" if args.inputs else "random"
@@ -2482,6 +2501,14 @@ def build_parser() -> argparse.ArgumentParser:
         " table it indexes; the host reads them from the graph)",
     )
     bench.add_argument(
+        "--dim",
+        dest="dims",
+        action="append",
+        default=[],
+        metavar="NAME=N",
+        help="random inputs: the symbolic dimension NAME is N (e.g. sequence=128; default 1)",
+    )
+    bench.add_argument(
         "--execution-provider",
         choices=("auto", "cpu", "xnnpack", "cuda", "tensorrt"),
         default="auto",
@@ -2559,7 +2586,7 @@ LLM_ONLY_PARAMS = (
     "ubatch_size",
     "no_mmap",
 )
-NON_LLM_PARAMS = ("runs", "min_seconds", "inputs")
+NON_LLM_PARAMS = ("runs", "min_seconds", "inputs", "dims")
 ONNX_ONLY_PARAMS = ("execution_provider", "graph_optimization")
 TFLITE_ONLY_PARAMS = ("tflite_runtime", "xnnpack", "external_delegate", "external_delegate_options")
 # The parameters each format's runner does not read (left out of params).
@@ -2606,6 +2633,7 @@ def command_bench(args, report: Report, sampler: MemorySampler) -> None:
         "runs": args.runs,
         "min_seconds": args.min_seconds,
         "inputs": args.inputs,
+        "dims": args.dims,
         "execution_provider": args.execution_provider,
         "graph_optimization": args.graph_optimization,
         "tflite_runtime": args.tflite_runtime,

@@ -37,6 +37,17 @@ FORMAT_KEYS = (
 )  # fmt: skip
 
 
+def _dims(_ctx: Any, _param: Any, values: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
+    """``--dim NAME=N`` values as (name, size) pairs."""
+    pairs = []
+    for value in values:
+        name, _, size = value.rpartition("=")
+        if not name or not size.isdigit() or int(size) < 1:
+            raise click.BadParameter(f"{value!r} is not NAME=N with N >= 1 (e.g. sequence=128)")
+        pairs.append((name, int(size)))
+    return tuple(pairs)
+
+
 def bench_options(func: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("--prompt-tokens", type=click.IntRange(1, 1 << 16), default=512, show_default=True, help="Prompt-processing tokens (one batch)."),
@@ -49,6 +60,7 @@ def bench_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--runs", type=click.IntRange(1, 1 << 20), default=50, show_default=True, help="Non-LLM models: at least this many timed runs."),
         click.option("--min-seconds", type=FiniteFloat(min=0), default=1.0, show_default=True, help="Non-LLM models: keep running until this long has passed too."),
         click.option("--inputs", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="Non-LLM models: an .npz of inputs pushed with the model [default: random from the declared shapes]."),
+        click.option("--dim", "dims", multiple=True, metavar="NAME=N", callback=_dims, help="Non-LLM models, random inputs: the symbolic dimension NAME is N (e.g. --dim sequence=128) [default: 1]."),
         click.option("--no-mmap", is_flag=True, help="Read the model into memory instead of mmap'ing it."),
         click.option("--timeout", "timeout_s", type=FiniteFloat(min=1), default=900.0, show_default=True, help="Seconds before the agent is stopped."),
         click.option("--external-delegate", default=None, help="TFLite: delegate library path on the device, or 'none' for no delegate [default: the profile's, on SSH targets]."),
