@@ -46,15 +46,24 @@ class BenchOutcome:
         return self.warnings + tuple(str(w) for w in agent if str(w) not in self.warnings)
 
 
-def check_position_table(info: Any, params: BenchParams) -> None:
-    """A decoder with a learned position table (GPT-2 and kin) cannot run past its rows:
-    llama.cpp aborts. Refused here with the numbers that fit. (Embedding models embed at
-    most that many tokens: the agent says so and uses fewer.)"""
-    rows = gguf.position_rows(info) if info.format == "gguf" else None
-    if not rows or gguf.is_encoder(info):
-        return
+def fit_positions(info: Any, params: BenchParams) -> tuple[BenchParams, str]:
+    """Benchmark lengths a model's positions allow, and a note when they were shortened.
+
+    An embedding model takes at most its trained length (a BERT's position table has
+    exactly that many rows): longer inputs are shortened to it. A decoder with a learned
+    position table (GPT-2 and kin) cannot run past its rows either (llama.cpp aborts): it is
+    refused here, with numbers that fit.
+    """
+    if info.format != "gguf":
+        return params, ""
+    if gguf.is_encoder(info):
+        trained = info.llm.context_length if info.llm else 0
+        if trained and params.prompt_tokens > trained:
+            return replace(params, prompt_tokens=trained), " (the longest it takes)"
+        return params, ""
+    rows = gguf.position_rows(info)
     used = params.n_ctx or params.prompt_tokens + params.gen_tokens
-    if used > rows:
+    if rows and used > rows:
         raise BenchParamsError(
             f"{info.path.name} has a learned position table of {rows} rows: {used} tokens"
             f" (--prompt-tokens {params.prompt_tokens} + --gen-tokens {params.gen_tokens})"
@@ -62,6 +71,7 @@ def check_position_table(info: Any, params: BenchParams) -> None:
             hint=f"bench with at most {rows} tokens, e.g. --prompt-tokens {rows * 3 // 4}"
             f" --gen-tokens {rows - rows * 3 // 4}",
         )
+    return params, ""
 
 
 def bench_context_warnings(info: Any, params: BenchParams) -> tuple[str, ...]:
@@ -184,18 +194,7 @@ def _bench_and_store(
 ) -> BenchOutcome:
     artifact, sha = _artifact_and_sha(model, say)
     params = replace(params, threads=_threads_for(target, profile, params.threads))
-    check_position_table(info, params)
-    longest = ""
-    trained = info.llm.context_length if info.llm else 0
-    if (
-        info.format == "gguf"
-        and gguf.is_encoder(info)
-        and trained
-        and params.prompt_tokens > trained
-    ):
-        # An embedding model takes at most its trained length (its position table's rows).
-        params = replace(params, prompt_tokens=trained)
-        longest = " (the longest it takes)"
+    params, longest = fit_positions(info, params)
     if (
         info.format == "tflite"
         and params.external_delegate is None

@@ -137,10 +137,9 @@ def _stderr_text(proc: subprocess.Popen[bytes]) -> str:
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
-    for stream in (proc.stdin,):
-        with contextlib.suppress(OSError):
-            if stream is not None:
-                stream.close()
+    with contextlib.suppress(OSError):
+        if proc.stdin is not None:
+            proc.stdin.close()
     with contextlib.suppress(OSError):
         proc.terminate()
     try:
