@@ -34,490 +34,56 @@ Suite::
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 import os
 import re
-import socket
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from edgeshrink.bench import BenchParams
-from edgeshrink.errors import EdgeshrinkError, LabConfigError, LabLockError  # noqa: F401 (re-exported)
-from edgeshrink.profiles import closest, describe_value, display_path
+from edgeshrink.errors import EdgeshrinkError, LabConfigError, LabLockError, QuantizationError
+from edgeshrink.formats import detect_and_inspect, detect_format
+from edgeshrink.lab.inventory import load_inventory
+from edgeshrink.lab.spec import (
+    DEFAULT_THERMAL,
+    CooldownPolicy,
+    Inventory,
+    LabDevice,
+    LabJob,
+    QualityCheck,
+    RegressionPolicy,
+    RetryPolicy,
+    Suite,
+    board_host,
+)
+from edgeshrink.lab.toml_fields import NAME_RE, TAG_RE, FieldReader, read_toml
+from edgeshrink.plan import ShrinkOptions
+from edgeshrink.profiles import display_path, get_profile
+from edgeshrink.shrink import plan_model
 from edgeshrink.sweep import QualityBudget
-from edgeshrink.targets import DEFAULT_SSH_PORT, Target
 
-DEFAULT_THERMAL = ("/sys/class/thermal/thermal_zone*/temp",)
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+__all__ = [
+    "BASELINE_RE",
+    "DEFAULT_THERMAL",
+    "CooldownPolicy",
+    "Inventory",
+    "LabConfigError",
+    "LabDevice",
+    "LabJob",
+    "LabLockError",
+    "QualityCheck",
+    "RegressionPolicy",
+    "RetryPolicy",
+    "Suite",
+    "board_host",
+    "load_inventory",
+    "load_suite",
+    "match_jobs",
+    "parse_baseline",
+    "read_regression_policy",
+]
+
 BASELINE_RE = re.compile(r"^(?:last-(?P<n>\d+)-(?:nights|runs)|run:(?P<ids>\d+(?:,\d+)*))$")
 
-
-# --------------------------------------------------------------------------- types
-
-
-_LOOPBACK = "127.0.0.1"  # how the loopback board is spelled in lock keys and messages
-
-
-def board_host(host: str) -> str:
-    """One spelling per machine for a host: case, a trailing dot, brackets and the many
-    names of the loopback interface (127.0.0.1, ::1, localhost) do not make another board."""
-    import ipaddress
-
-    name = host.strip().strip("[]").rstrip(".").lower()
-    try:
-        address = ipaddress.ip_address(name.split("%", 1)[0])
-    except ValueError:
-        if name == "localhost" or name.endswith(".localhost") or name == "localhost.localdomain":
-            return _LOOPBACK
-        return name
-    mapped = getattr(address, "ipv4_mapped", None)
-    address = mapped or address
-    return _LOOPBACK if address.is_loopback else address.compressed
-
-
-@dataclass(frozen=True)
-class LabDevice:
-    name: str
-    target: Target
-    tags: tuple[str, ...]
-    thermal: tuple[str, ...] = DEFAULT_THERMAL
-
-    @property
-    def lock_key(self) -> str:
-        """What the board is, whatever it is called: two names for one board share it."""
-        t = self.target
-        if t.kind == "local":
-            return f"local:{socket.gethostname()}"
-        return f"ssh:{board_host(t.host or '')}:{t.port}"
-
-    @property
-    def profile(self) -> str | None:
-        return self.target.profile
-
-    def to_dict(self) -> dict[str, Any]:
-        target = {k: v for k, v in self.target.to_dict().items() if k != "accept_new_host_key"}
-        return {"name": self.name, "tags": list(self.tags), "thermal": list(self.thermal),
-                "target": target}  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Inventory:
-    path: Path
-    text: str
-    devices: tuple[LabDevice, ...]
-
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.text.encode()).hexdigest()
-
-    def device(self, name: str) -> LabDevice:
-        for device in self.devices:
-            if device.name == name:
-                return device
-        raise LabConfigError(
-            f"{display_path(self.path)}: no device named '{name}'",
-            hint=f"devices: {', '.join(d.name for d in self.devices)}",
-        )
-
-
-@dataclass(frozen=True)
-class QualityCheck:
-    budget: QualityBudget
-    eval_ctx: int = 512
-    eval_chunks: int | None = None
-    text: Path | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self.budget), "eval_ctx": self.eval_ctx, "eval_chunks": self.eval_chunks,
-                "text": str(self.text) if self.text else None}  # fmt: skip
-
-
-@dataclass(frozen=True)
-class LabJob:
-    name: str
-    index: int  # 1-based position in the suite, for messages
-    model: Path | None
-    artifact: Path | None
-    quant: str | None
-    context: int | None
-    prefer: str
-    profile: str | None
-    tags: tuple[str, ...]  # empty: every device
-    bench: BenchParams
-    quality: QualityCheck | None
-    timeout_s: float
-
-    @property
-    def source(self) -> Path:
-        return self.model if self.model is not None else self.artifact  # type: ignore[return-value]
-
-    def runs_on(self, device: LabDevice) -> bool:
-        return not self.tags or bool(set(self.tags) & set(device.tags))
-
-    def settings_key(self) -> str:
-        """What the job asks, without the model's bytes: a change of bytes is a finding, not a new series."""
-        asked = {
-            "kind": "model" if self.model is not None else "artifact",
-            "quant": self.quant, "context": self.context, "prefer": self.prefer,
-            "profile": self.profile, "bench": self.bench.key(),
-            "quality": self.quality.to_dict() if self.quality else None,
-        }  # fmt: skip
-        return hashlib.sha256(json.dumps(asked, sort_keys=True).encode()).hexdigest()[:16]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name, "model": str(self.model) if self.model else None,
-            "artifact": str(self.artifact) if self.artifact else None, "quant": self.quant,
-            "context": self.context, "prefer": self.prefer, "profile": self.profile,
-            "tags": list(self.tags), "bench": {k: (str(v) if isinstance(v, Path) else v)
-                                               for k, v in asdict(self.bench).items()},
-            "quality": self.quality.to_dict() if self.quality else None,
-            "timeout_s": self.timeout_s, "settings_key": self.settings_key(),
-        }  # fmt: skip
-
-
-@dataclass(frozen=True)
-class CooldownPolicy:
-    max_temp_c: float = 60.0  # wait until the hottest zone is below this
-    max_wait_s: float = 180.0  # ...but no longer than this (recorded as "timeout")
-    poll_s: float = 5.0
-    rest_s: float = 0.0  # always rest this long before a benchmark
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    retries: int = 2  # connection failures tolerated per device (consecutive)
-    delay_s: float = 10.0
-
-
-@dataclass(frozen=True)
-class RegressionPolicy:
-    baseline: str = "last-7-nights"
-    threshold: float = 0.10  # relative change of a speed metric that matters
-    memory_threshold: float = 0.10
-    quality_threshold: float = 0.10
-    alpha: float = 0.01  # Mann-Whitney U one-sided significance level
-    noise_factor: float = 3.0  # the limit is at least this many baseline spreads
-    min_baseline_runs: int = 3  # fewer good nights say nothing about the noise between nights
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Suite:
-    path: Path
-    text: str
-    name: str
-    jobs: tuple[LabJob, ...]
-    cooldown: CooldownPolicy = field(default_factory=CooldownPolicy)
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    regression: RegressionPolicy = field(default_factory=RegressionPolicy)
-
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.text.encode()).hexdigest()
-
-    def job(self, name: str) -> LabJob:
-        for job in self.jobs:
-            if job.name == name:
-                return job
-        raise LabConfigError(f"{display_path(self.path)}: no job named '{name}'")
-
-
-# --------------------------------------------------------------------------- reading
-
-
-def _tomllib() -> Any:
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
-    return tomllib
-
-
-def _read_toml(path: Path, text: str | None, what: str) -> tuple[str, dict[str, Any]]:
-    where = display_path(path)
-    if text is None:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError as exc:
-            raise LabConfigError(f"{where}: {what} file not found", hint="check the path") from exc
-        except (OSError, UnicodeDecodeError) as exc:
-            raise LabConfigError(f"{where}: cannot read the {what}: {exc}") from exc
-    try:
-        return text, _tomllib().loads(text)
-    except _tomllib().TOMLDecodeError as exc:
-        raise LabConfigError(
-            f"{where}: invalid TOML: {exc}",
-            hint="fix the syntax at that line; strings need quotes, [[device]] / [[job]] start an entry",
-        ) from exc
-
-
-class _Reader:
-    """Typed access to one table of a TOML document; every failure names file and field."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.where = display_path(path)
-
-    def fail(self, message: str, hint: str | None = None) -> NoReturn:
-        raise LabConfigError(f"{self.where}: {message}", hint=hint)
-
-    def keys(self, table: Mapping[str, Any], allowed: tuple[str, ...], prefix: str) -> None:
-        for key in table:
-            if key not in allowed:
-                close = closest(key, allowed)
-                self.fail(
-                    f"unknown key '{prefix}{key}'" + (f" (did you mean '{prefix}{close}'?)" if close else ""),
-                    hint=f"valid keys here: {', '.join(allowed)}",
-                )  # fmt: skip
-
-    def table(self, doc: Mapping[str, Any], key: str, prefix: str = "") -> dict[str, Any]:
-        value = doc.get(key, {})
-        if not isinstance(value, dict):
-            self.fail(
-                f"{prefix}{key} must be a table ([{prefix}{key}]), got {describe_value(value)}"
-            )
-        return value
-
-    def string(self, table: Mapping[str, Any], key: str, prefix: str, default: Any = None) -> Any:
-        if key not in table:
-            return default
-        value = table[key]
-        if not isinstance(value, str):
-            self.fail(f"{prefix}{key} must be a string, got {describe_value(value)}")
-        if not value.strip():
-            self.fail(f"{prefix}{key} must not be empty")
-        return value
-
-    def integer(
-        self, table: Mapping[str, Any], key: str, prefix: str, default: Any = None, *, minimum: int
-    ) -> Any:
-        if key not in table:
-            return default
-        value = table[key]
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.fail(f"{prefix}{key} must be an integer, got {describe_value(value)}")
-        if value < minimum:
-            self.fail(f"{prefix}{key} must be at least {minimum}, got {value}")
-        return value
-
-    def number(
-        self,
-        table: Mapping[str, Any],
-        key: str,
-        prefix: str,
-        default: Any = None,
-        *,
-        minimum: float = 0.0,
-        maximum: float | None = None,
-    ) -> Any:
-        if key not in table:
-            return default
-        value = table[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            self.fail(f"{prefix}{key} must be a number, got {describe_value(value)}")
-        if not math.isfinite(value):
-            # TOML has nan and inf: a NaN wait never ends, a NaN alpha never decides.
-            self.fail(f"{prefix}{key} must be a finite number, got {value}")
-        if value < minimum or (maximum is not None and value > maximum):
-            bounds = (
-                f"between {minimum:g} and {maximum:g}"
-                if maximum is not None
-                else f"at least {minimum:g}"
-            )
-            self.fail(f"{prefix}{key} must be {bounds}, got {value}")
-        return float(value)
-
-    def boolean(self, table: Mapping[str, Any], key: str, prefix: str, default: Any = None) -> Any:
-        if key not in table:
-            return default
-        value = table[key]
-        if not isinstance(value, bool):
-            self.fail(f"{prefix}{key} must be true or false, got {describe_value(value)}")
-        return value
-
-    def strings(
-        self,
-        table: Mapping[str, Any],
-        key: str,
-        prefix: str,
-        *,
-        pattern: re.Pattern[str] | None = None,
-    ) -> tuple[str, ...] | None:
-        if key not in table:
-            return None
-        value = table[key]
-        if not isinstance(value, list):
-            self.fail(f"{prefix}{key} must be an array of strings, got {describe_value(value)}")
-        for i, item in enumerate(value):
-            if not isinstance(item, str) or not item.strip():
-                self.fail(
-                    f"{prefix}{key}[{i}] must be a non-empty string, got {describe_value(item)}"
-                )
-            if pattern is not None and not pattern.match(item):
-                self.fail(
-                    f"{prefix}{key}[{i}] {item!r}: use letters, digits, '.', '_', ':' and '-'"
-                )
-        return tuple(value)
-
-    def entries(self, doc: Mapping[str, Any], key: str, what: str) -> list[dict[str, Any]]:
-        value = doc.get(key, [])
-        if isinstance(value, dict):
-            self.fail(f"[{key}] must be written [[{key}]] (one per {what})")
-        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-            self.fail(f"{key} must be [[{key}]] tables, got {describe_value(value)}")
-        if not value:
-            self.fail(f"no [[{key}]] entries", hint=f"add at least one {what} as [[{key}]]")
-        return value
-
-    def resolve(self, value: str, base: Path) -> Path:
-        path = Path(value).expanduser()
-        return path if path.is_absolute() else (base / path)
-
-
-# --------------------------------------------------------------------------- inventory
-
-_TARGET_KEYS = ("kind", "profile", "host", "port", "user", "key", "known_hosts", "python",
-                "work_dir", "jump")  # fmt: skip
-_DEVICE_KEYS = ("name", "target", *_TARGET_KEYS, "tags", "thermal", "enabled")
-_DEFAULT_KEYS = (*_TARGET_KEYS, "tags", "thermal")
-
-
-def load_inventory(path: str | os.PathLike[str], *, text: str | None = None) -> Inventory:
-    """Read and validate an inventory; ``text`` (a stored copy) replaces reading the file."""
-    path = Path(path)
-    text, doc = _read_toml(path, text, "inventory")
-    r = _Reader(path)
-    r.keys(doc, ("defaults", "device"), "")
-    defaults = r.table(doc, "defaults")
-    r.keys(defaults, _DEFAULT_KEYS, "defaults.")
-    for key in _TARGET_KEYS:
-        if key != "port":
-            r.string(defaults, key, "defaults.")
-    r.integer(defaults, "port", "defaults.", minimum=1)
-    r.strings(defaults, "tags", "defaults.", pattern=_TAG_RE)
-    r.strings(defaults, "thermal", "defaults.")
-    base = path.parent
-    devices: list[LabDevice] = []
-    seen_names: dict[str, int] = {}
-    seen_boards: dict[str, tuple[int, str]] = {}
-    for index, entry in enumerate(r.entries(doc, "device", "device"), start=1):
-        prefix = f"device[{index}]."
-        name = r.string(entry, "name", prefix)
-        if name is not None and _NAME_RE.match(name):
-            r.keys(entry, _DEVICE_KEYS, f"device[{index}] ({name}).")
-        r.keys(entry, _DEVICE_KEYS, prefix)
-        if name is None:
-            r.fail(f"device[{index}] has no name", hint='every [[device]] needs name = "..."')
-        if not _NAME_RE.match(name):
-            r.fail(
-                f"{prefix}name {name!r}: start with a letter or digit; use letters, digits, '.', '_', '-'"
-            )
-        if name in seen_names:
-            r.fail(f"{prefix}name '{name}' is also device[{seen_names[name]}]'s name")
-        seen_names[name] = index
-        prefix = f"device[{index}] ({name})."
-        if r.boolean(entry, "enabled", prefix, True) is False:
-            continue
-        device = _read_device(r, name, {**defaults, **entry}, defaults, prefix, base)
-        other = seen_boards.get(device.lock_key)
-        if other is not None:
-            r.fail(
-                f"device[{index}] ({name}) is the same board as device[{other[0]}] ({other[1]}): "
-                f"both reach {device.lock_key}",
-                hint="one board, one [[device]]: two benchmarks must never run on one board at once",
-            )
-        seen_boards[device.lock_key] = (index, name)
-        devices.append(device)
-    if not devices:
-        r.fail("every device is disabled (enabled = false)")
-    return Inventory(path=path, text=text, devices=tuple(devices))
-
-
-def _read_device(
-    r: _Reader,
-    name: str,
-    fields: dict[str, Any],
-    defaults: dict[str, Any],
-    prefix: str,
-    base: Path,
-) -> LabDevice:
-    from edgeshrink.errors import ProfileError, TargetError
-    from edgeshrink.targets import get_target
-
-    values: dict[str, Any] = {}
-    for key in (
-        "kind",
-        "profile",
-        "host",
-        "user",
-        "key",
-        "known_hosts",
-        "python",
-        "work_dir",
-        "jump",
-    ):
-        value = r.string(fields, key, prefix)
-        if value is not None:
-            values[key] = value
-    port = r.integer(fields, "port", prefix, minimum=1)
-    if port is not None:
-        if port > 65535:
-            r.fail(f"{prefix}port must be 1-65535, got {port}")
-        values["port"] = port
-    for key in ("key", "known_hosts"):
-        if key in values:
-            values[key] = str(r.resolve(values[key], base))
-    own_tags = r.strings(fields, "tags", prefix, pattern=_TAG_RE) or ()
-    default_tags = r.strings(defaults, "tags", "defaults.", pattern=_TAG_RE) or ()
-    tags = tuple(dict.fromkeys((*default_tags, *own_tags)))
-    thermal = r.strings(fields, "thermal", prefix) or DEFAULT_THERMAL
-    target_ref = r.string(fields, "target", prefix)
-    if target_ref is not None:
-        ref = str(r.resolve(target_ref, base)) if target_ref.endswith(".toml") else target_ref
-        try:
-            target = get_target(ref)
-        except TargetError as exc:
-            r.fail(f"{prefix}target: {exc.message}", hint=exc.hint)
-        target = replace(target, name=name, tags=tags, **values)
-    else:
-        kind = values.pop("kind", "ssh" if "host" in values else None)
-        if kind is None:
-            r.fail(
-                f"{prefix[:-1]} says neither where it is (host) nor which target it is (target)",
-                hint='give host = "..." for an SSH device, target = "NAME" for a saved target, '
-                'or kind = "local" for this machine',
-            )
-        if kind not in ("ssh", "local"):
-            r.fail(f'{prefix}kind must be "ssh" or "local", got {kind!r}')
-        if kind == "ssh" and "host" not in values:
-            r.fail(f"{prefix}host is required for an SSH device")
-        if kind == "local":
-            from edgeshrink.targets import local_target
-
-            target = replace(local_target(), name=name, tags=tags, source=str(r.path),
-                             **{k: v for k, v in values.items() if k in ("profile", "python", "work_dir")})  # fmt: skip
-        else:
-            target = Target(name=name, kind="ssh", tags=tags, source=str(r.path),
-                            port=values.pop("port", DEFAULT_SSH_PORT), **values)  # fmt: skip
-    if target.profile:
-        from edgeshrink.profiles import get_profile
-
-        try:
-            get_profile(target.profile)
-        except ProfileError as exc:
-            r.fail(f"{prefix}profile: {exc.message}", hint=exc.hint)
-    return LabDevice(name=name, target=target, tags=tags, thermal=thermal)
-
-
-# --------------------------------------------------------------------------- suite
 
 _SUITE_KEYS = ("name", "run", "cooldown", "regression", "job")
 _RUN_KEYS = ("retries", "retry_delay_s", "timeout_s")
@@ -548,11 +114,11 @@ def parse_baseline(spec: str) -> tuple[int | None, tuple[int, ...]]:
 def load_suite(path: str | os.PathLike[str], *, text: str | None = None) -> Suite:
     """Read and validate a suite; ``text`` (a stored copy) replaces reading the file."""
     path = Path(path)
-    text, doc = _read_toml(path, text, "suite")
-    r = _Reader(path)
+    text, doc = read_toml(path, text, "suite")
+    r = FieldReader(path)
     r.keys(doc, _SUITE_KEYS, "")
     name = r.string(doc, "name", "", path.stem)
-    if not _NAME_RE.match(name):
+    if not NAME_RE.match(name):
         r.fail(f"name {name!r}: use letters, digits, '.', '_' and '-'")
     run = r.table(doc, "run")
     r.keys(run, _RUN_KEYS, "run.")
@@ -584,7 +150,7 @@ def load_suite(path: str | os.PathLike[str], *, text: str | None = None) -> Suit
                  retry=retry, regression=regression)  # fmt: skip
 
 
-def _read_regression(r: _Reader, doc: dict[str, Any]) -> RegressionPolicy:
+def _read_regression(r: FieldReader, doc: dict[str, Any]) -> RegressionPolicy:
     reg = r.table(doc, "regression")
     r.keys(reg, _REGRESSION_KEYS, "regression.")
     baseline = r.string(reg, "baseline", "regression.", RegressionPolicy.baseline)
@@ -609,19 +175,21 @@ def read_regression_policy(path: str | os.PathLike[str], text: str) -> Regressio
     The jobs are not read, so a suite whose model files have moved still gives its policy.
     """
     path = Path(path)
-    _text, doc = _read_toml(path, text, "suite")
-    return _read_regression(_Reader(path), doc)
+    _text, doc = read_toml(path, text, "suite")
+    return _read_regression(FieldReader(path), doc)
 
 
-def _read_job(r: _Reader, entry: dict[str, Any], index: int, base: Path, timeout: float) -> LabJob:
+def _read_job(
+    r: FieldReader, entry: dict[str, Any], index: int, base: Path, timeout: float
+) -> LabJob:
     prefix = f"job[{index}]."
     name = r.string(entry, "name", prefix)
-    if name is not None and _NAME_RE.match(name):
+    if name is not None and NAME_RE.match(name):
         r.keys(entry, _JOB_KEYS, f"job[{index}] ({name}).")
     r.keys(entry, _JOB_KEYS, prefix)
     if name is None:
         r.fail(f"job[{index}] has no name", hint='every [[job]] needs name = "..."')
-    if not _NAME_RE.match(name):
+    if not NAME_RE.match(name):
         r.fail(
             f"{prefix}name {name!r}: start with a letter or digit; use letters, digits, '.', '_', '-'"
         )
@@ -640,8 +208,6 @@ def _read_job(r: _Reader, entry: dict[str, Any], index: int, base: Path, timeout
             f"{prefix}{source_key}: {source} does not exist",
             hint="paths are relative to the suite file",
         )
-    from edgeshrink.formats import detect_format
-
     try:
         detect_format(source)  # a directory without config.json, a text file, ...
     except EdgeshrinkError as exc:
@@ -687,14 +253,14 @@ def _read_job(r: _Reader, entry: dict[str, Any], index: int, base: Path, timeout
         context=r.integer(entry, "context", prefix, minimum=16),
         prefer=prefer,
         profile=r.string(entry, "profile", prefix),
-        tags=r.strings(entry, "tags", prefix, pattern=_TAG_RE) or (),
+        tags=r.strings(entry, "tags", prefix, pattern=TAG_RE) or (),
         bench=BenchParams(**bench_args),
         quality=quality,
         timeout_s=r.number(entry, "timeout_s", prefix, timeout, minimum=1.0),
     )
 
 
-def _read_quality(r: _Reader, doc: dict[str, Any], prefix: str, base: Path) -> QualityCheck:
+def _read_quality(r: FieldReader, doc: dict[str, Any], prefix: str, base: Path) -> QualityCheck:
     r.keys(doc, _QUALITY_KEYS, prefix)
     budget = QualityBudget(
         max_kld=r.number(doc, "max_kld", prefix),
@@ -735,12 +301,6 @@ def match_jobs(inventory: Inventory, suite: Suite) -> dict[str, tuple[LabJob, ..
 def _check_quant(suite: Suite, job: LabJob, profile_id: str) -> None:
     """Ask the model's backend whether it knows ``job.quant`` (a dry run must refuse
     ``Q9_9`` as the build would); fitting the budget is the build's question."""
-    from edgeshrink.errors import QuantizationError
-    from edgeshrink.formats import detect_and_inspect
-    from edgeshrink.plan import ShrinkOptions
-    from edgeshrink.profiles import get_profile
-    from edgeshrink.shrink import plan_model
-
     options = ShrinkOptions(quant=job.quant, context=job.context, prefer=job.prefer,
                             check_fit=False)  # fmt: skip
     try:
