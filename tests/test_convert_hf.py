@@ -709,7 +709,7 @@ def test_sentencepiece_model_parser_agrees_with_sentencepiece(workdir: Path) -> 
 def test_fast_metadata_packing_is_byte_identical_to_gguf_py() -> None:
     import gguf
 
-    from edgeshrink.convert.hf_to_gguf import _streaming_writer_class
+    from edgeshrink.convert.gguf_writer import streaming_writer_class as _streaming_writer_class
 
     writer = _streaming_writer_class()(None, "llama")
     for values in (
