@@ -22,43 +22,58 @@ without holding it.
 
 from __future__ import annotations
 
-import io
-import json
+import argparse
 import math
 import os
-import struct
-from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from edgeshrink.testmodels.hf_tokenizers import (
+    CHATML_TEMPLATE,
+    LLAMA2_TEMPLATE,
+    LLAMA3_REGEX,
+    QWEN2_REGEX,
+    SPM_SPACE,
+    TOKENIZER_KINDS,
+    TokenizerFiles,
+    corpus_text,
+    make_tokenizer,
+    write_json,
+)
+from edgeshrink.testmodels.safetensors_writer import (
+    decode_weights,
+    encode_weights,
+    write_safetensors,
+)
 
 if TYPE_CHECKING:
     import numpy as np
 
-SPM_SPACE = "\u2581"
+__all__ = [
+    "CHATML_TEMPLATE",
+    "DTYPES",
+    "LLAMA2_TEMPLATE",
+    "LLAMA3_REGEX",
+    "PRESETS",
+    "QWEN2_REGEX",
+    "SPM_SPACE",
+    "TOKENIZER_KINDS",
+    "HfCheckpoint",
+    "HfPreset",
+    "corpus_text",
+    "decode_weights",
+    "encode_weights",
+    "hf_tensor_plan",
+    "main",
+    "make_hf_checkpoint",
+    "make_tokenizer",
+    "random_weights",
+    "write_safetensors",
+]
+
 DTYPES = ("f32", "f16", "bf16")
 _ST_DTYPE = {"f32": "F32", "f16": "F16", "bf16": "BF16"}
-_ITEM_SIZE = {"F32": 4, "F16": 2, "BF16": 2}
-
-LLAMA3_REGEX = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-QWEN2_REGEX = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-CHATML_TEMPLATE = (
-    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + "
-    "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
-LLAMA2_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}"
-    "{{ '[INST] ' + message['content'] + ' [/INST]' }}{% else %}{{ message['content'] + eos_token }}"
-    "{% endif %}{% endfor %}"
-)
 
 
 @dataclass(frozen=True)
@@ -87,17 +102,6 @@ class HfPreset:
     def attn_head_dim(self) -> int:
         return self.head_dim or self.n_embd // self.n_head
 
-
-TOKENIZER_KINDS = (
-    "spm-legacy",  # Llama/TinyLlama: Prepend("▁") + Replace normalizer, byte fallback
-    "spm-metaspace",  # Mistral (legacy=False): Metaspace pre-tokenizer, prepend "first"
-    "spm-noprefix",  # Gemma: spaces become "▁", no prefix space
-    "sentencepiece",  # Gemma 2: tokenizer.model trained by sentencepiece (no prefix)
-    "bpe-llama3",  # Llama 3: Split(regex) + ByteLevel, BOS added by the post-processor
-    "bpe-qwen2",  # Qwen2: NFC + Split(regex) + ByteLevel, no BOS
-    "bpe-smollm",  # SmolLM: Digits + ByteLevel(GPT-2 regex), no BOS
-    "wordpiece",  # BERT: lowercasing WordPiece, [CLS] ... [SEP]
-)
 
 PRESETS: dict[str, HfPreset] = {
     p.name: p
@@ -230,398 +234,6 @@ class HfCheckpoint:
     dtype: str
 
 
-def corpus_text() -> str:
-    return resources.files(__package__).joinpath("corpus.txt").read_text(encoding="utf-8")
-
-
-def _corpus_lines() -> list[str]:
-    return [line for line in corpus_text().splitlines() if line.strip()]
-
-
-# --------------------------------------------------------------------------- safetensors
-
-
-def _st_header(
-    tensors: Sequence[tuple[str, str, tuple[int, ...]]], metadata: dict[str, str] | None
-) -> bytes:
-    header: dict[str, Any] = {}
-    if metadata:
-        header["__metadata__"] = metadata
-    offset = 0
-    for name, dtype, shape in tensors:
-        nbytes = math.prod(shape) * _ITEM_SIZE[dtype]
-        header[name] = {
-            "dtype": dtype,
-            "shape": list(shape),
-            "data_offsets": [offset, offset + nbytes],
-        }
-        offset += nbytes
-    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    raw += b" " * (-len(raw) % 8)  # the reference writer aligns the data to 8 bytes
-    return struct.pack("<Q", len(raw)) + raw
-
-
-def write_safetensors(
-    path: str | os.PathLike[str],
-    tensors: Sequence[tuple[str, str, tuple[int, ...]]],
-    arrays: Iterable[np.ndarray],
-    metadata: dict[str, str] | None = None,
-) -> Path:
-    """Write a safetensors file: ``tensors`` is (name, "F32"|"F16"|"BF16", shape) in file order,
-    ``arrays`` yields their data in that order (BF16 as uint16 bits), one at a time."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(_st_header(tensors, metadata))
-            for (name, dtype, shape), array in zip(tensors, arrays, strict=True):
-                if tuple(array.shape) != tuple(shape) or array.dtype.itemsize != _ITEM_SIZE[dtype]:
-                    raise ValueError(
-                        f"tensor {name}: got {array.dtype} {array.shape}, declared {dtype} {shape}"
-                    )
-                array.tofile(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def encode_weights(values: np.ndarray, dtype: str) -> np.ndarray:
-    """float32 values -> the array stored for ``dtype`` ("f32", "f16", or "bf16" as uint16 bits)."""
-    import numpy as np
-
-    if dtype == "f32":
-        return values.astype(np.float32, copy=False)
-    if dtype == "f16":
-        return values.astype(np.float16)
-    bits = values.astype(np.float32, copy=False).view(np.uint32)
-    rounded = (bits + (np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))) >> np.uint32(
-        16
-    )
-    return rounded.astype(np.uint16)
-
-
-def decode_weights(stored: np.ndarray, dtype: str) -> np.ndarray:
-    import numpy as np
-
-    if dtype == "bf16":
-        return (stored.astype(np.uint32) << np.uint32(16)).view(np.float32)
-    return stored.astype(np.float32)
-
-
-# --------------------------------------------------------------------------- tokenizers
-
-
-@dataclass(frozen=True)
-class _TokenizerFiles:
-    size: int  # number of token ids
-    bos_id: int | None
-    eos_id: int | None
-    pad_id: int | None
-    main_file: str
-
-
-def _tokenizers() -> Any:
-    try:
-        import tokenizers
-    except ImportError as exc:  # pragma: no cover - a test dependency
-        raise ImportError(
-            "making HF test checkpoints needs the tokenizers package: pip install tokenizers"
-        ) from exc
-    return tokenizers
-
-
-def _save_tokenizer(tok: Any, directory: Path, drop_added: Callable[[str], bool]) -> dict[str, Any]:
-    doc = json.loads(tok.to_str())
-    # Real checkpoints keep byte-fallback pieces in the model's vocabulary, not as added tokens.
-    doc["added_tokens"] = [a for a in doc["added_tokens"] if not drop_added(a["content"])]
-    (directory / "tokenizer.json").write_text(
-        json.dumps(doc, ensure_ascii=False, indent=1), encoding="utf-8"
-    )
-    return doc
-
-
-def _spm_style_tokenizer(
-    kind: str, n_vocab: int, directory: Path, added_specials: Sequence[str] = ()
-) -> _TokenizerFiles:
-    tk = _tokenizers()
-    from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
-
-    if kind == "spm-noprefix":
-        specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
-        bos, eos, unk, pad = "<bos>", "<eos>", "<unk>", "<pad>"
-    else:
-        specials = ["<unk>", "<s>", "</s>"]
-        bos, eos, unk, pad = "<s>", "</s>", "<unk>", None
-    byte_pieces = [f"<0x{b:02X}>" for b in range(256)]
-    tok = tk.Tokenizer(models.BPE(unk_token=unk, byte_fallback=True, fuse_unk=True))
-    # Train on words that carry their "▁" (no merge across a word start), then tokenize
-    # the whole text at once as SentencePiece does.
-    scheme = "never" if kind == "spm-noprefix" else "always"
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(
-        replacement=SPM_SPACE, prepend_scheme=scheme, split=True
-    )
-    trainer = trainers.BpeTrainer(
-        vocab_size=n_vocab, special_tokens=specials + byte_pieces, show_progress=False
-    )
-    tok.train_from_iterator(_corpus_lines(), trainer)
-    if added_specials:
-        tok.add_special_tokens(list(added_specials))
-    if kind == "spm-legacy":
-        tok.normalizer = normalizers.Sequence(
-            [normalizers.Prepend(SPM_SPACE), normalizers.Replace(" ", SPM_SPACE)]
-        )
-        tok.pre_tokenizer = None
-    elif kind == "spm-metaspace":
-        tok.normalizer = None
-        tok.pre_tokenizer = pre_tokenizers.Metaspace(
-            replacement=SPM_SPACE, prepend_scheme="first", split=False
-        )
-    else:
-        tok.normalizer = normalizers.Replace(" ", SPM_SPACE)
-        tok.pre_tokenizer = None
-    tok.decoder = decoders.Sequence(
-        [decoders.Replace(SPM_SPACE, " "), decoders.ByteFallback(), decoders.Fuse()]
-        + ([] if kind == "spm-noprefix" else [decoders.Strip(" ", 1, 0)])
-    )
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))]
-    )
-    _save_tokenizer(tok, directory, lambda t: t in byte_pieces)
-    config = {
-        "tokenizer_class": "GemmaTokenizer" if kind == "spm-noprefix" else "LlamaTokenizer",
-        "bos_token": bos,
-        "eos_token": eos,
-        "unk_token": unk,
-        "add_bos_token": True,
-        "add_eos_token": False,
-        "chat_template": LLAMA2_TEMPLATE,
-    }
-    if pad:
-        config["pad_token"] = pad
-    _write_json(directory / "tokenizer_config.json", config)
-    return _TokenizerFiles(
-        tok.get_vocab_size(),
-        tok.token_to_id(bos),
-        tok.token_to_id(eos),
-        tok.token_to_id(pad) if pad else None,
-        "tokenizer.json",
-    )
-
-
-def _byte_level_tokenizer(kind: str, n_vocab: int, directory: Path) -> _TokenizerFiles:
-    tk = _tokenizers()
-    from tokenizers import (
-        Regex,
-        decoders,
-        models,
-        normalizers,
-        pre_tokenizers,
-        processors,
-        trainers,
-    )
-
-    if kind == "bpe-llama3":
-        specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"]
-        bos, eos, pad = "<|begin_of_text|>", "<|end_of_text|>", None
-        pre = pre_tokenizers.Sequence(
-            [
-                pre_tokenizers.Split(Regex(LLAMA3_REGEX), behavior="isolated"),
-                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-            ]
-        )
-    elif kind == "bpe-qwen2":
-        specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-        bos, eos, pad = None, "<|im_end|>", "<|endoftext|>"
-        pre = pre_tokenizers.Sequence(
-            [
-                pre_tokenizers.Split(Regex(QWEN2_REGEX), behavior="isolated"),
-                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-            ]
-        )
-    else:
-        specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-        bos, eos, pad = "<|endoftext|>", "<|endoftext|>", "<|endoftext|>"
-        pre = pre_tokenizers.Sequence(
-            [
-                pre_tokenizers.Digits(individual_digits=True),
-                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-            ]
-        )
-    tok = tk.Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre
-    if kind == "bpe-qwen2":
-        tok.normalizer = normalizers.NFC()
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=n_vocab,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(_corpus_lines(), trainer)
-    if kind == "bpe-llama3":
-        tok.post_processor = processors.TemplateProcessing(
-            single=f"{bos} $A",
-            pair=f"{bos} $A {bos} $B",
-            special_tokens=[(bos, tok.token_to_id(bos))],
-        )
-    elif kind == "bpe-qwen2":
-        tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    _save_tokenizer(tok, directory, lambda t: False)
-    config: dict[str, Any] = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": bos,
-        "eos_token": eos,
-        "chat_template": CHATML_TEMPLATE,
-    }
-    if pad:
-        config["pad_token"] = pad
-    if kind == "bpe-qwen2":
-        config["add_prefix_space"] = False
-    _write_json(directory / "tokenizer_config.json", config)
-    return _TokenizerFiles(
-        tok.get_vocab_size(),
-        tok.token_to_id(bos) if bos else None,
-        tok.token_to_id(eos),
-        tok.token_to_id(pad) if pad else None,
-        "tokenizer.json",
-    )
-
-
-def _wordpiece_tokenizer(n_vocab: int, directory: Path) -> _TokenizerFiles:
-    tk = _tokenizers()
-    from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
-
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok = tk.Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=n_vocab, special_tokens=specials, show_progress=False
-    )
-    tok.train_from_iterator(_corpus_lines(), trainer)
-    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
-    )
-    _save_tokenizer(tok, directory, lambda t: False)
-    _write_json(
-        directory / "tokenizer_config.json",
-        {
-            "tokenizer_class": "BertTokenizer",
-            "do_lower_case": True,
-            "unk_token": "[UNK]",
-            "sep_token": "[SEP]",
-            "pad_token": "[PAD]",
-            "cls_token": "[CLS]",
-            "mask_token": "[MASK]",
-        },
-    )
-    # sentence-transformers layout: mean pooling over the token embeddings.
-    _write_json(
-        directory / "modules.json",
-        [
-            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-            {
-                "idx": 1,
-                "name": "1",
-                "path": "1_Pooling",
-                "type": "sentence_transformers.models.Pooling",
-            },
-        ],
-    )
-    (directory / "1_Pooling").mkdir(exist_ok=True)
-    _write_json(
-        directory / "1_Pooling" / "config.json",
-        {
-            "word_embedding_dimension": 64,
-            "pooling_mode_cls_token": False,
-            "pooling_mode_mean_tokens": True,
-        },
-    )
-    return _TokenizerFiles(
-        tok.get_vocab_size(), cls_id, sep_id, tok.token_to_id("[PAD]"), "tokenizer.json"
-    )
-
-
-def _sentencepiece_tokenizer(n_vocab: int, directory: Path) -> _TokenizerFiles:
-    try:
-        import sentencepiece as spm
-    except ImportError as exc:
-        raise ImportError(
-            "the 'sentencepiece' tokenizer kind needs the sentencepiece package: "
-            "pip install sentencepiece (or pass tokenizer='spm-noprefix')"
-        ) from exc
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(_corpus_lines()),
-        model_writer=model,
-        model_type="bpe",
-        vocab_size=n_vocab,
-        byte_fallback=True,
-        add_dummy_prefix=False,
-        remove_extra_whitespaces=False,
-        normalization_rule_name="identity",
-        character_coverage=1.0,
-        split_digits=True,
-        pad_id=0,
-        eos_id=1,
-        bos_id=2,
-        unk_id=3,
-        pad_piece="<pad>",
-        eos_piece="<eos>",
-        bos_piece="<bos>",
-        unk_piece="<unk>",
-        user_defined_symbols=["<start_of_turn>", "<end_of_turn>"],
-        hard_vocab_limit=False,
-        minloglevel=2,
-    )
-    (directory / "tokenizer.model").write_bytes(model.getvalue())
-    processor = spm.SentencePieceProcessor(model_proto=model.getvalue())
-    _write_json(
-        directory / "tokenizer_config.json",
-        {
-            "tokenizer_class": "GemmaTokenizer",
-            "bos_token": "<bos>",
-            "eos_token": "<eos>",
-            "unk_token": "<unk>",
-            "pad_token": "<pad>",
-            "add_bos_token": True,
-            "add_eos_token": False,
-            "chat_template": (
-                "{{ bos_token }}{% for message in messages %}{{ '<start_of_turn>' + message['role'] "
-                "+ '\\n' + message['content'] + '<end_of_turn>\\n' }}{% endfor %}"
-            ),
-        },
-    )
-    return _TokenizerFiles(processor.get_piece_size(), 2, 1, 0, "tokenizer.model")
-
-
-def make_tokenizer(
-    kind: str,
-    directory: str | os.PathLike[str],
-    n_vocab: int = 400,
-    added_specials: Sequence[str] = (),
-) -> _TokenizerFiles:
-    """Train a tokenizer of ``kind`` (see TOKENIZER_KINDS) on corpus.txt into ``directory``."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    if kind in ("spm-legacy", "spm-metaspace", "spm-noprefix"):
-        return _spm_style_tokenizer(kind, n_vocab, directory, added_specials)
-    if kind in ("bpe-llama3", "bpe-qwen2", "bpe-smollm"):
-        return _byte_level_tokenizer(kind, n_vocab, directory)
-    if kind == "wordpiece":
-        return _wordpiece_tokenizer(n_vocab, directory)
-    if kind == "sentencepiece":
-        return _sentencepiece_tokenizer(n_vocab, directory)
-    raise ValueError(f"unknown tokenizer kind {kind!r}; known: {', '.join(TOKENIZER_KINDS)}")
-
-
 # --------------------------------------------------------------------------- weights
 
 
@@ -720,7 +332,7 @@ def random_weights(shape: tuple[int, ...], role: str, rng: np.random.Generator) 
 # --------------------------------------------------------------------------- configs
 
 
-def _config(preset: HfPreset, tok: _TokenizerFiles, n_vocab: int, dtype: str) -> dict[str, Any]:
+def _config(preset: HfPreset, tok: TokenizerFiles, n_vocab: int, dtype: str) -> dict[str, Any]:
     torch_dtype = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}[dtype]
     if preset.model_type == "bert":
         config: dict[str, Any] = {
@@ -764,10 +376,6 @@ def _config(preset: HfPreset, tok: _TokenizerFiles, n_vocab: int, dtype: str) ->
     return config
 
 
-def _write_json(path: Path, doc: Any) -> None:
-    path.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
 def make_hf_checkpoint(
     directory: str | os.PathLike[str],
     preset: str = "llama",
@@ -797,7 +405,7 @@ def make_hf_checkpoint(
     )
     n_vocab = tok.size + spec.vocab_padding
     config = _config(spec, tok, n_vocab, dtype)
-    _write_json(directory / "config.json", config)
+    write_json(directory / "config.json", config)
 
     rng = np.random.default_rng(seed)
     plan = hf_tensor_plan(spec, n_vocab)
@@ -824,7 +432,7 @@ def make_hf_checkpoint(
         weight_map.update({name: fname for name, _, _ in part})
     if n_shards > 1:
         total = sum(stored[n].nbytes for n in stored)
-        _write_json(
+        write_json(
             directory / "model.safetensors.index.json",
             {"metadata": {"total_size": total}, "weight_map": weight_map},
         )
@@ -843,8 +451,6 @@ def main(argv: list[str] | None = None) -> int:
 
     python -m edgeshrink.testmodels.hf_checkpoints -o out/hf [--preset llama] [--dtype bf16]
     """
-    import argparse
-
     parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
     parser.add_argument("-o", "--out-dir", type=Path, default=Path("out/hf"))
     parser.add_argument("--preset", choices=sorted(PRESETS), action="append",
