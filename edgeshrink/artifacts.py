@@ -15,7 +15,10 @@ from edgeshrink import __version__
 from edgeshrink.errors import ModelFileError
 from edgeshrink.util import sha256_file
 
-MANIFEST_SCHEMA = "edgeshrink.artifact/1"
+MANIFEST_SCHEMA = "edgeshrink.artifact/2"
+# /1 had no recipe: what made the file was its quant and a "recipe: ..." line in the notes.
+READABLE_SCHEMAS = ("edgeshrink.artifact/1", MANIFEST_SCHEMA)
+LEGACY_RECIPE_NOTE = "recipe: "
 MANIFEST_SUFFIX = ".manifest.json"
 
 
@@ -34,6 +37,14 @@ class Artifact:
     fallbacks: tuple[tuple[str, str, str], ...] = ()
     tensor_types: tuple[dict[str, Any], ...] = ()
     notes: tuple[str, ...] = ()
+    # The passes that made the file, in order, each {"pass": name, its settings..., and
+    # "detail": what the tool did, where the settings alone do not say}.
+    recipe: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def recipe_detail(self) -> str | None:
+        """What the last pass's tool recorded it did (the reuse key of ONNX and TFLite)."""
+        return self.recipe[-1].get("detail") if self.recipe else None
 
     @classmethod
     def of_file(
@@ -50,6 +61,8 @@ class Artifact:
         tensor_types: Iterable[Any] = (),
         fallbacks: tuple[tuple[str, str, str], ...] = (),
         notes: Iterable[str] = (),
+        detail: str | None = None,
+        passes: Iterable[dict[str, Any]] = (),
     ) -> Artifact:
         """The artifact that will be ``path``, hashed and measured from ``written`` (the
         temporary file it is renamed from; default ``path``) and stamped now."""
@@ -70,6 +83,7 @@ class Artifact:
                 {"type": t.type, "count": t.count, "n_bytes": t.n_bytes} for t in tensor_types
             ),
             notes=tuple(notes),
+            recipe=(*passes, quantize_pass(quant, detail)),
         )
 
     @property
@@ -83,7 +97,15 @@ class Artifact:
         doc["fallbacks"] = [{"tensor": t, "wanted": w, "used": u} for t, w, u in self.fallbacks]
         doc["tensor_types"] = list(self.tensor_types)
         doc["notes"] = list(self.notes)
+        doc["recipe"] = [dict(p) for p in self.recipe]
         return doc
+
+
+def quantize_pass(quant: str, detail: str | None = None) -> dict[str, Any]:
+    step: dict[str, Any] = {"pass": "quantize", "type": quant}
+    if detail:
+        step["detail"] = detail
+    return step
 
 
 def manifest_path_for(artifact: str | os.PathLike[str]) -> Path:
@@ -117,10 +139,17 @@ def load_artifact(path: str | os.PathLike[str], *, verify: bool = True) -> Artif
         doc = json.loads(manifest.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelFileError(f"{manifest}: unreadable manifest: {exc}") from exc
-    if doc.get("schema") != MANIFEST_SCHEMA:
+    if doc.get("schema") not in READABLE_SCHEMAS:
         raise ModelFileError(
-            f"{manifest}: schema {doc.get('schema')!r}, expected {MANIFEST_SCHEMA}"
+            f"{manifest}: schema {doc.get('schema')!r}, expected {MANIFEST_SCHEMA}",
+            hint="a newer edgeshrink wrote it: upgrade, or shrink again with this one",
         )
+    notes = tuple(doc.get("notes", []))
+    recipe = doc.get("recipe")
+    if doc["schema"] == READABLE_SCHEMAS[0] or not isinstance(recipe, list):
+        legacy = next((n for n in notes if n.startswith(LEGACY_RECIPE_NOTE)), None)
+        detail = legacy[len(LEGACY_RECIPE_NOTE) :] if legacy else None
+        recipe = [quantize_pass(doc["quant"], detail)]
     artifact = Artifact(
         path=path,
         format=doc["format"],
@@ -134,7 +163,8 @@ def load_artifact(path: str | os.PathLike[str], *, verify: bool = True) -> Artif
         created_at=doc.get("created_at", ""),
         fallbacks=tuple((f["tensor"], f["wanted"], f["used"]) for f in doc.get("fallbacks", [])),
         tensor_types=tuple(doc.get("tensor_types", [])),
-        notes=tuple(doc.get("notes", [])),
+        notes=notes,
+        recipe=tuple(dict(p) for p in recipe if isinstance(p, dict)),
     )
     if verify:
         if not path.exists():

@@ -11,6 +11,7 @@ from typing import Any
 
 from edgeshrink.agent import AGENT_PATH, SCHEMA
 from edgeshrink.errors import AgentError
+from edgeshrink.formats import backend
 from edgeshrink.transport.base import CommandResult, Transport
 from edgeshrink.util import sha256_file
 
@@ -61,31 +62,7 @@ class BenchParams:
             args.append("--check-output")
         if self.threads:
             args += ["--threads", str(self.threads)]
-        if model_format == "gguf":
-            args += [
-                "--prompt-tokens", str(self.prompt_tokens),
-                "--gen-tokens", str(self.gen_tokens),
-                "--reps", str(self.reps),
-                "--flash-attn", "on" if self.flash_attn else "off",
-            ]  # fmt: skip
-            if self.n_ctx:
-                args += ["--n-ctx", str(self.n_ctx)]
-            if self.no_mmap:
-                args.append("--no-mmap")
-            # An embedding model (BERT) is timed per input, like ONNX and TFLite models.
-            return args + ["--runs", str(self.runs), "--min-seconds", str(self.min_seconds)]
-        args += ["--runs", str(self.runs), "--min-seconds", str(self.min_seconds)]
-        if model_format == "tflite":
-            args += ["--tflite-runtime", self.tflite_runtime]
-            if self.external_delegate:
-                args += ["--external-delegate", self.external_delegate]
-        if remote_inputs:
-            args += ["--inputs", remote_inputs]
-        for name, bound in self.int_bounds:
-            args += ["--int-bound", f"{name}={bound}"]
-        for name, size in self.dims:
-            args += ["--dim", f"{name}={size}"]
-        return args
+        return args + backend(model_format).agent_args(self, remote_inputs)
 
 
 @dataclass(frozen=True)

@@ -109,9 +109,9 @@ class CheckReport:
 def _quality_item(artifact: Path, base: Path | None, quality: dict[str, Any]) -> CheckItem:
     if base is None:
         return CheckItem("quality", "skip", "no --base given to compare against")
-    from edgeshrink.formats import detect_format
+    from edgeshrink.formats import backend, detect_format
 
-    if detect_format(artifact) == "gguf":
+    if backend(detect_format(artifact)).evaluation == "llm-text":
         from edgeshrink.llm_quality import evaluate_llm
         from edgeshrink.sweep import QualityBudget
 

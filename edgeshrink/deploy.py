@@ -11,9 +11,9 @@ from typing import Any
 
 from edgeshrink.artifacts import Artifact, load_artifact
 from edgeshrink.bench import BenchParams, BenchResult, run_agent_bench
-from edgeshrink.errors import BenchParamsError, EdgeshrinkError
-from edgeshrink.formats import detect_and_inspect, gguf
-from edgeshrink.plan import ShrinkOptions, context_warnings
+from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.formats import backend, detect_and_inspect
+from edgeshrink.plan import ShrinkOptions
 from edgeshrink.profiles import HardwareProfile
 from edgeshrink.shrink import ShrinkResult, shrink_model
 from edgeshrink.store import ResultStore
@@ -46,58 +46,13 @@ class BenchOutcome:
         return self.warnings + tuple(str(w) for w in agent if str(w) not in self.warnings)
 
 
-def fit_positions(info: Any, params: BenchParams) -> tuple[BenchParams, str]:
-    """Benchmark lengths a model's positions allow, and a note when they were shortened.
-
-    An embedding model takes at most its trained length (a BERT's position table has
-    exactly that many rows): longer inputs are shortened to it. A decoder with a learned
-    position table (GPT-2 and kin) cannot run past its rows either (llama.cpp aborts): it is
-    refused here, with numbers that fit.
-    """
-    if info.format != "gguf":
-        return params, ""
-    if gguf.is_encoder(info):
-        trained = info.llm.context_length if info.llm else 0
-        if trained and params.prompt_tokens > trained:
-            return replace(params, prompt_tokens=trained), " (the longest it takes)"
-        return params, ""
-    rows = gguf.position_rows(info)
-    used = params.n_ctx or params.prompt_tokens + params.gen_tokens
-    if rows and used > rows:
-        raise BenchParamsError(
-            f"{info.path.name} has a learned position table of {rows} rows: {used} tokens"
-            f" (--prompt-tokens {params.prompt_tokens} + --gen-tokens {params.gen_tokens})"
-            " would run past it, which aborts llama.cpp",
-            hint=f"bench with at most {rows} tokens, e.g. --prompt-tokens {rows * 3 // 4}"
-            f" --gen-tokens {rows - rows * 3 // 4}",
-        )
-    return params, ""
-
-
-def bench_context_warnings(info: Any, params: BenchParams) -> tuple[str, ...]:
-    """A benchmark context beyond the one the model was trained at: the speed is real, but
-    not one the model would be used at."""
-    if info.format == "gguf" and gguf.is_encoder(info):
-        return ()  # the agent embeds at most the trained length, and says so
-    used = params.n_ctx or params.prompt_tokens + params.gen_tokens
-    asked = (
-        f"--n-ctx {params.n_ctx}"
-        if params.n_ctx
-        else f"--prompt-tokens {params.prompt_tokens} + --gen-tokens {params.gen_tokens}"
-    )
-    return context_warnings(
-        info, used, asked=f"{asked} = {used} tokens",
-        remedy="so this speed is not one it would be used at",
-    )  # fmt: skip
-
-
 @dataclass(frozen=True)
 class DeployOutcome:
     shrink: ShrinkResult
     bench: BenchOutcome
 
 
-def _threads_for(target: Target, profile: HardwareProfile | None, asked: int | None) -> int | None:
+def threads_for(target: Target, profile: HardwareProfile | None, asked: int | None) -> int | None:
     if asked:
         return asked
     if profile is None:
@@ -107,15 +62,6 @@ def _threads_for(target: Target, profile: HardwareProfile | None, asked: int | N
         # have fewer cores, and oversubscribed threads only measure contention.
         return min(profile.threads, os.cpu_count() or profile.threads)
     return profile.threads
-
-
-def _external_data_files(info, model: Path) -> list[Path]:
-    entries = dict(info.metadata).get("external_data") or []
-    return [
-        model.parent / entry["file"]
-        for entry in entries
-        if isinstance(entry, dict) and entry.get("file")
-    ]
 
 
 def _artifact_and_sha(model: Path, say: Callable[[str], None]) -> tuple[Artifact | None, str]:
@@ -132,7 +78,7 @@ def _push_files(transport: Any, model: Path, info: Any, sha: str) -> list[PushRe
     """The model at models/<sha256>/<its name> (push_artifact's contract), then the data
     files an ONNX model with external data finds by relative name, beside it."""
     pushed = [transport.push_artifact(model, sha)]
-    for data in _external_data_files(info, model):
+    for data in backend(info.format).device_files(info, model):
         pushed.append(transport.push_file(data, f"models/{sha}/{data.name}", sha256_file(data)))
     return pushed
 
@@ -193,34 +139,19 @@ def _bench_and_store(
     agent_stderr: Callable[[str], None] | None,
 ) -> BenchOutcome:
     artifact, sha = _artifact_and_sha(model, say)
-    params = replace(params, threads=_threads_for(target, profile, params.threads))
-    params, longest = fit_positions(info, params)
-    if (
-        info.format == "tflite"
-        and params.external_delegate is None
-        and profile
-        and target.kind != "local"
-    ):
-        # The profile's delegate exists on that device, not on this machine.
-        params = replace(params, external_delegate=profile.external_delegate)
-    elif params.external_delegate == NO_DELEGATE:
+    params = replace(params, threads=threads_for(target, profile, params.threads))
+    fmt = backend(info.format)
+    if params.external_delegate == NO_DELEGATE:
         params = replace(params, external_delegate=None)  # asked for: no delegate at all
-    bounds = dict(info.metadata).get("int_bounds")
-    if bounds and params.inputs is None:
-        # Valid random integers need the graph, which the device may not be able to read.
-        params = replace(params, int_bounds=tuple(sorted(bounds.items())))
+        params, note = fmt.bench_params(info, params, None, on_this_machine=True)
+    else:
+        params, note = fmt.bench_params(
+            info, params, profile, on_this_machine=target.kind == "local"
+        )
     with open_transport(target, progress=push_progress, on_stderr=agent_stderr) as transport:
         say(f"pushing {model.name} to {target.name} ({target.describe()})")
         pushed = _push_files(transport, model, info, sha)[0]
-        if info.format == "gguf" and gguf.is_encoder(info):
-            what = (
-                f"embedding {params.prompt_tokens}-token inputs{longest},"
-                f" at least {params.runs} runs and {params.min_seconds:g} s"
-            )
-        elif info.format == "gguf":
-            what = f"{params.reps} reps of pp{params.prompt_tokens} + tg{params.gen_tokens}"
-        else:
-            what = f"at least {params.runs} runs and {params.min_seconds:g} s"
+        what = fmt.bench_plan(info, params, note)
         say(f"benchmarking on {target.name}: {what}")
         inputs = None
         if params.inputs is not None:
@@ -256,7 +187,7 @@ def _bench_and_store(
         )
     return BenchOutcome(
         target, artifact, model, pushed, result, result_id, db_path,
-        warnings=bench_context_warnings(info, params),
+        warnings=fmt.bench_warnings(info, params),
     )  # fmt: skip
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from edgeshrink.errors import ProfileError
+from edgeshrink.formats import backend
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -37,10 +38,7 @@ __all__ = [
     "ARCHES",
     "BUILTIN_PROFILES_DIR",
     "FORMATS",
-    "GGUF_QUANT_TYPES",
-    "ONNX_QUANT_TYPES",
     "PROFILES_PATH_ENV",
-    "TFLITE_QUANT_TYPES",
     "Accelerator",
     "CpuSpec",
     "HardwareProfile",
@@ -61,52 +59,6 @@ ARCHES = ("aarch64", "armv7l", "x86_64")
 FORMATS = ("gguf", "onnx", "tflite")
 ACCELERATOR_KINDS = ("gpu", "npu", "dsp", "tpu")
 
-# The type names `llama-quantize` accepts (tools/quantize/quantize.cpp), minus COPY.
-GGUF_QUANT_TYPES = (
-    "F32",
-    "F16",
-    "BF16",
-    "Q8_0",
-    "Q6_K",
-    "Q5_K",
-    "Q5_K_M",
-    "Q5_K_S",
-    "Q5_1",
-    "Q5_0",
-    "Q4_K",
-    "Q4_K_M",
-    "Q4_K_S",
-    "Q4_1",
-    "Q4_0",
-    "IQ4_NL",
-    "IQ4_XS",
-    "Q3_K",
-    "Q3_K_L",
-    "Q3_K_M",
-    "Q3_K_S",
-    "IQ3_M",
-    "IQ3_S",
-    "IQ3_XS",
-    "IQ3_XXS",
-    "Q2_K",
-    "Q2_K_S",
-    "IQ2_M",
-    "IQ2_S",
-    "IQ2_XS",
-    "IQ2_XXS",
-    "IQ1_M",
-    "IQ1_S",
-    "TQ2_0",
-    "TQ1_0",
-    "MXFP4_MOE",
-)
-ONNX_QUANT_TYPES = ("fp32", "fp16", "int8-dynamic", "int8-static", "int8-static-qoperator")
-TFLITE_QUANT_TYPES = ("float32", "fp16", "weight-only-int8", "dynamic-int8", "int8", "int8-int8-io")
-_QUANT_TYPES: dict[str, tuple[str, ...]] = {
-    "gguf": GGUF_QUANT_TYPES,
-    "onnx": ONNX_QUANT_TYPES,
-    "tflite": TFLITE_QUANT_TYPES,
-}
 
 # Names people use for the same ARM feature; /proc/cpuinfo spells them differently.
 _FEATURE_ALIASES = {"neon": "asimd", "dotprod": "asimddp"}
@@ -553,13 +505,15 @@ class _ProfileReader:
         pairs = []
         for fmt in FORMATS:
             if fmt in quant:
-                pairs.append((fmt, self.choice(quant, fmt, _QUANT_TYPES[fmt], "quantization.")))
+                pairs.append(
+                    (fmt, self.choice(quant, fmt, backend(fmt).quant_types, "quantization."))
+                )
         for fmt in formats:
             if fmt not in quant:
                 self.fail(
                     f"missing required key 'quantization.{fmt}' "
                     f"('{fmt}' is in runtime.preferred_formats)",
-                    hint=f"one of: {', '.join(_QUANT_TYPES[fmt])}",
+                    hint=f"one of: {', '.join(backend(fmt).quant_types)}",
                 )
         return tuple(pairs)
 

@@ -3,8 +3,7 @@
 A ``QualityReport`` is a list of ``Metric`` values, each naming what it
 measures, the base model's value where there is one (``reference``), which way
 is better, and, once a ``QualityBudget`` is applied, the verdict.  Evaluators
-are registered by format in ``EVALUATORS`` (as "module:function" strings, so
-nothing heavy is imported to list them):
+are the format backends' (``backend(fmt).evaluate``):
 
 - "onnx": output agreement.  The original and the shrunk model run in
   onnxruntime on this machine on the same inputs; per output: max and mean
@@ -23,7 +22,6 @@ join as another evaluator and their own metric names.
 
 from __future__ import annotations
 
-import importlib
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -37,13 +35,9 @@ from edgeshrink.errors import (  # noqa: F401 (re-exported)
     QualityBudgetError,
     UnsupportedFormatError,
 )
+from edgeshrink.formats import backend, detect_format
 
 Progress = Callable[[str], None]
-
-EVALUATORS: dict[str, str] = {
-    "onnx": "edgeshrink.quality:evaluate_onnx",
-    "tflite": "edgeshrink.quality:evaluate_tflite",
-}
 
 
 @dataclass(frozen=True)
@@ -177,8 +171,6 @@ def evaluate(
     **kwargs: Any,
 ) -> QualityReport:
     """Evaluate ``candidate`` against ``base`` with the evaluator of their format."""
-    from edgeshrink.formats import detect_format
-
     fmt = detect_format(base)
     other = detect_format(candidate)
     if other != fmt:
@@ -186,13 +178,7 @@ def evaluate(
             f"{Path(base).name} is {fmt} but {Path(candidate).name} is {other}",
             hint="compare a model with its own shrunk version (same format)",
         )
-    if fmt not in EVALUATORS:
-        raise UnsupportedFormatError(
-            f"no quality evaluator for {fmt} models in this version",
-            hint=f"evaluators exist for: {', '.join(sorted(EVALUATORS))}",
-        )
-    module, _, name = EVALUATORS[fmt].partition(":")
-    return getattr(importlib.import_module(module), name)(base, candidate, **kwargs)
+    return backend(fmt).evaluate(base, candidate, **kwargs)
 
 
 # --------------------------------------------------------------------------- ONNX

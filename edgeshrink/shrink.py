@@ -11,7 +11,7 @@ from pathlib import Path
 
 from edgeshrink.artifacts import Artifact, load_artifact, tool_versions
 from edgeshrink.errors import EdgeshrinkError, ModelFileError, QuantizationError
-from edgeshrink.formats import gguf
+from edgeshrink.formats import backend, detect_and_inspect, gguf
 from edgeshrink.formats.base import ModelInfo
 from edgeshrink.plan import ShrinkOptions, ShrinkPlan, plan_gguf
 from edgeshrink.profiles import HardwareProfile
@@ -62,9 +62,7 @@ def quantizer_failures(src: Path, quant: str, tool: str, hint: str) -> Iterator[
 
 
 def plan_model(info: ModelInfo, profile: HardwareProfile, options: ShrinkOptions) -> ShrinkPlan:
-    from edgeshrink.formats import backend
-
-    return backend(info.format).function("plan")(info, profile, options)
+    return backend(info.format).plan(info, profile, options)
 
 
 def shrink_model(
@@ -77,11 +75,10 @@ def shrink_model(
     info: ModelInfo | None = None,
 ) -> ShrinkResult:
     """Shrink ``src`` with the backend of its format (see edgeshrink.formats)."""
-    from edgeshrink.formats import backend, detect_and_inspect
-
     info = info or detect_and_inspect(src)
-    shrink = backend(info.format).function("shrink")
-    return shrink(src, profile, options, output=output, progress=progress, info=info)
+    return backend(info.format).shrink(
+        src, profile, options, output=output, progress=progress, info=info
+    )
 
 
 def reusable_artifact(output: Path, source_sha: str, quant: str) -> Artifact | None:

@@ -29,13 +29,17 @@ from typing import Any
 
 from edgeshrink.bench import BenchParams
 from edgeshrink.errors import (
+    DoesNotFitError,
     EdgeshrinkError,
     SweepError,  # noqa: F401 (re-exported)
 )
-from edgeshrink.formats import gguf
+from edgeshrink.formats import backend, detect_format, gguf
+from edgeshrink.formats.onnx import OnnxBackend
 from edgeshrink.llm_quality import default_eval_text, evaluate_llm
 from edgeshrink.plan import ShrinkOptions, plan_gguf
 from edgeshrink.profiles import HardwareProfile
+from edgeshrink.quality import Metric, QualityReport
+from edgeshrink.quality import QualityBudget as Bounds
 from edgeshrink.shrink import shrink_gguf
 from edgeshrink.store import ResultStore
 from edgeshrink.targets import Target
@@ -46,23 +50,8 @@ Progress = Callable[[str], None]
 DEFAULT_LADDER = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "IQ4_XS", "Q3_K_M", "Q2_K")
 QUALITY_METHOD = "llm-kld/1"
 
-# ONNX: each step of the ladder is a quantization type and its weight granularity
-# (None: the backend's default, per-channel).
-ONNX_STEPS: dict[str, tuple[str, bool | None]] = {
-    "fp32": ("fp32", None),
-    "fp16": ("fp16", None),
-    "int8-dynamic": ("int8-dynamic", None),
-    "int8-static-per-tensor": ("int8-static", False),
-    "int8-static-per-channel": ("int8-static", True),
-    "int8-static-qoperator": ("int8-static-qoperator", None),
-}
-ONNX_LADDER = (
-    "fp32",
-    "fp16",
-    "int8-dynamic",
-    "int8-static-per-tensor",
-    "int8-static-per-channel",
-)
+ONNX_STEPS = OnnxBackend.STEPS
+ONNX_LADDER = OnnxBackend.sweep_ladder
 ONNX_QUALITY_METHOD = "onnx-agreement/1"
 # Two measured speeds closer than this (relative) are tied: separate runs of the same
 # model on one machine drift that much (FACTS.md: per-round ratios swing 5-25 %).
@@ -130,9 +119,6 @@ class OutputQualityBudget:
 
     def failures(self, quality: dict[str, Any]) -> list[str]:
         """What is outside the budget in a stored ``QualityReport.to_dict()``."""
-        from edgeshrink.quality import Metric, QualityReport
-        from edgeshrink.quality import QualityBudget as Bounds
-
         bounds = Bounds(
             min_cosine=self.min_cosine,
             min_top1_agreement=self.min_agreement,
@@ -183,6 +169,13 @@ class SweepCandidate:
     measured_reused: bool = False
     format: str = "gguf"
     warnings: tuple[str, ...] = ()  # from the artifact's manifest (random calibration)
+    # The backend's way of measuring quality: "llm-text" (KLD; speed in tokens/s) or
+    # "outputs" (agreement; speed in inferences/s).
+    evaluation: str = "llm-text"
+
+    @property
+    def by_text(self) -> bool:
+        return self.evaluation == "llm-text"
 
     @property
     def meets_quality(self) -> bool:
@@ -203,7 +196,7 @@ class SweepCandidate:
     @property
     def speed(self) -> float | None:
         """Higher is faster: tokens/s generated (GGUF), inferences/s measured (ONNX)."""
-        if self.format == "gguf" and self.tg_tok_s:
+        if self.by_text and self.tg_tok_s:
             return self.tg_tok_s
         measured = self.measured or {}
         if measured.get("throughput_per_s"):
@@ -218,9 +211,9 @@ class SweepCandidate:
         of the repetitions (GGUF: stddev / mean of tg; ONNX: the standard error of the mean
         latency), at least TIE_FLOOR, the drift between separate runs on one machine."""
         measured = self.measured or {}
-        if self.format == "gguf" and measured.get("tg_tok_s"):
+        if self.by_text and measured.get("tg_tok_s"):
             spread = (measured.get("tg_tok_s_stddev") or 0.0) / float(measured["tg_tok_s"])
-        elif self.format != "gguf" and measured.get("latency_mean_ms"):
+        elif not self.by_text and measured.get("latency_mean_ms"):
             count = max(int(measured.get("latency_count") or 1), 1)
             stddev = measured.get("latency_stddev_ms") or 0.0
             spread = stddev / float(measured["latency_mean_ms"]) / math.sqrt(count)
@@ -310,7 +303,7 @@ def _fronts(candidates: list[SweepCandidate]) -> tuple[tuple[str, ...], tuple[st
 
 
 def _quality_summary(c: SweepCandidate) -> str:
-    if c.format == "gguf":
+    if c.by_text:
         return f"KLD {c.kld:.4f}, same top token {c.quality['same_top']['value']:.1%}"
     metrics = c.quality["metrics"]
     parts = []
@@ -327,7 +320,7 @@ def _quality_summary(c: SweepCandidate) -> str:
 
 
 def _speed_summary(c: SweepCandidate, speed_source: str) -> str:
-    if c.format == "gguf":
+    if c.by_text:
         return f"{c.tg_tok_s:.1f} tok/s generation, {speed_source}"
     measured = c.measured or {}
     p50 = measured.get("latency_p50_ms")
@@ -336,7 +329,7 @@ def _speed_summary(c: SweepCandidate, speed_source: str) -> str:
 
 
 def _size_text(c: SweepCandidate) -> str:
-    return f"{c.size_bytes / 2**20:.1f} MiB" if c.format == "gguf" else human_bytes(c.size_bytes)
+    return f"{c.size_bytes / 2**20:.1f} MiB" if c.by_text else human_bytes(c.size_bytes)
 
 
 def _choose(
@@ -558,21 +551,7 @@ def sweep_gguf(
 
 def onnx_ladder_step(name: str) -> str:
     """The ONNX ladder step a user's name means (quantization type names work too)."""
-    from edgeshrink.errors import QuantizationError
-    from edgeshrink.formats.onnx import normalize_quant
-
-    key = name.strip().lower().replace("_", "-")
-    if key in ONNX_STEPS:
-        return key
-    try:
-        quant = normalize_quant(key)
-    except QuantizationError:
-        raise SweepError(
-            f"'{name}' is not a step of the ONNX sweep ladder",
-            hint=f"use some of: {', '.join(ONNX_STEPS)}",
-        ) from None
-    # `shrink -q int8-static` makes per-channel weights; the same name means the same here.
-    return "int8-static-per-channel" if quant == "int8-static" else quant
+    return backend("onnx").sweep_step(name)
 
 
 def _inputs_fingerprint(path: Path) -> str:
@@ -601,12 +580,12 @@ def _onnx_quality_columns(quality: dict[str, Any]) -> dict[str, float | None]:
     return {"agreement": min(agreement) if agreement else None, "accuracy": accuracy}
 
 
-def sweep_onnx(
+def sweep_outputs(
     model: str | os.PathLike[str],
     profile: HardwareProfile,
     *,
     budget: OutputQualityBudget,
-    ladder: tuple[str, ...] = ONNX_LADDER,
+    ladder: tuple[str, ...] | None = None,
     calibration: str | os.PathLike[str] | None = None,
     calibration_method: str = "minmax",
     allow_random_calibration: bool = False,
@@ -623,7 +602,8 @@ def sweep_onnx(
     plot: str | os.PathLike[str] | None = None,
     progress: Progress | None = None,
 ) -> SweepResult:
-    """The ONNX ladder: each step shrunk with onnxruntime's tools, judged against ``model``.
+    """The ladder of a model judged by its outputs (ONNX, TFLite): each step shrunk with
+    the format's own tools, judged against ``model``.
 
     Quality runs on this machine, on ``eval_inputs`` (an .npz keyed by input
     name, or a directory of .npy/.npz) or, without them, on ``samples`` random
@@ -631,14 +611,11 @@ def sweep_onnx(
     Speed is measured only on a ``target``: there is no ONNX speed estimate, and
     without one the pick falls back to the smallest candidate.
     """
-    from edgeshrink.errors import DoesNotFitError
-    from edgeshrink.formats import onnx as onnx_backend
-    from edgeshrink.quality import evaluate_onnx
-
     _check_optimize(optimize)
     say = progress or (lambda _m: None)
     model = Path(model)
-    steps = tuple(onnx_ladder_step(s) for s in ladder)
+    fmt = backend(detect_format(model))
+    steps = tuple(fmt.sweep_step(s) for s in (ladder or fmt.sweep_ladder))
     if labels is not None and eval_inputs is None:
         raise SweepError(
             "--labels needs --eval: random inputs have no labels",
@@ -649,12 +626,9 @@ def sweep_onnx(
             "an accuracy budget (--max-accuracy-drop) needs labels to measure accuracy",
             hint="pass --eval data.npz --labels KEY, or budget with --min-agreement / --min-cosine",
         )
-    info = onnx_backend.inspect_onnx(model)
-    if info.is_quantized or info.file_type == "FP16":
-        raise SweepError(
-            f"{model.name} is already {info.file_type}; an ONNX sweep starts from the FP32 original",
-            hint="give the FP32 export of the model",
-        )
+    info = fmt.inspect(model)
+    fmt.check_sweep_base(info)
+    quality_method = f"{fmt.format}-agreement/1"
     out_dir = Path(output_dir) if output_dir else Path.cwd() / f"{model.stem}-sweep"
     out_dir.mkdir(parents=True, exist_ok=True)
     eval_path = Path(eval_inputs) if eval_inputs is not None else None
@@ -674,46 +648,45 @@ def sweep_onnx(
     skipped: list[tuple[str, str]] = []
     with ResultStore(db) as store:
         for step in steps:
-            quant, per_channel = ONNX_STEPS[step]
-            estimate = onnx_backend.estimate_onnx_memory(info, quant, profile)
+            step_options = fmt.step_options(step)
+            quant = step_options["quant"]
+            estimate = fmt.estimate(info, quant, profile)
             fits = estimate.total_mb <= profile.budget_mb
-            needs_data = quant.startswith("int8-static") and calibration is None
+            needs_data = fmt.needs_calibration(quant) and calibration is None
             if needs_data and not allow_random_calibration:
                 skipped.append((step, "static int8 needs calibration data (--calibration "
                                       "cal.npz, or --allow-random-calibration)"))  # fmt: skip
                 continue
             options = ShrinkOptions(
-                quant=quant,
+                **step_options,
                 calibration=Path(calibration) if calibration is not None else None,
                 calibration_method=calibration_method,
-                per_channel=per_channel,
                 allow_random_calibration=allow_random_calibration,
                 check_fit=False,
             )
             say(f"{step}: shrinking")
             try:
-                shrunk = onnx_backend.shrink_onnx(
-                    model, profile, options, output=out_dir / f"{model.stem}-{step}.onnx", info=info
-                )
+                shrunk = fmt.shrink(
+                    model, profile, options, info=info,
+                    output=out_dir / f"{model.stem}-{step}{model.suffix}",
+                )  # fmt: skip
             except DoesNotFitError:
                 # The backend refuses to make a type that does not fit the profile.
                 skipped.append((step, f"does not fit {profile.id}: needs ~{estimate.total_mb:.0f} "
                                       f"MB, the budget is {profile.budget_mb} MB"))  # fmt: skip
                 continue
             art = shrunk.artifact
-            quality = store.find_quality(
-                ONNX_QUALITY_METHOD, art.source_sha256, art.sha256, settings
-            )
+            quality = store.find_quality(quality_method, art.source_sha256, art.sha256, settings)
             reused = quality is not None and not remeasure
             if not reused:
                 say(f"{step}: measuring quality against {model.name}")
-                report = evaluate_onnx(
+                report = fmt.evaluate(
                     model, art.path, inputs=eval_path, labels=labels, samples=samples, seed=seed
                 )
                 quality = report.to_dict()
                 store.add_quality(
                     {
-                        "method": ONNX_QUALITY_METHOD, "base_sha256": art.source_sha256,
+                        "method": quality_method, "base_sha256": art.source_sha256,
                         "candidate_sha256": art.sha256, "settings": settings,
                         "candidate_name": art.path.name, "quant": step,
                         **_onnx_quality_columns(quality),
@@ -742,7 +715,8 @@ def sweep_onnx(
                     quality_reused=reused,
                     quality_failures=tuple(budget.failures(quality)),
                     loss=_onnx_loss(quality),
-                    format="onnx",
+                    format=fmt.format,
+                    evaluation=fmt.evaluation,
                     warnings=tuple(n for n in art.notes if n.startswith("WARNING")),
                 )
             )
@@ -758,7 +732,7 @@ def sweep_onnx(
         # several times slower than fp32 on another, so a host timing would mislead.
         picked_by = "size"
         preface = (
-            "no speed without --target (there is no ONNX speed estimate, and this machine's "
+            f"no speed without --target (there is no {fmt.label} speed estimate, and this machine's "
             "timings say little about the device's int8 kernels), so by size instead: "
         )
     no_candidate = None
@@ -766,10 +740,13 @@ def sweep_onnx(
         no_candidate = "no candidate was made: " + "; ".join(f"{q}: {why}" for q, why in skipped)
     return _finish(
         model, profile, target, budget, optimize, speed_source, candidates, plot,
-        picked_by=picked_by, preface=preface, reason=no_candidate, format="onnx",
+        picked_by=picked_by, preface=preface, reason=no_candidate, format=fmt.format,
         loss_label=ACCURACY_DROP_LABEL if labels else COSINE_LOSS_LABEL,
         speed_label="inferences/s", skipped=tuple(skipped), quality_source=quality_source,
     )  # fmt: skip
+
+
+sweep_onnx = sweep_outputs  # the name the ONNX sweep was first known by
 
 
 # --------------------------------------------------------------------------- on the device
@@ -792,8 +769,8 @@ def _onnx_measured(r: Any, result_id: int | None) -> dict[str, Any]:
             "result_id": result_id}  # fmt: skip
 
 
-def _stored_measured(store: ResultStore, found: Any, fmt: str) -> dict[str, Any]:
-    if fmt == "gguf":
+def _stored_measured(store: ResultStore, found: Any, by_text: bool) -> dict[str, Any]:
+    if by_text:
         return {"tg_tok_s": found.tg_tok_s, "tg_tok_s_stddev": found.tg_tok_s_stddev,
                 "pp_tok_s": found.pp_tok_s,
                 "peak_rss_mb": found.peak_rss_mb, "ttft_ms": found.ttft_ms,
@@ -817,9 +794,9 @@ def _measure_on_target(
     say: Progress,
 ) -> list[SweepCandidate]:
     """Benchmark each fitting candidate on the device, one at a time (never two at once)."""
-    from edgeshrink.deploy import _threads_for, bench_model
+    from edgeshrink.deploy import bench_model, threads_for
 
-    asked = replace(params, threads=_threads_for(target, profile, params.threads))
+    asked = replace(params, threads=threads_for(target, profile, params.threads))
     measured = []
     with ResultStore(db) as store:
         for cand in candidates:
@@ -828,11 +805,11 @@ def _measure_on_target(
                 continue
             found = None if remeasure else store.find_result(cand.sha256, target.name, asked.key())
             if found is not None:
-                doc = _stored_measured(store, found, cand.format)
+                doc = _stored_measured(store, found, cand.by_text)
                 measured.append(replace(cand, measured=doc, measured_reused=True))
                 continue
             say(f"{cand.quant}: benchmarking on {target.name}")
             outcome = bench_model(cand.path, target, asked, profile=profile, db=db, progress=None)
-            shape = _gguf_measured if cand.format == "gguf" else _onnx_measured
+            shape = _gguf_measured if cand.by_text else _onnx_measured
             measured.append(replace(cand, measured=shape(outcome.result, outcome.result_id)))
     return measured

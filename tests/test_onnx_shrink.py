@@ -177,7 +177,8 @@ def test_every_mode_loads_and_agrees(
     assert (art.format, art.quant, art.profile_id) == ("onnx", quant, profile_id)
     assert art.size_bytes == out.stat().st_size
     assert art.tool_versions["onnxruntime"] and art.tool_versions["onnx"]
-    assert any(n.startswith("recipe: ") for n in art.notes)
+    assert art.recipe[-1]["pass"] == "quantize" and art.recipe[-1]["type"] == quant
+    assert art.recipe_detail and art.recipe_detail.startswith(quant.split("-static")[0])
     assert not list(out.parent.glob(".*partial")) and not list(out.parent.glob(".*work"))
     expected_type = {
         "fp16": "FP16",

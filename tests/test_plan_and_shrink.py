@@ -105,7 +105,8 @@ def test_shrink_writes_a_verified_artifact_and_manifest(tiny_f16: Path, tmp_path
     assert art.size_bytes == out.stat().st_size < tiny_f16.stat().st_size / 3
     assert art.source_sha256 == sha256_file(tiny_f16)
     manifest = json.loads(manifest_path_for(out).read_text())
-    assert manifest["schema"] == "edgeshrink.artifact/1"
+    assert manifest["schema"] == "edgeshrink.artifact/2"
+    assert manifest["recipe"] == [{"pass": "quantize", "type": "Q4_0"}]
     assert manifest["quant"] == "Q4_0" and manifest["profile_id"] == "raspberry-pi-5-8gb"
     assert manifest["tool_versions"]["llama-cpp-python"]
     assert manifest["tool_versions"]["gguf"]
@@ -120,6 +121,24 @@ def test_shrink_writes_a_verified_artifact_and_manifest(tiny_f16: Path, tmp_path
         tiny_f16, get_profile("raspberry-pi-5-8gb"), ShrinkOptions(quant="Q4_0"), output=out
     )
     assert again.reused and again.artifact.sha256 == art.sha256
+
+
+@needs_llama_cpp
+def test_a_version_1_manifest_is_still_read_and_reused(tiny_f16: Path, tmp_path: Path) -> None:
+    out = tmp_path / "tiny-q8_0.gguf"
+    pi5 = get_profile("raspberry-pi-5-8gb")
+    first = shrink_gguf(tiny_f16, pi5, ShrinkOptions(quant="Q8_0"), output=out)
+    manifest = manifest_path_for(out)
+    doc = json.loads(manifest.read_text())
+    # What edgeshrink 0.1 wrote: schema /1, no structured recipe.
+    old = {k: v for k, v in doc.items() if k != "recipe"} | {"schema": "edgeshrink.artifact/1"}
+    manifest.write_text(json.dumps(old))
+    assert load_artifact(out).recipe == ({"pass": "quantize", "type": "Q8_0"},)
+    again = shrink_gguf(tiny_f16, pi5, ShrinkOptions(quant="Q8_0"), output=out)
+    assert again.reused and again.artifact.sha256 == first.artifact.sha256
+    manifest.write_text(json.dumps(doc | {"schema": "edgeshrink.artifact/3"}))
+    with pytest.raises(ModelFileError, match="schema 'edgeshrink.artifact/3'"):
+        load_artifact(out)
 
 
 @needs_llama_cpp

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from edgeshrink.cli.common import JSON_OPTION, Context, emit_json, pass_context, progress_printer
+from edgeshrink.formats import backend
 from edgeshrink.report.table import render_pairs, render_table
 from edgeshrink.util import human_bytes, human_count, terminal_safe
 
@@ -25,25 +26,6 @@ QUANT = click.option(
     help="Quantization: a llama.cpp type for GGUF (Q4_0, Q4_K_M, Q8_0, ...), "
     "fp16/int8-dynamic/int8-static/int8-static-qoperator for ONNX; default: chosen by plan.",
 )
-
-
-def _io_text(tensor: dict) -> str:
-    """An input/output as stored: a quantized int8 tensor shows int8 with its scale and
-    zero point (edgeshrink still accepts float data for it and quantizes it)."""
-    shape = ",".join(str(d) for d in tensor["shape"])
-    stored = tensor.get("storage_dtype") or tensor["dtype"]
-    text = f"{tensor['name']} {stored}[{shape}]"
-    quant = tensor.get("quantization")
-    if quant and stored != tensor["dtype"]:
-        scale, zero = quant.get("scale"), quant.get("zero_point")
-        scale = scale[0] if isinstance(scale, list) and len(scale) == 1 else scale
-        zero = zero[0] if isinstance(zero, list) and len(zero) == 1 else zero
-        text += (
-            f" (scale {scale:.4g}, zero point {zero})"
-            if isinstance(scale, float)
-            else " (quantized)"
-        )
-    return text
 
 
 def format_options(func):
@@ -144,26 +126,7 @@ def inspect(model: Path, context: int | None, as_json: bool) -> None:
             ("heads", f"{s.n_head} query, {s.n_head_kv} key/value"),
             ("feed-forward", s.n_ff),
         ]
-    meta = dict(info.metadata)
-    if info.format in ("onnx", "tflite"):
-        io = [_io_text(t) for t in meta.get("inputs", [])]
-        out = [_io_text(t) for t in meta.get("outputs", [])]
-        ops = sorted((meta.get("op_histogram") or {}).items(), key=lambda kv: -kv[1])
-        if meta.get("operators"):  # TFLite: operator versions matter (old runtimes refuse new ones)
-            ops = [(f"{o['op']} v{o['version']}", o["count"]) for o in meta["operators"]]
-        compute = meta.get("compute") or {}
-        pairs += [
-            ("opset", ", ".join(f"{d} {v}" for d, v in (meta.get("opset") or {}).items()) or "-"),
-            ("inputs", "; ".join(io)),
-            ("outputs", "; ".join(out)),
-            ("operators", ", ".join(f"{op} {n}" for op, n in ops[:8]) + (" …" if len(ops) > 8 else "")),
-            ("compute", f"{compute.get('kind', '?')}-heavy ({compute.get('conv_share', 0):.0%} of multiply-adds in Conv)"),
-            ("quantization", meta.get("quantization") or "none"),
-            ("external data", ", ".join(e["file"] for e in meta.get("external_data") or []) or "none"),
-        ]  # fmt: skip
-        if info.format == "tflite":
-            pairs.append(("per-channel", "yes" if meta.get("per_channel") else "no"))
-            pairs += [("note", note) for note in meta.get("runtime_notes") or []]
+    pairs += backend(info.format).inspect_details(info)
     click.echo(render_pairs(pairs))
     click.echo("\ntensor types:")
     click.echo(render_table(

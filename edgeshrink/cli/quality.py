@@ -140,10 +140,10 @@ def eval_command(
     edgeshrink eval model-f16.gguf model-q4_0.gguf --text eval.txt --max-kld 0.05
     edgeshrink eval model.onnx model-int8-static.onnx --inputs test.npz --labels labels
     """
-    from edgeshrink.formats import detect_format
+    from edgeshrink.formats import backend, detect_format
     from edgeshrink.quality import QualityBudget, evaluate
 
-    if detect_format(base) == "gguf":
+    if backend(detect_format(base)).evaluation == "llm-text":
         eval_llm(
             base,
             candidate,

@@ -19,33 +19,36 @@ from edgeshrink.cli.common import (
 from edgeshrink.cli.run import bench_options, connect_target, params_from
 from edgeshrink.report.table import render_table
 
-# Options that mean something for one format only, by parameter name (as click names them).
-GGUF_ONLY = (
+# Options that mean something for one way of measuring quality only, by parameter name
+# (as click names them): over a text (LLMs) or on a model's outputs (ONNX, TFLite).
+TEXT_ONLY = (
     "max_kld", "max_ppl_increase", "text_file", "eval_ctx", "eval_chunks", "context",
     "prompt_tokens", "gen_tokens", "reps", "flash_attn", "n_ctx", "no_mmap",
 )  # fmt: skip
-ONNX_ONLY = (
+OUTPUTS_ONLY = (
     "calibration", "calibration_method", "allow_random_calibration", "eval_inputs", "labels",
     "eval_samples", "max_accuracy_drop", "min_cosine", "runs", "min_seconds", "inputs",
 )  # fmt: skip
 
 
-def _refuse_foreign_options(model: Path, fmt: str) -> None:
+def _refuse_foreign_options(model: Path, fmt: Any) -> None:
     """A usage error naming every option given that does not apply to this model's format."""
     from click.core import ParameterSource
 
     ctx = click.get_current_context()
-    foreign = GGUF_ONLY if fmt == "onnx" else ONNX_ONLY
+    by_text = fmt.evaluation == "llm-text"
+    foreign = OUTPUTS_ONLY if by_text else TEXT_ONLY
     given = [
         p for p in ctx.command.params
         if p.name in foreign and ctx.get_parameter_source(p.name) not in (ParameterSource.DEFAULT, None)
     ]  # fmt: skip
     if given:
         names = ", ".join(p.opts[0] for p in given)
-        other = "GGUF" if fmt == "onnx" else "ONNX"
+        other = "ONNX" if by_text else "GGUF"
         raise click.UsageError(
-            f"{names} apply to {other} models only; {model.name} is {fmt.upper()} "
-            "(see `edgeshrink sweep --help`)"
+            f"{names} apply to {other} models only; {model.name} is {fmt.format.upper()} "
+            + ("(TFLite models take them too; " if by_text else "(")
+            + "see `edgeshrink sweep --help`)"
         )
 
 
@@ -223,18 +226,14 @@ def sweep(
         --eval eval.npz --labels labels --max-accuracy-drop 1
     """
     from edgeshrink.errors import EdgeshrinkError, UnsupportedFormatError
-    from edgeshrink.formats import detect_format
+    from edgeshrink.formats import backend, detect_format
     from edgeshrink.profiles import get_profile
 
-    fmt = detect_format(model)
-    if fmt not in ("gguf", "onnx"):
-        hint = (
-            "convert it to an F16 GGUF first (edgeshrink shrink), then sweep that"
-            if fmt == "hf"
-            else f"sweep the model's GGUF or ONNX form; {fmt} has no sweep ladder yet"
-        )
+    fmt = backend(detect_format(model))
+    if not fmt.sweep_ladder:
         raise UnsupportedFormatError(
-            f"{model.name} is {fmt}; sweep works on GGUF and ONNX models", hint=hint
+            f"{model.name} is {fmt.format}; sweep works on GGUF, ONNX and TFLite models",
+            hint="convert it to an F16 GGUF first (edgeshrink shrink), then sweep that",
         )
     _refuse_foreign_options(model, fmt)
     profile = get_profile(profile_id, obj.profiles_dirs)
@@ -245,12 +244,11 @@ def sweep(
         db=kw["db"], remeasure=remeasure, plot=plot or out_dir / "sweep.svg",
         progress=progress_printer(as_json),
     )  # fmt: skip
-    if fmt == "gguf":
-        from edgeshrink.formats import gguf
-        from edgeshrink.sweep import DEFAULT_LADDER, QualityBudget, sweep_gguf
+    if fmt.evaluation == "llm-text":
+        from edgeshrink.sweep import QualityBudget, sweep_gguf
 
         types = (
-            tuple(gguf.quant_type(q).name for q in ladder.split(",")) if ladder else DEFAULT_LADDER
+            tuple(fmt.normalize_quant(q) for q in ladder.split(",")) if ladder else fmt.sweep_ladder
         )
         result = sweep_gguf(
             model, profile,
@@ -259,14 +257,14 @@ def sweep(
             eval_ctx=eval_ctx, eval_chunks=eval_chunks, context=context, **common,
         )  # fmt: skip
     else:
-        from edgeshrink.sweep import ONNX_LADDER, OutputQualityBudget, sweep_onnx
+        from edgeshrink.sweep import OutputQualityBudget, sweep_outputs
 
         budget = OutputQualityBudget(
             max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement, min_cosine=min_cosine
         )
-        result = sweep_onnx(
+        result = sweep_outputs(
             model, profile, budget=budget,
-            ladder=tuple(s for s in ladder.split(",") if s.strip()) if ladder else ONNX_LADDER,
+            ladder=tuple(s for s in ladder.split(",") if s.strip()) if ladder else None,
             calibration=calibration, calibration_method=calibration_method,
             allow_random_calibration=allow_random_calibration, eval_inputs=eval_inputs,
             labels=labels, samples=eval_samples, **common,
@@ -279,7 +277,8 @@ def sweep(
             f"{result.quality_source}; speed {result.speed_source}"
         )
         if result.candidates:
-            click.echo(_gguf_table(result) if fmt == "gguf" else _onnx_table(result))
+            by_text = fmt.evaluation == "llm-text"
+            click.echo(_gguf_table(result) if by_text else _onnx_table(result))
         for step, why in result.skipped:
             click.echo(f"skipped: {step}: {why}")
         for c in result.candidates:

@@ -1,11 +1,9 @@
-"""Format backends, described as data and imported only when used.
+"""Format backends, registered by name and imported only when used.
 
-Each backend names, as "module:function" strings, how to inspect, plan and
-shrink its format, so listing what edgeshrink supports imports nothing heavy:
-
-    inspect(path) -> ModelInfo
-    plan(info, profile, options: ShrinkOptions) -> ShrinkPlan
-    shrink(src, profile, options, *, output, progress, info) -> ShrinkResult
+A registration is data (name, file suffixes, magic bytes, the module that holds the
+backend), so detecting a file's format imports nothing heavy.  Everything a format
+knows is asked of its :class:`~edgeshrink.formats.base.Backend`: ``backend("onnx")``.
+Adding a format means adding its module and one registration here.
 """
 
 from __future__ import annotations
@@ -13,81 +11,43 @@ from __future__ import annotations
 import errno
 import importlib
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from edgeshrink.errors import EdgeshrinkError, ModelFileError, UnsupportedFormatError
-from edgeshrink.formats.base import ModelInfo
+from edgeshrink.formats.base import Backend, ModelInfo
 
 
 @dataclass(frozen=True)
-class Backend:
+class Registration:
     format: str
     suffixes: tuple[str, ...]
     magic: tuple[tuple[int, bytes], ...]  # (offset, bytes) that identify the format
-    inspect: str
-    plan: str
-    shrink: str
-    runtime: str  # what runs it on the device, for messages
-
-    def function(self, role: str) -> Callable[..., Any]:
-        module, _, name = getattr(self, role).partition(":")
-        return getattr(importlib.import_module(module), name)
+    module: str  # holds BACKEND, the format's Backend
 
 
-BACKENDS: dict[str, Backend] = {
-    "gguf": Backend(
-        format="gguf",
-        suffixes=(".gguf",),
-        magic=((0, b"GGUF"),),
-        inspect="edgeshrink.formats.gguf:inspect_gguf",
-        plan="edgeshrink.plan:plan_gguf",
-        shrink="edgeshrink.shrink:shrink_gguf",
-        runtime="llama.cpp (llama-cpp-python)",
-    ),
-    "hf": Backend(
-        format="hf",
-        suffixes=(),
-        magic=(),  # a directory with config.json, see detect_format
-        inspect="edgeshrink.formats.hf:inspect_hf",
-        plan="edgeshrink.formats.hf:plan_hf",
-        shrink="edgeshrink.formats.hf:shrink_hf",
-        runtime="llama.cpp, after conversion to GGUF",
-    ),
-    "onnx": Backend(
-        format="onnx",
-        suffixes=(".onnx",),
-        magic=(),  # a bare protobuf: recognised by its suffix, validated by onnx on load
-        inspect="edgeshrink.formats.onnx:inspect_onnx",
-        plan="edgeshrink.formats.onnx:plan_onnx",
-        shrink="edgeshrink.formats.onnx:shrink_onnx",
-        runtime="onnxruntime",
-    ),
-    "tflite": Backend(
-        format="tflite",
-        suffixes=(".tflite",),
-        magic=((4, b"TFL3"),),  # the flatbuffer file identifier
-        inspect="edgeshrink.formats.tflite:inspect_tflite",
-        plan="edgeshrink.formats.tflite:plan_tflite",
-        shrink="edgeshrink.formats.tflite:shrink_tflite",
-        runtime="ai-edge-litert (LiteRT) or tflite-runtime",
-    ),
+REGISTRY: dict[str, Registration] = {
+    "gguf": Registration("gguf", (".gguf",), ((0, b"GGUF"),), "edgeshrink.formats.gguf"),
+    # A directory with config.json, see detect_format.
+    "hf": Registration("hf", (), (), "edgeshrink.formats.hf"),
+    # A bare protobuf: recognised by its suffix, validated by onnx on load.
+    "onnx": Registration("onnx", (".onnx",), (), "edgeshrink.formats.onnx"),
+    # The flatbuffer file identifier.
+    "tflite": Registration("tflite", (".tflite",), ((4, b"TFL3"),), "edgeshrink.formats.tflite"),
 }
 
 
-def register(backend: Backend) -> None:
-    BACKENDS[backend.format] = backend
+def register(registration: Registration) -> None:
+    REGISTRY[registration.format] = registration
 
 
 def backend(name: str) -> Backend:
-    if name not in BACKENDS:
+    if name not in REGISTRY:
         raise UnsupportedFormatError(
             f"format '{name}' has no backend in this version",
-            hint=f"supported: {', '.join(sorted(BACKENDS))}",
+            hint=f"supported: {', '.join(sorted(REGISTRY))}",
         )
-    return BACKENDS[name]
+    return importlib.import_module(REGISTRY[name].module).BACKEND
 
 
 def detect_format(path: str | os.PathLike[str]) -> str:
@@ -116,12 +76,12 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     if path.is_file():
         with open(path, "rb") as handle:
             head = handle.read(16)
-        for candidate in BACKENDS.values():
+        for candidate in REGISTRY.values():
             if any(
                 head[offset : offset + len(magic)] == magic for offset, magic in candidate.magic
             ):
                 return candidate.format
-        claimed = next((b for b in BACKENDS.values() if path.suffix.lower() in b.suffixes), None)
+        claimed = next((b for b in REGISTRY.values() if path.suffix.lower() in b.suffixes), None)
         if claimed is not None:
             if not claimed.magic:
                 return claimed.format  # no magic to check (ONNX is a bare protobuf)
@@ -130,7 +90,7 @@ def detect_format(path: str | os.PathLike[str]) -> str:
                 f"{path}: not a {claimed.format.upper()} file ({what})",
                 hint="the file is damaged or of another kind; copy it again",
             )
-    suffixes = sorted(s for b in BACKENDS.values() for s in b.suffixes)
+    suffixes = sorted(s for b in REGISTRY.values() for s in b.suffixes)
     raise UnsupportedFormatError(
         f"{path}: not a model format edgeshrink reads",
         hint=f"supported: {', '.join(suffixes)} files",
@@ -149,7 +109,7 @@ def detect_and_inspect(path: str | os.PathLike[str]) -> ModelInfo:
     ModelFileError naming what failed, never another exception."""
     kind = detect_format(path)
     try:
-        return backend(kind).function("inspect")(path)
+        return backend(kind).inspect(path)
     except EdgeshrinkError:
         raise
     except READER_FAILURES as exc:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import os
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+from edgeshrink.errors import UnsupportedFormatError
 
 
 @dataclass(frozen=True)
@@ -82,3 +85,102 @@ class MemoryEstimate:
         doc["total_bytes"] = self.total_bytes
         doc["total_mb"] = round(self.total_mb, 1)
         return doc
+
+
+class Backend:
+    """What one format knows, asked by everything outside its module: the commands, the
+    sweep, deploy and bench never branch on a format's name (see formats/__init__.py).
+
+    The defaults describe a model measured per inference (ONNX, TFLite); the GGUF
+    backend overrides what differs for an LLM.
+    """
+
+    format: str = ""
+    label: str = ""  # how messages name the format's types: "llama.cpp", "ONNX", "TFLite"
+    runtime: str = ""  # what runs it on the device, for messages
+    # How quality is measured: "llm-text" (KL divergence over a text) or "outputs"
+    # (agreement with the original's outputs on inputs, accuracy with labels).
+    evaluation: str = "outputs"
+    quant_types: tuple[str, ...] = ()  # the vocabulary `--quant` and profiles accept
+    sweep_ladder: tuple[str, ...] = ()  # the default steps of `sweep`, largest first
+
+    # -- models ----------------------------------------------------------------------
+    def inspect(self, path: str | os.PathLike[str]) -> ModelInfo:
+        raise NotImplementedError
+
+    def plan(self, info: ModelInfo, profile: Any, options: Any) -> Any:
+        raise NotImplementedError
+
+    def shrink(self, src: Any, profile: Any, options: Any, **kw: Any) -> Any:
+        raise NotImplementedError
+
+    def normalize_quant(self, name: str) -> str:
+        """The canonical name of a type the user wrote (QuantizationError if unknown)."""
+        raise NotImplementedError
+
+    def estimate(self, info: ModelInfo, quant: str, profile: Any) -> MemoryEstimate:
+        raise NotImplementedError
+
+    def inspect_details(self, info: ModelInfo) -> list[tuple[str, Any]]:
+        """Format-specific lines of `edgeshrink inspect`, after the common ones."""
+        return []
+
+    # -- sweep -----------------------------------------------------------------------
+    def sweep_step(self, name: str) -> str:
+        """The ladder step a user's name means (a type name works too)."""
+        return self.normalize_quant(name)
+
+    def step_options(self, step: str) -> dict[str, Any]:
+        """The ShrinkOptions fields that make ``step`` (default: the type of that name)."""
+        return {"quant": step}
+
+    def needs_calibration(self, quant: str) -> bool:
+        """True for a type made from calibration data (static int8)."""
+        return False
+
+    def check_sweep_base(self, info: ModelInfo) -> None:
+        """Refuse a model that is already shrunk: a sweep starts from the original."""
+
+    def evaluate(self, base: Any, candidate: Any, **kw: Any) -> Any:
+        """The quality of ``candidate`` against ``base`` (a QualityReport)."""
+        raise UnsupportedFormatError(
+            f"no quality evaluator for {self.format} models in this version",
+            hint="GGUF quality is `edgeshrink eval` over a text (KL divergence, perplexity)",
+        )
+
+    # -- on the device -----------------------------------------------------------------
+    def device_files(self, info: ModelInfo, model: Path) -> list[Path]:
+        """Files the model needs beside it on the device (ONNX external data)."""
+        return []
+
+    def measures_tokens(self, info: ModelInfo) -> bool:
+        """True when the agent measures generated tokens/s, False for latency per input."""
+        return False
+
+    def agent_args(self, params: Any, remote_inputs: str | None = None) -> list[str]:
+        """The agent's arguments for this format, after the common ones."""
+        args = ["--runs", str(params.runs), "--min-seconds", str(params.min_seconds)]
+        if remote_inputs:
+            args += ["--inputs", remote_inputs]
+        for name, bound in params.int_bounds:
+            args += ["--int-bound", f"{name}={bound}"]
+        for name, size in params.dims:
+            args += ["--dim", f"{name}={size}"]
+        return args
+
+    def bench_params(
+        self, info: ModelInfo, params: Any, profile: Any, *, on_this_machine: bool
+    ) -> tuple[Any, str]:
+        """``params`` fitted to the model (and the note saying how), before a bench."""
+        bounds = dict(info.metadata).get("int_bounds")
+        if bounds and params.inputs is None:
+            # Valid random integers need the graph, which the device may not be able to read.
+            params = replace(params, int_bounds=tuple(sorted(bounds.items())))
+        return params, ""
+
+    def bench_plan(self, info: ModelInfo, params: Any, note: str) -> str:
+        """What the benchmark will do, for the progress line."""
+        return f"at least {params.runs} runs and {params.min_seconds:g} s"
+
+    def bench_warnings(self, info: ModelInfo, params: Any) -> tuple[str, ...]:
+        return ()

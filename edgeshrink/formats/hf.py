@@ -13,8 +13,10 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from edgeshrink.formats.base import ModelInfo
+from edgeshrink.formats import backend
+from edgeshrink.formats.base import Backend, ModelInfo
 from edgeshrink.plan import ShrinkOptions, ShrinkPlan, plan_llm
 from edgeshrink.profiles import HardwareProfile
 
@@ -112,3 +114,31 @@ def shrink_hf(
         )
     return shrink_gguf(base, profile, options, output=final or default_output_path(src, plan.quant),
                        progress=progress)  # fmt: skip
+
+
+class HfBackend(Backend):
+    """A front end: checkpoints are converted to GGUF and then are the GGUF backend's."""
+
+    format = "hf"
+    label = "llama.cpp"
+    runtime = "llama.cpp, after conversion to GGUF"
+    evaluation = "llm-text"
+
+    @property
+    def quant_types(self) -> tuple[str, ...]:  # type: ignore[override]
+        return backend("gguf").quant_types
+
+    def inspect(self, path: str | os.PathLike[str]) -> ModelInfo:
+        return inspect_hf(path)
+
+    def plan(self, info: ModelInfo, profile: Any, options: Any) -> Any:
+        return plan_hf(info, profile, options)
+
+    def shrink(self, src: Any, profile: Any, options: Any, **kw: Any) -> Any:
+        return shrink_hf(src, profile, options, **kw)
+
+    def normalize_quant(self, name: str) -> str:
+        return backend("gguf").normalize_quant(name)
+
+
+BACKEND = HfBackend()

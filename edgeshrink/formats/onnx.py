@@ -40,10 +40,11 @@ from edgeshrink.errors import (
     ModelFileError,
     QuantizationError,
     RuntimeMissingError,
+    SweepError,
     UnsupportedFormatError,
 )
-from edgeshrink.formats.base import MemoryEstimate, ModelInfo, TensorTypeCount
-from edgeshrink.profiles import ONNX_QUANT_TYPES, HardwareProfile
+from edgeshrink.formats.base import Backend, MemoryEstimate, ModelInfo, TensorTypeCount
+from edgeshrink.profiles import HardwareProfile
 from edgeshrink.util import first_line, make_work_dir
 
 if TYPE_CHECKING:
@@ -90,6 +91,7 @@ MAX_CALIBRATION_SAMPLES = 512
 RANDOM_CALIBRATION_SAMPLES = 32
 MAX_BATCH_ROWS = 32
 
+QUANT_TYPES = ("fp32", "fp16", "int8-dynamic", "int8-static", "int8-static-qoperator")
 PLAN_ORDER = ("fp32", "fp16", "int8-static", "int8-dynamic")  # largest first
 INT8_QUANTS = ("int8-dynamic", "int8-static", "int8-static-qoperator")
 _ALIASES = {
@@ -537,10 +539,10 @@ def inspect_onnx(path: str | os.PathLike[str]) -> ModelInfo:
 def normalize_quant(name: str) -> str:
     key = name.strip().lower().replace("_", "-")
     key = _ALIASES.get(key, key)
-    if key not in ONNX_QUANT_TYPES:
+    if key not in QUANT_TYPES:
         raise QuantizationError(
             f"'{name}' is not an ONNX quantization edgeshrink makes",
-            hint=f"use one of: {', '.join(ONNX_QUANT_TYPES)}",
+            hint=f"use one of: {', '.join(QUANT_TYPES)}",
         )
     return key
 
@@ -1089,7 +1091,7 @@ class QuantizeOutcome:
     recipe: str
 
 
-def _fingerprint_calibration(batches: InputBatches) -> str:
+def fingerprint_calibration(batches: InputBatches) -> str:
     digest = hashlib.sha256()
     for feed in batches.feeds:
         for name in sorted(feed):
@@ -1329,7 +1331,7 @@ def quantize_onnx(
                 f"weights {'per-tensor' if chosen else 'per-channel'}: output cosine on the "
                 f"calibration data {scores[True]:.5f} per-channel vs {scores[False]:.5f} per-tensor"
             )
-        calibration = "random" if options.calibration is None else _fingerprint_calibration(batches)
+        calibration = "random" if options.calibration is None else fingerprint_calibration(batches)
         spec = (
             f"{quant} act={recipe.activation_type}"
             f"{'-sym' if recipe.symmetric_activations else ''} weight={recipe.weight_type} "
@@ -1488,9 +1490,8 @@ def shrink_onnx(
         with contextlib.suppress(EdgeshrinkError):
             existing = load_artifact(out, verify=True)
             if existing.source_sha256 == source_sha and existing.quant == plan.quant:
-                recipe_note = next((n for n in existing.notes if n.startswith("recipe: ")), None)
                 expected = _expected_recipes(info, profile, options, plan.quant, external)
-                if expected is None or recipe_note in {f"recipe: {e}" for e in expected}:
+                if expected is None or existing.recipe_detail in expected:
                     return ShrinkResult(plan=plan, artifact=existing, reused=True, seconds=0.0)
 
     say(f"checking that onnxruntime runs {src.name}")
@@ -1531,8 +1532,9 @@ def shrink_onnx(
                 profile_id=profile.id,
                 tool_versions=versions,
                 tensor_types=out_info.tensor_types,
-                notes=(plan.reason, *outcome.notes, f"recipe: {outcome.recipe}")
+                notes=(plan.reason, *outcome.notes)
                 + tuple(f"external data: {d.name}" for d in outcome.data_files),
+                detail=outcome.recipe,
             )
             write_json_atomic(artifact.manifest_path, artifact.to_manifest())
     finally:
@@ -1562,7 +1564,7 @@ def _expected_recipes(
         calibration = "random"
     else:
         batches, _ = calibration_batches(info, options)
-        calibration = _fingerprint_calibration(batches)
+        calibration = fingerprint_calibration(batches)
     head = (
         f"{quant} act={recipe.activation_type}"
         f"{'-sym' if recipe.symmetric_activations else ''} weight={recipe.weight_type} "
@@ -1571,3 +1573,129 @@ def _expected_recipes(
     measured = options.per_channel is None and not external
     choices = (True, False) if measured else (recipe.per_channel,)
     return tuple(head + tail(per_channel) for per_channel in choices)
+
+
+# --------------------------------------------------------------------------- the backend
+
+
+class OnnxBackend(Backend):
+    format = FORMAT
+    label = "ONNX"
+    runtime = "onnxruntime"
+    quant_types = QUANT_TYPES
+    sweep_ladder = (
+        "fp32", "fp16", "int8-dynamic", "int8-static-per-tensor", "int8-static-per-channel",
+    )  # fmt: skip
+    # Each step of the ladder is a quantization type and its weight granularity
+    # (None: the backend's default, per-channel).
+    STEPS: dict[str, tuple[str, bool | None]] = {
+        "fp32": ("fp32", None),
+        "fp16": ("fp16", None),
+        "int8-dynamic": ("int8-dynamic", None),
+        "int8-static-per-tensor": ("int8-static", False),
+        "int8-static-per-channel": ("int8-static", True),
+        "int8-static-qoperator": ("int8-static-qoperator", None),
+    }
+
+    def inspect(self, path: str | os.PathLike[str]) -> ModelInfo:
+        return inspect_onnx(path)
+
+    def plan(self, info: ModelInfo, profile: Any, options: Any) -> Any:
+        return plan_onnx(info, profile, options)
+
+    def shrink(self, src: Any, profile: Any, options: Any, **kw: Any) -> Any:
+        return shrink_onnx(src, profile, options, **kw)
+
+    def normalize_quant(self, name: str) -> str:
+        return normalize_quant(name)
+
+    def estimate(self, info: ModelInfo, quant: str, profile: Any) -> MemoryEstimate:
+        return estimate_onnx_memory(info, quant, profile)
+
+    def inspect_details(self, info: ModelInfo) -> list[tuple[str, Any]]:
+        return graph_details(info)
+
+    def sweep_step(self, name: str) -> str:
+        key = name.strip().lower().replace("_", "-")
+        if key in self.STEPS:
+            return key
+        try:
+            quant = normalize_quant(key)
+        except QuantizationError:
+            raise SweepError(
+                f"'{name}' is not a step of the ONNX sweep ladder",
+                hint=f"use some of: {', '.join(self.STEPS)}",
+            ) from None
+        # `shrink -q int8-static` makes per-channel weights; the same name means the same here.
+        return "int8-static-per-channel" if quant == "int8-static" else quant
+
+    def step_options(self, step: str) -> dict[str, Any]:
+        quant, per_channel = self.STEPS[step]
+        return {"quant": quant, "per_channel": per_channel}
+
+    def needs_calibration(self, quant: str) -> bool:
+        return quant.startswith("int8-static")
+
+    def check_sweep_base(self, info: ModelInfo) -> None:
+        if info.is_quantized or info.file_type == "FP16":
+            raise SweepError(
+                f"{info.path.name} is already {info.file_type}; an ONNX sweep starts from the "
+                "FP32 original",
+                hint="give the FP32 export of the model",
+            )
+
+    def evaluate(self, base: Any, candidate: Any, **kw: Any) -> Any:
+        from edgeshrink.quality import evaluate_onnx  # quality reads this module's runtime
+
+        return evaluate_onnx(base, candidate, **kw)
+
+    def device_files(self, info: ModelInfo, model: Path) -> list[Path]:
+        """The external data files the model finds by relative name, beside it."""
+        entries = dict(info.metadata).get("external_data") or []
+        return [
+            model.parent / entry["file"]
+            for entry in entries
+            if isinstance(entry, dict) and entry.get("file")
+        ]
+
+
+def io_text(tensor: dict) -> str:
+    """An input/output as stored: a quantized int8 tensor shows int8 with its scale and
+    zero point (edgeshrink still accepts float data for it and quantizes it)."""
+    shape = ",".join(str(d) for d in tensor["shape"])
+    stored = tensor.get("storage_dtype") or tensor["dtype"]
+    text = f"{tensor['name']} {stored}[{shape}]"
+    quant = tensor.get("quantization")
+    if quant and stored != tensor["dtype"]:
+        scale, zero = quant.get("scale"), quant.get("zero_point")
+        scale = scale[0] if isinstance(scale, list) and len(scale) == 1 else scale
+        zero = zero[0] if isinstance(zero, list) and len(zero) == 1 else zero
+        text += (
+            f" (scale {scale:.4g}, zero point {zero})"
+            if isinstance(scale, float)
+            else " (quantized)"
+        )
+    return text
+
+
+def graph_details(info: ModelInfo) -> list[tuple[str, Any]]:
+    """The `inspect` lines of a graph model (ONNX, TFLite): its inputs, outputs, operators."""
+    meta = dict(info.metadata)
+    io = [io_text(t) for t in meta.get("inputs", [])]
+    out = [io_text(t) for t in meta.get("outputs", [])]
+    ops = sorted((meta.get("op_histogram") or {}).items(), key=lambda kv: -kv[1])
+    if meta.get("operators"):  # TFLite: operator versions matter (old runtimes refuse new ones)
+        ops = [(f"{o['op']} v{o['version']}", o["count"]) for o in meta["operators"]]
+    compute = meta.get("compute") or {}
+    return [
+        ("opset", ", ".join(f"{d} {v}" for d, v in (meta.get("opset") or {}).items()) or "-"),
+        ("inputs", "; ".join(io)),
+        ("outputs", "; ".join(out)),
+        ("operators", ", ".join(f"{op} {n}" for op, n in ops[:8]) + (" …" if len(ops) > 8 else "")),
+        ("compute", f"{compute.get('kind', '?')}-heavy ({compute.get('conv_share', 0):.0%} of multiply-adds in Conv)"),
+        ("quantization", meta.get("quantization") or "none"),
+        ("external data", ", ".join(e["file"] for e in meta.get("external_data") or []) or "none"),
+    ]  # fmt: skip
+
+
+BACKEND = OnnxBackend()

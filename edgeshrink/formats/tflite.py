@@ -26,6 +26,7 @@ functions that need them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import mmap
 import os
@@ -48,9 +49,10 @@ from edgeshrink.errors import (
     ModelFileError,
     QuantizationError,
     RuntimeMissingError,
+    SweepError,
     UnsupportedFormatError,
 )
-from edgeshrink.formats.base import MemoryEstimate, ModelInfo, TensorTypeCount
+from edgeshrink.formats.base import Backend, MemoryEstimate, ModelInfo, TensorTypeCount
 from edgeshrink.profiles import HardwareProfile
 from edgeshrink.util import first_line
 
@@ -1177,7 +1179,7 @@ def quantize_tflite(
     from ai_edge_quantizer import qtyping
     from ai_edge_quantizer.algorithm_manager import AlgorithmName
 
-    from edgeshrink.formats.onnx import _fingerprint_calibration
+    from edgeshrink.formats.onnx import fingerprint_calibration
 
     granularity = (
         qtyping.QuantGranularity.TENSORWISE
@@ -1231,7 +1233,7 @@ def quantize_tflite(
                 {key: list(batches.feeds)}, num_threads=options.threads or os.cpu_count() or 1
             )
             calibration_id = (
-                "random" if options.calibration is None else _fingerprint_calibration(batches)
+                "random" if options.calibration is None else fingerprint_calibration(batches)
             )
             say(f"quantizing to {quant} with ai-edge-quantizer")
         result = qt.quantize(calibration_result, enable_progress_report=False)
@@ -1242,7 +1244,7 @@ def quantize_tflite(
 
 
 def _expected_recipe(info: ModelInfo, options: ShrinkOptions, quant: str) -> str:
-    from edgeshrink.formats.onnx import _fingerprint_calibration
+    from edgeshrink.formats.onnx import fingerprint_calibration
 
     calibration = None
     if quant in STATIC_QUANTS:
@@ -1250,7 +1252,7 @@ def _expected_recipe(info: ModelInfo, options: ShrinkOptions, quant: str) -> str
             calibration = "random"
         else:
             batches, _ = calibration_batches(info, options, quant)
-            calibration = _fingerprint_calibration(batches)
+            calibration = fingerprint_calibration(batches)
     return _recipe(quant, options, calibration)
 
 
@@ -1283,10 +1285,9 @@ def shrink_tflite(
         calibration_batches(info, options, plan.quant)  # fail before anything slow
     say(f"hashing {src.name}")
     source_sha = sha256_file(src)
-    if not options.force and (existing := reusable_artifact(out, source_sha, plan.quant)):
-        expected = f"recipe: {_expected_recipe(info, options, plan.quant)}"
-        if expected in existing.notes:
-            return ShrinkResult(plan=plan, artifact=existing, reused=True, seconds=0.0)
+    existing = None if options.force else reusable_artifact(out, source_sha, plan.quant)
+    if existing and existing.recipe_detail == _expected_recipe(info, options, plan.quant):
+        return ShrinkResult(plan=plan, artifact=existing, reused=True, seconds=0.0)
 
     say(f"checking that the host's TFLite runtime runs {src.name}")
     verify_runs(src, info, threads=options.threads)
@@ -1357,9 +1358,80 @@ def finish_artifact(
                 "operators: "
                 + ", ".join(f"{o['op']} v{o['version']}" for o in meta.get("operators", [])),
                 *meta.get("runtime_notes", []),
-                f"recipe: {recipe}",
             ),
+            detail=recipe,
         )
         # The manifest goes in first: an artifact without one is never reused.
         write_json_atomic(artifact.manifest_path, artifact.to_manifest())
     return artifact
+
+
+# --------------------------------------------------------------------------- the backend
+
+
+class TfliteBackend(Backend):
+    format = FORMAT
+    label = "TFLite"
+    runtime = "ai-edge-litert (LiteRT) or tflite-runtime"
+    quant_types = QUANT_TYPES
+    sweep_ladder = ("float32", "fp16", "weight-only-int8", "dynamic-int8", "int8")
+
+    def inspect(self, path: str | os.PathLike[str]) -> ModelInfo:
+        return inspect_tflite(path)
+
+    def plan(self, info: ModelInfo, profile: Any, options: Any) -> Any:
+        return plan_tflite(info, profile, options)
+
+    def shrink(self, src: Any, profile: Any, options: Any, **kw: Any) -> Any:
+        return shrink_tflite(src, profile, options, **kw)
+
+    def normalize_quant(self, name: str) -> str:
+        return normalize_quant(name)
+
+    def estimate(self, info: ModelInfo, quant: str, profile: Any) -> MemoryEstimate:
+        return estimate_tflite_memory(info, quant)
+
+    def inspect_details(self, info: ModelInfo) -> list[tuple[str, Any]]:
+        from edgeshrink.formats.onnx import graph_details  # onnx imports nothing heavy at top
+
+        meta = dict(info.metadata)
+        return [
+            *graph_details(info),
+            ("per-channel", "yes" if meta.get("per_channel") else "no"),
+            *(("note", note) for note in meta.get("runtime_notes") or []),
+        ]
+
+    def needs_calibration(self, quant: str) -> bool:
+        return quant in STATIC_QUANTS
+
+    def check_sweep_base(self, info: ModelInfo) -> None:
+        if info.is_quantized or info.file_type != "FP32":
+            raise SweepError(
+                f"{info.path.name} is already {info.file_type}; a TFLite sweep starts from the "
+                "float32 original",
+                hint="give the float32 .tflite (or convert the SavedModel/Keras model with "
+                "`edgeshrink shrink --to tflite --quant float32`)",
+            )
+
+    def evaluate(self, base: Any, candidate: Any, **kw: Any) -> Any:
+        from edgeshrink.quality import evaluate_tflite  # quality reads this module's runtime
+
+        return evaluate_tflite(base, candidate, **kw)
+
+    def agent_args(self, params: Any, remote_inputs: str | None = None) -> list[str]:
+        args = super().agent_args(params, remote_inputs)
+        args += ["--tflite-runtime", params.tflite_runtime]
+        if params.external_delegate:
+            args += ["--external-delegate", params.external_delegate]
+        return args
+
+    def bench_params(
+        self, info: ModelInfo, params: Any, profile: Any, *, on_this_machine: bool
+    ) -> tuple[Any, str]:
+        if params.external_delegate is None and profile and not on_this_machine:
+            # The profile's delegate exists on that device, not on this machine.
+            params = dataclasses.replace(params, external_delegate=profile.external_delegate)
+        return super().bench_params(info, params, profile, on_this_machine=on_this_machine)
+
+
+BACKEND = TfliteBackend()

@@ -152,7 +152,7 @@ class DeviceSession:
         snapshot: dict[str, Any] | None,
         snapshot_id: int,
     ) -> None:
-        from edgeshrink.deploy import _threads_for
+        from edgeshrink.deploy import threads_for
 
         runner, device = self.runner, self.device
         job = runner.suite.job(record.job)
@@ -171,7 +171,7 @@ class DeviceSession:
         cooldown = cool_down(transport, device, runner.suite.cooldown, runner.stop)
         self.emit("cooldown", record.job, describe_cooldown(cooldown), cooldown=cooldown)
         params = replace(
-            job.bench, threads=_threads_for(device.target, self.profile, job.bench.threads)
+            job.bench, threads=threads_for(device.target, self.profile, job.bench.threads)
         )
         self.emit(
             "bench", record.job,

@@ -14,7 +14,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from edgeshrink.report.plot import _ticks
+from edgeshrink.report.plot import axis_ticks
 from edgeshrink.util import atomic_path
 
 RED, GREEN, AMBER, BLUE, GREY = "#d1242f", "#1a7f37", "#9a6700", "#0969da", "#8c959f"
@@ -121,7 +121,7 @@ def trend_svg(series: Any, baseline: float | None = None) -> str:
         f'<text x="{PLOT_W - MARGIN["right"]}" y="17" text-anchor="end" fill="#57606a">{better}</text>',
         f'<rect x="{MARGIN["left"]}" y="{MARGIN["top"]}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#d0d7de"/>',
     ]
-    for t in _ticks(y_lo, y_hi, 4):
+    for t in axis_ticks(y_lo, y_hi, 4):
         out.append(
             f'<line x1="{MARGIN["left"]}" x2="{MARGIN["left"] + plot_w}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" stroke="#eaeef2"/>'
             f'<text x="{MARGIN["left"] - 5}" y="{sy(t) + 4:.1f}" text-anchor="end" fill="#57606a">{_tick(t)}</text>'

@@ -15,7 +15,7 @@ MARGIN = {"left": 70, "right": 20, "top": 40, "bottom": 50}
 COLORS = {"front": "#1f6feb", "other": "#8b949e", "nofit": "#d0d7de", "pick": "#d1242f"}
 
 
-def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+def axis_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     if hi <= lo:
         return [lo]
     raw = (hi - lo) / n
@@ -77,11 +77,11 @@ def scatter_panel(
     out.append(
         f'<rect x="{sx(x_lo)}" y="{MARGIN["top"]}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#57606a"/>'
     )
-    for t in _ticks(x_lo, x_hi):
+    for t in axis_ticks(x_lo, x_hi):
         out.append(
             f'<text x="{sx(t):.1f}" y="{HEIGHT - 30}" text-anchor="middle" font-size="11">{_fmt_axis(t)}</text>'
         )
-    for t in _ticks(y_lo, y_hi):
+    for t in axis_ticks(y_lo, y_hi):
         out.append(
             f'<text x="{sx(x_lo) - 6:.1f}" y="{sy(t) + 4:.1f}" text-anchor="end" font-size="11">{_fmt_axis(t)}</text>'
         )
