@@ -222,8 +222,18 @@ MODULE_COMMANDS = {
     "edgeshrink/cli/doctor.py": ["doctor"],
     "edgeshrink/cli/results.py": ["results"],
     "edgeshrink/transport/ssh.py": ["bench", "deploy", "check", "doctor"],
+    "edgeshrink/transport/ssh_connect.py": ["bench", "deploy", "check", "doctor"],
+    "edgeshrink/transport/ssh_hostkeys.py": ["bench", "deploy", "check", "doctor"],
+    "edgeshrink/transport/ssh_push.py": ["bench", "deploy", "check", "doctor"],
+    "edgeshrink/transport/ssh_run.py": ["bench", "deploy", "check", "doctor"],
     "edgeshrink/lab/runner.py": ["lab run"],
+    "edgeshrink/lab/builds.py": ["lab run"],
+    "edgeshrink/lab/session.py": ["lab run"],
     "edgeshrink/lab/config.py": ["lab run"],
+    "edgeshrink/lab/inventory.py": ["lab run"],
+    "edgeshrink/lab/spec.py": ["lab run"],
+    "edgeshrink/lab/toml_fields.py": ["lab run"],
+    "edgeshrink/formats/tflite.py": ["shrink"],
     "edgeshrink/quality.py": ["eval", "check"],
 }
 # Hints in modules known to be wrong, as strict xfails that flip when they are fixed.

@@ -165,9 +165,10 @@ def test_conv_net_without_calibration_skips_static_int8_with_a_note(
     for c in static:
         assert c.warnings and "calibrated on 32 random inputs" in c.warnings[0]
         assert any(n.startswith("WARNING: calibrated on") for n in load_artifact(c.path).notes)
-    per_tensor, per_channel = (load_artifact(c.path).notes for c in static)
-    assert any("per_channel=False" in n for n in per_tensor)
-    assert any("per_channel=True" in n for n in per_channel)
+    # What the quantizer did is the manifest's recipe (edgeshrink.artifact/2), not a note.
+    per_tensor, per_channel = (load_artifact(c.path).recipe_detail for c in static)
+    assert "per_channel=False" in per_tensor
+    assert "per_channel=True" in per_channel
 
     nothing = run_cli("sweep", str(files["conv"]), "-p", PI4, "--ladder", "int8-static",
                       "--output-dir", str(tmp_path / "c"), cwd=tmp_path)  # fmt: skip

@@ -303,6 +303,13 @@ def shrink(
     print_shrink(result, info.size_bytes, as_json)
 
 
+def recipe_text(step: dict) -> str:
+    """``quantize(type=Q4_K_M)``, then what the tool recorded it did, in brackets."""
+    settings = ", ".join(f"{k}={v}" for k, v in step.items() if k not in ("pass", "detail"))
+    detail = f" [{step['detail']}]" if step.get("detail") else ""
+    return f"{step.get('pass', '?')}({settings}){detail}"
+
+
 def print_shrink(result, source_bytes: int | None, as_json: bool) -> None:
     art = result.artifact
     if as_json:
@@ -321,6 +328,7 @@ def print_shrink(result, source_bytes: int | None, as_json: bool) -> None:
         ("sha256", art.sha256),
         ("manifest", art.manifest_path),
         ("why", result.plan.reason),
+        ("recipe", " ▸ ".join(recipe_text(step) for step in art.recipe)),
     ]))  # fmt: skip
     for note in art.notes[1:]:
         click.echo(f"note: {terminal_safe(note)}")
