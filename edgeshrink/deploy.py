@@ -141,13 +141,9 @@ def _bench_and_store(
     artifact, sha = _artifact_and_sha(model, say)
     params = replace(params, threads=threads_for(target, profile, params.threads))
     fmt = backend(info.format)
+    params, note = fmt.bench_params(info, params, profile, on_this_machine=target.kind == "local")
     if params.external_delegate == NO_DELEGATE:
         params = replace(params, external_delegate=None)  # asked for: no delegate at all
-        params, note = fmt.bench_params(info, params, None, on_this_machine=True)
-    else:
-        params, note = fmt.bench_params(
-            info, params, profile, on_this_machine=target.kind == "local"
-        )
     with open_transport(target, progress=push_progress, on_stderr=agent_stderr) as transport:
         say(f"pushing {model.name} to {target.name} ({target.describe()})")
         pushed = _push_files(transport, model, info, sha)[0]

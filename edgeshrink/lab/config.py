@@ -183,16 +183,7 @@ def _read_job(
     r: FieldReader, entry: dict[str, Any], index: int, base: Path, timeout: float
 ) -> LabJob:
     prefix = f"job[{index}]."
-    name = r.string(entry, "name", prefix)
-    if name is not None and NAME_RE.match(name):
-        r.keys(entry, _JOB_KEYS, f"job[{index}] ({name}).")
-    r.keys(entry, _JOB_KEYS, prefix)
-    if name is None:
-        r.fail(f"job[{index}] has no name", hint='every [[job]] needs name = "..."')
-    if not NAME_RE.match(name):
-        r.fail(
-            f"{prefix}name {name!r}: start with a letter or digit; use letters, digits, '.', '_', '-'"
-        )
+    name = r.entry_name(entry, "job", index, _JOB_KEYS)
     prefix = f"job[{index}] ({name})."
     model = r.string(entry, "model", prefix)
     artifact = r.string(entry, "artifact", prefix)

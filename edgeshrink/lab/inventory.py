@@ -14,7 +14,7 @@ from typing import Any
 
 from edgeshrink.errors import ProfileError, TargetError
 from edgeshrink.lab.spec import DEFAULT_THERMAL, Inventory, LabDevice
-from edgeshrink.lab.toml_fields import NAME_RE, TAG_RE, FieldReader, read_toml
+from edgeshrink.lab.toml_fields import TAG_RE, FieldReader, read_toml
 from edgeshrink.profiles import get_profile
 from edgeshrink.targets import DEFAULT_SSH_PORT, Target, get_target, local_target
 
@@ -44,16 +44,7 @@ def load_inventory(path: str | os.PathLike[str], *, text: str | None = None) -> 
     seen_boards: dict[str, tuple[int, str]] = {}
     for index, entry in enumerate(r.entries(doc, "device", "device"), start=1):
         prefix = f"device[{index}]."
-        name = r.string(entry, "name", prefix)
-        if name is not None and NAME_RE.match(name):
-            r.keys(entry, _DEVICE_KEYS, f"device[{index}] ({name}).")
-        r.keys(entry, _DEVICE_KEYS, prefix)
-        if name is None:
-            r.fail(f"device[{index}] has no name", hint='every [[device]] needs name = "..."')
-        if not NAME_RE.match(name):
-            r.fail(
-                f"{prefix}name {name!r}: start with a letter or digit; use letters, digits, '.', '_', '-'"
-            )
+        name = r.entry_name(entry, "device", index, _DEVICE_KEYS)
         if name in seen_names:
             r.fail(f"{prefix}name '{name}' is also device[{seen_names[name]}]'s name")
         seen_names[name] = index

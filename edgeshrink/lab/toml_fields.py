@@ -65,6 +65,24 @@ class FieldReader:
             )
         return value
 
+    def entry_name(
+        self, entry: dict[str, Any], table: str, index: int, known: tuple[str, ...]
+    ) -> str:
+        """The ``name`` of the ``index``-th ``[[table]]`` entry, checked with its keys (named
+        in messages once the name is known)."""
+        prefix = f"{table}[{index}]."
+        name = self.string(entry, "name", prefix)
+        if name is not None and NAME_RE.match(name):
+            self.keys(entry, known, f"{table}[{index}] ({name}).")
+        self.keys(entry, known, prefix)
+        if name is None:
+            self.fail(f"{table}[{index}] has no name", hint=f'every [[{table}]] needs name = "..."')
+        if not NAME_RE.match(name):
+            self.fail(
+                f"{prefix}name {name!r}: start with a letter or digit; use letters, digits, '.', '_', '-'"
+            )
+        return name
+
     def string(self, table: Mapping[str, Any], key: str, prefix: str, default: Any = None) -> Any:
         if key not in table:
             return default
