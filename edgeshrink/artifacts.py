@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -20,6 +21,7 @@ MANIFEST_SCHEMA = "edgeshrink.artifact/2"
 READABLE_SCHEMAS = ("edgeshrink.artifact/1", MANIFEST_SCHEMA)
 LEGACY_RECIPE_NOTE = "recipe: "
 MANIFEST_SUFFIX = ".manifest.json"
+_PRECISION_SUFFIX = re.compile(r"[-_.](f32|f16|bf16|fp16|fp32)$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -63,9 +65,11 @@ class Artifact:
         notes: Iterable[str] = (),
         detail: str | None = None,
         passes: Iterable[dict[str, Any]] = (),
+        recipe: Iterable[dict[str, Any]] | None = None,
     ) -> Artifact:
         """The artifact that will be ``path``, hashed and measured from ``written`` (the
-        temporary file it is renamed from; default ``path``) and stamped now."""
+        temporary file it is renamed from; default ``path``) and stamped now. Its recipe
+        is ``recipe`` as the pipeline ran it, or ``passes`` and then the quantize step."""
         data = written or path
         return cls(
             path=path,
@@ -83,7 +87,7 @@ class Artifact:
                 {"type": t.type, "count": t.count, "n_bytes": t.n_bytes} for t in tensor_types
             ),
             notes=tuple(notes),
-            recipe=(*passes, quantize_pass(quant, detail)),
+            recipe=tuple(recipe) if recipe is not None else (*passes, quantize_pass(quant, detail)),
         )
 
     @property
@@ -106,6 +110,14 @@ def quantize_pass(quant: str, detail: str | None = None) -> dict[str, Any]:
     if detail:
         step["detail"] = detail
     return step
+
+
+def default_output_path(src: Path, quant: str, suffix: str | None = None) -> Path:
+    """``model-f16.gguf`` -> ``./model-q4_0.gguf``: in the current directory, like
+    most tools that make a new file, so a read-only model folder is never written."""
+    stem = _PRECISION_SUFFIX.sub("", src.name if src.is_dir() else src.stem)
+    suffix = suffix or (".gguf" if src.is_dir() else src.suffix)
+    return Path.cwd() / f"{stem}-{quant.lower()}{suffix}"
 
 
 def manifest_path_for(artifact: str | os.PathLike[str]) -> Path:

@@ -138,3 +138,9 @@ class OutputPathError(EdgeshrinkError, OSError):
     """An output file cannot be created where it was asked for."""
 
     default_hint = "choose another output path (-o PATH) in a directory you can write"
+
+
+class RecipeError(EdgeshrinkError, ValueError):
+    """A recipe names a pass that does not exist, a bad setting, or a pass the format lacks."""
+
+    default_hint = "`edgeshrink shrink --help` lists the passes and their settings"

@@ -76,6 +76,38 @@ class LlmQualityReport:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class LlmBudget:
+    """Bounds on llama-perplexity's figures (a report's ``to_dict()``), for eval, sweep and prune."""
+
+    max_kld: float | None = None
+    max_ppl_increase: float | None = None  # a fraction: 0.05 allows PPL 5% above the original
+    min_same_top: float | None = None  # a fraction: 0.9 asks for 90% same top token
+
+    def describe(self) -> str:
+        parts = []
+        if self.max_kld is not None:
+            parts.append(f"KLD ≤ {self.max_kld:g}")
+        if self.max_ppl_increase is not None:
+            parts.append(f"PPL ≤ +{self.max_ppl_increase:.1%}")
+        if self.min_same_top is not None:
+            parts.append(f"same top token ≥ {self.min_same_top:.1%}")
+        return ", ".join(parts) or "no quality budget"
+
+    def failures(self, quality: dict[str, Any]) -> list[str]:
+        failed = []
+        kld = quality["kld_mean"]["value"]
+        ratio = quality["ppl_ratio"]["value"]
+        same = quality["same_top"]["value"]
+        if self.max_kld is not None and kld > self.max_kld:
+            failed.append(f"KLD {kld:.4f} > {self.max_kld:g}")
+        if self.max_ppl_increase is not None and ratio - 1 > self.max_ppl_increase:
+            failed.append(f"PPL +{ratio - 1:.2%} > +{self.max_ppl_increase:.1%}")
+        if self.min_same_top is not None and same < self.min_same_top:
+            failed.append(f"same top {same:.1%} < {self.min_same_top:.1%}")
+        return failed
+
+
 def default_eval_text() -> str:
     """A short English text the project wrote itself (edgeshrink/data/eval-en.txt)."""
     return (Path(__file__).parent / "data" / "eval-en.txt").read_text(encoding="utf-8")
@@ -88,7 +120,7 @@ _LOG_CALLBACK: Any = None
 _LOG_TAIL: list[str] = []
 
 
-def _quiet_llama_log(llama_cpp: Any) -> None:
+def quiet_llama_log(llama_cpp: Any) -> None:
     """Keep llama.cpp's log off the terminal (its last lines explain a failure)."""
     global _LOG_CALLBACK
     if _LOG_CALLBACK is not None:
@@ -103,10 +135,11 @@ def _quiet_llama_log(llama_cpp: Any) -> None:
     llama_cpp.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
 
 
-class _LlamaScorer:
-    """One model and one context, scoring chunks through llama.cpp's low-level API."""
+class LlamaScorer:
+    """One model and one context, scoring chunks through llama.cpp's low-level API
+    (``eval_callback``: a ggml_backend_sched_eval_callback that sees the graph's tensors)."""
 
-    def __init__(self, path: Path, n_ctx: int, threads: int) -> None:
+    def __init__(self, path: Path, n_ctx: int, threads: int, eval_callback: Any = None) -> None:
         try:
             import llama_cpp
         except ImportError as exc:
@@ -115,7 +148,7 @@ class _LlamaScorer:
                 hint="pip install 'edgeshrink[gguf]'",
             ) from exc
         self.ll = llama_cpp
-        _quiet_llama_log(llama_cpp)
+        quiet_llama_log(llama_cpp)
         llama_cpp.llama_backend_init()
         mparams = llama_cpp.llama_model_default_params()
         self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
@@ -128,6 +161,9 @@ class _LlamaScorer:
         cparams.n_ubatch = min(n_ctx, 512)
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
+        if eval_callback is not None:
+            cparams.cb_eval = eval_callback
+            cparams.cb_eval_user_data = None
         self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
         if not self.ctx:
             llama_cpp.llama_model_free(self.model)
@@ -142,7 +178,7 @@ class _LlamaScorer:
         self.ll.llama_free(self.ctx)
         self.ll.llama_model_free(self.model)
 
-    def __enter__(self) -> _LlamaScorer:
+    def __enter__(self) -> LlamaScorer:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -191,7 +227,7 @@ class _LlamaScorer:
         return array.copy()
 
 
-def _log_softmax(logits: Any) -> Any:
+def log_softmax(logits: Any) -> Any:
     import numpy as np
 
     shifted = logits - logits.max(axis=1, keepdims=True)
@@ -205,7 +241,7 @@ def _chunks(tokens: list[int], n_ctx: int, max_chunks: int | None) -> int:
     return n_chunks
 
 
-def _chunk_tokens(tokens: list[int], i: int, n_ctx: int, scorer: _LlamaScorer) -> list[int]:
+def chunk_tokens(tokens: list[int], i: int, n_ctx: int, scorer: LlamaScorer) -> list[int]:
     chunk = tokens[i * n_ctx : (i + 1) * n_ctx]
     if scorer.add_bos:
         chunk = [scorer.bos, *chunk[1:]]
@@ -256,7 +292,7 @@ def base_log_probs(
         with np.load(cached) as data:
             return data["tokens"], data["log_probs"], True
     first = n_ctx // 2
-    with _LlamaScorer(base, n_ctx, threads) as scorer:
+    with LlamaScorer(base, n_ctx, threads) as scorer:
         tokens = scorer.tokenize(text)
         n_chunks = _chunks(tokens, n_ctx, max_chunks)
         if len(tokens) < 2 * n_ctx:
@@ -268,8 +304,8 @@ def base_log_probs(
         for i in range(n_chunks):
             if i % max(1, n_chunks // 4) == 0:
                 say(f"base model: chunk {i + 1}/{n_chunks}")
-            logits = scorer.chunk_logits(_chunk_tokens(tokens, i, n_ctx, scorer), first)
-            rows.append(_log_softmax(logits[:-1].astype(np.float64)).astype(np.float16))
+            logits = scorer.chunk_logits(chunk_tokens(tokens, i, n_ctx, scorer), first)
+            rows.append(log_softmax(logits[:-1].astype(np.float64)).astype(np.float16))
     log_probs = np.concatenate(rows)
     tokens_arr = np.asarray(tokens[: n_chunks * n_ctx], dtype=np.int32)
     with atomic_path(cached) as tmp, open(tmp, "wb") as handle:
@@ -327,7 +363,7 @@ def evaluate_llm(
     per_chunk = n_ctx - 1 - first
     n_chunks = len(tokens) // n_ctx
     nll_parts, nll_base_parts, kld_parts, same_parts, dp_parts = [], [], [], [], []
-    with _LlamaScorer(candidate, n_ctx, threads) as scorer:
+    with LlamaScorer(candidate, n_ctx, threads) as scorer:
         check = scorer.tokenize(text)[: len(tokens)]
         if list(check) != tokens.tolist():
             raise EvalError(
@@ -337,9 +373,9 @@ def evaluate_llm(
         for i in range(n_chunks):
             if i % max(1, n_chunks // 4) == 0:
                 say(f"candidate: chunk {i + 1}/{n_chunks}")
-            chunk = _chunk_tokens(tokens.tolist(), i, n_ctx, scorer)
+            chunk = chunk_tokens(tokens.tolist(), i, n_ctx, scorer)
             logits = scorer.chunk_logits(chunk, first)[:-1].astype(np.float64)
-            lp = _log_softmax(logits)
+            lp = log_softmax(logits)
             lp_base = base_lp[i * per_chunk : (i + 1) * per_chunk].astype(np.float64)
             targets = tokens[i * n_ctx + first + 1 : (i + 1) * n_ctx]
             rows = np.arange(per_chunk)
@@ -397,3 +433,33 @@ def evaluate_llm(
         seconds=time.perf_counter() - start,
         base_cached=cached,
     )
+
+
+def check_runs(path: Path, *, expected_layers: int | None = None, threads: int | None = None) -> None:
+    """Load ``path`` in llama.cpp and decode a short prompt: the layer count is the one
+    expected and the logits are finite, or a QuantizationError says what is wrong."""
+    import numpy as np
+
+    from edgeshrink.errors import QuantizationError
+
+    try:
+        scorer = LlamaScorer(path, 64, threads or os.cpu_count() or 1)
+    except (ModelFileError, EvalError) as exc:
+        raise QuantizationError(
+            f"{path.name}: the file llama.cpp wrote does not load: {exc.message}",
+            hint="this architecture may not survive pruning in this llama.cpp; try other layers",
+        ) from exc
+    with scorer:
+        n_layer = int(scorer.ll.llama_model_n_layer(scorer.model))
+        if expected_layers is not None and n_layer != expected_layers:
+            raise QuantizationError(
+                f"{path.name}: llama.cpp reports {n_layer} layers, expected {expected_layers}",
+                hint="this architecture's pruned metadata is not consistent; try other layers",
+            )
+        tokens = scorer.tokenize("Once upon a time, in a small town by the sea,")[:32]
+        logits = scorer.chunk_logits(tokens, 0)
+        if not np.all(np.isfinite(logits)):
+            raise QuantizationError(
+                f"{path.name}: the logits are not finite after pruning",
+                hint="remove other layers, or fewer",
+            )

@@ -51,6 +51,8 @@ class ShrinkOptions:
     # Hugging Face checkpoints: the GGUF type they are converted to before quantizing
     # (auto keeps BF16 and F16, turns F32 into F16).
     convert_type: str = "auto"
+    # Passes before the quantize step, as edgeshrink.passes steps (e.g. prune).
+    passes: tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
         if self.prefer not in ("quality", "speed"):

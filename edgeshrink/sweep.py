@@ -35,6 +35,7 @@ from edgeshrink.errors import (
 )
 from edgeshrink.formats import backend, detect_format, gguf
 from edgeshrink.formats.onnx import OnnxBackend
+from edgeshrink.llm_quality import LlmBudget as QualityBudget
 from edgeshrink.llm_quality import default_eval_text, evaluate_llm
 from edgeshrink.plan import ShrinkOptions, plan_gguf
 from edgeshrink.profiles import HardwareProfile
@@ -59,38 +60,6 @@ TIE_FLOOR = 0.05
 KLD_LABEL = "mean KL divergence"
 ACCURACY_DROP_LABEL = "accuracy drop (points)"
 COSINE_LOSS_LABEL = "1 − mean cosine (worst output)"
-
-
-@dataclass(frozen=True)
-class QualityBudget:
-    """GGUF: bounds on llama-perplexity's figures."""
-
-    max_kld: float | None = None
-    max_ppl_increase: float | None = None  # a fraction: 0.05 allows PPL 5% above the original
-    min_same_top: float | None = None  # a fraction: 0.9 asks for 90% same top token
-
-    def describe(self) -> str:
-        parts = []
-        if self.max_kld is not None:
-            parts.append(f"KLD ≤ {self.max_kld:g}")
-        if self.max_ppl_increase is not None:
-            parts.append(f"PPL ≤ +{self.max_ppl_increase:.1%}")
-        if self.min_same_top is not None:
-            parts.append(f"same top token ≥ {self.min_same_top:.1%}")
-        return ", ".join(parts) or "no quality budget"
-
-    def failures(self, quality: dict[str, Any]) -> list[str]:
-        failed = []
-        kld = quality["kld_mean"]["value"]
-        ratio = quality["ppl_ratio"]["value"]
-        same = quality["same_top"]["value"]
-        if self.max_kld is not None and kld > self.max_kld:
-            failed.append(f"KLD {kld:.4f} > {self.max_kld:g}")
-        if self.max_ppl_increase is not None and ratio - 1 > self.max_ppl_increase:
-            failed.append(f"PPL +{ratio - 1:.2%} > +{self.max_ppl_increase:.1%}")
-        if self.min_same_top is not None and same < self.min_same_top:
-            failed.append(f"same top {same:.1%} < {self.min_same_top:.1%}")
-        return failed
 
 
 @dataclass(frozen=True)

@@ -178,7 +178,11 @@ def shrink_to_tflite(
     """Convert a SavedModel / Keras model to .tflite for ``profile`` (see the module doc)."""
     from edgeshrink.formats import tflite
     from edgeshrink.plan import ShrinkOptions
+    from edgeshrink.passes import step
     from edgeshrink.shrink import ShrinkResult, default_output_path, reusable_artifact
+
+    def made_as(quant: str) -> tuple[Any, ...]:
+        return (step("quantize", type=quant),)
 
     options = options or ShrinkOptions()
     say = progress or (lambda _m: None)
@@ -189,7 +193,7 @@ def shrink_to_tflite(
     start = time.perf_counter()
     provisional = Path(output) if output else default_output_path(src, "float32", ".tflite")
     base = _base_path(src, provisional)
-    base_artifact = None if options.force else reusable_artifact(base, source_sha, "float32")
+    base_artifact = None if options.force else reusable_artifact(base, source_sha, made_as("float32"))
     if base_artifact is None:
         say(f"converting {src.name} to float32 .tflite with TFLiteConverter")
         work = Path(tempfile.mkdtemp(prefix=f".{base.name}.", suffix=".work", dir=base.parent))
@@ -220,7 +224,7 @@ def shrink_to_tflite(
         representative = [sample for feeds in representative for sample in feeds]
     else:
         cal_notes = []
-    if not options.force and (existing := reusable_artifact(out, source_sha, plan.quant)):
+    if not options.force and (existing := reusable_artifact(out, source_sha, made_as(plan.quant))):
         return ShrinkResult(plan=plan, artifact=existing, reused=True, seconds=0.0)
     say(f"converting {src.name} to {plan.quant} with TFLiteConverter")
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".work", dir=out.parent))

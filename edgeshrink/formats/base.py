@@ -87,6 +87,20 @@ class MemoryEstimate:
         return doc
 
 
+@dataclass(frozen=True)
+class Built:
+    """What a backend's build made in the pipeline's work dir, before its final name."""
+
+    path: Path
+    recipe: tuple[dict[str, Any], ...]  # the steps as done, with what each tool recorded
+    notes: tuple[str, ...] = ()
+    data_files: tuple[Path, ...] = ()  # files the model needs beside it (ONNX external data)
+    tensor_types: tuple[Any, ...] = ()
+    fallbacks: tuple[tuple[str, str, str], ...] = ()
+    tool_versions: tuple[tuple[str, str], ...] = ()
+    format: str | None = None  # when it is not the backend's own (a front end's output)
+
+
 class Backend:
     """What one format knows, asked by everything outside its module: the commands, the
     sweep, deploy and bench never branch on a format's name (see formats/__init__.py).
@@ -111,8 +125,45 @@ class Backend:
     def plan(self, info: ModelInfo, profile: Any, options: Any) -> Any:
         raise NotImplementedError
 
-    def shrink(self, src: Any, profile: Any, options: Any, **kw: Any) -> Any:
+    # -- making artifacts (edgeshrink.pipeline runs the recipe; these are the format's parts)
+    tool: str = ""  # whose quantizer runs, for the one line a failure becomes
+    failure_hint: str = "try another --quant; EDGESHRINK_DEBUG=1 shows the traceback"
+    front_end_for: str | None = None  # a front end hands its output to this backend
+
+    def preflight(self, info: ModelInfo, plan: Any, options: Any) -> None:
+        """Refuse what would fail late (calibration data that does not match), before hashing."""
+
+    def source_sha256(self, src: Path, info: ModelInfo) -> str:
+        """The hash of every byte the artifact is made from (the reuse key, with the recipe)."""
+        from edgeshrink.util import sha256_file
+
+        return sha256_file(src)
+
+    def reuse_details(
+        self, info: ModelInfo, profile: Any, options: Any, quant: str
+    ) -> tuple[str, ...] | None:
+        """What the tool may have recorded for a reusable artifact (None: anything)."""
+        return None
+
+    def check_source(self, src: Path, info: ModelInfo, options: Any, progress: Any) -> None:
+        """Fail early when the host's runtime cannot run the source at all."""
+
+    def intermediate(
+        self, src: Path, info: ModelInfo, plan: Any, options: Any, output: Path | None
+    ) -> tuple[Path, Any] | None:
+        """A front end's first file (path, recipe) that ``front_end_for`` then shrinks."""
+        return None
+
+    def build(
+        self, src: Path, work: Path, name: str, recipe: Any, *, info: ModelInfo, profile: Any,
+        options: Any, progress: Any,
+    ) -> Built:  # fmt: skip
+        """Carry out ``recipe`` on ``src``, writing ``work/name`` (and its data files)."""
         raise NotImplementedError
+
+    def verify(self, built: Built, info: ModelInfo, options: Any, progress: Any) -> Built:
+        """Check the made file in the host's runtime; return it with what was found."""
+        return built
 
     def normalize_quant(self, name: str) -> str:
         """The canonical name of a type the user wrote (QuantizationError if unknown)."""

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edgeshrink.artifacts import default_output_path
 from edgeshrink.formats import backend
-from edgeshrink.formats.base import Backend, ModelInfo
+from edgeshrink.formats.base import Backend, Built, ModelInfo
+from edgeshrink.passes import step
 from edgeshrink.plan import ShrinkOptions, ShrinkPlan, plan_llm
 from edgeshrink.profiles import HardwareProfile
 
@@ -56,64 +57,37 @@ def checkpoint_sha256(directory: Path) -> str:
     return digest.hexdigest()
 
 
-def shrink_hf(
-    src: str | os.PathLike[str],
-    profile: HardwareProfile,
-    options: ShrinkOptions | None = None,
-    *,
-    output: str | os.PathLike[str] | None = None,
-    progress: Progress | None = None,
-    info: ModelInfo | None = None,
-):
-    from edgeshrink.artifacts import Artifact, tool_versions
-    from edgeshrink.convert import convert_hf_to_gguf
-    from edgeshrink.formats import gguf
-    from edgeshrink.shrink import ShrinkResult, default_output_path, reusable_artifact, shrink_gguf
-    from edgeshrink.util import write_json_atomic
+def converted_type(info: ModelInfo, plan: ShrinkPlan, options: ShrinkOptions) -> str:
+    """The float type the converter writes: the type asked for when it is one, else
+    ``--convert-type`` (auto keeps BF16 and writes F16 otherwise)."""
+    if plan.quant.upper() in FLOAT_TYPES:
+        return plan.quant.lower()
+    if options.convert_type == "auto":
+        return "bf16" if info.file_type == "BF16" else "f16"
+    return options.convert_type
 
-    say = progress or (lambda _m: None)
-    options = options or ShrinkOptions()
-    src = Path(src)
-    final = Path(output) if output else None
-    info = info or inspect_hf(src)
-    plan = plan_hf(info, profile, options)
-    outtype = options.convert_type
-    if outtype == "auto":
-        outtype = "bf16" if info.file_type == "BF16" else "f16"
-    # A float type asked for is what the converter writes: that file is the artifact.
-    conversion_is_artifact = plan.quant.upper() in FLOAT_TYPES
-    if conversion_is_artifact:
-        outtype = plan.quant.lower()
-    folder = (final or default_output_path(src, plan.quant)).parent
-    say(f"hashing the checkpoint {src.name}")
-    source_sha = checkpoint_sha256(src)
-    base = folder / f"{src.name}-{outtype}.gguf"
-    if conversion_is_artifact:
-        base = final or default_output_path(src, plan.quant)
-    start = time.perf_counter()
-    converted = reusable_artifact(base, source_sha, outtype.upper())
-    reused = converted is not None
-    if converted is None:
-        say(f"converting {src.name} to GGUF ({outtype})")
-        result = convert_hf_to_gguf(src, base, outtype=outtype)
-        converted = Artifact.of_file(
-            base, format=gguf.FORMAT, quant=outtype.upper(), source=src, source_sha256=source_sha,
-            profile_id=profile.id if conversion_is_artifact else None,
-            tool_versions=tool_versions(), notes=result.notes,
-        )  # fmt: skip
-        try:
-            write_json_atomic(converted.manifest_path, converted.to_manifest())
-        except BaseException:
-            base.unlink(missing_ok=True)  # a GGUF without its manifest is never reused
-            raise
-    else:
-        say(f"reusing {base.name} (converted from the same checkpoint)")
-    if conversion_is_artifact:
-        return ShrinkResult(
-            plan=plan, artifact=converted, reused=reused, seconds=time.perf_counter() - start
-        )
-    return shrink_gguf(base, profile, options, output=final or default_output_path(src, plan.quant),
-                       progress=progress)  # fmt: skip
+
+def conversion_path(
+    src: Path, info: ModelInfo, plan: ShrinkPlan, options: ShrinkOptions, output: Path | None
+) -> Path:
+    """Where the converted GGUF goes: the artifact itself for a float type, otherwise
+    ``<checkpoint>-<type>.gguf`` beside the artifact, where later shrinks find it."""
+    final = output or default_output_path(src, plan.quant)
+    if plan.quant.upper() in FLOAT_TYPES:
+        return final
+    return final.parent / f"{src.name}-{converted_type(info, plan, options)}.gguf"
+
+
+def convert_build(src: Path, work: Path, name: str, recipe: Any, progress: Any) -> Built:
+    from edgeshrink.convert import convert_hf_to_gguf
+
+    outtype = recipe[-1].get("type").lower()
+    progress(f"converting {src.name} to GGUF ({outtype})")
+    result = convert_hf_to_gguf(src, work / name, outtype=outtype)
+    return Built(
+        path=work / name, recipe=tuple(s.to_dict() for s in recipe), notes=result.notes,
+        format="gguf",
+    )  # fmt: skip
 
 
 class HfBackend(Backend):
@@ -134,8 +108,20 @@ class HfBackend(Backend):
     def plan(self, info: ModelInfo, profile: Any, options: Any) -> Any:
         return plan_hf(info, profile, options)
 
-    def shrink(self, src: Any, profile: Any, options: Any, **kw: Any) -> Any:
-        return shrink_hf(src, profile, options, **kw)
+    tool = "the GGUF converter"
+    front_end_for = "gguf"
+
+    def source_sha256(self, src: Path, info: ModelInfo) -> str:
+        return checkpoint_sha256(src)
+
+    def intermediate(
+        self, src: Path, info: ModelInfo, plan: Any, options: Any, output: Path | None
+    ) -> tuple[Path, Any]:
+        recipe = (step("quantize", type=converted_type(info, plan, options).upper()),)
+        return conversion_path(src, info, plan, options, output), recipe
+
+    def build(self, src: Path, work: Path, name: str, recipe: Any, **kw: Any) -> Built:
+        return convert_build(src, work, name, recipe, kw["progress"])
 
     def normalize_quant(self, name: str) -> str:
         return backend("gguf").normalize_quant(name)

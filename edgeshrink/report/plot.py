@@ -238,3 +238,48 @@ def write_sweep_svg(result: Any, path: str | os.PathLike[str]) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(svg, encoding="utf-8")
     return path
+
+
+def write_layer_scores_svg(scores: Any, removed: Any, path: str | os.PathLike[str]) -> Path:
+    """One bar per block: its influence (1 - cos between input and output); the removed
+    blocks in red. ``scores`` is a passes.prune.LayerScores."""
+    values = list(scores.influence)
+    n = len(values)
+    width = max(WIDTH, MARGIN["left"] + MARGIN["right"] + 18 * n)
+    plot_w = width - MARGIN["left"] - MARGIN["right"]
+    plot_h = HEIGHT - MARGIN["top"] - MARGIN["bottom"]
+    top = max(values) if values and max(values) > 0 else 1.0
+    ticks = axis_ticks(0.0, top)
+    top = max(top, ticks[-1])
+    slot = plot_w / max(n, 1)
+    parts = []
+    for t in ticks:
+        y = MARGIN["top"] + plot_h * (1 - t / top)
+        parts.append(f'<line x1="{MARGIN["left"]}" x2="{width - MARGIN["right"]}" y1="{y:.1f}" '
+                     f'y2="{y:.1f}" stroke="#eaeef2"/><text x="{MARGIN["left"] - 6}" y="{y + 4:.1f}" '
+                     f'text-anchor="end" font-size="11">{_fmt(t)}</text>')  # fmt: skip
+    cut = set(removed)
+    for i, v in enumerate(values):
+        h = plot_h * v / top
+        x = MARGIN["left"] + i * slot + slot * 0.15
+        color = COLORS["pick"] if i in cut else COLORS["front"]
+        parts.append(f'<rect x="{x:.1f}" y="{MARGIN["top"] + plot_h - h:.1f}" width="{slot * 0.7:.1f}" '
+                     f'height="{h:.1f}" fill="{color}"><title>block {i}: {v:.4f}</title></rect>')  # fmt: skip
+        if n <= 40 or i % 5 == 0:
+            parts.append(f'<text x="{x + slot * 0.35:.1f}" y="{HEIGHT - MARGIN["bottom"] + 14}" '
+                         f'text-anchor="middle" font-size="10">{i}</text>')  # fmt: skip
+    title = escape(f"{Path(scores.model).name}: block influence over {scores.n_tokens} tokens"
+                   + (f"; removed {', '.join(map(str, sorted(cut)))}" if cut else ""))  # fmt: skip
+    svg = (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{HEIGHT}" '
+        f'font-family="sans-serif"><rect width="100%" height="100%" fill="white"/>'
+        f'<text x="{width / 2:.0f}" y="20" text-anchor="middle" font-size="13">{title}</text>'
+        + "".join(parts)
+        + f'<text x="{width / 2:.0f}" y="{HEIGHT - 12}" text-anchor="middle" font-size="11">'
+        f"block (0-based)</text>"
+        f'<text x="16" y="{MARGIN["top"] + plot_h / 2:.0f}" font-size="11" text-anchor="middle" '
+        f'transform="rotate(-90 16 {MARGIN["top"] + plot_h / 2:.0f})">1 − cos(input, output)</text></svg>\n'
+    )
+    with atomic_path(path) as tmp:
+        tmp.write_text(svg, encoding="utf-8")
+    return Path(path)

@@ -1,0 +1,56 @@
+"""The GGUF backend's part of the pipeline: a recipe carried out by llama.cpp's quantizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.formats.base import Built, ModelInfo
+
+
+def preflight(options: Any) -> None:
+    if options.calibration or options.allow_random_calibration:
+        raise EdgeshrinkError(
+            "calibration data applies to ONNX and TFLite static int8, not to GGUF",
+            hint="drop --calibration; llama.cpp's quantizer needs none",
+        )
+
+
+def build(src: Path, work: Path, name: str, recipe: Any, *, info: ModelInfo, options: Any,
+          progress: Any) -> Built:  # fmt: skip
+    from edgeshrink.formats.gguf import quantize_gguf
+
+    quant = recipe[-1].get("type")
+    layers = tuple(i for s in recipe if s.name == "prune" for i in s.get("layers"))
+    if layers:
+        progress(f"removing layers {', '.join(map(str, layers))} of {src.name} with llama.cpp"
+                 + ("" if quant == info.file_type else f" and quantizing to {quant}"))  # fmt: skip
+    else:
+        progress(f"quantizing {src.name} to {quant} with llama.cpp")
+    outcome = quantize_gguf(
+        src, work / name, quant, threads=options.threads, allow_requantize=options.allow_requantize,
+        prune_layers=layers,
+    )  # fmt: skip
+    progress(f"verifying {name}")
+    return Built(
+        path=outcome.output,
+        recipe=tuple(s.to_dict() for s in recipe),
+        tensor_types=outcome.tensor_types,
+        fallbacks=outcome.fallbacks,
+        tool_versions=(("llama-cpp-python", outcome.llama_cpp_version),),
+    )
+
+
+def verify(built: Built, info: ModelInfo, options: Any, progress: Any) -> Built:
+    """A pruned file is reloaded and run before it gets its name: llama.cpp's quantizer
+    exits 0 even when it leaves per-layer metadata untrimmed (llama.cpp issue 27976)."""
+    removed = {i for step in built.recipe if step["pass"] == "prune" for i in step["layers"]}
+    if not removed or info.llm is None:
+        return built
+    from edgeshrink.llm_quality import check_runs
+
+    expected = info.llm.n_layer - len(removed)
+    progress(f"checking that llama.cpp loads and runs {built.path.name} with {expected} layers")
+    check_runs(built.path, expected_layers=expected, threads=options.threads)
+    return built

@@ -1,0 +1,141 @@
+"""Reading llama.cpp's graph while it runs: the context's eval callback.
+
+llama.cpp calls ``cb_eval(tensor, ask, user_data)`` for every node of the compute
+graph: first with ``ask`` true (return true to see this node's data), then, once
+the node is computed, with ``ask`` false and the data in place. Nodes carry
+names set by the model's graph builder, the same for every architecture:
+``embd`` (or ``inp_scaled``) is the input of block 0, ``l_out-<i>`` the output of
+block ``i``. Returning false from the second call aborts the graph, so every path
+returns true.
+
+The ``ggml_tensor`` layout below is ggml.h's (checked against
+``ggml_tensor_overhead()`` before use: a llama.cpp whose struct differs is refused
+rather than misread).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+from typing import Any
+
+from edgeshrink.errors import RuntimeMissingError
+
+GGML_MAX_DIMS, GGML_MAX_OP_PARAMS, GGML_MAX_SRC, GGML_MAX_NAME = 4, 64, 10, 64
+GGML_TYPE_F32, GGML_TYPE_F16 = 0, 1
+GGML_OBJECT_SIZE = 32  # ggml_tensor_overhead() = sizeof(ggml_object) + sizeof(ggml_tensor)
+BLOCK_INPUT_NAMES = (b"embd", b"inp_embd", b"inp_scaled")  # the last one seen wins
+
+
+class GgmlTensor(ctypes.Structure):
+    _fields_ = [
+        ("type", ctypes.c_int),
+        ("buffer", ctypes.c_void_p),
+        ("ne", ctypes.c_int64 * GGML_MAX_DIMS),
+        ("nb", ctypes.c_size_t * GGML_MAX_DIMS),
+        ("op", ctypes.c_int),
+        ("op_params", ctypes.c_int32 * (GGML_MAX_OP_PARAMS // 4)),
+        ("flags", ctypes.c_int32),
+        ("src", ctypes.c_void_p * GGML_MAX_SRC),
+        ("view_src", ctypes.c_void_p),
+        ("view_offs", ctypes.c_size_t),
+        ("data", ctypes.c_void_p),
+        ("name", ctypes.c_char * GGML_MAX_NAME),
+        ("extra", ctypes.c_void_p),
+        ("padding", ctypes.c_char * 8),
+    ]
+
+
+_GGML: Any = None
+
+
+def ggml_base() -> Any:
+    """llama-cpp-python's libggml-base, with the few functions read here declared."""
+    global _GGML
+    if _GGML is not None:
+        return _GGML
+    try:
+        import llama_cpp
+    except ImportError as exc:
+        raise RuntimeMissingError(
+            "llama-cpp-python is not installed on the host; it runs the model",
+            hint="pip install 'edgeshrink[gguf]'",
+        ) from exc
+    libdir = Path(llama_cpp.__file__).parent / "lib"
+    candidates = sorted(libdir.glob("libggml-base.*")) + sorted(libdir.glob("ggml-base.*"))
+    if not candidates:
+        raise RuntimeMissingError(
+            f"no libggml-base in {libdir}: this llama-cpp-python build cannot be read from",
+            hint="reinstall llama-cpp-python from its source distribution",
+        )
+    lib = ctypes.CDLL(str(candidates[0]))
+    lib.ggml_backend_tensor_get.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t,
+                                            ctypes.c_size_t]  # fmt: skip
+    lib.ggml_backend_tensor_get.restype = None
+    lib.ggml_backend_buffer_is_host.argtypes = [ctypes.c_void_p]
+    lib.ggml_backend_buffer_is_host.restype = ctypes.c_bool
+    lib.ggml_nbytes.argtypes = [ctypes.c_void_p]
+    lib.ggml_nbytes.restype = ctypes.c_size_t
+    lib.ggml_tensor_overhead.argtypes = []
+    lib.ggml_tensor_overhead.restype = ctypes.c_size_t
+    if lib.ggml_tensor_overhead() != GGML_OBJECT_SIZE + ctypes.sizeof(GgmlTensor):
+        raise RuntimeMissingError(
+            f"this llama.cpp's ggml_tensor is {lib.ggml_tensor_overhead() - GGML_OBJECT_SIZE} "
+            f"bytes, not the {ctypes.sizeof(GgmlTensor)} edgeshrink reads",
+            hint="use the llama-cpp-python version constraints.txt names",
+        )
+    _GGML = lib
+    return lib
+
+
+def tensor_rows(address: int) -> Any:
+    """A copy of a 2-D F32/F16 graph tensor as float32 (rows = tokens), or None."""
+    import numpy as np
+
+    lib = ggml_base()
+    t = GgmlTensor.from_address(address)
+    if t.type not in (GGML_TYPE_F32, GGML_TYPE_F16) or t.ne[2] != 1 or t.ne[3] != 1:
+        return None
+    nbytes = lib.ggml_nbytes(address)
+    if t.buffer and lib.ggml_backend_buffer_is_host(t.buffer):
+        raw: Any = (ctypes.c_char * nbytes).from_address(t.data)
+    else:
+        raw = (ctypes.c_char * nbytes)()
+        lib.ggml_backend_tensor_get(address, raw, 0, nbytes)
+    dtype = np.float32 if t.type == GGML_TYPE_F32 else np.float16
+    view = np.ndarray(shape=(t.ne[1], t.ne[0]), dtype=dtype, buffer=raw, strides=(t.nb[1], t.nb[0]))
+    return np.array(view, dtype=np.float32)  # the compute buffer is reused by later nodes
+
+
+class BlockStates:
+    """An eval callback keeping each block's input and output for one decoded batch:
+    ``states[0]`` is block 0's input, ``states[i + 1]`` block ``i``'s output."""
+
+    def __init__(self, n_layer: int) -> None:
+        import llama_cpp
+
+        ggml_base()
+        self.n_layer = n_layer
+        self.index = {name: 0 for name in BLOCK_INPUT_NAMES}
+        self.index.update({f"l_out-{i}".encode(): i + 1 for i in range(n_layer)})
+        self.states: list[Any] = [None] * (n_layer + 1)
+        self.errors: list[str] = []
+        self.callback = llama_cpp.ggml_backend_sched_eval_callback(self._seen)
+
+    def _seen(self, address: int, ask: bool, _user: Any) -> bool:
+        try:
+            name = ctypes.string_at(address + GgmlTensor.name.offset)
+            if ask:
+                return name in self.index
+            slot = self.index.get(name)
+            if slot is not None:
+                rows = tensor_rows(address)
+                if rows is not None:
+                    self.states[slot] = rows
+        except Exception as exc:  # noqa: BLE001 - raising into C would abort the graph
+            self.errors.append(f"{type(exc).__name__}: {exc}")
+        return True
+
+    def take(self) -> list[Any]:
+        states, self.states = self.states, [None] * (self.n_layer + 1)
+        return states
