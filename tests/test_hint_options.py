@@ -233,7 +233,13 @@ MODULE_COMMANDS = {
     "edgeshrink/lab/inventory.py": ["lab run"],
     "edgeshrink/lab/spec.py": ["lab run"],
     "edgeshrink/lab/toml_fields.py": ["lab run"],
-    "edgeshrink/formats/tflite.py": ["shrink"],
+    "edgeshrink/formats/tflite/backend.py": ["shrink"],
+    "edgeshrink/formats/tflite/flatbuffer.py": ["shrink"],
+    "edgeshrink/formats/tflite/inspect.py": ["shrink"],
+    "edgeshrink/formats/tflite/plan.py": ["shrink"],
+    "edgeshrink/formats/tflite/quantize.py": ["shrink"],
+    "edgeshrink/formats/tflite/runtime.py": ["shrink"],
+    "edgeshrink/formats/tensors.py": ["shrink"],  # the calibration hint TFLite shares
     "edgeshrink/quality.py": ["eval", "check"],
 }
 # Hints in modules known to be wrong, as strict xfails that flip when they are fixed.

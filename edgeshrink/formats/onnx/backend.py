@@ -1,0 +1,96 @@
+"""OnnxBackend: what the rest of edgeshrink asks of the ONNX format."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from edgeshrink.errors import QuantizationError, SweepError
+from edgeshrink.formats.base import Backend, MemoryEstimate, ModelInfo
+from edgeshrink.formats.onnx.constants import FORMAT, QUANT_TYPES
+from edgeshrink.formats.onnx.inspect import inspect_onnx
+from edgeshrink.formats.onnx.plan import estimate_onnx_memory, normalize_quant, plan_onnx
+from edgeshrink.formats.onnx.shrink import shrink_onnx
+from edgeshrink.formats.tensors import graph_details
+
+
+class OnnxBackend(Backend):
+    format = FORMAT
+    label = "ONNX"
+    runtime = "onnxruntime"
+    quant_types = QUANT_TYPES
+    sweep_ladder = (
+        "fp32", "fp16", "int8-dynamic", "int8-static-per-tensor", "int8-static-per-channel",
+    )  # fmt: skip
+    # Each step of the ladder is a quantization type and its weight granularity
+    # (None: the backend's default, per-channel).
+    STEPS: dict[str, tuple[str, bool | None]] = {
+        "fp32": ("fp32", None),
+        "fp16": ("fp16", None),
+        "int8-dynamic": ("int8-dynamic", None),
+        "int8-static-per-tensor": ("int8-static", False),
+        "int8-static-per-channel": ("int8-static", True),
+        "int8-static-qoperator": ("int8-static-qoperator", None),
+    }
+
+    def inspect(self, path: str | os.PathLike[str]) -> ModelInfo:
+        return inspect_onnx(path)
+
+    def plan(self, info: ModelInfo, profile: Any, options: Any) -> Any:
+        return plan_onnx(info, profile, options)
+
+    def shrink(self, src: Any, profile: Any, options: Any, **kw: Any) -> Any:
+        return shrink_onnx(src, profile, options, **kw)
+
+    def normalize_quant(self, name: str) -> str:
+        return normalize_quant(name)
+
+    def estimate(self, info: ModelInfo, quant: str, profile: Any) -> MemoryEstimate:
+        return estimate_onnx_memory(info, quant, profile)
+
+    def inspect_details(self, info: ModelInfo) -> list[tuple[str, Any]]:
+        return graph_details(info)
+
+    def sweep_step(self, name: str) -> str:
+        key = name.strip().lower().replace("_", "-")
+        if key in self.STEPS:
+            return key
+        try:
+            quant = normalize_quant(key)
+        except QuantizationError:
+            raise SweepError(
+                f"'{name}' is not a step of the ONNX sweep ladder",
+                hint=f"use some of: {', '.join(self.STEPS)}",
+            ) from None
+        # `shrink -q int8-static` makes per-channel weights; the same name means the same here.
+        return "int8-static-per-channel" if quant == "int8-static" else quant
+
+    def step_options(self, step: str) -> dict[str, Any]:
+        quant, per_channel = self.STEPS[step]
+        return {"quant": quant, "per_channel": per_channel}
+
+    def needs_calibration(self, quant: str) -> bool:
+        return quant.startswith("int8-static")
+
+    def check_sweep_base(self, info: ModelInfo) -> None:
+        if info.is_quantized or info.file_type == "FP16":
+            raise SweepError(
+                f"{info.path.name} is already {info.file_type}; an ONNX sweep starts from the "
+                "FP32 original",
+                hint="give the FP32 export of the model",
+            )
+
+    def evaluate(self, base: Any, candidate: Any, **kw: Any) -> Any:
+        from edgeshrink.quality import evaluate_onnx  # quality reads this package's runtime
+
+        return evaluate_onnx(base, candidate, **kw)
+
+    def device_files(self, info: ModelInfo, model: Path) -> list[Path]:
+        """The external data files the model finds by relative name, beside it."""
+        entries = dict(info.metadata).get("external_data") or []
+        return [
+            model.parent / entry["file"]
+            for entry in entries
+            if isinstance(entry, dict) and entry.get("file")
+        ]
