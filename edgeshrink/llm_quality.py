@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from edgeshrink.agent.edgeshrink_agent import avoid_amx
 from edgeshrink.errors import (
     EvalError,  # noqa: F401 (re-exported)
     ModelFileError,
@@ -151,6 +152,7 @@ class LlamaScorer:
         quiet_llama_log(llama_cpp)
         llama_cpp.llama_backend_init()
         mparams = llama_cpp.llama_model_default_params()
+        avoid_amx(mparams, llama_cpp.llama_print_system_info().decode("utf-8", "replace"))
         self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
         if not self.model:
             reason = "".join(_LOG_TAIL[-3:]).strip().replace("\n", " | ")
@@ -435,7 +437,9 @@ def evaluate_llm(
     )
 
 
-def check_runs(path: Path, *, expected_layers: int | None = None, threads: int | None = None) -> None:
+def check_runs(
+    path: Path, *, expected_layers: int | None = None, threads: int | None = None
+) -> None:
     """Load ``path`` in llama.cpp and decode a short prompt: the layer count is the one
     expected and the logits are finite, or a QuantizationError says what is wrong."""
     import numpy as np

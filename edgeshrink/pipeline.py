@@ -22,7 +22,7 @@ from pathlib import Path
 from edgeshrink.artifacts import Artifact, default_output_path, load_artifact, tool_versions
 from edgeshrink.errors import EdgeshrinkError, ModelFileError, QuantizationError
 from edgeshrink.formats import backend, detect_and_inspect
-from edgeshrink.formats.base import Backend, ModelInfo
+from edgeshrink.formats.base import Backend, Built, ModelInfo
 from edgeshrink.passes import Recipe, check_recipe, from_manifest, step
 from edgeshrink.plan import ShrinkOptions, ShrinkPlan
 from edgeshrink.profiles import HardwareProfile
@@ -139,6 +139,7 @@ def run_recipe(
     say = progress or (lambda _msg: None)
     quant = recipe[-1].get("type")
     check_recipe(recipe, info.format)
+    fmt.check_recipe(info, recipe)
     if plan is not None:
         fmt.preflight(info, plan, options)
     say(f"hashing {src.name}")
@@ -157,22 +158,11 @@ def run_recipe(
             built = fmt.build(src, work, output.name, recipe, info=info, profile=profile,
                               options=options, progress=say)  # fmt: skip
         built = fmt.verify(built, info, options, say)
-        with atomic_path(output) as tmp:
-            for data in built.data_files:
-                os.replace(data, output.parent / data.name)
-            os.replace(built.path, tmp)
-            artifact = Artifact.of_file(
-                output, written=tmp, format=built.format or info.format, quant=quant,
-                source=src, source_sha256=source_sha,
-                profile_id=profile.id if for_profile and profile else None,
-                tool_versions={**tool_versions(), **dict(built.tool_versions)},
-                tensor_types=built.tensor_types, fallbacks=built.fallbacks,
-                notes=(plan.reason, *built.notes) if for_profile and plan else built.notes,
-                recipe=built.recipe,
-            )  # fmt: skip
-            # The manifest goes in first: an artifact whose manifest is missing is
-            # never reused, so a crash between the two renames only costs a redo.
-            write_json_atomic(artifact.manifest_path, artifact.to_manifest())
+        artifact = install_artifact(
+            built, output, src=src, source_sha256=source_sha, format=built.format or info.format,
+            quant=built.quant or quant, profile_id=profile.id if for_profile and profile else None,
+            notes=(plan.reason, *built.notes) if for_profile and plan else built.notes,
+        )  # fmt: skip
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return ShrinkResult(
@@ -180,7 +170,36 @@ def run_recipe(
     )
 
 
+def install_artifact(
+    built: Built,
+    output: Path,
+    *,
+    src: Path,
+    source_sha256: str,
+    format: str,
+    quant: str,
+    profile_id: str | None,
+    notes: tuple[str, ...],
+) -> Artifact:
+    """Give a built and verified file its final name, with its manifest beside it."""
+    with atomic_path(output) as tmp:
+        for data in built.data_files:
+            os.replace(data, output.parent / data.name)
+        os.replace(built.path, tmp)
+        artifact = Artifact.of_file(
+            output, written=tmp, format=format, quant=quant, source=src,
+            source_sha256=source_sha256, profile_id=profile_id,
+            tool_versions={**tool_versions(), **dict(built.tool_versions)},
+            tensor_types=built.tensor_types, fallbacks=built.fallbacks, notes=notes,
+            recipe=built.recipe,
+        )  # fmt: skip
+        # The manifest goes in first: an artifact whose manifest is missing is
+        # never reused, so a crash between the two renames only costs a redo.
+        write_json_atomic(artifact.manifest_path, artifact.to_manifest())
+    return artifact
+
+
 __all__ = [
-    "Progress", "ShrinkResult", "default_output_path", "plan_model", "quantizer_failures",
+    "Progress", "ShrinkResult", "default_output_path", "install_artifact", "plan_model", "quantizer_failures",
     "recipe_for", "resolve_output", "reusable_artifact", "run_recipe", "shrink_model",
 ]  # fmt: skip

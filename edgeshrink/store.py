@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -275,13 +276,28 @@ class StoredResult:
 
 
 class ResultStore:
+    LOCK_WAIT_S = 30.0
+
+    def _enter_wal(self) -> None:
+        """Switch a new file to WAL. SQLite answers "database is locked" at once, without
+        its busy handler, when another first user is switching it too: wait like a write."""
+        deadline = time.monotonic() + self.LOCK_WAIT_S
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path) if path else default_db_path()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=30.0)
+            self._db = sqlite3.connect(self.path, timeout=self.LOCK_WAIT_S)
             self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._enter_wal()
             self._db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
         except StoreError:

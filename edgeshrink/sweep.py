@@ -41,7 +41,7 @@ from edgeshrink.plan import ShrinkOptions, plan_gguf
 from edgeshrink.profiles import HardwareProfile
 from edgeshrink.quality import Metric, QualityReport
 from edgeshrink.quality import QualityBudget as Bounds
-from edgeshrink.shrink import shrink_gguf
+from edgeshrink.shrink import shrink_gguf, shrink_model
 from edgeshrink.store import ResultStore
 from edgeshrink.targets import Target
 from edgeshrink.util import human_bytes, sha256_file
@@ -635,7 +635,7 @@ def sweep_outputs(
             )
             say(f"{step}: shrinking")
             try:
-                shrunk = fmt.shrink(
+                shrunk = shrink_model(
                     model, profile, options, info=info,
                     output=out_dir / f"{model.stem}-{step}{model.suffix}",
                 )  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,31 @@ def isolated_user_dirs(
     monkeypatch.delenv("EDGESHRINK_TARGETS_PATH", raising=False)
     monkeypatch.delenv("EDGESHRINK_DEBUG", raising=False)
     return home
+
+
+@pytest.fixture(autouse=True, scope="session")
+def llama_without_amx_crash() -> Iterator[None]:
+    """Tests that open models with llama_cpp.Llama directly get the guard edgeshrink's own
+    llama.cpp users have (agent, evaluator): on a CPU whose AMX kernels crash llama.cpp
+    (issue 20824), weights stay out of the extra buffer types."""
+    if not llama_cpp_available():
+        yield
+        return
+    import llama_cpp.llama_cpp as lc
+
+    from edgeshrink.agent.edgeshrink_agent import avoid_amx
+
+    original = lc.llama_model_default_params
+    system_info = lc.llama_print_system_info().decode("utf-8", "replace")
+
+    def guarded_params():  # type: ignore[no-untyped-def]
+        params = original()
+        avoid_amx(params, system_info)
+        return params
+
+    lc.llama_model_default_params = guarded_params
+    yield
+    lc.llama_model_default_params = original
 
 
 @pytest.fixture(scope="session")

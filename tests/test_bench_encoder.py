@@ -69,7 +69,8 @@ def test_default_bench_embeds_at_most_the_trained_length(bert: Path) -> None:
     assert "per 64-token input" in run.stdout
     result = json.loads(run_cli("bench", str(bert), *QUICK, "--json").stdout)["result"]
     assert result["embedding"]["tokens_per_input"] == 64
-    assert result["warnings"] == []  # the host chose the length: nothing to warn about
+    # the host chose the length: nothing to warn about (AMX: see test_llm_quality)
+    assert [w for w in result["warnings"] if "AMX" not in w] == []
 
 
 def test_the_agent_alone_never_runs_past_the_position_table(bert: Path) -> None:

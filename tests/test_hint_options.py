@@ -107,6 +107,8 @@ CASES: dict[str, tuple[str, list[str]]] = {
     "bench text": ("bench", ["bench", "W/notes.txt"]),
     "bench unknown target": ("bench", ["bench", "M", "--target", "no-such-target"]),
     "push text": ("push", ["push", "W/notes.txt"]),
+    "prune too many": ("prune", ["prune", "M", "--remove", "0,1,2,3,4,5,6,7,8,9,10,11,12"]),
+    "prune text": ("prune", ["prune", "W/notes.txt", "--layers", "1"]),
     "push unknown target": ("push", ["push", "M", "--target", "no-such-target"]),
     "check no profile": ("check", ["check", "M"]),
     "check unknown target": ("check", ["check", "M", "--target", "no-such-target"]),
@@ -219,6 +221,8 @@ MODULE_COMMANDS = {
     "edgeshrink/targets.py": ["targets add"],  # its hints with options are add_target's
     "edgeshrink/profiles.py": ["profiles show", "plan", "shrink"],
     "edgeshrink/cli/sweep.py": ["sweep"],
+    "edgeshrink/cli/prune.py": ["prune"],
+    "edgeshrink/passes/prune.py": ["prune"],
     "edgeshrink/cli/doctor.py": ["doctor"],
     "edgeshrink/cli/results.py": ["results"],
     "edgeshrink/transport/ssh.py": ["bench", "deploy", "check", "doctor"],

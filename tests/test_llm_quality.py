@@ -63,3 +63,36 @@ def test_models_with_other_vocabularies_are_refused(stories: Path, tiny_f16: Pat
 def test_a_text_too_short_for_the_context_is_refused(stories: Path) -> None:
     with pytest.raises(EvalError, match="needs at least"):
         evaluate_llm(stories, stories, text="Once upon a time there was a cat.", n_ctx=256)
+
+
+def test_quantized_models_run_where_llamas_amx_kernels_crash(
+    stories_quants: dict[str, Path],
+) -> None:
+    """llama.cpp's AMX matmul segfaults on some AMX CPUs (llama.cpp issue 20824; this
+    machine's Xeon is one): the host's evaluator keeps weights out of the AMX buffers.
+    A subprocess, so that a crash fails this test instead of ending the session."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from edgeshrink.llm_quality import evaluate_llm; "
+        "r = evaluate_llm(sys.argv[1], sys.argv[2], n_ctx=128, max_chunks=1); "
+        "print(r.kld_mean.value)"
+    )
+    for quant in ("Q8_0", "Q4_0"):
+        path = str(stories_quants[quant])
+        proc = subprocess.run([sys.executable, "-c", code, path, path], capture_output=True,
+                              text=True, timeout=300)  # fmt: skip
+        assert proc.returncode == 0, (quant, proc.returncode, proc.stderr[-2000:])
+        assert abs(float(proc.stdout.split()[-1])) < 1e-3
+
+
+def test_amx_is_avoided_only_where_llama_cpp_would_use_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeshrink.agent.edgeshrink_agent import amx_unsafe
+
+    built_with = "CPU : SSE3 = 1 | AVX2 = 1 | AMX_INT8 = 1 | LLAMAFILE = 1"
+    assert amx_unsafe(built_with, ["avx2", "amx_int8", "amx_tile"])
+    assert not amx_unsafe(built_with, ["avx2"])  # the CPU has none: llama.cpp skips AMX
+    assert not amx_unsafe("CPU : AVX2 = 1 | LLAMAFILE = 1", ["amx_int8"])
+    monkeypatch.setenv("EDGESHRINK_LLAMA_AMX", "1")
+    assert not amx_unsafe(built_with, ["amx_int8"])

@@ -53,7 +53,9 @@ def test_a_recipe_is_validated_data() -> None:
     assert "type" in err.value.hint
 
 
-def test_the_least_influential_block_costs_less_to_remove_than_the_most(stories: Path, tmp_path: Path) -> None:
+def test_the_least_influential_block_costs_less_to_remove_than_the_most(
+    stories: Path, tmp_path: Path
+) -> None:
     from edgeshrink.passes.prune import RemovalMeter, score_layers, split_texts
 
     calibration, evaluation = split_texts(None, None)
@@ -63,7 +65,9 @@ def test_the_least_influential_block_costs_less_to_remove_than_the_most(stories:
     assert all(0 < v < 1 for v in scores.influence)
     assert scores.n_tokens > 1000
     ranked = sorted(range(5), key=scores.influence.__getitem__)
-    meter = RemovalMeter(stories, tmp_path, evaluation, n_ctx=256, threads=2, progress=lambda _m: None)
+    meter = RemovalMeter(
+        stories, tmp_path, evaluation, n_ctx=256, threads=2, progress=lambda _m: None
+    )
     cheap = meter.measure((ranked[0],), "lowest")
     dear = meter.measure((ranked[-1],), "highest")
     assert cheap.kld < dear.kld, (scores.influence, cheap.kld, dear.kld)
@@ -120,7 +124,9 @@ def test_prune_and_quantize_in_one_pass(stories: Path, tmp_path: Path) -> None:
 def test_layers_n_keeps_the_best_measured_candidate(stories: Path, tmp_path: Path) -> None:
     out = tmp_path / "best.gguf"
     plot = tmp_path / "scores.svg"
-    r = run_cli("prune", str(stories), "--layers", "2", "-o", str(out), "--plot", str(plot), "--json")
+    r = run_cli(
+        "prune", str(stories), "--layers", "2", "-o", str(out), "--plot", str(plot), "--json"
+    )
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     tried = doc["tried"]
@@ -132,13 +138,17 @@ def test_layers_n_keeps_the_best_measured_candidate(stories: Path, tmp_path: Pat
     assert svg.count("<rect") == 6  # the background and one bar per block
 
 
-def test_a_budget_stops_where_the_next_removal_would_break_it(stories: Path, tmp_path: Path) -> None:
+def test_a_budget_stops_where_the_next_removal_would_break_it(
+    stories: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "budget.gguf"
     r = run_cli("prune", str(stories), "--max-kld", "0.0001", "-o", str(out))
     assert r.returncode == 1
     assert "removing even 1 layer of stories260K.gguf costs KLD" in r.stderr
     assert "Traceback" not in r.stderr and not out.exists()
-    loose = run_cli("prune", str(stories), "--max-kld", "1.5", "--candidates", "2", "-o", str(out), "--json")
+    loose = run_cli(
+        "prune", str(stories), "--max-kld", "1.5", "--candidates", "2", "-o", str(out), "--json"
+    )
     assert loose.returncode == 0, loose.stderr
     doc = json.loads(loose.stdout)
     kept = [t for t in doc["tried"] if t["layers"] == doc["layers"]]
@@ -156,7 +166,9 @@ def test_a_budget_stops_where_the_next_removal_would_break_it(stories: Path, tmp
         (["--layers", "5"], "it cannot lose 5"),
     ],
 )
-def test_bad_prune_requests_get_one_line(stories: Path, tmp_path: Path, args: list[str], message: str) -> None:
+def test_bad_prune_requests_get_one_line(
+    stories: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
     r = run_cli("prune", str(stories), *args, "-o", str(tmp_path / "x.gguf"))
     assert r.returncode == 1, r.stdout
     assert message in r.stderr and "Traceback" not in r.stderr

@@ -869,6 +869,29 @@ def _llama_system_info(lc) -> str:
     return (raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)).strip()
 
 
+AMX_ISSUE = "llama.cpp issue 20824"
+
+
+def amx_unsafe(system_info: str, cpu_flags) -> bool:
+    """True when llama.cpp would put weights in its AMX buffers, whose matmul crashes
+    (SIGSEGV in ggml_backend_amx_mul_mat, llama.cpp issue 20824) on some AMX CPUs: built
+    with AMX and run on a CPU that has it. EDGESHRINK_LLAMA_AMX=1 lets llama.cpp use it.
+    """
+    if os.environ.get("EDGESHRINK_LLAMA_AMX") == "1":
+        return False
+    return "AMX_INT8 = 1" in system_info and "amx_int8" in (cpu_flags or ())
+
+
+def avoid_amx(mparams, system_info: str) -> bool:
+    """Keep the weights out of llama.cpp's extra buffer types (AMX, repacking) when
+    amx_unsafe says so; returns True when it did."""
+    flags = cpu_features_from_cpuinfo(_cpuinfo_fields()) or []
+    if not amx_unsafe(system_info, flags) or "use_extra_bufts" not in _struct_fields(mparams):
+        return False
+    mparams.use_extra_bufts = False
+    return True
+
+
 def check_gguf_file(path: str) -> int:
     """Cheap checks before handing the file to llama.cpp; returns its size in bytes."""
     if not os.path.exists(path):
@@ -1070,6 +1093,11 @@ def run_gguf(args, report: Report, sampler: MemorySampler) -> None:
 
     # Model.
     mparams = lc.llama_model_default_params()
+    if avoid_amx(mparams, report.runtime.get("system_info") or ""):
+        report.warn(
+            "this CPU has AMX, whose llama.cpp kernels crash (%s): weights stay in plain CPU "
+            "buffers (no AMX, no repacking); EDGESHRINK_LLAMA_AMX=1 uses them anyway" % AMX_ISSUE
+        )
     mfields = _struct_fields(mparams)
     if "load_mode" in mfields:  # llama-cpp-python >= 0.3.3x replaced use_mmap by load_mode
         mparams.load_mode = lc.LLAMA_LOAD_MODE_NONE if args.no_mmap else lc.LLAMA_LOAD_MODE_MMAP

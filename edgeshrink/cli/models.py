@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from edgeshrink.cli.common import JSON_OPTION, Context, emit_json, pass_context, progress_printer
+from edgeshrink.convert import CONVERTERS, converter_to
 from edgeshrink.formats import backend
 from edgeshrink.report.table import render_pairs, render_table
 from edgeshrink.util import human_bytes, human_count, terminal_safe
@@ -39,7 +40,7 @@ def format_options(func):
                      help="Weight scales per output channel or per tensor [default: the backend's choice]."),
         click.option("--allow-random-calibration", is_flag=True,
                      help="Calibrate static int8 on random inputs (recorded as a warning in the manifest)."),
-        click.option("--to", "to_format", type=click.Choice(["tflite"]), default=None,
+        click.option("--to", "to_format", type=click.Choice(sorted(CONVERTERS)), default=None,
                      help="Convert a Keras (.keras/.h5) or SavedModel directory to this format first "
                           "(TFLite: TensorFlow's TFLiteConverter; needs tensorflow-cpu)."),
         click.option("--convert-type", type=click.Choice(["auto", "f16", "bf16", "f32"]), default="auto",
@@ -272,15 +273,13 @@ def shrink(
     from edgeshrink.shrink import default_output_path, plan_model, shrink_model
 
     profile = get_profile(profile_id, obj.profiles_dirs)
-    if format_kw.get("to_format") == "tflite" and not dry_run:
-        from edgeshrink.convert.tflite_convert import shrink_to_tflite
-
+    if format_kw.get("to_format") and not dry_run:
         options = shrink_options(quant=quant, context=context, prefer=prefer, threads=threads, force=force,
                                  allow_requantize=allow_requantize, **format_kw)  # fmt: skip
         from edgeshrink.util import native_stdout_to_stderr
 
         with native_stdout_to_stderr():
-            result = shrink_to_tflite(
+            result = converter_to(format_kw["to_format"])(
                 model, profile, options, output=output, progress=progress_printer(as_json)
             )
         print_shrink(result, None, as_json)

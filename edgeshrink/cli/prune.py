@@ -19,7 +19,7 @@ from edgeshrink.cli.common import (
 from edgeshrink.errors import RecipeError
 from edgeshrink.formats import backend, detect_and_inspect
 from edgeshrink.llm_quality import LlmBudget
-from edgeshrink.passes import step
+from edgeshrink.passes import get_pass, step
 from edgeshrink.passes.prune import (
     PruneChoice,
     RemovalMeter,
@@ -130,7 +130,7 @@ def prune(obj: Context, model: Path, n_layers: int | None, remove: str | None, m
         )
     say = progress_printer(as_json)
     info = detect_and_inspect(model)
-    if info.format != "gguf" or info.llm is None:
+    if info.format not in get_pass("prune").formats or info.llm is None:
         raise RecipeError(
             f"{model.name}: prune works on GGUF language models, not {info.format} "
             f"({info.architecture})",

@@ -20,25 +20,25 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import shutil
-import tempfile
-import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from edgeshrink.artifacts import default_output_path, quantize_pass
 from edgeshrink.errors import (
     ModelFileError,
     QuantizationError,
     RuntimeMissingError,
     UnsupportedFormatError,
 )
+from edgeshrink.formats import backend
+from edgeshrink.formats.base import Backend, Built, ModelInfo
+from edgeshrink.formats.tflite.quantize import calibration_batches, check_calibration_method
+from edgeshrink.passes import step
+from edgeshrink.pipeline import ShrinkResult, run_recipe, shrink_model
+from edgeshrink.plan import ShrinkOptions
 from edgeshrink.profiles import HardwareProfile
-from edgeshrink.util import first_line
-
-if TYPE_CHECKING:
-    from edgeshrink.plan import ShrinkOptions
-    from edgeshrink.shrink import ShrinkResult
+from edgeshrink.util import first_line, sha256_file
 
 Progress = Callable[[str], None]
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
@@ -75,8 +75,6 @@ def _import_tensorflow() -> Any:
 
 def source_sha256(path: str | os.PathLike[str]) -> str:
     """sha256 of a file, or of a directory's relative paths and file hashes, in order."""
-    from edgeshrink.util import sha256_file
-
     path = Path(path)
     if path.is_file():
         return sha256_file(path)
@@ -167,6 +165,58 @@ def _base_path(src: Path, out: Path) -> Path:
     return out.parent / f"{stem}-float32.tflite"
 
 
+def tflite_backend() -> Backend:
+    return backend("tflite")
+
+
+def source_info(src: Path) -> ModelInfo:
+    """What the pipeline needs to know of a TensorFlow source: it becomes a .tflite."""
+    kind = source_kind(src)
+    size = src.stat().st_size if src.is_file() else sum(
+        p.stat().st_size for p in src.rglob("*") if p.is_file()
+    )  # fmt: skip
+    return ModelInfo(
+        path=src, format=tflite_backend().format, size_bytes=size, architecture=kind,
+        name=src.name if src.is_dir() else src.stem, n_params=0, file_type="float32",
+        is_quantized=False, tensor_types=(),
+    )  # fmt: skip
+
+
+class TfliteConverter(Backend):
+    """TensorFlow's TFLiteConverter as the builder of a pipeline run: a SavedModel or
+    Keras model in, a verified .tflite of one converter mode out."""
+
+    tool = "TFLiteConverter"
+    failure_hint = "try --quant float32 or dynamic-int8; EDGESHRINK_DEBUG=1 shows the traceback"
+
+    def __init__(self, representative: Sequence[dict[str, Any]] | None = None,
+                 notes: tuple[str, ...] = ()) -> None:  # fmt: skip
+        self.representative = representative
+        self.extra_notes = notes
+        self.format = tflite_backend().format
+
+    def source_sha256(self, src: Path, info: ModelInfo) -> str:
+        return source_sha256(src)
+
+    def build(self, src: Path, work: Path, name: str, recipe: Any, *, info: ModelInfo,
+              profile: Any, options: Any, progress: Any) -> Built:  # fmt: skip
+        quant = recipe[-1].get("type")
+        progress(f"converting {src.name} to {quant} .tflite with TFLiteConverter")
+        made = work / name
+        notes = convert_with_tflite_converter(src, made, quant, representative=self.representative)
+        made_as = what_the_converter_made(made, quant)
+        if made_as != quant:
+            notes.append(f"{made_as}: TFLiteConverter's {quant} found no weight large enough to "
+                         "quantize (it leaves tensors under 1024 elements as they are)")  # fmt: skip
+        return Built(
+            path=made, recipe=(quantize_pass(quant, f"{quant} TFLiteConverter"),),
+            notes=(*self.extra_notes, *notes), quant=made_as,
+        )  # fmt: skip
+
+    def verify(self, built: Built, info: ModelInfo, options: Any, progress: Any) -> Built:
+        return tflite_backend().verify(built, info, options, progress)
+
+
 def shrink_to_tflite(
     src: str | os.PathLike[str],
     profile: HardwareProfile,
@@ -175,97 +225,57 @@ def shrink_to_tflite(
     output: str | os.PathLike[str] | None = None,
     progress: Progress | None = None,
 ) -> ShrinkResult:
-    """Convert a SavedModel / Keras model to .tflite for ``profile`` (see the module doc)."""
-    from edgeshrink.formats import tflite
-    from edgeshrink.plan import ShrinkOptions
-    from edgeshrink.passes import step
-    from edgeshrink.shrink import ShrinkResult, default_output_path, reusable_artifact
-
-    def made_as(quant: str) -> tuple[Any, ...]:
-        return (step("quantize", type=quant),)
-
+    """Convert a SavedModel / Keras model to .tflite for ``profile`` (see the module doc):
+    the float32 conversion, then the planned type, each one run of the pipeline."""
     options = options or ShrinkOptions()
-    say = progress or (lambda _m: None)
     src = Path(src)
-    source_kind(src)
-    say(f"hashing {src.name}")
-    source_sha = source_sha256(src)
-    start = time.perf_counter()
+    info = source_info(src)
+    fmt = tflite_backend()
     provisional = Path(output) if output else default_output_path(src, "float32", ".tflite")
     base = _base_path(src, provisional)
-    base_artifact = None if options.force else reusable_artifact(base, source_sha, made_as("float32"))
-    if base_artifact is None:
-        say(f"converting {src.name} to float32 .tflite with TFLiteConverter")
-        work = Path(tempfile.mkdtemp(prefix=f".{base.name}.", suffix=".work", dir=base.parent))
-        try:
-            made = work / base.name
-            notes = convert_with_tflite_converter(src, made)
-            base_info = tflite.inspect_tflite(made)
-            base_plan = tflite.plan_tflite(base_info, profile, ShrinkOptions(quant="float32"))
-            base_artifact = tflite.finish_artifact(
-                made, base, base_plan, src, source_sha, profile,
-                notes=tuple(notes), recipe="float32 TFLiteConverter", progress=say,
-            )  # fmt: skip
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-    info = tflite.inspect_tflite(base)
-    plan = tflite.plan_tflite(info, profile, options)
+    float_options = dataclasses.replace(options, quant="float32")
+    made_base = run_recipe(src, info, TfliteConverter(), None, (step("quantize", type="float32"),),
+                           profile, float_options, output=base, progress=progress,
+                           for_profile=False)  # fmt: skip
+    base_info = fmt.inspect(base)
+    plan = fmt.plan(base_info, profile, options)
     out = Path(output) if output else default_output_path(src, plan.quant, ".tflite")
     if plan.quant == "float32" and out.resolve() == base.resolve():
-        return ShrinkResult(plan=plan, artifact=base_artifact, reused=False, seconds=0.0)
-    if plan.quant in ("float32", "weight-only-int8"):
+        return dataclasses.replace(made_base, plan=plan)
+    if plan.quant not in CONVERTER_QUANTS or plan.quant == "float32":
         # A copy, or ai-edge-quantizer's weight-only (not a converter mode).
-        return tflite.shrink_tflite(base, profile, options, output=out, progress=say, info=info)
-    representative = None
-    if plan.quant in tflite.STATIC_QUANTS:
-        tflite.check_calibration_method(options)
-        batches, cal_notes = tflite.calibration_batches(info, options, plan.quant)
-        representative = [_per_sample(feed) for feed in batches.feeds]
-        representative = [sample for feeds in representative for sample in feeds]
-    else:
-        cal_notes = []
-    if not options.force and (existing := reusable_artifact(out, source_sha, made_as(plan.quant))):
-        return ShrinkResult(plan=plan, artifact=existing, reused=True, seconds=0.0)
-    say(f"converting {src.name} to {plan.quant} with TFLiteConverter")
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".work", dir=out.parent))
-    try:
-        made = work / out.name
-        notes = convert_with_tflite_converter(src, made, plan.quant, representative=representative)
-        plan = what_the_converter_made(made, plan)
-        artifact = tflite.finish_artifact(
-            made, out, plan, src, source_sha, profile,
-            notes=(plan.reason, *cal_notes, *notes, f"float32 base: {base.name}"),
-            recipe=f"{plan.quant} TFLiteConverter", threads=options.threads, progress=say,
+        return shrink_model(base, profile, options, output=out, progress=progress, info=base_info)
+    representative, cal_notes = None, []
+    if fmt.needs_calibration(plan.quant):
+        check_calibration_method(options)
+        batches, cal_notes = calibration_batches(base_info, options, plan.quant)
+        representative = [sample for feed in batches.feeds for sample in _per_sample(feed)]
+    converter = TfliteConverter(representative, (*cal_notes, f"float32 base: {base.name}"))
+    result = run_recipe(src, info, converter, plan, (step("quantize", type=plan.quant),), profile,
+                        options, output=out, progress=progress)  # fmt: skip
+    made = result.artifact.quant
+    if made != plan.quant:
+        plan = dataclasses.replace(
+            plan, quant=made,
+            reason=f"{plan.reason}; {made}: TFLiteConverter's {plan.quant} found no weight "
+            "large enough to quantize (it leaves tensors under 1024 elements as they are)",
         )  # fmt: skip
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return ShrinkResult(
-        plan=plan, artifact=artifact, reused=False, seconds=time.perf_counter() - start
-    )
+    return dataclasses.replace(result, plan=plan)
 
 
 # What each converter mode leaves in the file when it quantized anything at all.
 _WEIGHT_TYPES = {"dynamic-int8": {"INT8"}, "fp16": {"FLOAT16"}}
 
 
-def what_the_converter_made(made: Path, plan: Any) -> Any:
-    """``plan`` with the type the file really has: TFLiteConverter skips weights under
-    1024 elements, so a small model asked for dynamic-int8 or fp16 can come out float32,
-    and the label must say so, not what was asked."""
-    from edgeshrink.formats import tflite
-
-    wanted = _WEIGHT_TYPES.get(plan.quant)
+def what_the_converter_made(made: Path, quant: str) -> str:
+    """The type the file really has: TFLiteConverter skips weights under 1024 elements,
+    so a small model asked for dynamic-int8 or fp16 can come out float32, and the label
+    must say so, not what was asked."""
+    wanted = _WEIGHT_TYPES.get(quant)
     if wanted is None:
-        return plan
-    present = {t.type for t in tflite.inspect_tflite(made).tensor_types}
-    if present & wanted:
-        return plan
-    return dataclasses.replace(
-        plan,
-        quant="float32",
-        reason=f"{plan.reason}; float32: TFLiteConverter's {plan.quant} found no weight large "
-        "enough to quantize (it leaves tensors under 1024 elements as they are)",
-    )
+        return quant
+    present = {t.type for t in tflite_backend().inspect(made).tensor_types}
+    return quant if present & wanted else "float32"
 
 
 def _per_sample(feed: dict[str, Any]) -> list[dict[str, Any]]:

@@ -99,6 +99,7 @@ class Built:
     fallbacks: tuple[tuple[str, str, str], ...] = ()
     tool_versions: tuple[tuple[str, str], ...] = ()
     format: str | None = None  # when it is not the backend's own (a front end's output)
+    quant: str | None = None  # the type made, when the tool made another than asked for
 
 
 class Backend:
@@ -132,6 +133,9 @@ class Backend:
 
     def preflight(self, info: ModelInfo, plan: Any, options: Any) -> None:
         """Refuse what would fail late (calibration data that does not match), before hashing."""
+
+    def check_recipe(self, info: ModelInfo, recipe: Any) -> None:
+        """Refuse settings the model cannot take (layers it does not have), before hashing."""
 
     def source_sha256(self, src: Path, info: ModelInfo) -> str:
         """The hash of every byte the artifact is made from (the reuse key, with the recipe)."""

@@ -28,6 +28,7 @@ from edgeshrink.formats.gguf.quant_types import (
 )
 from edgeshrink.formats.gguf.quantize import (
     QuantizeOutcome,
+    check_prune_layers,
     llama_cpp_version,
     off_type_tensors,
     quantize_gguf,
@@ -60,6 +61,7 @@ __all__ = [
     "POSITION_ROWS",
     "POSITION_TABLE",
     "QuantizeOutcome",
+    "check_prune_layers",
     "UNQUANTIZED",
     "check_gguf_layout",
     "estimate_memory",

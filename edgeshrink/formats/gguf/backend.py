@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from edgeshrink.errors import BenchParamsError
-from edgeshrink.formats.base import Backend, ModelInfo
+from edgeshrink.formats.base import Backend, Built, ModelInfo
+from edgeshrink.formats.gguf import build
 from edgeshrink.formats.gguf.quant_types import FORMAT, LLAMA_QUANTIZE_TYPES, quant_type
 from edgeshrink.formats.gguf.reader import inspect_gguf, is_encoder, position_rows
 
@@ -28,10 +30,21 @@ class GgufBackend(Backend):
 
         return plan_gguf(info, profile, options)
 
-    def shrink(self, src: Any, profile: Any, options: Any, **kw: Any) -> Any:
-        from edgeshrink.shrink import shrink_gguf  # the pipeline calls backends
+    tool = "llama.cpp"
+    failure_hint = "run with EDGESHRINK_DEBUG=1 to see llama.cpp's log"
 
-        return shrink_gguf(src, profile, options, **kw)
+    def preflight(self, info: ModelInfo, plan: Any, options: Any) -> None:
+        build.preflight(options)
+
+    def check_recipe(self, info: ModelInfo, recipe: Any) -> None:
+        build.check_recipe(info, recipe)
+
+    def build(self, src: Path, work: Path, name: str, recipe: Any, **kw: Any) -> Built:
+        kw.pop("profile")
+        return build.build(src, work, name, recipe, **kw)
+
+    def verify(self, built: Built, info: ModelInfo, options: Any, progress: Any) -> Built:
+        return build.verify(built, info, options, progress)
 
     def normalize_quant(self, name: str) -> str:
         return quant_type(name).name

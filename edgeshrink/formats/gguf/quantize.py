@@ -43,6 +43,10 @@ params = llama_cpp.llama_model_quantize_default_params()
 params.ftype = args["ftype"]
 params.nthread = args["threads"]
 params.allow_requantize = args["allow_requantize"]
+params.only_copy = args["only_copy"]
+prune = (ctypes.c_int32 * (len(args["prune"]) + 1))(*args["prune"], -1)  # -1 ends the list
+if args["prune"]:
+    params.prune_layers = ctypes.cast(prune, ctypes.POINTER(ctypes.c_int32))
 start = time.perf_counter()
 rc = llama_cpp.llama_model_quantize(args["src"].encode(), args["dst"].encode(), ctypes.byref(params))
 sys.stdout.write(json.dumps({"rc": int(rc), "seconds": time.perf_counter() - start,
@@ -67,8 +71,11 @@ def quantize_gguf(
     threads: int | None = None,
     allow_requantize: bool = False,
     timeout_s: float | None = None,
+    prune_layers: tuple[int, ...] = (),
 ) -> QuantizeOutcome:
-    """Quantize ``src`` to ``dst`` with llama.cpp's own quantizer.
+    """Quantize ``src`` to ``dst`` with llama.cpp's own quantizer; ``prune_layers`` (0-based)
+    are removed in the same pass, and when ``quant`` is the file's own type the tensors
+    are copied, not requantized.
 
     ``dst`` must be a temporary name: the caller renames it into place once the
     manifest is written (see edgeshrink.shrink).
@@ -76,7 +83,10 @@ def quantize_gguf(
     src, dst = Path(src), Path(dst)
     qtype = quant_type(quant)
     info = inspect_gguf(src)
-    if info.is_quantized and not allow_requantize:
+    only_copy = bool(prune_layers) and qtype.name == info.file_type
+    if info.llm is not None and prune_layers:
+        check_prune_layers(prune_layers, info.llm.n_layer, src.name)
+    if info.is_quantized and not allow_requantize and not only_copy:
         raise QuantizationError(
             f"{src}: already quantized ({info.file_type}); re-quantizing loses more quality",
             hint="quantize from the F32/F16/BF16 original, or pass --allow-requantize",
@@ -102,6 +112,8 @@ def quantize_gguf(
         "ftype": qtype.ftype,
         "threads": int(threads or os.cpu_count() or 1),
         "allow_requantize": bool(allow_requantize),
+        "only_copy": only_copy,
+        "prune": sorted(prune_layers),
     }
     try:
         proc = subprocess.run(
@@ -148,6 +160,22 @@ def quantize_gguf(
         llama_cpp_version=str(result.get("version", llama_cpp_version())),
         log_tail=tail,
     )
+
+
+def check_prune_layers(layers: tuple[int, ...], n_layer: int, name: str) -> None:
+    """Refuse a prune list llama.cpp would misread: out of range, or every block."""
+    outside = [i for i in layers if not 0 <= i < n_layer]
+    if outside:
+        raise QuantizationError(
+            f"{name} has {n_layer} layers (0 to {n_layer - 1}); there is no layer "
+            f"{', '.join(map(str, outside))}",
+            hint=f"name layers from 0 to {n_layer - 1}",
+        )
+    if len(set(layers)) >= n_layer:
+        raise QuantizationError(
+            f"removing {len(set(layers))} of {name}'s {n_layer} layers leaves none",
+            hint=f"remove at most {n_layer - 1}",
+        )
 
 
 def _quantize_failure_reason(log: str) -> str | None:

@@ -17,7 +17,7 @@
 
 The package, one module per concern: constants.py (the format's name and quantization
 types), inspect.py (reading the file), plan.py, runtime.py (onnxruntime sessions),
-quantize.py, shrink.py and backend.py.  The input specs and data readers it shares with
+quantize.py, build.py (its part of edgeshrink.pipeline) and backend.py.  The input specs and data readers it shares with
 the TFLite backend are in edgeshrink/formats/tensors.py; this package re-exports them.
 
 onnx, onnxruntime and numpy are imported inside the functions that need them.
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from edgeshrink.errors import CalibrationError
 from edgeshrink.formats.onnx.backend import OnnxBackend
+from edgeshrink.formats.onnx.build import EXTERNAL_DATA_THRESHOLD
 from edgeshrink.formats.onnx.constants import (
     FORMAT,
     INT8_QUANTS,
@@ -73,7 +74,6 @@ from edgeshrink.formats.onnx.runtime import (
     verify_runs,
     working_directory,
 )
-from edgeshrink.formats.onnx.shrink import EXTERNAL_DATA_THRESHOLD, shrink_onnx
 from edgeshrink.formats.tensors import (
     MAX_BATCH_ROWS,
     MAX_CALIBRATION_SAMPLES,
@@ -144,7 +144,6 @@ __all__ = [
     "random_batches",
     "random_integers",
     "read_arrays",
-    "shrink_onnx",
     "verify_runs",
     "working_directory",
 ]

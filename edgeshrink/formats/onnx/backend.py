@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from edgeshrink.errors import QuantizationError, SweepError
-from edgeshrink.formats.base import Backend, MemoryEstimate, ModelInfo
+from edgeshrink.formats.base import Backend, Built, MemoryEstimate, ModelInfo
+from edgeshrink.formats.onnx import build
 from edgeshrink.formats.onnx.constants import FORMAT, QUANT_TYPES
 from edgeshrink.formats.onnx.inspect import inspect_onnx
 from edgeshrink.formats.onnx.plan import estimate_onnx_memory, normalize_quant, plan_onnx
-from edgeshrink.formats.onnx.shrink import shrink_onnx
 from edgeshrink.formats.tensors import graph_details
 
 
@@ -40,8 +40,30 @@ class OnnxBackend(Backend):
     def plan(self, info: ModelInfo, profile: Any, options: Any) -> Any:
         return plan_onnx(info, profile, options)
 
-    def shrink(self, src: Any, profile: Any, options: Any, **kw: Any) -> Any:
-        return shrink_onnx(src, profile, options, **kw)
+    tool = "onnxruntime's tooling"
+    failure_hint = (
+        "try another --quant (fp16, int8-dynamic); EDGESHRINK_DEBUG=1 shows the traceback"
+    )
+
+    def preflight(self, info: ModelInfo, plan: Any, options: Any) -> None:
+        build.preflight(info, plan.quant, options)
+
+    def source_sha256(self, src: Path, info: ModelInfo) -> str:
+        return build.source_sha256(src, info)
+
+    def reuse_details(
+        self, info: ModelInfo, profile: Any, options: Any, quant: str
+    ) -> tuple[str, ...] | None:
+        return build.reuse_details(info, profile, options, quant)
+
+    def check_source(self, src: Path, info: ModelInfo, options: Any, progress: Any) -> None:
+        build.check_source(src, info, progress)
+
+    def build(self, src: Path, work: Path, name: str, recipe: Any, **kw: Any) -> Built:
+        return build.build(src, work, name, recipe, **kw)
+
+    def verify(self, built: Built, info: ModelInfo, options: Any, progress: Any) -> Built:
+        return build.verify(built, info, options, progress)
 
     def normalize_quant(self, name: str) -> str:
         return normalize_quant(name)

@@ -21,7 +21,7 @@
 
 The package, one module per concern: constants.py (the format's name and quantization
 types), flatbuffer.py (the file itself), inspect.py, plan.py, runtime.py (the
-interpreter), quantize.py, shrink.py and backend.py.  Inputs and outputs are described
+interpreter), quantize.py, build.py and backend.py.  Inputs and outputs are described
 and fed with the graph helpers of edgeshrink/formats/tensors.py, shared with ONNX.
 
 numpy, flatbuffers, ai_edge_litert and ai_edge_quantizer are imported inside the
@@ -73,7 +73,6 @@ from edgeshrink.formats.tflite.runtime import (
     tflite_load_error,
     verify_runs,
 )
-from edgeshrink.formats.tflite.shrink import finish_artifact, shrink_tflite
 
 __all__ = [
     "BACKEND",
@@ -101,7 +100,6 @@ __all__ = [
     "compute_profile",
     "dequantize_values",
     "estimate_tflite_memory",
-    "finish_artifact",
     "fix_operator_versions",
     "inspect_tflite",
     "io_specs",
@@ -113,7 +111,6 @@ __all__ = [
     "read_tflite",
     "recipe_detail",
     "runtime_notes",
-    "shrink_tflite",
     "tflite_load_error",
     "tflite_schema",
     "verify_runs",

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 from typing import Any
 
 from edgeshrink.errors import SweepError
-from edgeshrink.formats.base import Backend, MemoryEstimate, ModelInfo
+from edgeshrink.formats.base import Backend, Built, MemoryEstimate, ModelInfo
 from edgeshrink.formats.tensors import graph_details
+from edgeshrink.formats.tflite import build
 from edgeshrink.formats.tflite.constants import FORMAT, QUANT_TYPES, STATIC_QUANTS
 from edgeshrink.formats.tflite.inspect import inspect_tflite
 from edgeshrink.formats.tflite.plan import estimate_tflite_memory, normalize_quant, plan_tflite
-from edgeshrink.formats.tflite.shrink import shrink_tflite
 
 
 class TfliteBackend(Backend):
@@ -28,8 +29,28 @@ class TfliteBackend(Backend):
     def plan(self, info: ModelInfo, profile: Any, options: Any) -> Any:
         return plan_tflite(info, profile, options)
 
-    def shrink(self, src: Any, profile: Any, options: Any, **kw: Any) -> Any:
-        return shrink_tflite(src, profile, options, **kw)
+    tool = "ai-edge-quantizer"
+    failure_hint = (
+        "try another --quant (fp16, dynamic-int8); EDGESHRINK_DEBUG=1 shows the traceback"
+    )
+
+    def preflight(self, info: ModelInfo, plan: Any, options: Any) -> None:
+        build.preflight(info, plan.quant, options)
+
+    def reuse_details(
+        self, info: ModelInfo, profile: Any, options: Any, quant: str
+    ) -> tuple[str, ...] | None:
+        return (build.expected_recipe(info, options, quant),)
+
+    def check_source(self, src: Path, info: ModelInfo, options: Any, progress: Any) -> None:
+        build.check_source(src, info, options, progress)
+
+    def build(self, src: Path, work: Path, name: str, recipe: Any, **kw: Any) -> Built:
+        kw.pop("profile")
+        return build.build(src, work, name, recipe, **kw)
+
+    def verify(self, built: Built, info: ModelInfo, options: Any, progress: Any) -> Built:
+        return build.verify(built, options, progress)
 
     def normalize_quant(self, name: str) -> str:
         return normalize_quant(name)

@@ -1,4 +1,5 @@
-"""The GGUF backend's part of the pipeline: a recipe carried out by llama.cpp's quantizer."""
+"""The GGUF backend's part of the pipeline: a recipe (prune, quantize) carried out by
+llama.cpp's quantizer in one pass, and a pruned file reloaded before it gets its name."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 from edgeshrink.errors import EdgeshrinkError
 from edgeshrink.formats.base import Built, ModelInfo
+from edgeshrink.formats.gguf.quantize import check_prune_layers, quantize_gguf
 
 
 def preflight(options: Any) -> None:
@@ -17,12 +19,20 @@ def preflight(options: Any) -> None:
         )
 
 
+def pruned_layers(recipe: Any) -> tuple[int, ...]:
+    return tuple(i for s in recipe if s.name == "prune" for i in s.get("layers"))
+
+
+def check_recipe(info: ModelInfo, recipe: Any) -> None:
+    layers = pruned_layers(recipe)
+    if layers and info.llm is not None:
+        check_prune_layers(layers, info.llm.n_layer, info.path.name)
+
+
 def build(src: Path, work: Path, name: str, recipe: Any, *, info: ModelInfo, options: Any,
           progress: Any) -> Built:  # fmt: skip
-    from edgeshrink.formats.gguf import quantize_gguf
-
     quant = recipe[-1].get("type")
-    layers = tuple(i for s in recipe if s.name == "prune" for i in s.get("layers"))
+    layers = pruned_layers(recipe)
     if layers:
         progress(f"removing layers {', '.join(map(str, layers))} of {src.name} with llama.cpp"
                  + ("" if quant == info.file_type else f" and quantizing to {quant}"))  # fmt: skip
