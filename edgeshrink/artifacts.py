@@ -9,6 +9,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +127,6 @@ def manifest_path_for(artifact: str | os.PathLike[str]) -> Path:
 
 
 def tool_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
 
     versions = {"edgeshrink": __version__, "python": platform.python_version()}
     for dist in ("llama_cpp_python", "gguf", "onnxruntime", "onnx", "ai_edge_litert"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shlex
@@ -51,7 +52,6 @@ class BenchParams:
 
     def key(self) -> str:
         """A stable digest of what was asked, to find an earlier identical measurement."""
-        import hashlib
 
         asked = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
         return hashlib.sha256(json.dumps(asked, sort_keys=True).encode()).hexdigest()[:16]

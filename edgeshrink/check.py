@@ -20,9 +20,16 @@ from typing import Any
 
 from edgeshrink.artifacts import load_artifact
 from edgeshrink.bench import BenchParams
+from edgeshrink.deploy import bench_model
 from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.formats import backend, detect_format
+from edgeshrink.formats.gguf.quality import evaluate_llm
 from edgeshrink.profiles import HardwareProfile
+from edgeshrink.quality import QualityBudget as OutputBudget
+from edgeshrink.quality import evaluate
+from edgeshrink.sweep import QualityBudget
 from edgeshrink.targets import Target
+from edgeshrink.transport import open_transport
 from edgeshrink.transport.base import helper_argv
 from edgeshrink.util import atomic_path
 
@@ -109,12 +116,8 @@ class CheckReport:
 def _quality_item(artifact: Path, base: Path | None, quality: dict[str, Any]) -> CheckItem:
     if base is None:
         return CheckItem("quality", "skip", "no --base given to compare against")
-    from edgeshrink.formats import backend, detect_format
 
     if backend(detect_format(artifact)).evaluation == "llm-text":
-        from edgeshrink.llm_quality import evaluate_llm
-        from edgeshrink.sweep import QualityBudget
-
         report = evaluate_llm(
             base, artifact, text=quality.get("text"), n_ctx=quality.get("eval_ctx", 512)
         )
@@ -129,8 +132,6 @@ def _quality_item(artifact: Path, base: Path | None, quality: dict[str, Any]) ->
             return CheckItem("quality", "pass", figures + "; no budget given")
         return CheckItem("quality", "fail" if failures else "pass",
                          figures + (f"; {'; '.join(failures)}" if failures else f"; within {budget.describe()}"))  # fmt: skip
-    from edgeshrink.quality import QualityBudget as OutputBudget
-    from edgeshrink.quality import evaluate
 
     budget = None
     if quality.get("min_cosine") is not None or quality.get("max_accuracy_drop") is not None:
@@ -163,8 +164,6 @@ def check_artifact(
     timeout_s: float = 900.0,
     progress: Progress | None = None,
 ) -> CheckReport:
-    from edgeshrink.deploy import bench_model
-    from edgeshrink.transport import open_transport
 
     say = progress or (lambda _m: None)
     artifact = Path(artifact)

@@ -5,16 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.testmodels.llama_gguf import SIZES, make_llama_gguf
+
 
 def demo_model_path(size: str = "small", progress: Callable[[str], None] | None = None) -> Path:
     """The demo model, made (and said so through ``progress``) only when it is not there."""
     import platformdirs
 
-    from edgeshrink.testmodels.llama_gguf import SIZES, make_llama_gguf
-
     if size not in SIZES:
-        from edgeshrink.errors import EdgeshrinkError
-
         raise EdgeshrinkError(
             f"unknown demo size '{size}'", hint=f"choose one of: {', '.join(SIZES)}"
         )

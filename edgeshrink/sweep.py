@@ -28,19 +28,22 @@ from pathlib import Path
 from typing import Any
 
 from edgeshrink.bench import BenchParams
+from edgeshrink.deploy import bench_model, threads_for
 from edgeshrink.errors import (
     DoesNotFitError,
     EdgeshrinkError,
     SweepError,  # noqa: F401 (re-exported)
 )
 from edgeshrink.formats import backend, detect_format, gguf
+from edgeshrink.formats.gguf.plan import plan_gguf
+from edgeshrink.formats.gguf.quality import LlmBudget as QualityBudget
+from edgeshrink.formats.gguf.quality import default_eval_text, evaluate_llm
 from edgeshrink.formats.onnx import OnnxBackend
-from edgeshrink.llm_quality import LlmBudget as QualityBudget
-from edgeshrink.llm_quality import default_eval_text, evaluate_llm
-from edgeshrink.plan import ShrinkOptions, plan_gguf
+from edgeshrink.plan import ShrinkOptions
 from edgeshrink.profiles import HardwareProfile
 from edgeshrink.quality import Metric, QualityReport
 from edgeshrink.quality import QualityBudget as Bounds
+from edgeshrink.report.plot import write_sweep_svg
 from edgeshrink.shrink import shrink_gguf, shrink_model
 from edgeshrink.store import ResultStore
 from edgeshrink.targets import Target
@@ -415,7 +418,6 @@ def _finish(
     )
     if not plot:
         return result
-    from edgeshrink.report.plot import write_sweep_svg
 
     return replace(result, plot=write_sweep_svg(result, plot))
 
@@ -763,7 +765,6 @@ def _measure_on_target(
     say: Progress,
 ) -> list[SweepCandidate]:
     """Benchmark each fitting candidate on the device, one at a time (never two at once)."""
-    from edgeshrink.deploy import bench_model, threads_for
 
     asked = replace(params, threads=threads_for(target, profile, params.threads))
     measured = []

@@ -27,6 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from edgeshrink.errors import TargetError
+from edgeshrink.util import atomic_path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10
+    import tomli as tomllib
 
 LOCAL = "local"
 KINDS = ("local", "ssh")
@@ -148,17 +154,8 @@ def target_dirs() -> list[Path]:
     return dirs
 
 
-def _tomllib() -> Any:
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
-    return tomllib
-
-
 def load_target_file(path: str | os.PathLike[str]) -> Target:
     path = Path(path)
-    tomllib = _tomllib()
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
@@ -441,8 +438,6 @@ def validate_target_name(name: str) -> None:
 
 
 def _write_target(target: Target, path: Path) -> Path:
-    from edgeshrink.util import atomic_path
-
     text = render_target_toml(target)
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

@@ -5,13 +5,17 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import importlib.resources
 import json
 import os
 import re
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from edgeshrink.errors import OutputPathError
 
 HASH_CHUNK = 4 * 1024 * 1024
 
@@ -60,7 +64,6 @@ def _creating_beside(final: Path) -> Iterator[None]:
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise  # the CLI says what to do about a full disk
-        from edgeshrink.errors import OutputPathError
 
         raise OutputPathError(
             f"{final}: cannot create a file in {final.parent}: {exc.strerror or exc}",
@@ -129,7 +132,6 @@ def human_count(n: float) -> str:
 def native_stdout_to_stderr() -> Iterator[None]:
     """Send what native libraries write to fd 1 to stderr instead, so a command's
     JSON on stdout stays the only thing there (TensorFlow's converter prints)."""
-    import sys
 
     sys.stdout.flush()
     saved = os.dup(1)
@@ -146,3 +148,8 @@ def first_line(exc: BaseException) -> str:
     """The first line of an exception's message, or its type when it has none."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def shipped_text(name: str) -> str:
+    """A text edgeshrink ships in edgeshrink/data (calib-en.txt, eval-en.txt)."""
+    return (importlib.resources.files("edgeshrink") / "data" / name).read_text(encoding="utf-8")

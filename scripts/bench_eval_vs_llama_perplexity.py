@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from llama_tools import ensure_llama_tool  # noqa: E402
 
 from edgeshrink.formats import gguf  # noqa: E402
-from edgeshrink.llm_quality import default_eval_text, evaluate_llm  # noqa: E402
+from edgeshrink.formats.gguf.quality import default_eval_text, evaluate_llm  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_STORIES = REPO.parent / "shared" / "models" / "stories260K.gguf"

@@ -219,7 +219,9 @@ MODULE_COMMANDS = {
     "edgeshrink/shrink.py": ["shrink"],
     "edgeshrink/plan.py": ["plan", "shrink", "deploy"],
     "edgeshrink/targets.py": ["targets add"],  # its hints with options are add_target's
-    "edgeshrink/profiles.py": ["profiles show", "plan", "shrink"],
+    "edgeshrink/profiles/__init__.py": ["profiles show", "plan", "shrink"],
+    "edgeshrink/profiles/reader.py": ["profiles show", "plan", "shrink"],
+    "edgeshrink/profiles/types.py": ["profiles show", "plan", "shrink"],
     "edgeshrink/cli/sweep.py": ["sweep"],
     "edgeshrink/cli/prune.py": ["prune"],
     "edgeshrink/passes/prune.py": ["prune"],

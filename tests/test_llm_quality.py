@@ -8,7 +8,7 @@ import pytest
 from support import needs_llama_cpp
 
 from edgeshrink.formats import gguf
-from edgeshrink.llm_quality import EvalError, default_eval_text, evaluate_llm
+from edgeshrink.formats.gguf.quality import EvalError, default_eval_text, evaluate_llm
 
 pytestmark = needs_llama_cpp
 
@@ -75,7 +75,7 @@ def test_quantized_models_run_where_llamas_amx_kernels_crash(
     import sys
 
     code = (
-        "import sys; from edgeshrink.llm_quality import evaluate_llm; "
+        "import sys; from edgeshrink.formats.gguf.quality import evaluate_llm; "
         "r = evaluate_llm(sys.argv[1], sys.argv[2], n_ctx=128, max_chunks=1); "
         "print(r.kld_mean.value)"
     )

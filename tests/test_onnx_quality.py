@@ -14,16 +14,15 @@ pytest.importorskip("sklearn")
 import numpy as np  # noqa: E402
 from support import run_cli  # noqa: E402
 
-from edgeshrink.errors import UnsupportedFormatError  # noqa: E402
+from edgeshrink.errors import (
+    EvalDataError,  # noqa: E402
+    UnsupportedFormatError,  # noqa: E402
+)
+from edgeshrink.formats.onnx.quality import evaluate_onnx  # noqa: E402
+from edgeshrink.formats.outputs import output_agreement  # noqa: E402
 from edgeshrink.plan import ShrinkOptions  # noqa: E402
 from edgeshrink.profiles import get_profile  # noqa: E402
-from edgeshrink.quality import (  # noqa: E402
-    EvalDataError,
-    QualityBudget,
-    evaluate,
-    evaluate_onnx,
-    output_agreement,
-)
+from edgeshrink.quality import QualityBudget, evaluate  # noqa: E402
 from edgeshrink.shrink import shrink_model  # noqa: E402
 from edgeshrink.testmodels.onnx_models import (  # noqa: E402
     make_digits_onnx,

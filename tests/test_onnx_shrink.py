@@ -30,9 +30,9 @@ from edgeshrink.errors import (  # noqa: E402
     UnsupportedFormatError,
 )
 from edgeshrink.formats.onnx import CalibrationError, inspect_onnx, plan_onnx  # noqa: E402
+from edgeshrink.formats.onnx.quality import evaluate_onnx  # noqa: E402
 from edgeshrink.plan import ShrinkOptions  # noqa: E402
 from edgeshrink.profiles import get_profile  # noqa: E402
-from edgeshrink.quality import evaluate_onnx  # noqa: E402
 from edgeshrink.shrink import plan_model, shrink_model  # noqa: E402
 from edgeshrink.testmodels.onnx_models import (  # noqa: E402
     make_convnet_onnx,

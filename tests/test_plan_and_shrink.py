@@ -12,7 +12,8 @@ from support import needs_llama_cpp
 from edgeshrink.artifacts import load_artifact, manifest_path_for
 from edgeshrink.errors import DoesNotFitError, ModelFileError, QuantizationError
 from edgeshrink.formats import gguf
-from edgeshrink.plan import ShrinkOptions, plan_gguf
+from edgeshrink.formats.gguf.plan import plan_gguf
+from edgeshrink.plan import ShrinkOptions
 from edgeshrink.profiles import get_profile
 from edgeshrink.shrink import default_output_path, shrink_gguf
 from edgeshrink.util import sha256_file

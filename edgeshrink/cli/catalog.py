@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from edgeshrink.cli.common import JSON_OPTION, Context, emit_json, pass_context, warn_problems
+from edgeshrink.formats import gguf
+from edgeshrink.profiles import get_profile, scan_profiles
 from edgeshrink.report.table import render_pairs, render_table
 from edgeshrink.util import terminal_safe
 
@@ -19,7 +21,6 @@ def profiles() -> None:
 @pass_context
 def profiles_list(obj: Context, as_json: bool) -> None:
     """List the known hardware profiles (built-in and your own)."""
-    from edgeshrink.profiles import scan_profiles
 
     scan = scan_profiles(obj.profiles_dirs)
     warn_problems(scan.problems)
@@ -44,7 +45,6 @@ def profiles_list(obj: Context, as_json: bool) -> None:
 @pass_context
 def profiles_show(obj: Context, profile_id: str, as_json: bool) -> None:
     """Show one hardware profile, with where its numbers come from."""
-    from edgeshrink.profiles import get_profile
 
     p = get_profile(profile_id, obj.profiles_dirs)
     if as_json:
@@ -83,7 +83,6 @@ def profiles_show(obj: Context, profile_id: str, as_json: bool) -> None:
 @JSON_OPTION
 def quant_types(as_json: bool) -> None:
     """List llama.cpp's GGUF quantization types, best quality first."""
-    from edgeshrink.formats import gguf
 
     rows = []
     for q in gguf.QUANT_TYPES.values():

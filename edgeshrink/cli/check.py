@@ -7,6 +7,8 @@ from typing import Any
 
 import click
 
+from edgeshrink.artifacts import load_artifact
+from edgeshrink.check import SpeedLimits, check_artifact
 from edgeshrink.cli.common import (
     JSON_OPTION,
     Context,
@@ -16,6 +18,8 @@ from edgeshrink.cli.common import (
     progress_printer,
 )
 from edgeshrink.cli.run import bench_options, connect_target, params_from
+from edgeshrink.errors import EdgeshrinkError, ProfileError
+from edgeshrink.profiles import get_profile
 from edgeshrink.util import terminal_safe
 
 MARKS = {"pass": "ok  ", "fail": "FAIL", "skip": "skip"}
@@ -157,10 +161,6 @@ def check(
     \b
     edgeshrink check model-q4_0.gguf --target mypi --base model-f16.gguf --max-kld 0.05 --min-tg-tok-s 5
     """
-    from edgeshrink.artifacts import load_artifact
-    from edgeshrink.check import SpeedLimits, check_artifact
-    from edgeshrink.errors import EdgeshrinkError, ProfileError
-    from edgeshrink.profiles import get_profile
 
     target = connect_target(target_name, profile_id, kw)
     chosen = target.profile

@@ -11,6 +11,9 @@ from typing import Any
 
 import click
 
+from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.util import terminal_safe
+
 # Options several commands share (here, not in one command's module: cli.main loads
 # those in turn, and one importing another at module level can meet it half-initialised).
 JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -80,8 +83,6 @@ def emit_json(document: Any) -> None:
     try:
         text = json.dumps(document, indent=2, default=str, allow_nan=False)
     except ValueError as exc:
-        from edgeshrink.errors import EdgeshrinkError
-
         found = _first_non_finite(document)
         field = f"{found[0]} is {found[1]}" if found else str(exc)
         raise EdgeshrinkError(
@@ -94,14 +95,12 @@ def emit_json(document: Any) -> None:
 
 def warn_problems(problems: Iterable[Any]) -> None:
     """One `warning:` line on stderr per file a listing skipped (an EdgeshrinkError each)."""
-    from edgeshrink.util import terminal_safe
 
     for problem in problems:
         click.echo(f"warning: {terminal_safe(problem)} (skipped)", err=True)
 
 
 def progress_printer(quiet: bool = False):
-    from edgeshrink.util import terminal_safe
 
     def say(message: str) -> None:
         if not quiet:
@@ -117,7 +116,6 @@ def agent_progress_printer(quiet: bool = False):
     """The agent's own progress lines (warm-up, each repetition) as they come from the
     device, so a long benchmark is not silent. Its warnings are printed once, at the end,
     and llama.cpp's chatter is left out."""
-    from edgeshrink.util import terminal_safe
 
     def on_line(line: str) -> None:
         if quiet or not line.startswith(AGENT_LOG_PREFIX):

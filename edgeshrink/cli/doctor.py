@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import click
@@ -15,6 +16,10 @@ from edgeshrink.cli.common import (
     pass_context,
     progress_printer,
 )
+from edgeshrink.doctor import InstallPlan, diagnose, install_runtime
+from edgeshrink.errors import AgentError, RuntimeMissingError, TransportError
+from edgeshrink.profiles import get_profile
+from edgeshrink.targets import get_target
 
 MARKS = {
     "ok": ("ok", "green"),
@@ -92,11 +97,6 @@ def doctor(obj: Context, target_name: str, profile_id: str | None, accept_new_ho
     edgeshrink doctor pi@10.0.0.5 -p raspberry-pi-5-8gb --accept-new-host-key
     edgeshrink doctor mypi --install-runtime gguf
     """
-    from dataclasses import replace
-
-    from edgeshrink.doctor import diagnose
-    from edgeshrink.profiles import get_profile
-    from edgeshrink.targets import get_target
 
     say = progress_printer(as_json)
     target = replace(
@@ -117,7 +117,6 @@ def doctor(obj: Context, target_name: str, profile_id: str | None, accept_new_ho
 
 def _fail(report) -> None:
     """The report is out; the command fails with the first failed check as its error."""
-    from edgeshrink.errors import AgentError, RuntimeMissingError, TransportError
 
     failed = [c for c in report.checks if c.status == "error"]
     first = failed[0]
@@ -130,8 +129,6 @@ def _fail(report) -> None:
 
 def _install(target, runtime: str, pip_args: tuple[str, ...], timeout_s: float, dry_run: bool,
              as_json: bool, say: Any) -> None:  # fmt: skip
-    from edgeshrink.doctor import InstallPlan, install_runtime
-
     outcome = install_runtime(target, runtime, pip_args=pip_args, timeout_s=timeout_s,
                               progress=progress_printer(as_json), dry_run=dry_run)  # fmt: skip
     if isinstance(outcome, InstallPlan):

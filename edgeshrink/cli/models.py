@@ -8,9 +8,12 @@ import click
 
 from edgeshrink.cli.common import JSON_OPTION, Context, emit_json, pass_context, progress_printer
 from edgeshrink.convert import CONVERTERS, converter_to
-from edgeshrink.formats import backend
+from edgeshrink.formats import backend, detect_and_inspect, gguf
+from edgeshrink.plan import ShrinkOptions
+from edgeshrink.profiles import get_profile
 from edgeshrink.report.table import render_pairs, render_table
-from edgeshrink.util import human_bytes, human_count, terminal_safe
+from edgeshrink.shrink import default_output_path, plan_model, shrink_model
+from edgeshrink.util import human_bytes, human_count, native_stdout_to_stderr, terminal_safe
 
 MODEL = click.argument("model", type=click.Path(path_type=Path))
 PROFILE = click.option(
@@ -54,7 +57,6 @@ def format_options(func):
 
 
 def shrink_options(**kw):
-    from edgeshrink.plan import ShrinkOptions
 
     return ShrinkOptions(**kw)
 
@@ -84,7 +86,6 @@ JSON = JSON_OPTION
 
 
 def inspect_any(model: Path):
-    from edgeshrink.formats import detect_and_inspect
 
     return detect_and_inspect(model)
 
@@ -95,7 +96,6 @@ def inspect_any(model: Path):
 @JSON
 def inspect(model: Path, context: int | None, as_json: bool) -> None:
     """Describe a model file and the memory it needs at a context length."""
-    from edgeshrink.formats import gguf
 
     info = inspect_any(model)
     estimate = None
@@ -166,9 +166,6 @@ def plan(
     **format_kw: object,
 ) -> None:
     """Choose the quantization for MODEL on a device, and say why."""
-    from edgeshrink.plan import ShrinkOptions
-    from edgeshrink.profiles import get_profile
-    from edgeshrink.shrink import plan_model
 
     profile = get_profile(profile_id, obj.profiles_dirs)
     info = inspect_any(model)
@@ -269,14 +266,11 @@ def shrink(
 ) -> None:
     """Quantize MODEL for a device: GGUF with llama.cpp's own quantizer, Hugging Face
     checkpoints converted to GGUF first, ONNX with onnxruntime's quantization tools."""
-    from edgeshrink.profiles import get_profile
-    from edgeshrink.shrink import default_output_path, plan_model, shrink_model
 
     profile = get_profile(profile_id, obj.profiles_dirs)
     if format_kw.get("to_format") and not dry_run:
         options = shrink_options(quant=quant, context=context, prefer=prefer, threads=threads, force=force,
                                  allow_requantize=allow_requantize, **format_kw)  # fmt: skip
-        from edgeshrink.util import native_stdout_to_stderr
 
         with native_stdout_to_stderr():
             result = converter_to(format_kw["to_format"])(

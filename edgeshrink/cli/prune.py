@@ -18,7 +18,7 @@ from edgeshrink.cli.common import (
 )
 from edgeshrink.errors import RecipeError
 from edgeshrink.formats import backend, detect_and_inspect
-from edgeshrink.llm_quality import LlmBudget
+from edgeshrink.formats.gguf.quality import LlmBudget
 from edgeshrink.passes import get_pass, step
 from edgeshrink.passes.prune import (
     PruneChoice,

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import click
 
 from edgeshrink.cli.common import ACCEPT_NEW_HOST_KEY, JSON_OPTION, emit_json, progress_printer
+from edgeshrink.cli.targets import transfer_progress_printer
+from edgeshrink.deploy import push_model
 from edgeshrink.report.table import render_pairs
+from edgeshrink.targets import get_target
 from edgeshrink.util import human_bytes
 
 
@@ -28,11 +32,6 @@ def push(artifact: Path, target_name: str, accept_new_host_key: bool, as_json: b
     receives and renames only verified bytes into place; an interrupted push
     resumes; an unchanged artifact already there is not sent again.
     """
-    from dataclasses import replace
-
-    from edgeshrink.cli.targets import transfer_progress_printer
-    from edgeshrink.deploy import push_model
-    from edgeshrink.targets import get_target
 
     target = replace(get_target(target_name), accept_new_host_key=accept_new_host_key)
     pushed = push_model(

@@ -7,6 +7,10 @@ from pathlib import Path
 import click
 
 from edgeshrink.cli.common import EVAL_TEXT, JSON_OPTION, FiniteFloat, emit_json, progress_printer
+from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.formats import backend, detect_format
+from edgeshrink.formats.gguf.quality import LlmBudget, evaluate_llm
+from edgeshrink.quality import QualityBudget, evaluate
 from edgeshrink.report.table import render_pairs, render_table
 from edgeshrink.util import terminal_safe
 
@@ -140,8 +144,6 @@ def eval_command(
     edgeshrink eval model-f16.gguf model-q4_0.gguf --text eval.txt --max-kld 0.05
     edgeshrink eval model.onnx model-int8-static.onnx --inputs test.npz --labels labels
     """
-    from edgeshrink.formats import backend, detect_format
-    from edgeshrink.quality import QualityBudget, evaluate
 
     if backend(detect_format(base)).evaluation == "llm-text":
         eval_llm(
@@ -179,15 +181,11 @@ def eval_command(
 def eval_llm(
     base, candidate, text_file, n_ctx, chunks, max_kld, max_ppl_increase, min_agreement, as_json
 ) -> None:
-    from edgeshrink.errors import EdgeshrinkError
-    from edgeshrink.llm_quality import evaluate_llm
-    from edgeshrink.sweep import QualityBudget
-
     report = evaluate_llm(
         base, candidate, text=text_file.read_text(encoding="utf-8") if text_file else None,
         n_ctx=n_ctx, max_chunks=chunks, progress=progress_printer(as_json),
     )  # fmt: skip
-    budget = QualityBudget(
+    budget = LlmBudget(
         max_kld=max_kld, max_ppl_increase=max_ppl_increase, min_same_top=min_agreement
     )
     doc = report.to_dict()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
 import click
 
+from edgeshrink.bench import BenchParams
 from edgeshrink.cli.common import (
     ACCEPT_NEW_HOST_KEY,
     DB_OPTION,
@@ -26,9 +28,19 @@ from edgeshrink.cli.models import (
     QUANT,
     fallback_summary,
     format_options,
+    inspect_any,
     print_plan,
+    shrink_options,
 )
+from edgeshrink.cli.targets import transfer_progress_printer
+from edgeshrink.demo import demo_model_path
+from edgeshrink.deploy import bench_model, deploy_model
+from edgeshrink.errors import AgentError, ProfileError
+from edgeshrink.plan import ShrinkOptions
+from edgeshrink.profiles import get_profile
 from edgeshrink.report.table import render_pairs
+from edgeshrink.shrink import plan_model
+from edgeshrink.targets import get_target
 from edgeshrink.util import human_bytes, terminal_safe
 
 FORMAT_KEYS = (
@@ -76,9 +88,6 @@ def bench_options(func: Callable[..., Any]) -> Callable[..., Any]:
 def params_from(kw: dict[str, Any]):
     """BenchParams from the bench options: each option is named after its field
     (tests/test_bench_params_schema.py holds the CLI, the host and the agent to that)."""
-    from dataclasses import fields
-
-    from edgeshrink.bench import BenchParams
 
     values = {f.name: kw[f.name] for f in fields(BenchParams) if f.name in kw}
     values["flash_attn"] = values["flash_attn"] == "on"
@@ -86,15 +95,11 @@ def params_from(kw: dict[str, Any]):
 
 
 def push_printer(quiet: bool):
-    from edgeshrink.cli.targets import transfer_progress_printer
 
     return transfer_progress_printer(quiet)
 
 
 def connect_target(name: str, profile_id: str | None, kw: dict[str, Any]):
-    from dataclasses import replace
-
-    from edgeshrink.targets import get_target
 
     target = get_target(name, profile=profile_id)
     return replace(target, accept_new_host_key=bool(kw.get("accept_new_host_key")))
@@ -189,8 +194,6 @@ def _finish(outcome) -> None:
     """A benchmark that did not end ok is a failure of the command, after it was shown and stored."""
     r = outcome.result
     if not r.ok:
-        from edgeshrink.errors import AgentError
-
         raise AgentError(
             f"benchmark on {outcome.target.name} ended with status {r.status}: {r.error_message}",
             hint=r.error_hint or AgentError.default_hint,
@@ -228,8 +231,6 @@ def bench(
     **kw: Any,
 ) -> None:
     """Benchmark MODEL on a target with the on-device agent."""
-    from edgeshrink.deploy import bench_model
-    from edgeshrink.profiles import get_profile
 
     target = connect_target(target_name, profile_id, kw)
     profile = get_profile(target.profile, obj.profiles_dirs) if target.profile else None
@@ -280,11 +281,6 @@ def deploy(
     **kw: Any,
 ) -> None:
     """Plan, shrink, push and benchmark MODEL on a target, and store the result."""
-    from edgeshrink.cli.models import inspect_any, shrink_options
-    from edgeshrink.deploy import deploy_model
-    from edgeshrink.errors import ProfileError
-    from edgeshrink.profiles import get_profile
-    from edgeshrink.shrink import plan_model
 
     target = connect_target(target_name, profile_id, kw)
     if not target.profile:
@@ -359,10 +355,6 @@ def demo(
 
     Needs nothing but the install: no download, no model of your own.
     """
-    from edgeshrink.demo import demo_model_path
-    from edgeshrink.deploy import deploy_model
-    from edgeshrink.plan import ShrinkOptions
-    from edgeshrink.profiles import get_profile
 
     say = progress_printer(as_json)
     profile = get_profile(profile_id, obj.profiles_dirs)

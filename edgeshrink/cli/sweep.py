@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from edgeshrink.cli.common import (
     EVAL_TEXT,
@@ -17,7 +18,12 @@ from edgeshrink.cli.common import (
     progress_printer,
 )
 from edgeshrink.cli.run import bench_options, connect_target, params_from
+from edgeshrink.errors import EdgeshrinkError, UnsupportedFormatError
+from edgeshrink.formats import backend, detect_format
+from edgeshrink.profiles import get_profile
 from edgeshrink.report.table import render_table
+from edgeshrink.sweep import OutputQualityBudget, QualityBudget, sweep_gguf, sweep_outputs
+from edgeshrink.util import human_bytes
 
 # Options that mean something for one way of measuring quality only, by parameter name
 # (as click names them): over a text (LLMs) or on a model's outputs (ONNX, TFLite).
@@ -33,7 +39,6 @@ OUTPUTS_ONLY = (
 
 def _refuse_foreign_options(model: Path, fmt: Any) -> None:
     """A usage error naming every option given that does not apply to this model's format."""
-    from click.core import ParameterSource
 
     ctx = click.get_current_context()
     by_text = fmt.evaluation == "llm-text"
@@ -225,9 +230,6 @@ def sweep(
     edgeshrink sweep model.onnx --profile imx8mp --target board --calibration cal.npz \\
         --eval eval.npz --labels labels --max-accuracy-drop 1
     """
-    from edgeshrink.errors import EdgeshrinkError, UnsupportedFormatError
-    from edgeshrink.formats import backend, detect_format
-    from edgeshrink.profiles import get_profile
 
     fmt = backend(detect_format(model))
     if not fmt.sweep_ladder:
@@ -245,8 +247,6 @@ def sweep(
         progress=progress_printer(as_json),
     )  # fmt: skip
     if fmt.evaluation == "llm-text":
-        from edgeshrink.sweep import QualityBudget, sweep_gguf
-
         types = (
             tuple(fmt.normalize_quant(q) for q in ladder.split(",")) if ladder else fmt.sweep_ladder
         )
@@ -257,8 +257,6 @@ def sweep(
             eval_ctx=eval_ctx, eval_chunks=eval_chunks, context=context, **common,
         )  # fmt: skip
     else:
-        from edgeshrink.sweep import OutputQualityBudget, sweep_outputs
-
         budget = OutputQualityBudget(
             max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement, min_cosine=min_cosine
         )
@@ -330,7 +328,6 @@ def _gguf_table(result: Any) -> str:
 
 
 def _onnx_table(result: Any) -> str:
-    from edgeshrink.util import human_bytes
 
     labelled = any(m["name"] == "accuracy" for c in result.candidates for m in c.quality["metrics"])
     measured_any = result.target is not None

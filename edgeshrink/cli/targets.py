@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import asdict, replace
 from typing import Any
 
 import click
@@ -17,7 +18,20 @@ from edgeshrink.cli.common import (
     progress_printer,
     warn_problems,
 )
+from edgeshrink.errors import TargetError, TransportError
+from edgeshrink.profiles import get_profile
 from edgeshrink.report.table import render_pairs, render_table
+from edgeshrink.targets import (
+    add_target,
+    build_ssh_target,
+    get_target,
+    remove_target,
+    render_target_toml,
+    resolve_ssh,
+    scan_targets,
+    target_file_path,
+)
+from edgeshrink.util import human_bytes
 
 
 def transfer_progress_printer(quiet: bool = False, *, min_interval_s: float = 0.25):
@@ -26,7 +40,6 @@ def transfer_progress_printer(quiet: bool = False, *, min_interval_s: float = 0.
     For ``open_transport(target, progress=...)``; silent when ``quiet`` or
     when stderr is not a terminal (then only the final line is printed).
     """
-    from edgeshrink.util import human_bytes
 
     state = {"last": 0.0}
     interactive = sys.stderr.isatty()
@@ -66,7 +79,6 @@ def targets() -> None:
 @JSON_OPTION
 def targets_list(as_json: bool) -> None:
     """List the known targets."""
-    from edgeshrink.targets import scan_targets
 
     scan = scan_targets()
     warn_problems(problem for _path, problem in scan.problems)
@@ -81,9 +93,6 @@ def targets_list(as_json: bool) -> None:
 def _endpoint_dict(target) -> dict[str, Any] | None:
     if target.kind != "ssh":
         return None
-    from dataclasses import asdict
-
-    from edgeshrink.targets import resolve_ssh
 
     return asdict(resolve_ssh(target))
 
@@ -93,7 +102,6 @@ def _endpoint_dict(target) -> dict[str, Any] | None:
 @JSON_OPTION
 def targets_show(name: str, as_json: bool) -> None:
     """Show one target, and for SSH where it really connects (after ~/.ssh/config)."""
-    from edgeshrink.targets import get_target
 
     target = get_target(name)
     endpoint = _endpoint_dict(target)
@@ -152,15 +160,6 @@ def targets_add(obj: Context, name: str, profile_id: str, no_check: bool, force:
     edgeshrink targets add mypi --host 192.168.1.20 --user pi --profile raspberry-pi-5-8gb
     edgeshrink targets add phone --host 10.0.0.7 --port 8022 --profile pixel-8 --accept-new-host-key
     """
-    from dataclasses import replace
-
-    from edgeshrink.profiles import get_profile
-    from edgeshrink.targets import (
-        add_target,
-        build_ssh_target,
-        render_target_toml,
-        target_file_path,
-    )
 
     profile = get_profile(profile_id, obj.profiles_dirs)
     target = build_ssh_target(name, profile=profile.id, tags=tuple(kw.pop("tags")), **kw)
@@ -174,7 +173,6 @@ def targets_add(obj: Context, name: str, profile_id: str, no_check: bool, force:
         return
     checked: dict[str, Any] | None = None
     if not no_check:
-        from edgeshrink.errors import TransportError
         from edgeshrink.transport.ssh import SSHTransport
 
         say = progress_printer(as_json)
@@ -206,8 +204,6 @@ def targets_add(obj: Context, name: str, profile_id: str, no_check: bool, force:
 @click.option("--dry-run", is_flag=True, help="Show which file would be deleted; delete nothing.")
 def targets_remove(name: str, dry_run: bool) -> None:
     """Delete a target that `targets add` saved (its file in the user config dir)."""
-    from edgeshrink.errors import TargetError
-    from edgeshrink.targets import remove_target, target_file_path
 
     path = target_file_path(name)
     if dry_run:

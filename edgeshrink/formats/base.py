@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeshrink.errors import UnsupportedFormatError
+from edgeshrink.util import sha256_file
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,6 @@ class Backend:
 
     def source_sha256(self, src: Path, info: ModelInfo) -> str:
         """The hash of every byte the artifact is made from (the reuse key, with the recipe)."""
-        from edgeshrink.util import sha256_file
 
         return sha256_file(src)
 

@@ -15,10 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from edgeshrink.artifacts import default_output_path
+from edgeshrink.convert import convert_hf_to_gguf
+from edgeshrink.convert import inspect_hf as inspect
+from edgeshrink.convert.hf_to_gguf import gguf_tensor_shapes
 from edgeshrink.formats import backend
 from edgeshrink.formats.base import Backend, Built, ModelInfo
+from edgeshrink.formats.gguf.plan import plan_llm
 from edgeshrink.passes import step
-from edgeshrink.plan import ShrinkOptions, ShrinkPlan, plan_llm
+from edgeshrink.plan import ShrinkOptions, ShrinkPlan
 from edgeshrink.profiles import HardwareProfile
 
 Progress = Callable[[str], None]
@@ -28,7 +32,6 @@ CHECKPOINT_FILES = ("config.json", "tokenizer.json", "tokenizer.model", "tokeniz
 
 
 def inspect_hf(path: str | os.PathLike[str]) -> ModelInfo:
-    from edgeshrink.convert import inspect_hf as inspect
 
     return inspect(path)
 
@@ -36,7 +39,6 @@ def inspect_hf(path: str | os.PathLike[str]) -> ModelInfo:
 def plan_hf(
     info: ModelInfo, profile: HardwareProfile, options: ShrinkOptions | None = None
 ) -> ShrinkPlan:
-    from edgeshrink.convert.hf_to_gguf import gguf_tensor_shapes
 
     options = options or ShrinkOptions()
     shapes = gguf_tensor_shapes(info.path, options.convert_type)
@@ -79,7 +81,6 @@ def conversion_path(
 
 
 def convert_build(src: Path, work: Path, name: str, recipe: Any, progress: Any) -> Built:
-    from edgeshrink.convert import convert_hf_to_gguf
 
     outtype = recipe[-1].get("type").lower()
     progress(f"converting {src.name} to GGUF ({outtype})")

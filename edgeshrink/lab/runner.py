@@ -43,6 +43,7 @@ from typing import Any
 from edgeshrink import __version__
 from edgeshrink.artifacts import tool_versions
 from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.formats.gguf.quality import default_eval_text, evaluate_llm
 from edgeshrink.lab.builds import (
     BuildPlan,
     Built,
@@ -62,7 +63,6 @@ from edgeshrink.lab.config import (
 )
 from edgeshrink.lab.history import JobRecord, LabHistory, LabRun, this_host
 from edgeshrink.lab.session import DeviceOutcome, DeviceSession, LabEvent, Progress
-from edgeshrink.llm_quality import default_eval_text, evaluate_llm
 from edgeshrink.profiles import get_profile
 from edgeshrink.sweep import QUALITY_METHOD
 

@@ -17,7 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from edgeshrink.errors import EvalDataError, EvalError, QualityBudgetError, RecipeError
-from edgeshrink.passes import Pass, Setting
+from edgeshrink.formats import backend
+from edgeshrink.formats.gguf import quantize_gguf
+from edgeshrink.formats.gguf.hooks import BlockStates
+from edgeshrink.formats.gguf.quality import (
+    LlamaScorer,
+    chunk_tokens,
+    default_eval_text,
+    evaluate_llm,
+)
+from edgeshrink.passes.base import Pass, Setting
+from edgeshrink.util import shipped_text
 
 
 def _layer_list(value: tuple[int, ...]) -> str | None:
@@ -91,9 +101,6 @@ def score_layers(
     first position of each chunk, an attention sink, is left out)."""
     import numpy as np
 
-    from edgeshrink.llama_hooks import BlockStates
-    from edgeshrink.llm_quality import LlamaScorer, chunk_tokens
-
     say = progress or (lambda _m: None)
     model = Path(model)
     start = time.perf_counter()
@@ -151,7 +158,6 @@ def score_layers(
 
 
 def _layer_count(model: Path) -> int:
-    from edgeshrink.formats import backend
 
     info = backend("gguf").inspect(model)
     if info.llm is None:
@@ -226,13 +232,8 @@ class PruneChoice:
 def split_texts(text: str | None, eval_text: str | None) -> tuple[str, str]:
     """(calibration, evaluation) text: a removal is chosen on one and judged on the other.
     The defaults are the two texts edgeshrink ships (data/calib-en.txt, data/eval-en.txt)."""
-    from edgeshrink.llm_quality import default_eval_text
 
-    calibration = (
-        text
-        if text is not None
-        else (Path(__file__).parent.parent / "data" / "calib-en.txt").read_text(encoding="utf-8")
-    )
+    calibration = text if text is not None else shipped_text("calib-en.txt")
     evaluation = eval_text if eval_text is not None else default_eval_text()
     if calibration.strip() == evaluation.strip():
         raise EvalDataError(
@@ -252,7 +253,6 @@ class RemovalMeter:
         self.file_type = _file_type(src)
 
     def pruned(self, layers: tuple[int, ...]) -> Path:
-        from edgeshrink.formats.gguf import quantize_gguf
 
         out = self.work / f"pruned-{'-'.join(map(str, layers))}.gguf"
         if not out.exists():
@@ -260,7 +260,6 @@ class RemovalMeter:
         return out
 
     def measure(self, layers: tuple[int, ...], why: str) -> Tried:
-        from edgeshrink.llm_quality import evaluate_llm
 
         self.say(f"measuring the removal of layers {', '.join(map(str, layers))} ({why})")
         report = evaluate_llm(self.src, self.pruned(layers), text=self.eval_text, n_ctx=self.n_ctx,
@@ -269,7 +268,6 @@ class RemovalMeter:
 
 
 def _file_type(src: Path) -> str:
-    from edgeshrink.formats import backend
 
     return backend("gguf").inspect(src).file_type
 

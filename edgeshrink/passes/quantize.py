@@ -6,7 +6,7 @@ modes); the pass only says that a recipe ends in one type.
 
 from __future__ import annotations
 
-from edgeshrink.passes import Pass, Setting
+from edgeshrink.passes.base import Pass, Setting
 
 QUANTIZE = Pass(
     name="quantize",

@@ -15,10 +15,14 @@ sit beside them.  The same arguments always give the same file.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import os
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from edgeshrink.formats.onnx import inspect_onnx, io_specs, random_batches
 
 if TYPE_CHECKING:
     import numpy as np
@@ -292,7 +296,6 @@ def train_digits_mlp(hidden: int = 64, seed: int = 0) -> tuple[tuple[Any, ...], 
     About two seconds on one core; cached per process, since tests build the
     model more than once.
     """
-    import warnings
 
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.neural_network import MLPClassifier
@@ -379,7 +382,6 @@ def write_random_inputs_npz(
     """``samples`` random inputs for every input of ``model_path``, stacked on the first
     axis (a symbolic or size-1 first dimension becomes ``samples``): the random inputs
     edgeshrink itself uses (standard normal floats, small non-negative integers)."""
-    from edgeshrink.formats.onnx import inspect_onnx, io_specs
 
     return write_inputs_npz(io_specs(inspect_onnx(model_path))[0], path, samples=samples, seed=seed)
 
@@ -387,8 +389,6 @@ def write_random_inputs_npz(
 def write_inputs_npz(specs: Any, path: str | os.PathLike[str], *, samples: int, seed: int) -> Path:
     """Random inputs of the declared ``specs`` (ONNX or TFLite), one .npz keyed by name."""
     import numpy as np
-
-    from edgeshrink.formats.onnx import random_batches
 
     feeds = random_batches(specs, samples=samples, seed=seed).feeds
     return write_npz(path, {name: np.concatenate([f[name] for f in feeds]) for name in feeds[0]})
@@ -409,7 +409,6 @@ def main(argv: list[str] | None = None) -> int:
 
     python -m edgeshrink.testmodels.onnx_models -o out/onnx
     """
-    import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
     parser.add_argument("-o", "--out-dir", type=Path, default=Path("out/onnx"))

@@ -16,10 +16,14 @@ arguments always give the same bytes.
 
 from __future__ import annotations
 
+import argparse
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from edgeshrink.formats.tflite import inspect_tflite, io_specs, tflite_schema
+from edgeshrink.testmodels.onnx_models import train_digits_mlp, write_digits_npz, write_inputs_npz
 
 if TYPE_CHECKING:
     import numpy as np
@@ -148,7 +152,6 @@ class FlatbufferModelBuilder:
 
 
 def _schema() -> Any:
-    from edgeshrink.formats.tflite import tflite_schema
 
     return tflite_schema()
 
@@ -253,8 +256,6 @@ def make_digits_tflite(
     """
     import numpy as np
 
-    from edgeshrink.testmodels.onnx_models import train_digits_mlp
-
     (w1, b1, w2, b2), accuracy = train_digits_mlp(hidden, seed)
     s = _schema()
     b = FlatbufferModelBuilder(s, "edgeshrink.testmodels.digits")
@@ -286,8 +287,6 @@ def write_random_inputs_npz(
 ) -> Path:
     """``samples`` random inputs for every input of ``model_path``, keyed by input name
     and stacked on the first axis (a batch of 1 becomes ``samples``)."""
-    from edgeshrink.formats.tflite import inspect_tflite, io_specs
-    from edgeshrink.testmodels.onnx_models import write_inputs_npz
 
     inputs, _ = io_specs(inspect_tflite(model_path))
     return write_inputs_npz(inputs, path, samples=samples, seed=seed)
@@ -298,9 +297,6 @@ def main(argv: list[str] | None = None) -> int:
 
     python -m edgeshrink.testmodels.tflite_models -o out/tflite
     """
-    import argparse
-
-    from edgeshrink.testmodels.onnx_models import write_digits_npz
 
     parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
     parser.add_argument("-o", "--out-dir", type=Path, default=Path("out/tflite"))

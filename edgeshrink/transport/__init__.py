@@ -8,6 +8,7 @@ from typing import Any
 from edgeshrink.errors import TargetError
 from edgeshrink.targets import Target
 from edgeshrink.transport.base import CommandResult, PushResult, Transport
+from edgeshrink.transport.local import LocalTransport
 
 
 def open_transport(
@@ -23,8 +24,6 @@ def open_transport(
     each stderr line of a run, as it comes.
     """
     if target.kind == "local":
-        from edgeshrink.transport.local import LocalTransport
-
         return LocalTransport(target, on_stderr=on_stderr)
     if target.kind == "ssh":
         from edgeshrink.transport.ssh import SSHTransport

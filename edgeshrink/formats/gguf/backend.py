@@ -10,6 +10,7 @@ from typing import Any
 from edgeshrink.errors import BenchParamsError
 from edgeshrink.formats.base import Backend, Built, ModelInfo
 from edgeshrink.formats.gguf import build
+from edgeshrink.formats.gguf.plan import context_warnings, plan_gguf
 from edgeshrink.formats.gguf.quant_types import FORMAT, LLAMA_QUANTIZE_TYPES, quant_type
 from edgeshrink.formats.gguf.reader import inspect_gguf, is_encoder, position_rows
 
@@ -26,7 +27,6 @@ class GgufBackend(Backend):
         return inspect_gguf(path)
 
     def plan(self, info: ModelInfo, profile: Any, options: Any) -> Any:
-        from edgeshrink.plan import plan_gguf  # plan reads this package's tables
 
         return plan_gguf(info, profile, options)
 
@@ -106,7 +106,6 @@ class GgufBackend(Backend):
         but not one the model would be used at."""
         if is_encoder(info):
             return ()  # the agent embeds at most the trained length, and says so
-        from edgeshrink.plan import context_warnings  # plan reads this package's tables
 
         used = params.n_ctx or params.prompt_tokens + params.gen_tokens
         asked = (

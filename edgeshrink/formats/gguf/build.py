@@ -8,6 +8,7 @@ from typing import Any
 
 from edgeshrink.errors import EdgeshrinkError
 from edgeshrink.formats.base import Built, ModelInfo
+from edgeshrink.formats.gguf.quality import check_runs
 from edgeshrink.formats.gguf.quantize import check_prune_layers, quantize_gguf
 
 
@@ -58,7 +59,6 @@ def verify(built: Built, info: ModelInfo, options: Any, progress: Any) -> Built:
     removed = {i for step in built.recipe if step["pass"] == "prune" for i in step["layers"]}
     if not removed or info.llm is None:
         return built
-    from edgeshrink.llm_quality import check_runs
 
     expected = info.llm.n_layer - len(removed)
     progress(f"checking that llama.cpp loads and runs {built.path.name} with {expected} layers")

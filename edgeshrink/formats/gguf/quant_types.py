@@ -6,6 +6,7 @@ importing this module stays light."""
 
 from __future__ import annotations
 
+import difflib
 import functools
 from dataclasses import dataclass
 
@@ -152,7 +153,6 @@ def quant_type(name: str) -> GgufQuantType:
     table = quant_types_table()
     if key in table:
         return table[key]
-    import difflib
 
     close = difflib.get_close_matches(key, list(table), n=3)
     hint = f"did you mean {', '.join(close)}? " if close else ""

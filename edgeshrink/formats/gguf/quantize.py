@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +57,6 @@ sys.stdout.write(json.dumps({"rc": int(rc), "seconds": time.perf_counter() - sta
 
 def llama_cpp_version() -> str | None:
     try:
-        from importlib.metadata import version
-
         return version("llama_cpp_python")
     except Exception:
         return None

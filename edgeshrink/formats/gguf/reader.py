@@ -3,7 +3,9 @@ it (check_gguf_layout), read_gguf, and what `inspect` reports (inspect_gguf)."""
 
 from __future__ import annotations
 
+import mmap
 import os
+import struct
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -43,7 +45,6 @@ def check_gguf_layout(data: Any, size: int) -> None:
     gguf-py's reader trusts the header: an array claiming 2^61 strings in a 72-byte file
     makes it loop and allocate without bound. Raises _Damaged naming the offset.
     """
-    import struct
 
     from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
@@ -155,7 +156,6 @@ def read_gguf(path: str | os.PathLike[str]) -> Any:
             f"{path}: not a GGUF file (starts with {magic!r}, expected b'GGUF')",
             hint="give a .gguf file made by llama.cpp's converters",
         )
-    import mmap
 
     from gguf import GGUFReader
 

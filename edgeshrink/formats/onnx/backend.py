@@ -12,6 +12,7 @@ from edgeshrink.formats.onnx import build
 from edgeshrink.formats.onnx.constants import FORMAT, QUANT_TYPES
 from edgeshrink.formats.onnx.inspect import inspect_onnx
 from edgeshrink.formats.onnx.plan import estimate_onnx_memory, normalize_quant, plan_onnx
+from edgeshrink.formats.onnx.quality import evaluate_onnx
 from edgeshrink.formats.tensors import graph_details
 
 
@@ -104,7 +105,6 @@ class OnnxBackend(Backend):
             )
 
     def evaluate(self, base: Any, candidate: Any, **kw: Any) -> Any:
-        from edgeshrink.quality import evaluate_onnx  # quality reads this package's runtime
 
         return evaluate_onnx(base, candidate, **kw)
 

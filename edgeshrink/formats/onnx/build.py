@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +64,6 @@ def build(src: Path, work: Path, name: str, recipe: Any, *, info: ModelInfo, pro
                             external=external_data(info), progress=progress)  # fmt: skip
     versions = []
     with contextlib.suppress(Exception):
-        from importlib.metadata import version
-
         versions.append(("onnxconverter-common", version("onnxconverter-common")))
     return Built(
         path=outcome.path,

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from edgeshrink.errors import QuantizationError, UnsupportedFormatError
 from edgeshrink.formats.base import MemoryEstimate, ModelInfo
 from edgeshrink.formats.onnx.constants import FORMAT, INT8_QUANTS, MIB, PLAN_ORDER, QUANT_TYPES
+from edgeshrink.plan import Ladder, ShrinkOptions
 from edgeshrink.profiles import HardwareProfile
 
 if TYPE_CHECKING:
@@ -141,7 +142,6 @@ def _shares(info: ModelInfo) -> tuple[str, str]:
 def plan_onnx(
     info: ModelInfo, profile: HardwareProfile, options: ShrinkOptions | None = None
 ) -> ShrinkPlan:
-    from edgeshrink.plan import Ladder, ShrinkOptions
 
     options = options or ShrinkOptions()
     if info.format != FORMAT:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,6 @@ def ort_load_error(
     path: Path, exc: Exception, opsets: Mapping[str, int] | None = None
 ) -> EdgeshrinkError:
     """One clear edgeshrink error for why onnxruntime could not load ``path``."""
-    import re
 
     ort = import_ort()
     message = str(exc)

@@ -14,6 +14,7 @@ from edgeshrink.formats.tflite import build
 from edgeshrink.formats.tflite.constants import FORMAT, QUANT_TYPES, STATIC_QUANTS
 from edgeshrink.formats.tflite.inspect import inspect_tflite
 from edgeshrink.formats.tflite.plan import estimate_tflite_memory, normalize_quant, plan_tflite
+from edgeshrink.formats.tflite.quality import evaluate_tflite
 
 
 class TfliteBackend(Backend):
@@ -79,7 +80,6 @@ class TfliteBackend(Backend):
             )
 
     def evaluate(self, base: Any, candidate: Any, **kw: Any) -> Any:
-        from edgeshrink.quality import evaluate_tflite  # quality reads this package's runtime
 
         return evaluate_tflite(base, candidate, **kw)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +56,6 @@ def verify(built: Built, options: Any, progress: Any) -> Built:
     versions = []
     for dist in VERSIONED:
         with contextlib.suppress(Exception):
-            from importlib.metadata import version
-
             versions.append((dist, version(dist)))
     return dataclasses.replace(
         built,

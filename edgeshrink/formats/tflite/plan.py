@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from edgeshrink.errors import QuantizationError, UnsupportedFormatError
 from edgeshrink.formats.base import MemoryEstimate, ModelInfo
 from edgeshrink.formats.tflite.constants import FORMAT, MIB, QUANT_TYPES, STATIC_QUANTS
+from edgeshrink.plan import Ladder, ShrinkOptions
 from edgeshrink.profiles import HardwareProfile
 
 if TYPE_CHECKING:
@@ -143,7 +144,6 @@ def plan_tflite(
       as full integer (measured here for an MLP and a conv net, see the reason).
     A type that does not fit steps down to the next smaller one.
     """
-    from edgeshrink.plan import Ladder, ShrinkOptions
 
     options = options or ShrinkOptions()
     if info.format != FORMAT:

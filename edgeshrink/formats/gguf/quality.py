@@ -36,9 +36,11 @@ from edgeshrink.agent.edgeshrink_agent import avoid_amx
 from edgeshrink.errors import (
     EvalError,  # noqa: F401 (re-exported)
     ModelFileError,
+    QuantizationError,
     RuntimeMissingError,
 )
-from edgeshrink.util import atomic_path, sha256_file
+from edgeshrink.formats.gguf.quantize import llama_cpp_version
+from edgeshrink.util import atomic_path, sha256_file, shipped_text
 
 Progress = Callable[[str], None]
 LOG_PROB_FLOOR = -16.0
@@ -111,7 +113,7 @@ class LlmBudget:
 
 def default_eval_text() -> str:
     """A short English text the project wrote itself (edgeshrink/data/eval-en.txt)."""
-    return (Path(__file__).parent / "data" / "eval-en.txt").read_text(encoding="utf-8")
+    return shipped_text("eval-en.txt")
 
 
 # --------------------------------------------------------------------------- llama.cpp
@@ -275,7 +277,6 @@ def base_log_probs(
     import numpy as np
 
     say = progress or (lambda _m: None)
-    from edgeshrink.formats.gguf import llama_cpp_version
 
     key = hashlib.sha256(
         "|".join(
@@ -443,8 +444,6 @@ def check_runs(
     """Load ``path`` in llama.cpp and decode a short prompt: the layer count is the one
     expected and the logits are finite, or a QuantizationError says what is wrong."""
     import numpy as np
-
-    from edgeshrink.errors import QuantizationError
 
     try:
         scorer = LlamaScorer(path, 64, threads or os.cpu_count() or 1)

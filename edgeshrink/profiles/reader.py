@@ -1,72 +1,27 @@
-"""Hardware profiles: one TOML file per device, loaded, validated and budgeted.
-
-A profile says what a device is (CPU, ISA features, RAM, memory bandwidth,
-accelerators) and what edgeshrink should do for it by default (formats and
-runtimes in order of preference, threads, default quantization per format,
-how much memory a model may take).  The files live in ``hardware-profiles/``;
-users add or override profiles in their own directories.
-
-Validation is strict on purpose: a typo in a profile would otherwise turn into
-a silently wrong memory budget or quantization choice much later.  Every
-problem is reported as one :class:`~edgeshrink.errors.ProfileError` naming the
-file and the field.
-"""
+"""Reading a profile's TOML: strict on purpose, every problem one ProfileError naming
+the file and the field (a typo would otherwise become a silently wrong budget)."""
 
 from __future__ import annotations
 
 import difflib
-import importlib.resources
 import math
-import os
-import re
-import sys
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
 from edgeshrink.errors import ProfileError
 from edgeshrink.formats import backend
+from edgeshrink.profiles.types import (
+    ACCELERATOR_KINDS,
+    ARCHES,
+    FEATURE_RE,
+    FORMATS,
+    ID_RE,
+    Accelerator,
+    CpuSpec,
+    HardwareProfile,
+)
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised only on Python 3.10
-    import tomli as tomllib
-
-__all__ = [
-    "ACCELERATOR_KINDS",
-    "ARCHES",
-    "BUILTIN_PROFILES_DIR",
-    "FORMATS",
-    "PROFILES_PATH_ENV",
-    "Accelerator",
-    "CpuSpec",
-    "HardwareProfile",
-    "ProfileScan",
-    "closest",
-    "describe_value",
-    "display_path",
-    "get_profile",
-    "list_profiles",
-    "load_profile_file",
-    "profile_dirs",
-    "scan_profiles",
-]
-
-PROFILES_PATH_ENV = "EDGESHRINK_PROFILES_PATH"
-
-ARCHES = ("aarch64", "armv7l", "x86_64")
-FORMATS = ("gguf", "onnx", "tflite")
-ACCELERATOR_KINDS = ("gpu", "npu", "dsp", "tpu")
-
-
-# Names people use for the same ARM feature; /proc/cpuinfo spells them differently.
-_FEATURE_ALIASES = {"neon": "asimd", "dotprod": "asimddp"}
-
-_ID_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
-_FEATURE_RE = re.compile(r"^[a-z0-9_]+$")
-
-# key -> required?  Order is the order of the documented schema.
 _TOP_KEYS = {
     "id": True,
     "name": True,
@@ -103,141 +58,6 @@ _SCHEMA_HINT = (
     "compare with a built-in profile such as raspberry-pi-5-8gb.toml "
     "(`edgeshrink profiles show raspberry-pi-5-8gb`)"
 )
-
-
-def _builtin_profiles_dir() -> Path:
-    """The profiles shipped with edgeshrink.
-
-    A source checkout or editable install has them beside the package, in the
-    top-level ``hardware-profiles/``; a wheel carries a copy as package data.
-    """
-    beside_package = Path(__file__).resolve().parent.parent / "hardware-profiles"
-    if beside_package.is_dir():
-        return beside_package
-    return Path(str(importlib.resources.files("edgeshrink") / "data" / "hardware-profiles"))
-
-
-BUILTIN_PROFILES_DIR: Path = _builtin_profiles_dir()
-
-
-@dataclass(frozen=True)
-class CpuSpec:
-    """The CPU of a device as /proc/cpuinfo and the vendor describe it."""
-
-    model: str
-    cores: int
-    big_cores: int
-    little_cores: int
-    max_mhz: int
-    features: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Accelerator:
-    """A GPU, NPU, DSP or TPU and the runtimes/delegates that can reach it."""
-
-    name: str
-    kind: str
-    usable_by: tuple[str, ...]
-    notes: str = ""
-
-
-@dataclass(frozen=True)
-class HardwareProfile:
-    """One device, as described by one ``hardware-profiles/<id>.toml``."""
-
-    id: str
-    name: str
-    arch: str
-    soc: str
-    os_notes: str
-    ram_mb: int
-    memory_bandwidth_gbs: float
-    cpu: CpuSpec
-    reserved_mb: int
-    budget_fraction: float
-    preferred_formats: tuple[str, ...]
-    preferred_runtimes: tuple[str, ...]
-    threads: int
-    # (format, quantization type) pairs: a tuple keeps the profile hashable.
-    default_quant: tuple[tuple[str, str], ...]
-    accelerators: tuple[Accelerator, ...]
-    throttle_c: float | None
-    external_delegate: str | None
-    sources: tuple[str, ...]
-    path: Path
-    thermal_notes: str = field(default="")
-
-    @property
-    def budget_mb(self) -> int:
-        """Memory a model may use on this device, in MiB."""
-        return int((self.ram_mb - self.reserved_mb) * self.budget_fraction)
-
-    def default_quant_for(self, fmt: str) -> str:
-        """The speed-oriented default quantization type for ``fmt`` on this device."""
-        for known_fmt, quant in self.default_quant:
-            if known_fmt == fmt:
-                return quant
-        if fmt not in FORMATS:
-            raise ProfileError(
-                f"unknown model format '{fmt}'",
-                hint=f"known formats: {', '.join(FORMATS)}",
-            )
-        raise ProfileError(
-            f"hardware profile '{self.id}' has no default quantization for '{fmt}'",
-            hint=f"add `{fmt} = ...` under [quantization] in {self.path}",
-        )
-
-    def has_feature(self, name: str) -> bool:
-        """Whether the CPU has an ISA feature, by its /proc/cpuinfo name.
-
-        ``neon`` and ``dotprod`` are accepted as the usual names of ``asimd``
-        and ``asimddp``.
-        """
-        wanted = name.strip().lower()
-        wanted = _FEATURE_ALIASES.get(wanted, wanted)
-        return wanted in self.cpu.features
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-friendly view, including the computed ``budget_mb``."""
-        return {
-            "id": self.id,
-            "name": self.name,
-            "arch": self.arch,
-            "soc": self.soc,
-            "os_notes": self.os_notes,
-            "ram_mb": self.ram_mb,
-            "memory_bandwidth_gbs": self.memory_bandwidth_gbs,
-            "cpu": {
-                "model": self.cpu.model,
-                "cores": self.cpu.cores,
-                "big_cores": self.cpu.big_cores,
-                "little_cores": self.cpu.little_cores,
-                "max_mhz": self.cpu.max_mhz,
-                "features": list(self.cpu.features),
-            },
-            "reserved_mb": self.reserved_mb,
-            "budget_fraction": self.budget_fraction,
-            "budget_mb": self.budget_mb,
-            "preferred_formats": list(self.preferred_formats),
-            "preferred_runtimes": list(self.preferred_runtimes),
-            "threads": self.threads,
-            "default_quant": dict(self.default_quant),
-            "accelerators": [
-                {
-                    "name": acc.name,
-                    "kind": acc.kind,
-                    "usable_by": list(acc.usable_by),
-                    "notes": acc.notes,
-                }
-                for acc in self.accelerators
-            ],
-            "throttle_c": self.throttle_c,
-            "thermal_notes": self.thermal_notes,
-            "external_delegate": self.external_delegate,
-            "sources": list(self.sources),
-            "path": str(self.path),
-        }
 
 
 # --------------------------------------------------------------------------- validation
@@ -306,7 +126,7 @@ def _find_nested_key(doc: Mapping[str, Any], key: str) -> str | None:
     return None
 
 
-class _ProfileReader:
+class ProfileReader:
     """Reads one parsed TOML document into a HardwareProfile, failing on the first problem."""
 
     def __init__(self, path: Path) -> None:
@@ -453,7 +273,7 @@ class _ProfileReader:
                     f"got '{feature}'",
                     hint=f"write '{feature.lower()}'",
                 )
-            if not _FEATURE_RE.match(feature):
+            if not FEATURE_RE.match(feature):
                 self.fail(
                     f"cpu.features[{index}] must be one /proc/cpuinfo feature name "
                     f"(letters, digits, '_'), got '{feature}'",
@@ -556,7 +376,7 @@ class _ProfileReader:
     def read(self, doc: Mapping[str, Any]) -> HardwareProfile:
         self.check_keys(doc, _TOP_KEYS, "")
         profile_id = self.string(doc, "id")
-        if not _ID_RE.match(profile_id):
+        if not ID_RE.match(profile_id):
             self.fail(
                 f"id must be kebab-case (lower-case letters, digits and '-'), got '{profile_id}'"
             )
@@ -595,167 +415,3 @@ class _ProfileReader:
             sources=self.string_list(doc, "sources", allow_empty=False),
             path=self.path.resolve(),
         )
-
-
-# --------------------------------------------------------------------------- public API
-
-
-def load_profile_file(path: str | os.PathLike[str]) -> HardwareProfile:
-    """Load and validate one profile file; any problem raises one ProfileError."""
-    path = Path(path)
-    reader = _ProfileReader(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ProfileError(
-            f"{reader.where}: cannot read hardware profile: {exc.strerror or exc}",
-            hint="check the path; `edgeshrink profiles list` shows the known profiles",
-        ) from exc
-    try:
-        doc = tomllib.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise ProfileError(
-            f"{reader.where}: not UTF-8 text (byte {exc.start})",
-            hint="save the profile as UTF-8",
-        ) from exc
-    except tomllib.TOMLDecodeError as exc:
-        # The message carries "(at line N, column M)".
-        raise ProfileError(
-            f"{reader.where}: invalid TOML: {exc}",
-            hint="fix the syntax at that line; strings need quotes, tables need [brackets]",
-        ) from exc
-    return reader.read(doc)
-
-
-def _user_config_profiles_dir() -> Path:
-    import platformdirs  # only needed when profiles are looked up
-
-    return platformdirs.user_config_path("edgeshrink") / "hardware-profiles"
-
-
-def profile_dirs(extra: Iterable[str | os.PathLike[str]] = ()) -> list[Path]:
-    """Directories searched for profiles, highest precedence first.
-
-    ``extra`` directories, then each entry of ``$EDGESHRINK_PROFILES_PATH``
-    (``os.pathsep``-separated), then the user's config directory if it
-    exists, then the built-in profiles.
-    """
-    candidates = [Path(d) for d in extra]
-    env_value = os.environ.get(PROFILES_PATH_ENV, "")
-    candidates += [Path(entry) for entry in env_value.split(os.pathsep) if entry.strip()]
-    user_dir = _user_config_profiles_dir()
-    if user_dir.is_dir():
-        candidates.append(user_dir)
-    candidates.append(BUILTIN_PROFILES_DIR)
-
-    dirs: list[Path] = []
-    seen: set[Path] = set()
-    for directory in candidates:
-        try:
-            key = directory.expanduser().resolve()
-        except (OSError, RuntimeError) as exc:  # Python < 3.13 raises RuntimeError for a loop
-            raise ProfileError(
-                f"{directory}: cannot be resolved ({exc}): a symlink loop?",
-                hint=f"point --profiles-dir / ${PROFILES_PATH_ENV} at a real directory",
-            ) from exc
-        if key not in seen:
-            seen.add(key)
-            dirs.append(directory.expanduser())
-    return dirs
-
-
-def _searchable_dirs(extra: Iterable[str | os.PathLike[str]]) -> list[Path]:
-    """profile_dirs(), refusing a directory the user named that does not exist."""
-    dirs = profile_dirs(extra)
-    for directory in dirs:
-        if directory.is_dir() or directory == BUILTIN_PROFILES_DIR:
-            continue
-        if directory.exists():
-            raise ProfileError(
-                f"{directory}: not a directory of hardware profiles",
-                hint=f"check --profiles-dir and ${PROFILES_PATH_ENV}",
-            )
-        raise ProfileError(
-            f"{directory}: hardware profile directory does not exist",
-            hint=f"create it or fix --profiles-dir / ${PROFILES_PATH_ENV}",
-        )
-    return [d for d in dirs if d.is_dir()]
-
-
-@dataclass(frozen=True)
-class ProfileScan:
-    """Every good profile, and the files that are not good profiles."""
-
-    profiles: tuple[HardwareProfile, ...]
-    problems: tuple[ProfileError, ...]
-
-
-def scan_profiles(extra: Iterable[str | os.PathLike[str]] = ()) -> ProfileScan:
-    """Like list_profiles, but a malformed file is a problem in the result, not an error:
-    one bad file does not hide the good ones.  A broken file still shadows a profile of
-    the same id in a directory of lower precedence, so nothing silently stands in for it."""
-    by_id: dict[str, HardwareProfile] = {}
-    claimed: set[str] = set()
-    problems: list[ProfileError] = []
-    for directory in _searchable_dirs(extra):
-        for path in sorted(directory.glob("*.toml")):
-            if path.stem in claimed:
-                continue
-            claimed.add(path.stem)
-            try:
-                profile = load_profile_file(path)
-            except ProfileError as exc:
-                problems.append(exc)
-                continue
-            by_id.setdefault(profile.id, profile)
-    return ProfileScan(tuple(by_id[key] for key in sorted(by_id)), tuple(problems))
-
-
-def list_profiles(extra: Iterable[str | os.PathLike[str]] = ()) -> list[HardwareProfile]:
-    """Every profile, sorted by id; a profile in a user directory overrides a built-in one.
-
-    A malformed file raises ProfileError rather than being skipped, so a user
-    never benchmarks against a profile they did not mean.
-    """
-    by_id: dict[str, HardwareProfile] = {}
-    for directory in _searchable_dirs(extra):
-        for path in sorted(directory.glob("*.toml")):
-            profile = load_profile_file(path)
-            by_id.setdefault(profile.id, profile)
-    return [by_id[key] for key in sorted(by_id)]
-
-
-def _looks_like_path(id_or_path: str | os.PathLike[str]) -> bool:
-    if not isinstance(id_or_path, str):
-        return True
-    return id_or_path.endswith(".toml") or "/" in id_or_path or os.sep in id_or_path
-
-
-def get_profile(
-    id_or_path: str | os.PathLike[str], extra: Iterable[str | os.PathLike[str]] = ()
-) -> HardwareProfile:
-    """A profile by id (searched in profile_dirs()) or by the path of a .toml file."""
-    if _looks_like_path(id_or_path):
-        path = Path(id_or_path).expanduser()
-        if not path.is_file():
-            raise ProfileError(
-                f"hardware profile file not found: {path}",
-                hint="give a profile id or the path of an existing .toml file; "
-                "`edgeshrink profiles list` shows all",
-            )
-        return load_profile_file(path)
-
-    profile_id = str(id_or_path)
-    dirs = _searchable_dirs(extra)
-    for directory in dirs:
-        candidate = directory / f"{profile_id}.toml"
-        if candidate.is_file():
-            return load_profile_file(candidate)
-
-    known = sorted({path.stem for directory in dirs for path in directory.glob("*.toml")})
-    suggestions = difflib.get_close_matches(profile_id, known, n=1, cutoff=0.5)
-    if suggestions:
-        hint = f"did you mean '{suggestions[0]}'? `edgeshrink profiles list` shows all"
-    else:
-        hint = "`edgeshrink profiles list` shows all"
-    raise ProfileError(f"unknown hardware profile '{profile_id}'", hint=hint)
