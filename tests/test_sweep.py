@@ -132,7 +132,7 @@ def _candidate(quant: str, size_mib: float, kld: float, tg: float, stddev: float
 def test_speeds_within_the_noise_are_tied_and_the_smaller_wins() -> None:
     """Before: 71.0 ± 4 tok/s beat 69.5 ± 4 tok/s as if 1.5 tok/s meant something; now
     they are tied, the smaller one is picked and the reason says so."""
-    from edgeshrink.sweep import _choose
+    from edgeshrink.sweep.choose import choose as _choose
 
     big = _candidate("Q5_K_M", 9.0, 0.010, 71.0, 4.0)
     small = _candidate("Q4_K_M", 7.5, 0.018, 69.5, 4.0)
@@ -160,7 +160,7 @@ def test_the_plot_legend_explains_the_colours_its_points_have(tmp_path: Path) ->
     """Before: the legend explained a light grey no point had ("does not fit") and not the
     grey that the points off the front had."""
     from edgeshrink.report.plot import write_sweep_svg
-    from edgeshrink.sweep import _finish
+    from edgeshrink.sweep.choose import finish as _finish
 
     pick = _candidate("Q4_K_M", 7.5, 0.018, 70.0, 1.0)
     dominated = _candidate("Q5_0", 9.0, 0.030, 60.0, 1.0)  # bigger, worse and slower
