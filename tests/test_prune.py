@@ -190,3 +190,45 @@ def test_prune_refuses_what_is_not_a_gguf_language_model(tmp_path: Path) -> None
     model = make_mlp_onnx(tmp_path / "mlp.onnx")
     r = run_cli("prune", str(model), "--remove", "0")
     assert r.returncode == 1 and "prune works on GGUF language models" in r.stderr
+
+
+def test_sweep_crosses_removals_with_the_ladder_and_says_what_pruning_lost(
+    stories: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "sweep"
+    args = ["sweep", str(stories), "-p", "raspberry-pi-5-8gb", "--ladder", "Q8_0,Q4_0", "--prune", "0,1",
+            "--max-kld", "0.5", "--output-dir", str(out), "--json"]  # fmt: skip
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    by_name = {c["quant"]: c for c in doc["candidates"]}
+    assert set(by_name) == {"Q8_0", "Q4_0", "Q8_0-prune1", "Q4_0-prune1"}
+    removed = by_name["Q4_0-prune1"]["pruned"]
+    assert len(removed) == 1 and by_name["Q8_0-prune1"]["pruned"] == removed
+    for name, c in by_name.items():
+        manifest = load_artifact(Path(c["path"]))
+        passes = [s["pass"] for s in manifest.recipe]
+        assert passes == (["prune", "quantize"] if c["pruned"] else ["quantize"]), name
+        assert c["type"] == manifest.quant
+        if c["pruned"]:
+            assert manifest.recipe[0]["layers"] == removed
+            assert c["size_bytes"] < by_name[c["type"]]["size_bytes"]  # a block's bytes fewer
+            if c["beaten_by"]:  # named only when a plain type is no larger and no worse
+                plain = by_name[c["beaten_by"]]
+                assert not plain["pruned"]
+                assert plain["size_bytes"] <= c["size_bytes"] and plain["loss"] <= c["loss"]
+    # stories260K's blocks are not redundant: removing one costs far more than Q4_0
+    assert by_name["Q4_0-prune1"]["loss"] > by_name["Q4_0"]["loss"]
+    assert doc["pick"] in ("Q8_0", "Q4_0")
+    again = run_cli(*args[:-1], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "chosen before, from the store" in again.stderr
+    assert "beaten by" in again.stdout or "too lossy" in again.stdout
+
+
+def test_sweep_refuses_a_prune_count_the_model_cannot_lose(stories: Path, tmp_path: Path) -> None:
+    result = run_cli(
+        "sweep", str(stories), "-p", "raspberry-pi-5-8gb", "--prune", "0,5", cwd=tmp_path
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: stories260K.gguf has 5 layers: it cannot lose 5")

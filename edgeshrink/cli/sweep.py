@@ -28,7 +28,8 @@ from edgeshrink.util import human_bytes
 # Options that mean something for one way of measuring quality only, by parameter name
 # (as click names them): over a text (LLMs) or on a model's outputs (ONNX, TFLite).
 TEXT_ONLY = (
-    "max_kld", "max_ppl_increase", "text_file", "eval_ctx", "eval_chunks", "context",
+    "max_kld", "max_ppl_increase", "text_file", "eval_ctx", "eval_chunks", "context", "prune",
+    "prune_text",
     "prompt_tokens", "gen_tokens", "reps", "flash_attn", "n_ctx", "no_mmap",
 )  # fmt: skip
 OUTPUTS_ONLY = (
@@ -73,6 +74,18 @@ def _refuse_foreign_options(model: Path, fmt: Any) -> None:
     help="Comma-separated types to try [default GGUF: Q8_0,Q6_K,Q5_K_M,Q4_K_M,Q4_0,IQ4_XS,"
     "Q3_K_M,Q2_K; ONNX: fp32,fp16,int8-dynamic,int8-static-per-tensor,int8-static-per-channel; "
     "ONNX also knows int8-static-qoperator].",
+)
+@click.option(
+    "--prune",
+    default=None,
+    help="GGUF: also remove this many whole blocks before each type, e.g. 0,2,4 (0 = the "
+    "plain ladder); each removal is chosen once by `edgeshrink prune`'s scoring.",
+)
+@click.option(
+    "--prune-text",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="GGUF: text the blocks are scored on [default: the calibration text edgeshrink ships].",
 )
 @click.option(
     "--max-kld",
@@ -197,6 +210,8 @@ def sweep(
     profile_id: str,
     target_name: str | None,
     ladder: str | None,
+    prune: str | None,
+    prune_text: Path | None,
     max_kld: float | None,
     max_ppl_increase: float | None,
     min_agreement: float | None,
@@ -227,6 +242,7 @@ def sweep(
     \b
     edgeshrink sweep model-f16.gguf --profile raspberry-pi-5-8gb --max-kld 0.05
     edgeshrink sweep model-f16.gguf --profile raspberry-pi-5-8gb --target mypi --max-kld 0.05
+    edgeshrink sweep model-f16.gguf -p raspberry-pi-5-8gb --prune 0,2,4 --max-kld 0.1
     edgeshrink sweep model.onnx --profile imx8mp --target board --calibration cal.npz \\
         --eval eval.npz --labels labels --max-accuracy-drop 1
     """
@@ -254,6 +270,8 @@ def sweep(
             model, profile,
             budget=QualityBudget(max_kld=max_kld, max_ppl_increase=max_ppl_increase, min_same_top=min_agreement),
             ladder=types, text=text_file.read_text(encoding="utf-8") if text_file else None,
+            prune=parse_counts(prune) if prune else (0,),
+            calibration_text=prune_text.read_text(encoding="utf-8") if prune_text else None,
             eval_ctx=eval_ctx, eval_chunks=eval_chunks, context=context, **common,
         )  # fmt: skip
     else:
@@ -300,9 +318,23 @@ def sweep(
         )
 
 
+def parse_counts(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(part) for part in text.replace(" ", "").split(",") if part)
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is not a list of block counts (e.g. 0,2,4)", param_hint="--prune"
+        ) from None
+    if not counts or any(n < 0 for n in counts):
+        raise click.BadParameter("give counts of 0 or more, e.g. 0,2,4", param_hint="--prune")
+    return counts
+
+
 def _verdict(result: Any, c: Any) -> str:
     if not c.ran_on_device:
         return f"failed on {result.target}"
+    if c.beaten_by:
+        return f"beaten by {c.beaten_by}" + ("" if c.meets_quality else ", too lossy")
     front = c.quant in result.pareto_size or c.quant in result.pareto_speed
     return ("front " if front else "") + ("ok" if c.meets_quality else "too lossy")
 

@@ -1,18 +1,30 @@
 """The sweep of a language model (GGUF): each type of the ladder made with llama.cpp's
-quantizer and judged by its KL divergence from the original over a text."""
+quantizer and judged by its KL divergence from the original over a text.
+
+With ``prune=(0, 2, 4)`` the ladder is crossed with removals of whole blocks: for each
+count the removal is chosen once on the original (scored on the calibration text,
+measured on the evaluation text, see edgeshrink.passes.prune), and every type of the
+ladder is then made from it in one llama.cpp pass. A pruned candidate that loses to
+a plain quantization at the same size or smaller says so (``beaten_by``).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shutil
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from edgeshrink.bench import BenchParams
-from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.errors import EdgeshrinkError, RecipeError
 from edgeshrink.formats import gguf
+from edgeshrink.formats.base import ModelInfo
 from edgeshrink.formats.gguf.plan import plan_gguf
 from edgeshrink.formats.gguf.quality import default_eval_text, evaluate_llm
+from edgeshrink.passes import Step, step
+from edgeshrink.passes.prune import RemovalMeter, choose_removal, split_texts
 from edgeshrink.plan import ShrinkOptions
 from edgeshrink.profiles import HardwareProfile
 from edgeshrink.shrink import shrink_gguf
@@ -22,13 +34,25 @@ from edgeshrink.sweep.device import measure_on_target
 from edgeshrink.sweep.types import (
     DEFAULT_LADDER,
     QUALITY_METHOD,
+    TIE_FLOOR,
     Progress,
     QualityBudget,
     SweepCandidate,
     SweepResult,
 )
 from edgeshrink.targets import Target
-from edgeshrink.util import sha256_file
+from edgeshrink.util import make_work_dir, sha256_file
+
+PRUNE_CHOICE_METHOD = "prune-choice/1"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way of making the model smaller before the type: its name and its passes."""
+
+    suffix: str  # "" for the plain ladder, "-prune2" for two blocks removed
+    passes: tuple[Step, ...]
+    pruned: tuple[int, ...] = ()  # the original's blocks it removes
 
 
 def sweep_gguf(
@@ -37,6 +61,8 @@ def sweep_gguf(
     *,
     budget: QualityBudget,
     ladder: tuple[str, ...] = DEFAULT_LADDER,
+    prune: tuple[int, ...] = (0,),
+    calibration_text: str | None = None,
     target: Target | None = None,
     params: BenchParams | None = None,
     optimize: str = "speed",
@@ -59,6 +85,7 @@ def sweep_gguf(
             f"{model.name} is already quantized ({info.file_type}); a sweep starts from the original",
             hint="give the F32/F16/BF16 model",
         )
+    counts = check_prune_counts(info, prune)
     out_dir = Path(output_dir) if output_dir else Path.cwd() / f"{model.stem}-sweep"
     out_dir.mkdir(parents=True, exist_ok=True)
     text = text if text is not None else default_eval_text()
@@ -70,50 +97,63 @@ def sweep_gguf(
     )  # fmt: skip
     candidates: list[SweepCandidate] = []
     with ResultStore(db) as store:
-        for quant in ladder:
-            options = ShrinkOptions(quant=quant, context=context, check_fit=False)
-            estimate = plan_gguf(info, profile, options).chosen
-            say(f"{quant}: quantizing")
-            art = shrink_gguf(
-                model,
-                profile,
-                options,
-                output=out_dir / f"{model.stem}-{quant.lower()}.gguf",
-                info=info,
-            ).artifact
-            quality = store.find_quality(QUALITY_METHOD, base_sha, art.sha256, settings)
-            reused = quality is not None and not remeasure
-            if not reused:
-                say(f"{quant}: measuring quality against {model.name}")
-                report = evaluate_llm(
-                    model, art.path, text=text, n_ctx=eval_ctx, max_chunks=eval_chunks
-                )
-                quality = report.to_dict()
-                store.add_quality(
-                    {
-                        "method": QUALITY_METHOD, "base_sha256": base_sha, "candidate_sha256": art.sha256,
-                        "settings": settings, "candidate_name": art.path.name, "quant": quant,
-                        "kld_mean": report.kld_mean.value, "ppl_ratio": report.ppl_ratio.value,
-                        "same_top": report.same_top.value,
-                    },
-                    quality,
-                )  # fmt: skip
-            assert quality is not None
-            candidates.append(
-                SweepCandidate(
-                    quant=quant,
-                    path=art.path,
-                    sha256=art.sha256,
-                    size_bytes=art.size_bytes,
-                    estimate_mb=round(estimate.estimate.total_mb, 1),
-                    fits=estimate.fits,
-                    est_tg_tok_s=estimate.est_tg_tok_s,
-                    quality=quality,
-                    quality_reused=reused,
-                    quality_failures=tuple(budget.failures(quality)),
-                    loss=float(quality["kld_mean"]["value"]),
-                )
+        variants = [Variant("", ())]
+        for n in (c for c in counts if c):
+            layers = chosen_removal(
+                store, model, info, base_sha, n, calibration_text, text, out_dir, say
             )
+            variants.append(Variant(f"-prune{n}", (step("prune", layers=layers),), layers))
+        for variant in variants:
+            for quant in ladder:
+                label = f"{quant}{variant.suffix}"
+                options = ShrinkOptions(
+                    quant=quant, context=context, check_fit=False, passes=variant.passes
+                )
+                say(
+                    f"{label}: "
+                    + ("quantizing" if not variant.pruned else "pruning and quantizing")
+                )
+                art = shrink_gguf(model, profile, options, info=info,
+                                  output=out_dir / f"{model.stem}{variant.suffix}-{quant.lower()}.gguf").artifact  # fmt: skip
+                # A pruned file is estimated from its own tensors, at its own type.
+                shape_of = gguf.inspect_gguf(art.path) if variant.pruned else info
+                estimate = plan_gguf(shape_of, profile, replace(options, passes=())).chosen
+                quality = store.find_quality(QUALITY_METHOD, base_sha, art.sha256, settings)
+                reused = quality is not None and not remeasure
+                if not reused:
+                    say(f"{label}: measuring quality against {model.name}")
+                    report = evaluate_llm(
+                        model, art.path, text=text, n_ctx=eval_ctx, max_chunks=eval_chunks
+                    )
+                    quality = report.to_dict()
+                    store.add_quality(
+                        {
+                            "method": QUALITY_METHOD, "base_sha256": base_sha, "candidate_sha256": art.sha256,
+                            "settings": settings, "candidate_name": art.path.name, "quant": label,
+                            "kld_mean": report.kld_mean.value, "ppl_ratio": report.ppl_ratio.value,
+                            "same_top": report.same_top.value,
+                        },
+                        quality,
+                    )  # fmt: skip
+                assert quality is not None
+                candidates.append(
+                    SweepCandidate(
+                        quant=label,
+                        path=art.path,
+                        sha256=art.sha256,
+                        size_bytes=art.size_bytes,
+                        estimate_mb=round(estimate.estimate.total_mb, 1),
+                        fits=estimate.fits,
+                        est_tg_tok_s=estimate.est_tg_tok_s,
+                        quality=quality,
+                        quality_reused=reused,
+                        quality_failures=tuple(budget.failures(quality)),
+                        loss=float(quality["kld_mean"]["value"]),
+                        type=quant,
+                        pruned=variant.pruned,
+                        recipe=tuple(art.recipe),
+                    )
+                )
     speed_source = "estimated from memory bandwidth"
     if target is not None:
         candidates = measure_on_target(
@@ -121,6 +161,82 @@ def sweep_gguf(
         )
         speed_source = f"measured on {target.name}"
     return finish(
-        model, profile, target, budget, optimize, speed_source, candidates, plot,
+        model, profile, target, budget, optimize, speed_source, beaten(candidates), plot,
         quality_source=f"{candidates[0].quality['n_scored']} tokens" if candidates else "",
     )  # fmt: skip
+
+
+def check_prune_counts(info: ModelInfo, prune: tuple[int, ...]) -> list[int]:
+    counts = sorted(set(prune)) or [0]
+    if counts == [0]:
+        return counts
+    n_layer = info.llm.n_layer if info.llm else 0
+    too_many = [n for n in counts if n < 0 or n >= n_layer]
+    if too_many:
+        raise RecipeError(
+            f"{info.path.name} has {n_layer} layers: it cannot lose "
+            f"{', '.join(map(str, too_many))}",
+            hint=f"--prune takes counts from 0 to {max(n_layer - 1, 0)}, e.g. --prune 0,2,4",
+        )
+    return counts
+
+
+def chosen_removal(
+    store: ResultStore,
+    model: Path,
+    info: ModelInfo,
+    base_sha: str,
+    n: int,
+    calibration_text: str | None,
+    eval_text: str,
+    out_dir: Path,
+    say: Progress,
+) -> tuple[int, ...]:
+    """The ``n`` blocks to remove: scored and measured once, then read from the store."""
+    calibration, evaluation = split_texts(calibration_text, eval_text)
+    settings = json.dumps(
+        {"calibration_sha256": hashlib.sha256(calibration.encode()).hexdigest(),
+         "eval_sha256": hashlib.sha256(evaluation.encode()).hexdigest()},
+        sort_keys=True,
+    )  # fmt: skip
+    key = f"remove {n} of {info.llm.n_layer if info.llm else '?'}"
+    found = store.find_quality(PRUNE_CHOICE_METHOD, base_sha, key, settings)
+    if found is not None:
+        layers = tuple(found["layers"])
+        say(f"prune {n}: layers {', '.join(map(str, layers))} (chosen before, from the store)")
+        return layers
+    work = make_work_dir(out_dir / f"{model.stem}-prune{n}")
+    try:
+        meter = RemovalMeter(model, work, evaluation, n_ctx=512, threads=None, progress=say)
+        choice = choose_removal(meter, calibration, n)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    best = choice.best
+    store.add_quality(
+        {"method": PRUNE_CHOICE_METHOD, "base_sha256": base_sha, "candidate_sha256": key,
+         "settings": settings, "candidate_name": f"{model.stem}-prune{n}",
+         "kld_mean": best.kld if best else None},
+        choice.to_dict(),
+    )  # fmt: skip
+    return choice.layers
+
+
+def beaten(candidates: list[SweepCandidate]) -> list[SweepCandidate]:
+    """Each pruned candidate with the plain quantization that beats it, if one does: no
+    larger, no more lossy (and better in one of the two) and, where both speeds are known,
+    not slower beyond the noise: pruning bought nothing there."""
+    plain = [c for c in candidates if not c.pruned]
+    out = []
+    for c in candidates:
+        if c.pruned:
+            better = [
+                p for p in plain
+                if p.size_bytes <= c.size_bytes and p.loss <= c.loss
+                and (p.size_bytes < c.size_bytes or p.loss < c.loss)
+                and not (p.speed and c.speed and p.speed < c.speed * (1 - TIE_FLOOR))
+            ]  # fmt: skip
+            if better:
+                best = min(better, key=lambda p: (p.loss, p.size_bytes))
+                c = replace(c, beaten_by=best.quant)
+        out.append(c)
+    return out

@@ -108,6 +108,10 @@ class SweepCandidate:
     # The backend's way of measuring quality: "llm-text" (KLD; speed in tokens/s) or
     # "outputs" (agreement; speed in inferences/s).
     evaluation: str = "llm-text"
+    type: str = ""  # the quantization type ("quant" is the candidate's name: Q4_0-prune2)
+    pruned: tuple[int, ...] = ()  # the original's blocks removed
+    recipe: tuple[dict[str, Any], ...] = ()  # as the artifact's manifest records it
+    beaten_by: str | None = None  # a plain quantization no larger, no worse and no slower
 
     @property
     def by_text(self) -> bool:
