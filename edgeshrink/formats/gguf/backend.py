@@ -46,6 +46,9 @@ class GgufBackend(Backend):
     def verify(self, built: Built, info: ModelInfo, options: Any, progress: Any) -> Built:
         return build.verify(built, info, options, progress)
 
+    def embeds(self, info: ModelInfo) -> bool:
+        return is_encoder(info)
+
     def normalize_quant(self, name: str) -> str:
         return quant_type(name).name
 

@@ -10,6 +10,7 @@ from edgeshrink.errors import EdgeshrinkError
 from edgeshrink.formats.base import Built, ModelInfo
 from edgeshrink.formats.gguf.quality import check_runs
 from edgeshrink.formats.gguf.quantize import check_prune_layers, quantize_gguf
+from edgeshrink.passes.base import removed_layers
 
 
 def preflight(options: Any) -> None:
@@ -20,12 +21,8 @@ def preflight(options: Any) -> None:
         )
 
 
-def pruned_layers(recipe: Any) -> tuple[int, ...]:
-    return tuple(i for s in recipe if s.name == "prune" for i in s.get("layers"))
-
-
 def check_recipe(info: ModelInfo, recipe: Any) -> None:
-    layers = pruned_layers(recipe)
+    layers = removed_layers(recipe)
     if layers and info.llm is not None:
         check_prune_layers(layers, info.llm.n_layer, info.path.name)
 
@@ -33,7 +30,7 @@ def check_recipe(info: ModelInfo, recipe: Any) -> None:
 def build(src: Path, work: Path, name: str, recipe: Any, *, info: ModelInfo, options: Any,
           progress: Any) -> Built:  # fmt: skip
     quant = recipe[-1].get("type")
-    layers = pruned_layers(recipe)
+    layers = removed_layers(recipe)
     if layers:
         progress(f"removing layers {', '.join(map(str, layers))} of {src.name} with llama.cpp"
                  + ("" if quant == info.file_type else f" and quantizing to {quant}"))  # fmt: skip
