@@ -47,6 +47,11 @@ class ShrinkOptions:
     convert_type: str = "auto"
     # Passes before the quantize step, as edgeshrink.passes steps (e.g. prune).
     passes: tuple[Any, ...] = ()
+    # distill: the training text (its sha256 is in the step), the teacher when the model
+    # given is already the student, and whether to go on from an interrupted run.
+    text: str | None = None
+    teacher: Path | None = None
+    resume: bool = False
 
     def __post_init__(self) -> None:
         if self.prefer not in ("quality", "speed"):

@@ -134,7 +134,10 @@ class HfBackend(Backend):
         """The converted GGUF, made from the checkpoint without the blocks a prune step
         removes (pruned before conversion: llama.cpp then sees a model of that size)."""
         ctype = converted_type(info, plan, options)
-        prunes = tuple(s for s in options.passes if s.name == "prune")
+        # A distillation needs the unpruned teacher as a GGUF too: then the whole model is
+        # converted and the GGUF backend prunes, trains and quantizes.
+        distills = any(s.name == "distill" for s in options.passes)
+        prunes = () if distills else tuple(s for s in options.passes if s.name == "prune")
         recipe = (*prunes, step("quantize", type=ctype.upper()))
         path = conversion_path(src, info, plan, options, output)
         layers = removed_layers(prunes)

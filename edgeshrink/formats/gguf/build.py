@@ -3,13 +3,19 @@ llama.cpp's quantizer in one pass, and a pruned file reloaded before it gets its
 
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.distill.run import distill_gguf
+from edgeshrink.distill.train import TrainSettings
+from edgeshrink.errors import EdgeshrinkError, RecipeError
 from edgeshrink.formats.base import Built, ModelInfo
 from edgeshrink.formats.gguf.quality import check_runs
 from edgeshrink.formats.gguf.quantize import check_prune_layers, quantize_gguf
+from edgeshrink.formats.gguf.reader import inspect_gguf
 from edgeshrink.passes.base import removed_layers
 
 
@@ -30,6 +36,16 @@ def check_recipe(info: ModelInfo, recipe: Any) -> None:
 def build(src: Path, work: Path, name: str, recipe: Any, *, info: ModelInfo, options: Any,
           progress: Any) -> Built:  # fmt: skip
     quant = recipe[-1].get("type")
+    distill = next((s for s in recipe if s.name == "distill"), None)
+    if distill is not None:
+        healed, facts = distill_student(src, work, name, recipe, quant, options, progress)
+        built = build(healed, work, name, recipe[-1:], info=inspect_gguf(healed),
+                      options=options, progress=progress)  # fmt: skip
+        done = [s.to_dict() for s in recipe]
+        done[[s.name for s in recipe].index("distill")]["detail"] = json.dumps(
+            facts, sort_keys=True
+        )
+        return replace(built, recipe=tuple(done))
     layers = removed_layers(recipe)
     if layers:
         progress(f"removing layers {', '.join(map(str, layers))} of {src.name} with llama.cpp"
@@ -48,6 +64,39 @@ def build(src: Path, work: Path, name: str, recipe: Any, *, info: ModelInfo, opt
         fallbacks=outcome.fallbacks,
         tool_versions=(("llama-cpp-python", outcome.llama_cpp_version),),
     )
+
+
+def distill_student(src: Path, work: Path, name: str, recipe: Any, quant: str, options: Any,
+                    progress: Any) -> tuple[Path, dict[str, Any]]:  # fmt: skip
+    """The student (``src`` without the recipe's pruned blocks, or ``src`` itself when
+    ``options.teacher`` is set) trained to imitate the teacher: a float GGUF in ``work``."""
+    step = next(s for s in recipe if s.name == "distill")
+    text = options.text
+    if text is None or hashlib.sha256(text.encode()).hexdigest() != step.get("text"):
+        raise RecipeError(
+            "distill needs the text its recipe names", hint="give the training text with --text"
+        )
+    layers = removed_layers(recipe)
+    teacher = Path(options.teacher) if options.teacher else src
+    student = work / "student.gguf"
+    progress(f"making the student: {src.name}" + (
+        f" without layers {', '.join(map(str, layers))}" if layers else "") + ", as F32")  # fmt: skip
+    quantize_gguf(src, student, "F32", threads=options.threads, allow_requantize=True,
+                  prune_layers=layers)  # fmt: skip
+    settings = TrainSettings(
+        steps=step.get("steps"), minutes=step.get("minutes"), lr=step.get("lr"),
+        batch=step.get("batch"), temperature=step.get("temperature"), alpha=step.get("alpha"),
+        seed=step.get("seed"), threads=options.threads,
+    )  # fmt: skip
+    run = distill_gguf(
+        teacher, student, text, work / "healed.gguf", settings=settings,
+        removed=layers or tuple(step.get("cuts") or ()), train=step.get("train"),
+        n_ctx=step.get("ctx"), checkpoint=work.parent / f".{name}.distill.pt",
+        resume=options.resume, fingerprint=json.dumps([s.to_dict() for s in recipe], sort_keys=True),
+        matrix_type="F32" if quant == "F32" else "F16", progress=progress,
+    )  # fmt: skip
+    facts = run.facts.to_dict() | {"trained_blocks": run.trained_blocks}
+    return run.path, facts
 
 
 def verify(built: Built, info: ModelInfo, options: Any, progress: Any) -> Built:
