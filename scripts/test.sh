@@ -22,5 +22,5 @@ fi
 # caches the wheel, so later installs take seconds.  tensorflow-cpu (274 MB) is
 # only for the Keras/SavedModel -> TFLite converter tests.
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -c constraints.txt -e '.[dev,gguf,onnx,tflite,tflite-convert]'
+.venv/bin/python -m pip install -q -c constraints.txt -e '.[dev,gguf,onnx,tflite,tflite-convert,postgres]'
 exec .venv/bin/python -m pytest "$@"
