@@ -23,5 +23,5 @@ fi
 # only for the Keras/SavedModel -> TFLite converter tests; torch (CPU build, the one
 # on this machine's disk) and transformers only for the distillation tests.
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -c constraints.txt -e '.[dev,gguf,onnx,tflite,tflite-convert,distill]'
+.venv/bin/python -m pip install -q -c constraints.txt -e '.[dev,gguf,onnx,tflite,tflite-convert,distill,postgres]'
 exec .venv/bin/python -m pytest "$@"

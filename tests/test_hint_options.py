@@ -130,6 +130,11 @@ CASES: dict[str, tuple[str, list[str]]] = {
     "lab run too big": ("lab run", ["lab", "run", "-i", "W/small.toml", "-s", "W/big.toml",
                                     "--dry-run"]),
     "lab compare empty": ("lab compare", ["lab", "compare", "--db", "W/empty.db"]),
+    "lab run no such run": ("lab run", ["lab", "run", "--run-id", "999", "--db", "W/empty.db"]),
+    "store copy onto itself": ("store copy", ["store", "copy", "W/a.db", "sqlite:///W/a.db"]),
+    "store copy not a database": ("store copy", ["store", "copy", "W/notes.txt", "W/b.db"]),
+    "store copy no server": ("store copy", ["store", "copy", "W/a.db",
+                                            "postgresql://lab:pw@127.0.0.1:1/edgeshrink"]),
 }  # fmt: skip
 
 # Hints printed by files other engineers own, reported to them; the case flips (strict

@@ -42,7 +42,7 @@ def cli(ctx: click.Context, profiles_dirs: tuple[Path, ...]) -> None:
 
 
 COMMAND_MODULES = ("catalog", "check", "distill", "doctor", "lab", "models", "prune", "push", "quality",
-                   "results", "run", "sweep", "targets")  # fmt: skip
+                   "results", "run", "store", "sweep", "targets")  # fmt: skip
 
 
 def _register() -> None:
