@@ -160,3 +160,21 @@ def test_ctrl_c_keeps_a_checkpoint_and_resume_goes_on(
     facts = json.loads(resumed.stdout)["training"]
     assert facts["resumed_from"] == saved_step and facts["steps"] == 200
     assert not checkpoint.exists() and out.exists()
+
+
+def test_sweep_heal_adds_a_healed_twin_of_every_pruned_candidate(
+    stories: Path, tmp_path: Path
+) -> None:
+    r = run_cli("sweep", str(stories), "-p", "raspberry-pi-5-8gb", "--ladder", "Q8_0", "--prune", "0,1",
+                "--heal", "--heal-steps", "8", "--output-dir", str(tmp_path / "sw"), "--json", cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    by_name = {c["quant"]: c for c in json.loads(r.stdout)["candidates"]}
+    assert set(by_name) == {"Q8_0", "Q8_0-prune1", "Q8_0-prune1-healed"}
+    healed, pruned = by_name["Q8_0-prune1-healed"], by_name["Q8_0-prune1"]
+    assert healed["healed"] and not pruned["healed"] and healed["pruned"] == pruned["pruned"]
+    made_from = load_artifact(Path(healed["path"])).source_path
+    student = load_artifact(Path(made_from))
+    assert [s["pass"] for s in student.recipe] == ["prune", "distill", "quantize"]
+    assert student.recipe[0]["layers"] == pruned["pruned"]
+    bad = run_cli("sweep", str(stories), "-p", "raspberry-pi-5-8gb", "--heal", cwd=tmp_path)
+    assert bad.returncode == 2 and "--heal heals pruned candidates" in bad.stderr
