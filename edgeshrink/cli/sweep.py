@@ -18,11 +18,15 @@ from edgeshrink.cli.common import (
     progress_printer,
 )
 from edgeshrink.cli.run import bench_options, connect_target, params_from
+from edgeshrink.cost import parse_load
 from edgeshrink.errors import EdgeshrinkError, UnsupportedFormatError
 from edgeshrink.formats import backend, detect_format
 from edgeshrink.profiles import get_profile
+from edgeshrink.report.sweep_page import saving, write_page
 from edgeshrink.report.table import render_table
+from edgeshrink.store import ResultStore
 from edgeshrink.sweep import OutputQualityBudget, QualityBudget, sweep_gguf, sweep_outputs
+from edgeshrink.sweep.record import sweep_document
 from edgeshrink.util import human_bytes
 
 # Options that mean something for one way of measuring quality only, by parameter name
@@ -104,6 +108,28 @@ def _refuse_foreign_options(model: Path, fmt: Any) -> None:
     type=FiniteFloat(0.01, None),
     default=None,
     help="Training time of each healing instead of --heal-steps.",
+)
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the page that sums the sweep up: HTML (plots inline), or Markdown for a path "
+    "ending in .md; it also measures the original, to say what shrinking saved.",
+)
+@click.option(
+    "--load",
+    "load_text",
+    default=None,
+    help="Tokens to serve, e.g. 20M-tokens/day: the report says how many devices or instances "
+    "that needs and what they cost (the profile's [price]).",
+)
+@click.option(
+    "--utilization",
+    type=FiniteFloat(0.01, 1),
+    default=0.5,
+    show_default=True,
+    help="The share of each hour the hardware spends generating, for the costs.",
 )
 @click.option(
     "--max-kld",
@@ -233,6 +259,9 @@ def sweep(
     heal: bool,
     heal_steps: int | None,
     heal_minutes: float | None,
+    report_path: Path | None,
+    load_text: str | None,
+    utilization: float,
     max_kld: float | None,
     max_ppl_increase: float | None,
     min_agreement: float | None,
@@ -276,6 +305,7 @@ def sweep(
             hint="convert it to an F16 GGUF first (edgeshrink shrink), then sweep that",
         )
     _refuse_foreign_options(model, fmt)
+    load = parse_load(load_text) if load_text else None
     profile = get_profile(profile_id, obj.profiles_dirs)
     target = connect_target(target_name, profile.id, kw) if target_name else None
     out_dir = output_dir or Path.cwd() / f"{model.stem}-sweep"
@@ -294,6 +324,7 @@ def sweep(
             ladder=types, text=text_file.read_text(encoding="utf-8") if text_file else None,
             prune=parse_counts(prune) if prune else (0,),
             heal=healing(heal, heal_steps, heal_minutes, prune),
+            include_original=bool(report_path or load_text),
             calibration_text=prune_text.read_text(encoding="utf-8") if prune_text else None,
             eval_ctx=eval_ctx, eval_chunks=eval_chunks, context=context, **common,
         )  # fmt: skip
@@ -308,8 +339,13 @@ def sweep(
             allow_random_calibration=allow_random_calibration, eval_inputs=eval_inputs,
             labels=labels, samples=eval_samples, **common,
         )  # fmt: skip
+    doc = sweep_document(result, profile, load=load, utilization=utilization)
+    with ResultStore(kw["db"]) as store:
+        sweep_id = store.add_sweep(doc)
+    if report_path:
+        write_page(doc, report_path)
     if as_json:
-        emit_json(result.to_dict())
+        emit_json(doc | {"sweep_id": sweep_id, "report": str(report_path) if report_path else None})
     else:
         click.echo(
             f"sweep of {model.name} for {result.profile_id}; quality on "
@@ -326,6 +362,12 @@ def sweep(
         click.echo(f"pick: {result.reason}")
         if result.plot:
             click.echo(f"plot: {result.plot}")
+        saved = saving(doc)
+        if saved:
+            click.echo(f"cost: {saved}")
+        click.echo(f"stored: sweep #{sweep_id} (`edgeshrink results sweep {sweep_id}`)")
+        if report_path:
+            click.echo(f"report: {report_path}")
     if result.pick is None and not result.candidates:
         calibration = any("calibration" in why for _, why in result.skipped)
         raise EdgeshrinkError(

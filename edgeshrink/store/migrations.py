@@ -234,6 +234,21 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         CREATE INDEX lab_jobs_by_run_device ON lab_jobs (run_id, device, status);
         """,
     ),
+    (
+        "sweeps: every sweep's whole document, so its page opens again later",
+        """
+        CREATE TABLE sweeps (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            created_at TEXT NOT NULL,
+            model_name TEXT NOT NULL,
+            profile_id TEXT NOT NULL,
+            target TEXT,
+            pick TEXT,
+            document TEXT NOT NULL
+        );
+        CREATE INDEX sweeps_by_time ON sweeps (created_at);
+        """,
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

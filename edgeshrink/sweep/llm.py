@@ -67,6 +67,7 @@ def sweep_gguf(
     prune: tuple[int, ...] = (0,),
     calibration_text: str | None = None,
     heal: dict[str, Any] | None = None,
+    include_original: bool = False,
     target: Target | None = None,
     params: BenchParams | None = None,
     optimize: str = "speed",
@@ -111,6 +112,10 @@ def sweep_gguf(
                 healed = healed_student(model, info, base_sha, layers, calibration_text, heal,
                                         out_dir / f"{model.stem}-prune{n}-healed.gguf", say)  # fmt: skip
                 variants.append(Variant(f"-prune{n}-healed", (), layers, healed))
+        if include_original:
+            candidates.append(original_candidate(store, model, info, base_sha, profile, context,
+                                                 text, settings, eval_ctx, eval_chunks, budget,
+                                                 remeasure, say))  # fmt: skip
         for variant in variants:
             source = variant.source or model
             source_info = gguf.inspect_gguf(source) if variant.source else info
@@ -171,6 +176,34 @@ def sweep_gguf(
     return finish(
         model, profile, target, budget, optimize, speed_source, beaten(candidates), plot,
         quality_source=f"{candidates[0].quality['n_scored']} tokens" if candidates else "",
+    )  # fmt: skip
+
+
+def original_candidate(store: ResultStore, model: Path, info: ModelInfo, base_sha: str,
+                       profile: HardwareProfile, context: int | None, text: str, settings: str,
+                       eval_ctx: int, eval_chunks: int | None, budget: QualityBudget,
+                       remeasure: bool, say: Progress) -> SweepCandidate:  # fmt: skip
+    """The model itself, as it is: the reference a cost saving is measured against."""
+    estimate = plan_gguf(info, profile, ShrinkOptions(quant=info.file_type, context=context,
+                                                      check_fit=False)).chosen  # fmt: skip
+    quality = (
+        None if remeasure else store.find_quality(QUALITY_METHOD, base_sha, base_sha, settings)
+    )
+    reused = quality is not None
+    if quality is None:
+        say(f"{info.file_type}: measuring the original against itself")
+        quality = evaluate_llm(
+            model, model, text=text, n_ctx=eval_ctx, max_chunks=eval_chunks
+        ).to_dict()
+        store.add_quality({"method": QUALITY_METHOD, "base_sha256": base_sha, "candidate_sha256": base_sha,
+                           "settings": settings, "candidate_name": model.name, "quant": info.file_type},
+                          quality)  # fmt: skip
+    return SweepCandidate(
+        quant=info.file_type, path=model, sha256=base_sha, size_bytes=info.size_bytes,
+        estimate_mb=round(estimate.estimate.total_mb, 1), fits=estimate.fits,
+        est_tg_tok_s=estimate.est_tg_tok_s, quality=quality, quality_reused=reused,
+        quality_failures=tuple(budget.failures(quality)), loss=float(quality["kld_mean"]["value"]),
+        type=info.file_type, original=True,
     )  # fmt: skip
 
 
