@@ -7,14 +7,19 @@ pruned checkpoint's tokenizer and pooling files beside it), ready for the conver
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any
 
 from edgeshrink.convert.gguf_metadata import sentence_pooling
 from edgeshrink.distill.bridge import import_torch
-from edgeshrink.distill.train import StepStatus, TrainFacts, TrainSettings, peak_rss_mb
+from edgeshrink.distill.train import (
+    StepStatus,
+    TrainFacts,
+    TrainSettings,
+    descend,
+    peak_rss_mb,
+)
 from edgeshrink.errors import EvalDataError, Interrupted, RecipeError
 from edgeshrink.formats.gguf.embeddings import sentences
 
@@ -85,17 +90,8 @@ def distill_encoder(
             batch = {k: v[picks] for k, v in encoded.items()}
             out = pooled(torch, student(**batch).last_hidden_state, batch["attention_mask"], mode)
             loss = torch.nn.functional.mse_loss(out, targets[picks])
-            if not math.isfinite(loss.item()):
-                raise RecipeError(
-                    f"the distillation loss became {loss.item()} at step {step + 1}",
-                    hint="lower --lr",
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
+            losses.append(descend(torch, loss, optimizer, params, step, "lower --lr"))
             step += 1
-            losses.append(loss.item())
             n_tokens += int(batch["attention_mask"].sum())
             if on_step:
                 elapsed = time.perf_counter() - start
