@@ -209,6 +209,16 @@ class LlamaScorer:
         """Logits (n_ctx - first, n_vocab) of positions first..n_ctx-1 of one chunk."""
         import numpy as np
 
+        self.decode(tokens, first)
+        n_out = len(tokens) - first
+        pointer = self.ll.llama_get_logits(self.ctx)
+        array = np.ctypeslib.as_array(
+            ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)), shape=(n_out, self.n_vocab)
+        )
+        return array.copy()
+
+    def decode(self, tokens: list[int], first: int) -> None:
+        """Run one chunk from an empty cache, with outputs from position ``first`` on."""
         ll = self.ll
         ll.llama_memory_clear(ll.llama_get_memory(self.ctx), True)
         batch = self.batch
@@ -223,12 +233,6 @@ class LlamaScorer:
         if rc != 0:
             raise EvalError(f"llama.cpp failed to decode a chunk (code {rc})")
         ll.llama_synchronize(self.ctx)
-        n_out = len(tokens) - first
-        pointer = ll.llama_get_logits(self.ctx)
-        array = np.ctypeslib.as_array(
-            ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)), shape=(n_out, self.n_vocab)
-        )
-        return array.copy()
 
 
 def log_softmax(logits: Any) -> Any:
@@ -255,13 +259,15 @@ def chunk_tokens(tokens: list[int], i: int, n_ctx: int, scorer: LlamaScorer) -> 
 # --------------------------------------------------------------------------- base log-probs
 
 
-def _cache_dir() -> Path:
+def cache_dir(kind: str) -> Path:
+    """Where computed things of one ``kind`` are kept (logprobs, imatrix, mix):
+    $EDGESHRINK_CACHE/KIND, or the user's cache directory."""
     env = os.environ.get("EDGESHRINK_CACHE")
     if env:
-        return Path(env).expanduser() / "logprobs"
+        return Path(env).expanduser() / kind
     import platformdirs
 
-    return platformdirs.user_cache_path("edgeshrink") / "logprobs"
+    return platformdirs.user_cache_path("edgeshrink") / kind
 
 
 def base_log_probs(
@@ -290,7 +296,7 @@ def base_log_probs(
             ]
         ).encode()
     ).hexdigest()[:32]
-    cached = _cache_dir() / f"{key}.npz"
+    cached = cache_dir("logprobs") / f"{key}.npz"
     if cached.exists():
         with np.load(cached) as data:
             return data["tokens"], data["log_probs"], True
