@@ -39,6 +39,10 @@ class GgufBackend(Backend):
     def check_recipe(self, info: ModelInfo, recipe: Any) -> None:
         build.check_recipe(info, recipe)
 
+    def resolve_settings(self, src: Path, info: ModelInfo, recipe: Any, options: Any,
+                         source_sha256: str, progress: Any) -> tuple[dict[str, Any], Any]:  # fmt: skip
+        return build.resolve_settings(src, info, recipe, options, source_sha256, progress)
+
     def build(self, src: Path, work: Path, name: str, recipe: Any, **kw: Any) -> Built:
         kw.pop("profile")
         return build.build(src, work, name, recipe, **kw)

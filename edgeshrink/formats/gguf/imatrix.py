@@ -24,8 +24,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from edgeshrink.errors import EvalDataError, EvalError
+from edgeshrink.formats.base import ModelInfo
 from edgeshrink.formats.gguf.hooks import MatmulInputs
 from edgeshrink.formats.gguf.imatrix_file import (
     Imatrix,
@@ -35,14 +37,16 @@ from edgeshrink.formats.gguf.imatrix_file import (
     write_imatrix,
 )
 from edgeshrink.formats.gguf.quality import LlamaScorer, cache_dir, chunk_tokens
+from edgeshrink.formats.gguf.quant_types import UNQUANTIZED, quant_type
 from edgeshrink.formats.gguf.quantize import llama_cpp_version
-from edgeshrink.formats.gguf.reader import inspect_gguf
+from edgeshrink.formats.gguf.reader import inspect_gguf, is_encoder
 from edgeshrink.util import sha256_file, shipped_text
 
 Progress = Callable[[str], None]
 CACHE_VERSION = 1
 DEFAULT_CHUNK = 512
 SHIPPED_CALIBRATION = "calib-en.txt"
+IMATRIX_BELOW_BPW = 5.0  # types below this many bits per weight use an imatrix by default
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,22 @@ class ImatrixFile:
     @property
     def datasets(self) -> str:
         return ", ".join(self.imatrix.datasets) or "unknown"
+
+
+def wants_imatrix(quant: str, options: Any, info: ModelInfo, *, mix: bool = False) -> bool:
+    """Whether ``quant`` is made with an importance matrix: when the options say so (a file
+    given, --no-imatrix), when the type needs one, and by default for a decoder's types
+    below 5 bits and for a size-budget mix (edgeshrink's own calibration text counts)."""
+    if options.imatrix is not None:
+        return True
+    if options.use_imatrix is not None:
+        return bool(options.use_imatrix)
+    qtype = quant_type(quant)
+    if qtype.needs_imatrix:
+        return True
+    if info.llm is None or is_encoder(info) or (info.is_quantized and qtype.name == info.file_type):
+        return False  # nothing to compute it with, or the tensors are copied as they are
+    return mix or (qtype.name not in UNQUANTIZED and qtype.bpw < IMATRIX_BELOW_BPW)
 
 
 def chunk_size_for(model: str | os.PathLike[str], asked: int | None = None) -> int:

@@ -102,19 +102,6 @@ def smallest_bytes(shapes: list[tuple[str, tuple[int, ...], str]], with_imatrix:
     return total
 
 
-def check_budget(src: Path, budget: int, with_imatrix: bool) -> None:
-    """Refuse a budget below the smallest file any mix can make, before measuring anything."""
-    reader_shapes = [(t.name, tuple(int(d) for d in t.shape), t.tensor_type.name)
-                     for t in read_gguf(src).tensors]  # fmt: skip
-    smallest = fixed_bytes(src) + smallest_bytes(reader_shapes, with_imatrix)
-    if budget < smallest:
-        raise DoesNotFitError(
-            f"{src.name} cannot be made that small: the smallest mix is {megabytes(smallest)}; "
-            f"the budget is {megabytes(budget)}",
-            hint=f"give a budget of at least {megabytes(smallest)}, or use a smaller model",
-        )
-
-
 def megabytes(n: int) -> str:
     return f"{n / 1e6:,.1f} MB" if n < 1e9 else f"{n / 1e9:,.2f} GB"
 

@@ -34,8 +34,6 @@ from edgeshrink.util import atomic_path, sha256_file
 
 Progress = Callable[[str], None]
 METHOD = "imatrix-nsr/1"
-# Quantized without an imatrix entry by llama.cpp even when the types need one.
-UNWEIGHTED = ("token_embd.weight", "output.weight")
 # The ggml types a tensor may get in a mix, smallest first, each with the llama.cpp file
 # type whose quantization makes it (types llama.cpp cannot use for a tensor fall back to
 # one it can: a 576-wide row takes no K-quant).
@@ -121,7 +119,7 @@ def measure_losses(
     shapes = [(t.name, tuple(int(d) for d in t.shape), t.tensor_type.name) for t in reader.tensors]
     means = read_imatrix(imatrix).means() if imatrix else {}
     todo = {
-        name: candidate_types(shape, types if name in means or name in UNWEIGHTED else plain)
+        name: candidate_types(shape, types if name in means else plain)
         for name, shape, _t in mixable(shapes)
     }
     options: dict[str, dict[str, tuple[int, float]]] = {name: {} for name in todo}
