@@ -41,7 +41,7 @@ def cli(ctx: click.Context, profiles_dirs: tuple[Path, ...]) -> None:
     ctx.obj = Context(profiles_dirs)
 
 
-COMMAND_MODULES = ("catalog", "check", "doctor", "lab", "models", "prune", "push", "quality", "results",
+COMMAND_MODULES = ("catalog", "check", "doctor", "imatrix", "lab", "models", "prune", "push", "quality", "results",
                    "run", "sweep", "targets")  # fmt: skip
 
 

@@ -26,17 +26,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeshrink.errors import EvalDataError, EvalError
+from edgeshrink.errors import EvalDataError, EvalError, ImatrixError
 from edgeshrink.formats.base import ModelInfo
 from edgeshrink.formats.gguf.hooks import MatmulInputs
 from edgeshrink.formats.gguf.imatrix_file import (
     Imatrix,
-    ImatrixError,
     check_imatrix_fits,
     read_imatrix,
     write_imatrix,
 )
-from edgeshrink.formats.gguf.quality import LlamaScorer, cache_dir, chunk_tokens
+from edgeshrink.formats.gguf.quality import LlamaScorer, cache_dir, chunk_tokens, quiet_llama_log
 from edgeshrink.formats.gguf.quant_types import UNQUANTIZED, quant_type
 from edgeshrink.formats.gguf.quantize import llama_cpp_version
 from edgeshrink.formats.gguf.reader import inspect_gguf, is_encoder
@@ -135,13 +134,7 @@ def compute_imatrix(
     hooks = MatmulInputs()
     with LlamaScorer(model, n_ctx, threads or os.cpu_count() or 1, hooks.callback) as scorer:
         tokens = scorer.tokenize(text.text)
-        if len(tokens) < n_ctx:
-            raise EvalDataError(
-                f"the calibration text {text.name} is {len(tokens)} tokens for {model.name}, "
-                f"shorter than one chunk of {n_ctx}",
-                hint=f"give a calibration text of at least {n_ctx} tokens "
-                f"(about {n_ctx * 4} characters of English)",
-            )
+        check_text_length(len(tokens), n_ctx, text, model)
         n_chunks = len(tokens) // n_ctx
         if max_chunks:
             n_chunks = min(n_chunks, max_chunks)
@@ -180,11 +173,12 @@ def imatrix_for(
     chunk_size: int | None = None,
     max_chunks: int | None = None,
     threads: int | None = None,
+    force: bool = False,
     progress: Progress | None = None,
 ) -> ImatrixFile:
     """The importance matrix of ``model`` over ``text``, from the cache or computed once and
     kept there (keyed by the model's and the text's sha256, the settings and llama.cpp's
-    version)."""
+    version); ``force`` computes it again."""
     say = progress or (lambda _m: None)
     model = Path(model)
     n_ctx = chunk_size_for(model, chunk_size)
@@ -195,7 +189,7 @@ def imatrix_for(
         ]).encode()
     ).hexdigest()[:32]  # fmt: skip
     path = cache_dir("imatrix") / f"{key}.imatrix.gguf"
-    if path.is_file():
+    if path.is_file() and not force:
         try:
             return ImatrixFile(path, sha256_file(path), read_imatrix(path), text.sha256, True)
         except ImatrixError:
@@ -208,6 +202,69 @@ def imatrix_for(
     write_imatrix(imatrix, path)
     seconds = time.perf_counter() - start
     return ImatrixFile(path, sha256_file(path), imatrix, text.sha256, False, seconds)
+
+
+@dataclass(frozen=True)
+class ImatrixPlan:
+    """What computing an importance matrix would do: the text's tokens and the chunks."""
+
+    model: Path
+    text: str
+    n_tokens: int
+    chunk_size: int
+    chunks: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": str(self.model), "text": self.text, "n_tokens": self.n_tokens,
+                "chunk_size": self.chunk_size, "chunks": self.chunks}  # fmt: skip
+
+
+def plan_imatrix(
+    model: str | os.PathLike[str],
+    text: CalibrationText,
+    *,
+    chunk_size: int | None = None,
+    max_chunks: int | None = None,
+) -> ImatrixPlan:
+    """Tokenize ``text`` with ``model``'s vocabulary alone (no weights loaded) and count the
+    chunks; a text shorter than one chunk is refused here as it would be later."""
+    model = Path(model)
+    n_ctx = chunk_size_for(model, chunk_size)
+    n_tokens = len(vocabulary_tokens(model, text.text))
+    check_text_length(n_tokens, n_ctx, text, model)
+    chunks = n_tokens // n_ctx
+    return ImatrixPlan(model, text.name, n_tokens, n_ctx, min(chunks, max_chunks or chunks))
+
+
+def check_text_length(n_tokens: int, n_ctx: int, text: CalibrationText, model: Path) -> None:
+    if n_tokens < n_ctx:
+        raise EvalDataError(
+            f"the calibration text {text.name} is {n_tokens} tokens for {model.name}, "
+            f"shorter than one chunk of {n_ctx}",
+            hint=f"give a calibration text of at least {n_ctx} tokens "
+            f"(about {n_ctx * 4} characters of English)",
+        )
+
+
+def vocabulary_tokens(model: Path, text: str) -> list[int]:
+    """``text`` tokenized as the importance matrix tokenizes it, from the vocabulary only."""
+    import llama_cpp
+
+    quiet_llama_log(llama_cpp)
+    llama_cpp.llama_backend_init()
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    loaded = llama_cpp.llama_model_load_from_file(str(model).encode(), params)
+    if not loaded:
+        raise EvalError(f"{model}: llama.cpp could not read this model's vocabulary")
+    try:
+        vocab = llama_cpp.llama_model_get_vocab(loaded)
+        data = text.encode("utf-8")
+        buf = (llama_cpp.llama_token * (len(data) + 16))()
+        n = llama_cpp.llama_tokenize(vocab, data, len(data), buf, len(buf), True, False)
+        return list(buf[: max(n, 0)]) if n >= 0 else [0] * -n
+    finally:
+        llama_cpp.llama_model_free(loaded)
 
 
 def given_imatrix(path: str | os.PathLike[str], model: str | os.PathLike[str]) -> ImatrixFile:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeshrink.errors import ModelFileError
+from edgeshrink.errors import ImatrixError
 from edgeshrink.formats.gguf.reader import GGUF_MAGIC, read_gguf, tensor_shapes
 from edgeshrink.util import atomic_path
 
@@ -40,12 +40,6 @@ QUANTIZE_KEYS = (
 )
 MAX_LEGACY_ENTRIES = 1 << 20
 MAX_NAME = 1 << 12
-
-
-class ImatrixError(ModelFileError):
-    """An importance matrix that is unreadable, or made for another model."""
-
-    default_hint = "compute one for this model with `edgeshrink imatrix MODEL`"
 
 
 @dataclass(frozen=True)
