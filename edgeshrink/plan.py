@@ -98,7 +98,10 @@ class ShrinkPlan:
     @property
     def label(self) -> str:
         """What the artifact is called after: its type, or its size budget for a mix."""
-        return f"mix-{self.max_size / 1e6:.0f}mb" if self.max_size else self.quant
+        if not self.max_size:
+            return self.quant
+        giga = self.max_size >= 1e9
+        return f"mix-{self.max_size / (1e9 if giga else 1e6):.3g}{'gb' if giga else 'mb'}"
 
     def to_dict(self) -> dict[str, Any]:
         return {

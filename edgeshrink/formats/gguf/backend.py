@@ -50,6 +50,12 @@ class GgufBackend(Backend):
     def verify(self, built: Built, info: ModelInfo, options: Any, progress: Any) -> Built:
         return build.verify(built, info, options, progress)
 
+    def reuse_details(
+        self, info: ModelInfo, profile: Any, options: Any, quant: str
+    ) -> tuple[str, ...] | None:
+        """A mix is reused only when it was chosen the way this edgeshrink chooses one."""
+        return (build.MIX_DETAIL,) if options.max_size or options.fit else None
+
     def normalize_quant(self, name: str) -> str:
         return quant_type(name).name
 

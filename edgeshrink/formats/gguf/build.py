@@ -22,9 +22,11 @@ from edgeshrink.formats.gguf.mix import Mix, choose_mix, fixed_bytes, megabytes
 from edgeshrink.formats.gguf.quality import check_runs, evaluate_llm
 from edgeshrink.formats.gguf.quant_types import quant_type
 from edgeshrink.formats.gguf.quantize import QuantizeOutcome, check_prune_layers, quantize_gguf
-from edgeshrink.formats.gguf.sensitivity import measure_losses
+from edgeshrink.formats.gguf.sensitivity import METHOD, measure_losses
 from edgeshrink.util import sha256_file
 
+# A mix is reused only when the way it was chosen is this one (its losses' method).
+MIX_DETAIL = f"a type per tensor by {METHOD}"
 MIX_FITTING_TRIES = 3  # the metadata llama.cpp adds can push a mix a few bytes over
 
 
@@ -91,9 +93,11 @@ def build(src: Path, work: Path, name: str, recipe: Any, *, info: ModelInfo, opt
     recorded: dict[str, Any] = {}
     if imatrix is not None:
         recorded["imatrix_datasets"] = list(read_imatrix(imatrix).datasets)
+    detail = None
     if max_size:
         outcome, mix = build_mix(src, work / name, quant, max_size, imatrix, options, progress)
         recorded["mix"] = mix.to_dict()
+        detail = MIX_DETAIL
     else:
         if layers:
             progress(f"removing layers {', '.join(map(str, layers))} of {src.name} with llama.cpp"
@@ -109,6 +113,8 @@ def build(src: Path, work: Path, name: str, recipe: Any, *, info: ModelInfo, opt
     steps = [s.to_dict() for s in recipe]
     if recorded:
         steps[-1]["recorded"] = recorded
+    if detail:
+        steps[-1]["detail"] = detail
     return Built(
         path=outcome.output,
         recipe=tuple(steps),
@@ -137,7 +143,8 @@ def build_mix(src: Path, dst: Path, quant: str, budget: int, imatrix: Path | Non
     ``quant``'s own, and quantize it; a file over the budget is chosen again, smaller."""
     losses = measure_losses(
         src, dst.parent, imatrix=imatrix, allow_requantize=options.allow_requantize,
-        threads=options.threads, progress=progress,
+        threads=options.threads, text=CalibrationText.read(options.imatrix_text).text,
+        progress=progress,
     )  # fmt: skip
     kw = dict(threads=options.threads, allow_requantize=options.allow_requantize, imatrix=imatrix)
     start = dict(quantize_gguf(src, dst, quant, dry_run=True, **kw).planned)

@@ -188,7 +188,11 @@ def choose_mix(
             break
         size, moves = traded, moves + 1
     if size > budget:
-        raise DoesNotFitError(f"no mix of these types fits {megabytes(budget)}")
+        smallest = fixed + sum(t.front[0][1] for t in tensors)
+        raise DoesNotFitError(
+            f"the smallest mix is {megabytes(smallest)}; the budget is {megabytes(budget)}",
+            hint=f"give a budget of at least {megabytes(smallest)}, or use a smaller model",
+        )
     chosen = {t.name: t.front[t.at][0] for t in tensors}
     return Mix(
         budget_bytes=budget, start=start, types=chosen, estimated_bytes=size,

@@ -8,7 +8,9 @@ type is its imatrix-weighted squared error relative to its imatrix-weighted ener
     loss = sum_j imatrix_j * sum_i (W_ij - Q_ij)^2  /  sum_j imatrix_j * sum_i W_ij^2
 
 (the noise-to-signal ratio of that matrix's output over the calibration text; columns
-weigh 1 where there is no imatrix entry, as for the token embeddings). One quantizer
+weigh 1 where there is no imatrix entry, as for the token embeddings), scaled for each
+kind of tensor by the KL divergence a unit of it costs there (measured once per model:
+that kind's tensors at about 4.5 bits, over the calibration text). One quantizer
 run per type a tensor can take, each tensor at a different type in the same run, so
 no tensor is quantized twice to the same type. Kept in the cache per model, imatrix
 and llama.cpp version.
@@ -19,21 +21,23 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from edgeshrink.errors import EvalError
 from edgeshrink.formats.gguf.estimate import fitting_type
 from edgeshrink.formats.gguf.imatrix_file import read_imatrix
-from edgeshrink.formats.gguf.quality import cache_dir
+from edgeshrink.formats.gguf.quality import cache_dir, evaluate_llm
 from edgeshrink.formats.gguf.quant_types import quant_type
 from edgeshrink.formats.gguf.quantize import llama_cpp_version, quantize_gguf
-from edgeshrink.formats.gguf.reader import read_gguf
+from edgeshrink.formats.gguf.reader import inspect_gguf, read_gguf
 from edgeshrink.util import atomic_path, sha256_file
 
 Progress = Callable[[str], None]
-METHOD = "imatrix-nsr/1"
+METHOD = "imatrix-nsr/3"
 # The ggml types a tensor may get in a mix, smallest first, each with the llama.cpp file
 # type whose quantization makes it (types llama.cpp cannot use for a tensor fall back to
 # one it can: a 576-wide row takes no K-quant).
@@ -53,9 +57,10 @@ class TensorLoss:
     shape: tuple[int, ...]
     source_type: str
     options: dict[str, tuple[int, float]]
+    signal: float = 0.0  # the imatrix-weighted energy the losses are relative to
 
     def to_dict(self) -> dict[str, Any]:
-        return {"shape": list(self.shape), "source_type": self.source_type,
+        return {"shape": list(self.shape), "source_type": self.source_type, "signal": self.signal,
                 "options": {t: list(v) for t, v in self.options.items()}}  # fmt: skip
 
 
@@ -79,8 +84,8 @@ def candidate_types(shape: tuple[int, ...], types: tuple[str, ...]) -> list[str]
     """The distinct types a tensor of ``shape`` ends up in when asked for each of ``types``."""
     seen: list[str] = []
     for t in types:
-        fit = fitting_type(t, shape[0])
-        if fit not in seen and fit in MIX_TYPES:
+        fit = fitting_type(t, shape[0])  # a row no block divides falls back to F16
+        if fit not in seen:
             seen.append(fit)
     return seen
 
@@ -93,10 +98,12 @@ def measure_losses(
     source_sha256: str | None = None,
     allow_requantize: bool = False,
     threads: int | None = None,
+    text: str | None = None,
     progress: Progress | None = None,
 ) -> list[TensorLoss]:
     """Every mixable tensor's loss at every type it can take (see the module docstring),
-    from the cache or measured in ``work`` (one quantizer run at a time)."""
+    from the cache or measured in ``work`` (one quantizer run at a time); with the
+    calibration ``text``, each kind of tensor's losses in KL divergence (kld_per_loss)."""
     say = progress or (lambda _m: None)
     src = Path(src)
     types, plain = mix_types(imatrix is not None), mix_types(False)
@@ -104,6 +111,7 @@ def measure_losses(
         "|".join([
             METHOD, source_sha256 or sha256_file(src), sha256_file(imatrix) if imatrix else "-",
             ",".join(types), llama_cpp_version() or "",
+            hashlib.sha256(text.encode()).hexdigest() if text is not None else "-",
         ]).encode()
     ).hexdigest()[:32]  # fmt: skip
     cached = cache_dir("mix") / f"{key}.json"
@@ -111,16 +119,17 @@ def measure_losses(
         doc = json.loads(cached.read_text(encoding="utf-8"))
         return [
             TensorLoss(name, tuple(d["shape"]), d["source_type"],
-                       {t: (int(b), float(loss)) for t, (b, loss) in d["options"].items()})
+                       {t: (int(b), float(loss)) for t, (b, loss) in d["options"].items()},
+                       float(d["signal"]))
             for name, d in doc.items()
         ]  # fmt: skip
     reader = read_gguf(src)
     tensors = {t.name: t for t in reader.tensors}
     shapes = [(t.name, tuple(int(d) for d in t.shape), t.tensor_type.name) for t in reader.tensors]
     means = read_imatrix(imatrix).means() if imatrix else {}
-    todo = {
-        name: candidate_types(shape, types if name in means else plain)
-        for name, shape, _t in mixable(shapes)
+    todo = {  # the source's own type is copied, not measured: it loses nothing
+        name: [t for t in candidate_types(shape, types if name in means else plain) if t != source]
+        for name, shape, source in mixable(shapes)
     }
     options: dict[str, dict[str, tuple[int, float]]] = {name: {} for name in todo}
     signal = {name: None for name in todo}
@@ -147,10 +156,70 @@ def measure_losses(
     for name, shape, source_type in mixable(shapes):
         opts = options[name]
         opts.setdefault(source_type, (int(tensors[name].n_bytes), 0.0))
-        result.append(TensorLoss(name, shape, source_type, opts))
+        result.append(TensorLoss(name, shape, source_type, opts, float(signal[name] or 0.0)))
+    factors = kld_per_loss(src, work, result, text, imatrix=imatrix, threads=threads,
+                           allow_requantize=allow_requantize, progress=say)  # fmt: skip
+    result = [scaled(t, factors.get(kind_of(t.name), 1.0)) for t in result]
     with atomic_path(cached) as tmp:
         tmp.write_text(json.dumps({t.name: t.to_dict() for t in result}), encoding="utf-8")
     return result
+
+
+def kind_of(name: str) -> str:
+    """A tensor's kind, the same in every block: ``blk.7.ffn_down.weight`` -> ``ffn_down.weight``."""
+    return re.sub(r"^blk\.\d+\.", "", name)
+
+
+def scaled(loss: TensorLoss, factor: float) -> TensorLoss:
+    return replace(loss, options={t: (b, v * factor) for t, (b, v) in loss.options.items()})
+
+
+def kld_per_loss(
+    src: Path, work: Path, losses: list[TensorLoss], text: str | None, *, imatrix: Any,
+    threads: int | None, allow_requantize: bool, progress: Progress,
+) -> dict[str, float]:  # fmt: skip
+    """How much KL divergence a unit of loss costs in each kind of tensor, measured: the
+    tensors of one kind at about 4.5 bits (the rest as they are), against the summed loss
+    predicted for them, over the calibration text. An error in a value projection or a
+    down projection does not weigh what the same relative error in a query does."""
+    if text is None:
+        return {}
+    info = inspect_gguf(src)
+    n_ctx = min(512, info.llm.context_length) if info.llm and info.llm.context_length else 512
+    kinds: dict[str, list[TensorLoss]] = {}
+    for loss in losses:
+        kinds.setdefault(kind_of(loss.name), []).append(loss)
+    factors: dict[str, float] = {}
+    for i, (kind, members) in enumerate(sorted(kinds.items()), 1):
+        mid = {t.name: middle_option(t) for t in members}
+        predicted = sum(t.options[mid[t.name]][1] for t in members)
+        if predicted <= 0:
+            continue
+        progress(f"measuring what a loss costs in each kind of tensor: {kind} ({i}/{len(kinds)})")
+        out = work / "kind.gguf"
+        keep = {t.name: t.source_type for t in losses if t.name not in mid}
+        quantize_gguf(src, out, "Q8_0", threads=threads, allow_requantize=allow_requantize,
+                      imatrix=imatrix, tensor_types={**mid, **keep})  # fmt: skip
+        try:
+            report = evaluate_llm(src, out, text=text, n_ctx=n_ctx, max_chunks=2, threads=threads)
+        except EvalError:
+            return {}  # a text too short to measure with: the losses stay as measured
+        finally:
+            out.unlink(missing_ok=True)
+        factors[kind] = max(report.kld_mean.value, 0.0) / predicted
+    if factors:
+        floor = 0.01 * sorted(factors.values())[len(factors) // 2]
+        factors = {k: max(v, floor) for k, v in factors.items()}
+    return factors
+
+
+def middle_option(loss: TensorLoss) -> str:
+    """The type nearest 4.5 bits per weight among those measured (not the source's own)."""
+    n = 1
+    for d in loss.shape:
+        n *= d
+    measured = [t for t in loss.options if t != loss.source_type] or [loss.source_type]
+    return min(measured, key=lambda t: abs(loss.options[t][0] - n * 4.5 / 8))
 
 
 def as_float(tensor: Any) -> Any:
