@@ -336,8 +336,9 @@ def print_shrink(result, source_bytes: int | None, as_json: bool) -> None:
     size = human_bytes(art.size_bytes)
     if source_bytes:
         size += f" (from {human_bytes(source_bytes)}, {source_bytes / max(art.size_bytes, 1):.2f}x smaller)"
+    mixed = bool(art.recipe and art.recipe[-1].get("max_size"))
     click.echo(render_pairs([
-        ("type", art.quant),
+        ("type", f"a type per tensor, from {art.quant}" if mixed else art.quant),
         ("size", size),
         ("sha256", art.sha256),
         ("manifest", art.manifest_path),

@@ -88,20 +88,26 @@ def ggml_base() -> Any:
     return lib
 
 
+def tensor_bytes(address: int) -> Any:
+    """A graph tensor's data: in place when its buffer is the host's, else a copy."""
+    lib = ggml_base()
+    t = GgmlTensor.from_address(address)
+    nbytes = lib.ggml_nbytes(address)
+    if t.buffer and lib.ggml_backend_buffer_is_host(t.buffer):
+        return (ctypes.c_char * nbytes).from_address(t.data)
+    raw = (ctypes.c_char * nbytes)()
+    lib.ggml_backend_tensor_get(address, raw, 0, nbytes)
+    return raw
+
+
 def tensor_rows(address: int) -> Any:
     """A copy of a 2-D F32/F16 graph tensor as float32 (rows = tokens), or None."""
     import numpy as np
 
-    lib = ggml_base()
     t = GgmlTensor.from_address(address)
     if t.type not in (GGML_TYPE_F32, GGML_TYPE_F16) or t.ne[2] != 1 or t.ne[3] != 1:
         return None
-    nbytes = lib.ggml_nbytes(address)
-    if t.buffer and lib.ggml_backend_buffer_is_host(t.buffer):
-        raw: Any = (ctypes.c_char * nbytes).from_address(t.data)
-    else:
-        raw = (ctypes.c_char * nbytes)()
-        lib.ggml_backend_tensor_get(address, raw, 0, nbytes)
+    raw = tensor_bytes(address)
     dtype = np.float32 if t.type == GGML_TYPE_F32 else np.float16
     view = np.ndarray(shape=(t.ne[1], t.ne[0]), dtype=dtype, buffer=raw, strides=(t.nb[1], t.nb[0]))
     return np.array(view, dtype=np.float32)  # the compute buffer is reused by later nodes
@@ -158,14 +164,8 @@ def tensor_array(address: int) -> Any:
     """A 4-D F32 graph tensor as a float32 array of shape (ne3, ne2, ne1, ne0), copied."""
     import numpy as np
 
-    lib = ggml_base()
     t = GgmlTensor.from_address(address)
-    nbytes = lib.ggml_nbytes(address)
-    if t.buffer and lib.ggml_backend_buffer_is_host(t.buffer):
-        raw: Any = (ctypes.c_char * nbytes).from_address(t.data)
-    else:
-        raw = (ctypes.c_char * nbytes)()
-        lib.ggml_backend_tensor_get(address, raw, 0, nbytes)
+    raw = tensor_bytes(address)
     shape = (t.ne[3], t.ne[2], t.ne[1], t.ne[0])
     strides = (t.nb[3], t.nb[2], t.nb[1], t.nb[0])
     return np.array(np.ndarray(shape=shape, dtype=np.float32, buffer=raw, strides=strides))
