@@ -210,3 +210,19 @@ def test_the_imatrix_of_an_unreadable_text_is_refused(tiny_f16: Path, tmp_path: 
     bad.write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(EvalDataError, match="cannot read the calibration text"):
         CalibrationText.read(bad)
+
+
+def test_the_sweep_labels_imatrix_variants_and_the_mix(stories: Path, tmp_path: Path) -> None:
+    from edgeshrink.sweep import QualityBudget, sweep_gguf
+
+    result = sweep_gguf(
+        stories, get_profile("raspberry-pi-5-8gb"), budget=QualityBudget(max_kld=0.5),
+        ladder=("Q8_0", "Q4_0"), imatrix=True, max_size=300_000, eval_ctx=256,
+        output_dir=tmp_path, db=tmp_path / "r.db",
+    )  # fmt: skip
+    by = {c.quant: c for c in result.candidates}
+    assert set(by) == {"Q8_0", "Q4_0", "Q4_0-imatrix", "mix-0.3mb"}  # Q8_0 is not below 5 bits
+    assert "imatrix" not in by["Q4_0"].recipe[-1] and by["Q4_0-imatrix"].recipe[-1]["imatrix"]
+    mix = by["mix-0.3mb"]
+    assert mix.size_bytes <= 300_000 and mix.recipe[-1]["max_size"] == 300_000
+    assert mix.kld == pytest.approx(mix.recipe[-1]["recorded"]["eval"]["kld_mean"], rel=0.5)
