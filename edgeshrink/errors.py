@@ -150,3 +150,13 @@ class RecipeError(EdgeshrinkError, ValueError):
     """A recipe names a pass that does not exist, a bad setting, or a pass the format lacks."""
 
     default_hint = "`edgeshrink shrink --help` lists the passes and their settings"
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during work that keeps what it had done (a training checkpoint): the CLI
+    says what was kept and how to go on, and exits 130 like any interruption."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint

@@ -16,7 +16,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from edgeshrink.artifacts import Artifact, default_output_path, load_artifact, tool_versions
@@ -118,7 +118,9 @@ def shrink_model(
     if base == final:
         return made  # the front end's file is what was asked for (a float type)
     nested = fmt.front_end_for or info.format
-    return shrink_model(base, profile, options, output=final, progress=progress,
+    # The passes the front end carried out (a prune before conversion) are not done twice.
+    rest = replace(options, passes=tuple(p for p in options.passes if p not in base_recipe))
+    return shrink_model(base, profile, rest, output=final, progress=progress,
                         info=backend(nested).inspect(base))  # fmt: skip
 
 

@@ -57,6 +57,11 @@ class ShrinkOptions:
     # profile's memory budget less the KV cache at the context and the runtime's overhead.
     max_size: int | None = None
     fit: bool = False
+    # distill: the training text (its sha256 is in the step), the teacher when the model
+    # given is already the student, and whether to go on from an interrupted run.
+    text: str | None = None
+    teacher: Path | None = None
+    resume: bool = False
 
     def __post_init__(self) -> None:
         if self.prefer not in ("quality", "speed"):

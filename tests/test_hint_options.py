@@ -231,6 +231,8 @@ MODULE_COMMANDS = {
     "edgeshrink/cli/sweep.py": ["sweep"],
     "edgeshrink/cli/prune.py": ["prune"],
     "edgeshrink/passes/prune.py": ["prune"],
+    "edgeshrink/passes/prune_choice.py": ["prune"],
+    "edgeshrink/prune.py": ["prune"],
     "edgeshrink/cli/doctor.py": ["doctor"],
     "edgeshrink/cli/results.py": ["results"],
     "edgeshrink/transport/ssh.py": ["bench", "deploy", "check", "doctor"],

@@ -56,7 +56,7 @@ def test_a_recipe_is_validated_data() -> None:
 def test_the_least_influential_block_costs_less_to_remove_than_the_most(
     stories: Path, tmp_path: Path
 ) -> None:
-    from edgeshrink.passes.prune import RemovalMeter, score_layers, split_texts
+    from edgeshrink.passes.prune_choice import RemovalMeter, score_layers, split_texts
 
     calibration, evaluation = split_texts(None, None)
     scores = score_layers(stories, calibration, max_run=2)
@@ -70,7 +70,7 @@ def test_the_least_influential_block_costs_less_to_remove_than_the_most(
     )
     cheap = meter.measure((ranked[0],), "lowest")
     dear = meter.measure((ranked[-1],), "highest")
-    assert cheap.kld < dear.kld, (scores.influence, cheap.kld, dear.kld)
+    assert cheap.loss < dear.loss, (scores.influence, cheap.loss, dear.loss)
 
 
 def test_remove_exact_layers_renumbers_and_saves_their_bytes(stories: Path, tmp_path: Path) -> None:
@@ -189,7 +189,9 @@ def test_prune_refuses_what_is_not_a_gguf_language_model(tmp_path: Path) -> None
 
     model = make_mlp_onnx(tmp_path / "mlp.onnx")
     r = run_cli("prune", str(model), "--remove", "0")
-    assert r.returncode == 1 and "prune works on GGUF language models" in r.stderr
+    assert (
+        r.returncode == 1 and "prune works on transformer language and embedding models" in r.stderr
+    )
 
 
 def test_sweep_crosses_removals_with_the_ladder_and_says_what_pruning_lost(
@@ -235,3 +237,58 @@ def test_sweep_refuses_a_prune_count_the_model_cannot_lose(stories: Path, tmp_pa
     )
     assert result.returncode == 1
     assert result.stderr.startswith("error: stories260K.gguf has 5 layers: it cannot lose 5")
+
+
+def gguf_tensors(path: Path) -> dict[str, object]:
+    import gguf
+
+    return {t.name: t.data.copy() for t in gguf.GGUFReader(path).tensors}
+
+
+def test_a_checkpoint_is_pruned_before_conversion(tmp_path: Path) -> None:
+    """The chosen blocks leave the safetensors (the rest renumbered, config.json's count
+    updated), then the checkpoint converts and quantizes like any other."""
+    from edgeshrink.testmodels.hf_checkpoints import make_hf_checkpoint
+
+    ck = make_hf_checkpoint(tmp_path / "Tiny", "llama", "f16", n_layer=3).path
+    full = run_cli(
+        "shrink", str(ck), "-p", "x86-64-host", "-q", "F16", "-o", str(tmp_path / "full.gguf")
+    )
+    assert full.returncode == 0, full.stderr
+    r = run_cli("prune", str(ck), "--remove", "1", "-p", "x86-64-host", "-q", "Q8_0",
+                "-o", str(tmp_path / "cut.gguf"), "--json", cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    art = load_artifact(Path(doc["artifact"]["path"]))
+    assert art.quant == "Q8_0" and backend("gguf").inspect(art.path).llm.n_layer == 2
+    converted = tmp_path / "Tiny-without-1-f16.gguf"  # the intermediate, beside the artifact
+    first = load_artifact(converted)
+    assert [s["pass"] for s in first.recipe] == ["prune", "quantize"]
+    assert first.recipe[0]["layers"] == [1]
+    before, after = gguf_tensors(tmp_path / "full.gguf"), gguf_tensors(converted)
+    assert set(after) == {n for n in before if not n.startswith("blk.2.")}
+    for name in after:  # block 2 became block 1, byte for byte; block 0 and the rest stay
+        old = name.replace("blk.1.", "blk.2.") if name.startswith("blk.1.") else name
+        assert (after[name] == before[old]).all(), name
+    bad = run_cli("prune", str(ck), "--remove", "3", cwd=tmp_path)
+    assert bad.returncode == 1 and "has 3 layers (0 to 2); there is no layer 3" in bad.stderr
+
+
+def test_an_embedding_model_is_judged_by_embedding_cosine(tmp_path: Path) -> None:
+    from edgeshrink.testmodels.hf_checkpoints import make_hf_checkpoint
+
+    ck = make_hf_checkpoint(tmp_path / "MiniBert", "bert", "f32", n_layer=3).path
+    r = run_cli("prune", str(ck), "--layers", "1", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["judged_by"] == "embedding cosine"
+    assert doc["tried"] and all(0 < t["quality"]["cosine_mean"] <= 1 for t in doc["tried"])
+    best = max(t["quality"]["cosine_mean"] for t in doc["tried"])
+    assert (
+        next(t for t in doc["tried"] if t["layers"] == doc["layers"])["quality"]["cosine_mean"]
+        == best
+    )
+    art = Path(doc["artifact"]["path"])
+    assert backend("gguf").inspect(art).llm.n_layer == 2
+    wrong = run_cli("prune", str(ck), "--max-kld", "0.1", cwd=tmp_path)
+    assert wrong.returncode == 1 and "--min-cosine" in wrong.stderr

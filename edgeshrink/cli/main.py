@@ -41,8 +41,8 @@ def cli(ctx: click.Context, profiles_dirs: tuple[Path, ...]) -> None:
     ctx.obj = Context(profiles_dirs)
 
 
-COMMAND_MODULES = ("catalog", "check", "doctor", "imatrix", "lab", "models", "prune", "push", "quality", "results",
-                   "run", "sweep", "targets")  # fmt: skip
+COMMAND_MODULES = ("catalog", "check", "distill", "doctor", "imatrix", "lab", "models", "prune", "push",
+                   "quality", "results", "run", "sweep", "targets")  # fmt: skip
 
 
 def _register() -> None:
@@ -81,8 +81,11 @@ def main(argv: list[str] | None = None) -> None:
     except click.Abort:
         click.echo("interrupted", err=True)
         sys.exit(130)
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
+    except KeyboardInterrupt as exc:
+        message = getattr(exc, "message", "")
+        click.echo(f"interrupted: {message}" if message else "interrupted", err=True)
+        if getattr(exc, "hint", ""):
+            click.echo(f"hint: {exc.hint}", err=True)  # type: ignore[attr-defined]
         sys.exit(130)
     except EdgeshrinkError as exc:
         if debug_enabled():

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import click
 
-from edgeshrink.artifacts import default_output_path
 from edgeshrink.cli.common import (
     JSON_OPTION,
     Context,
@@ -17,23 +15,19 @@ from edgeshrink.cli.common import (
     progress_printer,
 )
 from edgeshrink.errors import RecipeError
-from edgeshrink.formats import backend, detect_and_inspect
-from edgeshrink.formats.gguf.quality import LlmBudget
-from edgeshrink.passes import get_pass, step
-from edgeshrink.passes.prune import (
-    PruneChoice,
-    RemovalMeter,
-    choose_removal,
-    prune_to_budget,
-    score_layers,
-    split_texts,
-)
-from edgeshrink.pipeline import resolve_output, run_recipe, shrink_model
-from edgeshrink.plan import ShrinkOptions
+from edgeshrink.passes import step
 from edgeshrink.profiles import get_profile
+from edgeshrink.prune import (
+    PruneOutcome,
+    budget_for,
+    makes_embeddings,
+    prunable,
+    prune_model,
+    score_only,
+)
 from edgeshrink.report.plot import write_layer_scores_svg
 from edgeshrink.report.table import render_pairs, render_table
-from edgeshrink.util import human_bytes, make_work_dir
+from edgeshrink.util import human_bytes
 
 
 def parse_layer_list(text: str) -> tuple[int, ...]:
@@ -65,6 +59,8 @@ def read_text(path: Path | None) -> str | None:
               help="... while perplexity rises by at most this fraction (0.05 = 5%).")  # fmt: skip
 @click.option("--min-same-top", type=FiniteFloat(0, 1), default=None,
               help="... while the same top token is chosen at least this often (a fraction).")  # fmt: skip
+@click.option("--min-cosine", type=FiniteFloat(-1, 1), default=None,
+              help="Embedding models: ... while the mean cosine with the original's embeddings stays at least this.")  # fmt: skip
 @click.option("--text", "text_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="Calibration text the blocks are scored on [default: the one edgeshrink ships].")  # fmt: skip
 @click.option("--eval-text", "eval_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -96,17 +92,24 @@ def read_text(path: Path | None) -> str | None:
 @JSON_OPTION
 @pass_context
 def prune(obj: Context, model: Path, n_layers: int | None, remove: str | None, max_kld: float | None,
-          max_ppl_increase: float | None, min_same_top: float | None, text_file: Path | None,
+          max_ppl_increase: float | None, min_same_top: float | None, min_cosine: float | None,
+          text_file: Path | None,
           eval_file: Path | None, candidates: int, output: Path | None, plot: Path | None,
           profile_id: str | None, quant: str | None, threads: int | None, force: bool,
           dry_run: bool, as_json: bool) -> None:  # fmt: skip
-    """Remove whole transformer blocks of a GGUF model, the ones it needs least.
+    """Remove whole transformer blocks of a model, the ones it needs least.
 
     \b
     edgeshrink prune model.gguf --layers 3 -o model-pruned.gguf     the 3 it can spare best
     edgeshrink prune model.gguf --max-kld 0.15 --text calib.txt     as many as the budget allows
     edgeshrink prune model.gguf --remove 7,8,9 -o cut.gguf          exactly these (0-based)
     edgeshrink prune model.gguf --dry-run --plot scores.svg         the ranking only
+    edgeshrink prune ./hf-checkpoint --layers 2 -p raspberry-pi-5-8gb
+    edgeshrink prune ./minilm --layers 2 --min-cosine 0.98          an embedding model
+
+    GGUF files and Hugging Face checkpoints (pruned before conversion). Embedding
+    models (BERT) are judged by the cosine of their sentence embeddings with the
+    original's instead of KL divergence.
 
     Blocks are scored with llama.cpp's own forward pass over the calibration text
     (Block Influence, 1 - cos between a block's input and output; angular distance
@@ -114,14 +117,13 @@ def prune(obj: Context, model: Path, n_layers: int | None, remove: str | None, m
     quantizer and measured against the original on the evaluation text (KL
     divergence, perplexity, same top token), and the best measured one is kept.
     """
-    budget = LlmBudget(
-        max_kld=max_kld, max_ppl_increase=max_ppl_increase, min_same_top=min_same_top
-    )
-    budgeted = budget.describe() != LlmBudget().describe()
+    chart_only = output is not None and output.suffix.lower() == ".svg"
+    bounds = {"max_kld": max_kld, "max_ppl_increase": max_ppl_increase,
+              "min_same_top": min_same_top, "min_cosine": min_cosine}  # fmt: skip
+    budgeted = any(v is not None for v in bounds.values())
     modes = [
         m for m, on in (("--layers", n_layers), ("--remove", remove), ("a budget", budgeted)) if on
     ]
-    chart_only = output is not None and output.suffix.lower() == ".svg"
     if len(modes) > 1:
         raise click.UsageError(f"{' and '.join(modes)} exclude each other: choose one")
     if not modes and not (dry_run or chart_only):
@@ -129,69 +131,33 @@ def prune(obj: Context, model: Path, n_layers: int | None, remove: str | None, m
             "say what to remove: --layers N, --remove 7,8 or a budget such as --max-kld 0.1"
         )
     say = progress_printer(as_json)
-    info = detect_and_inspect(model)
-    if info.format not in get_pass("prune").formats or info.llm is None:
-        raise RecipeError(
-            f"{model.name}: prune works on GGUF language models, not {info.format} "
-            f"({info.architecture})",
-            hint="convert a checkpoint first (edgeshrink shrink CHECKPOINT -q F16), then prune the GGUF",
-        )
-    calibration, evaluation = split_texts(read_text(text_file), read_text(eval_file))
+    text, eval_text = read_text(text_file), read_text(eval_file)
     if dry_run or chart_only:
-        scores = score_layers(
-            model, calibration, max_run=max(n_layers or 1, 1), threads=threads, progress=say
-        )
+        outcome = score_only(model, text=text, max_run=max(n_layers or 1, 1), threads=threads,
+                             force=force, progress=say)  # fmt: skip
         for path in (p for p in (plot, output if chart_only else None) if p):
-            write_layer_scores_svg(scores, (), path)
-        show(PruneChoice((), (scores,), (), "scored only (--dry-run)"), None, as_json, plot)
+            write_layer_scores_svg(outcome.choice.scores[0], (), path)
+        show(outcome, as_json, plot)
         return
-    out_type = quant or info.file_type
-    if remove:
-        choice = PruneChoice(parse_layer_list(remove), (), (), "the layers asked for (--remove)")
-        backend("gguf")  # a bad list fails in the quantizer's own check below
-    else:
-        final = output or default_output_path(model, f"pruned-{out_type}")
-        work = make_work_dir(final)
-        try:
-            meter = RemovalMeter(model, work, evaluation, n_ctx=512, threads=threads, progress=say)
-            if n_layers:
-                if n_layers >= info.llm.n_layer:
-                    raise RecipeError(
-                        f"{model.name} has {info.llm.n_layer} layers: it cannot lose {n_layers}",
-                        hint=f"remove at most {info.llm.n_layer - 1}",
-                    )
-                choice = choose_removal(meter, calibration, n_layers, candidates=candidates)
-            else:
-                choice = prune_to_budget(meter, calibration, budget, candidates=candidates)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-    if not choice.layers:
-        show(choice, None, as_json, plot)
-        return
-    if plot and choice.scores:
-        write_layer_scores_svg(choice.scores[0], choice.layers, plot)
-    prune_step = step("prune", layers=choice.layers)
-    if profile_id:
-        profile = get_profile(profile_id, obj.profiles_dirs)
-        options = ShrinkOptions(
-            quant=quant, threads=threads, force=force, passes=(prune_step,), check_fit=True
-        )
-        result = shrink_model(model, profile, options, output=output, progress=say, info=info)
-    else:
-        recipe = (prune_step, step("quantize", type=backend("gguf").normalize_quant(out_type)))
-        out = resolve_output(model, f"pruned{len(choice.layers)}", output)
-        options = ShrinkOptions(quant=out_type, threads=threads, force=force, passes=(prune_step,))
-        result = run_recipe(
-            model, info, backend("gguf"), None, recipe, None, options, output=out, progress=say
-        )
-    show(choice, result, as_json, plot, source_bytes=info.size_bytes, n_layer=info.llm.n_layer)
+    info = prunable(model)
+    budget = budget_for(makes_embeddings(info), **bounds) if budgeted else None
+    profile = get_profile(profile_id, obj.profiles_dirs) if profile_id else None
+    outcome = prune_model(
+        model, n_layers=n_layers, remove=parse_layer_list(remove) if remove else None,
+        budget=budget, text=text, eval_text=eval_text, candidates=candidates, output=output,
+        profile=profile, quant=quant, threads=threads, force=force, progress=say,
+    )  # fmt: skip
+    if plot and outcome.choice.scores:
+        write_layer_scores_svg(outcome.choice.scores[0], outcome.choice.layers, plot)
+    show(outcome, as_json, plot)
 
 
-def show(choice: PruneChoice, result, as_json: bool, plot: Path | None, *, source_bytes: int | None = None,
-         n_layer: int | None = None) -> None:  # fmt: skip
+def show(outcome: PruneOutcome, as_json: bool, plot: Path | None) -> None:
+    choice, result, info = outcome.choice, outcome.result, outcome.info
     art = result.artifact if result else None
     if as_json:
         doc = choice.to_dict()
+        doc["judged_by"] = "embedding cosine" if outcome.encoder else "KL divergence"
         if art is not None:
             doc["artifact"] = art.to_manifest() | {"path": str(art.path)}
             doc["reused"] = result.reused
@@ -200,15 +166,9 @@ def show(choice: PruneChoice, result, as_json: bool, plot: Path | None, *, sourc
     if choice.scores:
         scores = choice.scores[0]
         runs = {n: d for n, d in scores.runs if n > 1}
-        rows = []
-        for i, v in enumerate(scores.influence):
-            row = [
-                "x" if i in choice.layers else "",
-                i,
-                f"{v:.4f}",
-                "█" * max(1, round(40 * v / max(scores.influence))),
-            ]
-            rows.append(row)
+        top = max(max(scores.influence), 1e-12)
+        rows = [["x" if i in choice.layers else "", i, f"{v:.4f}", "█" * max(1, round(40 * v / top))]
+                for i, v in enumerate(scores.influence)]  # fmt: skip
         click.echo(f"block influence of {Path(scores.model).name} over {scores.n_tokens} tokens "
                    f"({scores.seconds:.1f} s; 1 - cos between a block's input and output)")  # fmt: skip
         click.echo(render_table(["CUT", "BLOCK", "INFLUENCE", ""], rows, right=(1, 2)))
@@ -219,22 +179,26 @@ def show(choice: PruneChoice, result, as_json: bool, plot: Path | None, *, sourc
             )
     if choice.tried:
         click.echo("measured against the original:")
-        rows = [["->" if t.layers == choice.layers else "", ",".join(map(str, t.layers)), f"{t.kld:.4f}",
-                 f"{t.quality['ppl_ratio']['value']:.3f}", f"{100 * t.quality['same_top']['value']:.1f}%", t.why]
-                for t in choice.tried]  # fmt: skip
-        click.echo(
-            render_table(
-                ["", "REMOVED", "KLD", "PPL RATIO", "SAME TOP", "WHY"], rows, right=(2, 3, 4)
-            )
-        )
+        if outcome.encoder:
+            headers = ["", "REMOVED", "COSINE", "COS P05", "COS MIN", "WHY"]
+            rows = [["->" if t.layers == choice.layers else "", ",".join(map(str, t.layers)),
+                     f"{t.quality['cosine_mean']:.5f}", f"{t.quality['cosine_p05']:.5f}",
+                     f"{t.quality['cosine_min']:.5f}", t.why] for t in choice.tried]  # fmt: skip
+        else:
+            headers = ["", "REMOVED", "KLD", "PPL RATIO", "SAME TOP", "WHY"]
+            rows = [["->" if t.layers == choice.layers else "", ",".join(map(str, t.layers)), f"{t.loss:.4f}",
+                     f"{t.quality['ppl_ratio']['value']:.3f}", f"{100 * t.quality['same_top']['value']:.1f}%", t.why]
+                    for t in choice.tried]  # fmt: skip
+        click.echo(render_table(headers, rows, right=(2, 3, 4)))
     click.echo(f"choice: {choice.stopped}")
     if plot:
         click.echo(f"chart: {plot}")
     if art is None:
         return
     size = human_bytes(art.size_bytes)
-    if source_bytes:
-        size += f" (from {human_bytes(source_bytes)}, {100 * (1 - art.size_bytes / source_bytes):.1f}% smaller)"
+    if info.size_bytes:
+        size += f" (from {human_bytes(info.size_bytes)}, {100 * (1 - art.size_bytes / info.size_bytes):.1f}% smaller)"
+    n_layer = info.llm.n_layer if info.llm else 0
     click.echo(f"{'reused' if result.reused else 'wrote'} {art.path}")
     click.echo(render_pairs([
         ("layers", f"{n_layer} -> {n_layer - len(choice.layers)} (removed {', '.join(map(str, choice.layers))})"),

@@ -217,6 +217,10 @@ class Backend:
         """Files the model needs beside it on the device (ONNX external data)."""
         return []
 
+    def embeds(self, info: ModelInfo) -> bool:
+        """True for an embedding model (judged by embedding cosine, not by KL divergence)."""
+        return False
+
     def measures_tokens(self, info: ModelInfo) -> bool:
         """True when the agent measures generated tokens/s, False for latency per input."""
         return False

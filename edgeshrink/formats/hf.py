@@ -17,11 +17,14 @@ from typing import Any
 from edgeshrink.artifacts import default_output_path
 from edgeshrink.convert import convert_hf_to_gguf
 from edgeshrink.convert import inspect_hf as inspect
+from edgeshrink.convert.architectures import find_spec
 from edgeshrink.convert.hf_to_gguf import gguf_tensor_shapes
+from edgeshrink.convert.prune_hf import kept_blocks, prune_checkpoint
 from edgeshrink.formats import backend
 from edgeshrink.formats.base import Backend, Built, ModelInfo
 from edgeshrink.formats.gguf.plan import plan_llm
 from edgeshrink.passes import step
+from edgeshrink.passes.base import removed_layers
 from edgeshrink.plan import ShrinkOptions, ShrinkPlan
 from edgeshrink.profiles import HardwareProfile
 
@@ -81,10 +84,15 @@ def conversion_path(
 
 
 def convert_build(src: Path, work: Path, name: str, recipe: Any, progress: Any) -> Built:
-
+    """Convert ``src`` (without the blocks a prune step removes) to ``work/name``."""
     outtype = recipe[-1].get("type").lower()
+    layers = removed_layers(recipe)
+    checkpoint = src
+    if layers:
+        progress(f"removing layers {', '.join(map(str, layers))} of {src.name}")
+        checkpoint = prune_checkpoint(src, layers, work / f"{src.name}-pruned")
     progress(f"converting {src.name} to GGUF ({outtype})")
-    result = convert_hf_to_gguf(src, work / name, outtype=outtype)
+    result = convert_hf_to_gguf(checkpoint, work / name, outtype=outtype)
     return Built(
         path=work / name, recipe=tuple(s.to_dict() for s in recipe), notes=result.notes,
         format="gguf",
@@ -115,14 +123,40 @@ class HfBackend(Backend):
     def source_sha256(self, src: Path, info: ModelInfo) -> str:
         return checkpoint_sha256(src)
 
+    def check_recipe(self, info: ModelInfo, recipe: Any) -> None:
+        layers = removed_layers(recipe)
+        if layers and info.llm is not None:
+            kept_blocks(info.llm.n_layer, layers, info.architecture, info.path.name)
+
     def intermediate(
         self, src: Path, info: ModelInfo, plan: Any, options: Any, output: Path | None
     ) -> tuple[Path, Any]:
-        recipe = (step("quantize", type=converted_type(info, plan, options).upper()),)
-        return conversion_path(src, info, plan, options, output), recipe
+        """The converted GGUF, made from the checkpoint without the blocks a prune step
+        removes (pruned before conversion: llama.cpp then sees a model of that size)."""
+        ctype = converted_type(info, plan, options)
+        # A distillation needs the unpruned teacher as a GGUF too: then the whole model is
+        # converted and the GGUF backend prunes, trains and quantizes.
+        distills = any(s.name == "distill" for s in options.passes)
+        prunes = () if distills else tuple(s for s in options.passes if s.name == "prune")
+        recipe = (*prunes, step("quantize", type=ctype.upper()))
+        path = conversion_path(src, info, plan, options, output)
+        layers = removed_layers(prunes)
+        if layers and plan.quant.upper() not in FLOAT_TYPES:
+            path = path.with_name(f"{src.name}-without-{'-'.join(map(str, layers))}-{ctype}.gguf")
+        return path, recipe
+
+    def verify(self, built: Built, info: ModelInfo, options: Any, progress: Any) -> Built:
+        # A pruned conversion is loaded and run like any pruned GGUF.
+        return backend("gguf").verify(built, info, options, progress)
 
     def build(self, src: Path, work: Path, name: str, recipe: Any, **kw: Any) -> Built:
         return convert_build(src, work, name, recipe, kw["progress"])
+
+    def embeds(self, info: ModelInfo) -> bool:
+        meta = dict(info.metadata)
+        spec = find_spec({"architectures": [meta.get("hf.architecture")],
+                          "model_type": meta.get("hf.model_type")})  # fmt: skip
+        return bool(spec and spec.encoder)
 
     def normalize_quant(self, name: str) -> str:
         return backend("gguf").normalize_quant(name)

@@ -19,11 +19,12 @@ from typing import Any
 
 from edgeshrink.errors import RecipeError
 from edgeshrink.passes.base import REQUIRED, Pass, Recipe, Setting, Step
+from edgeshrink.passes.distill import DISTILL
 from edgeshrink.passes.prune import PRUNE
 from edgeshrink.passes.quantize import QUANTIZE
 
 # Every pass by name, in the order a recipe applies them.
-PASSES: dict[str, Pass] = {p.name: p for p in (PRUNE, QUANTIZE)}
+PASSES: dict[str, Pass] = {p.name: p for p in (PRUNE, DISTILL, QUANTIZE)}
 
 
 def passes() -> dict[str, Pass]:

@@ -107,3 +107,8 @@ Recipe = tuple[Step, ...]
 
 def _shown(value: Any) -> str:
     return str(list(value)) if isinstance(value, tuple) else str(value)
+
+
+def removed_layers(recipe: Iterable[Step]) -> tuple[int, ...]:
+    """The blocks a recipe's prune steps remove (0-based, in the original's numbering)."""
+    return tuple(i for s in recipe if s.name == "prune" for i in s.get("layers"))

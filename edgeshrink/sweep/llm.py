@@ -29,7 +29,7 @@ from edgeshrink.formats.gguf.imatrix import IMATRIX_BELOW_BPW
 from edgeshrink.formats.gguf.plan import plan_gguf
 from edgeshrink.formats.gguf.quality import default_eval_text, evaluate_llm
 from edgeshrink.passes import Step, step
-from edgeshrink.passes.prune import RemovalMeter, choose_removal, split_texts
+from edgeshrink.passes.prune_choice import RemovalMeter, choose_removal, split_texts
 from edgeshrink.plan import ShrinkOptions
 from edgeshrink.profiles import HardwareProfile
 from edgeshrink.shrink import shrink_gguf
@@ -268,7 +268,7 @@ def chosen_removal(
     store.add_quality(
         {"method": PRUNE_CHOICE_METHOD, "base_sha256": base_sha, "candidate_sha256": key,
          "settings": settings, "candidate_name": f"{model.stem}-prune{n}",
-         "kld_mean": best.kld if best else None},
+         "kld_mean": best.loss if best else None},
         choice.to_dict(),
     )  # fmt: skip
     return choice.layers

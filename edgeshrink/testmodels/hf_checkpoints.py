@@ -25,10 +25,15 @@ from __future__ import annotations
 import argparse
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgeshrink.convert.safetensors_writer import (
+    decode_weights,
+    encode_weights,
+    write_safetensors,
+)
 from edgeshrink.testmodels.hf_tokenizers import (
     CHATML_TEMPLATE,
     LLAMA2_TEMPLATE,
@@ -40,11 +45,6 @@ from edgeshrink.testmodels.hf_tokenizers import (
     corpus_text,
     make_tokenizer,
     write_json,
-)
-from edgeshrink.testmodels.safetensors_writer import (
-    decode_weights,
-    encode_weights,
-    write_safetensors,
 )
 
 if TYPE_CHECKING:
@@ -384,12 +384,13 @@ def make_hf_checkpoint(
     seed: int = 0,
     n_shards: int = 1,
     tokenizer: str | None = None,
+    n_layer: int | None = None,
 ) -> HfCheckpoint:
     """Write a tiny Hugging Face checkpoint of ``preset`` (a key of PRESETS) into ``directory``.
 
     ``dtype`` is how the weights are stored ("f32", "f16", "bf16"); ``n_shards``
     > 1 splits them over model-0000i-of-0000N.safetensors with an index;
-    ``tokenizer`` overrides the preset's tokenizer kind.
+    ``tokenizer`` overrides the preset's tokenizer kind, ``n_layer`` its block count.
     """
     import numpy as np
 
@@ -397,7 +398,7 @@ def make_hf_checkpoint(
         raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}")
-    spec = PRESETS[preset]
+    spec = PRESETS[preset] if n_layer is None else replace(PRESETS[preset], n_layer=n_layer)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tok = make_tokenizer(

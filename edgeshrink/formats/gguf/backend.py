@@ -56,6 +56,9 @@ class GgufBackend(Backend):
         """A mix is reused only when it was chosen the way this edgeshrink chooses one."""
         return (build.MIX_DETAIL,) if options.max_size or options.fit else None
 
+    def embeds(self, info: ModelInfo) -> bool:
+        return is_encoder(info)
+
     def normalize_quant(self, name: str) -> str:
         return quant_type(name).name
 

@@ -5,10 +5,14 @@ types when the file has a size budget, and the file checked before it gets its n
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from edgeshrink.distill.run import distill_gguf
+from edgeshrink.distill.train import TrainSettings
 from edgeshrink.errors import EdgeshrinkError, EvalError, QuantizationError, RecipeError
 from edgeshrink.formats.base import Built, ModelInfo
 from edgeshrink.formats.gguf.imatrix import (
@@ -22,7 +26,9 @@ from edgeshrink.formats.gguf.mix import Mix, choose_mix, fixed_bytes, megabytes
 from edgeshrink.formats.gguf.quality import check_runs, evaluate_llm
 from edgeshrink.formats.gguf.quant_types import quant_type
 from edgeshrink.formats.gguf.quantize import QuantizeOutcome, check_prune_layers, quantize_gguf
+from edgeshrink.formats.gguf.reader import inspect_gguf
 from edgeshrink.formats.gguf.sensitivity import METHOD, measure_losses
+from edgeshrink.passes.base import removed_layers
 from edgeshrink.util import sha256_file
 
 # A mix is reused only when the way it was chosen is this one (its losses' method).
@@ -38,12 +44,8 @@ def preflight(options: Any) -> None:
         )
 
 
-def pruned_layers(recipe: Any) -> tuple[int, ...]:
-    return tuple(i for s in recipe if s.name == "prune" for i in s.get("layers"))
-
-
 def check_recipe(info: ModelInfo, recipe: Any) -> None:
-    layers = pruned_layers(recipe)
+    layers = removed_layers(recipe)
     if layers and info.llm is not None:
         check_prune_layers(layers, info.llm.n_layer, info.path.name)
     if layers and recipe[-1].get("max_size"):
@@ -61,6 +63,8 @@ def resolve_settings(
     now; the options then carry the file's path to the build."""
     last = recipe[-1]
     quant, max_size = last.get("type"), last.get("max_size")
+    if any(s.name == "distill" for s in recipe):
+        return {}, options  # the student the quantizer reads does not exist yet to compute one
     if not wants_imatrix(quant, options, info, mix=bool(max_size)):
         if quant_type(quant).needs_imatrix:
             raise QuantizationError(
@@ -87,7 +91,17 @@ def build(src: Path, work: Path, name: str, recipe: Any, *, info: ModelInfo, opt
           progress: Any) -> Built:  # fmt: skip
     last = recipe[-1]
     quant, max_size = last.get("type"), last.get("max_size")
-    layers = pruned_layers(recipe)
+    distill = next((s for s in recipe if s.name == "distill"), None)
+    if distill is not None:
+        healed, facts = distill_student(src, work, name, recipe, quant, options, progress)
+        built = build(healed, work, name, recipe[-1:], info=inspect_gguf(healed),
+                      options=options, progress=progress)  # fmt: skip
+        done = [s.to_dict() for s in recipe]
+        done[[s.name for s in recipe].index("distill")]["detail"] = json.dumps(
+            facts, sort_keys=True
+        )
+        return replace(built, recipe=tuple(done))
+    layers = removed_layers(recipe)
     imatrix = imatrix_file(options, last.get("imatrix"))
     with_imatrix = " and an importance matrix" if imatrix else ""
     recorded: dict[str, Any] = {}
@@ -161,6 +175,39 @@ def build_mix(src: Path, dst: Path, quant: str, budget: int, imatrix: Path | Non
         f"llama.cpp's file of the mix is {megabytes(size)}, over the budget of {megabytes(budget)}",
         hint="give a slightly larger --max-size",
     )
+
+
+def distill_student(src: Path, work: Path, name: str, recipe: Any, quant: str, options: Any,
+                    progress: Any) -> tuple[Path, dict[str, Any]]:  # fmt: skip
+    """The student (``src`` without the recipe's pruned blocks, or ``src`` itself when
+    ``options.teacher`` is set) trained to imitate the teacher: a float GGUF in ``work``."""
+    step = next(s for s in recipe if s.name == "distill")
+    text = options.text
+    if text is None or hashlib.sha256(text.encode()).hexdigest() != step.get("text"):
+        raise RecipeError(
+            "distill needs the text its recipe names", hint="give the training text with --text"
+        )
+    layers = removed_layers(recipe)
+    teacher = Path(options.teacher) if options.teacher else src
+    student = work / "student.gguf"
+    progress(f"making the student: {src.name}" + (
+        f" without layers {', '.join(map(str, layers))}" if layers else "") + ", as F32")  # fmt: skip
+    quantize_gguf(src, student, "F32", threads=options.threads, allow_requantize=True,
+                  prune_layers=layers)  # fmt: skip
+    settings = TrainSettings(
+        steps=step.get("steps"), minutes=step.get("minutes"), lr=step.get("lr"),
+        batch=step.get("batch"), temperature=step.get("temperature"), alpha=step.get("alpha"),
+        seed=step.get("seed"), threads=options.threads,
+    )  # fmt: skip
+    run = distill_gguf(
+        teacher, student, text, work / "healed.gguf", settings=settings,
+        removed=layers or tuple(step.get("cuts") or ()), train=step.get("train"),
+        n_ctx=step.get("ctx"), checkpoint=work.parent / f".{name}.distill.pt",
+        resume=options.resume, fingerprint=json.dumps([s.to_dict() for s in recipe], sort_keys=True),
+        matrix_type="F32" if quant == "F32" else "F16", progress=progress,
+    )  # fmt: skip
+    facts = run.facts.to_dict() | {"trained_blocks": run.trained_blocks}
+    return run.path, facts
 
 
 def verify(built: Built, info: ModelInfo, options: Any, progress: Any) -> Built:

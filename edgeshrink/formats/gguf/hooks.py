@@ -4,7 +4,8 @@ llama.cpp calls ``cb_eval(tensor, ask, user_data)`` for every node of the comput
 graph: first with ``ask`` true (return true to see this node's data), then, once
 the node is computed, with ``ask`` false and the data in place. Nodes carry
 names set by the model's graph builder, the same for every architecture:
-``embd`` (or ``inp_scaled``) is the input of block 0, ``l_out-<i>`` the output of
+``embd`` (or ``inp_scaled``; ``inp_norm`` for BERT, whose embeddings are normalised
+first) is the input of block 0, ``l_out-<i>`` the output of
 block ``i``. Returning false from the second call aborts the graph, so every path
 returns true.
 
@@ -24,7 +25,7 @@ from edgeshrink.errors import RuntimeMissingError
 GGML_MAX_DIMS, GGML_MAX_OP_PARAMS, GGML_MAX_SRC, GGML_MAX_NAME = 4, 64, 10, 64
 GGML_TYPE_F32, GGML_TYPE_F16 = 0, 1
 GGML_OBJECT_SIZE = 32  # ggml_tensor_overhead() = sizeof(ggml_object) + sizeof(ggml_tensor)
-BLOCK_INPUT_NAMES = (b"embd", b"inp_embd", b"inp_scaled")  # the last one seen wins
+BLOCK_INPUT_NAMES = (b"embd", b"inp_embd", b"inp_scaled", b"inp_norm", b"inp_norm-0")  # last wins
 
 
 class GgmlTensor(ctypes.Structure):
@@ -115,35 +116,63 @@ def tensor_rows(address: int) -> Any:
 
 class BlockStates:
     """An eval callback keeping each block's input and output for one decoded batch:
-    ``states[0]`` is block 0's input, ``states[i + 1]`` block ``i``'s output."""
+    ``states[0]`` is block 0's input, ``states[i + 1]`` block ``i``'s output.
 
-    def __init__(self, n_layer: int) -> None:
+    Most of llama.cpp's graph builders name a block's output ``l_out-<i>``. Some do not
+    (BERT's ends in its output LayerNorm, ``norm_w-<i>``): with ``fallback`` on, the last
+    residual-stream-shaped node (n_embd wide) tagged ``-<i>`` stands for block i's output
+    when no ``l_out-<i>`` was seen. It copies more nodes, so it is turned on only when the
+    names were not found.
+    """
+
+    def __init__(self, n_layer: int, n_embd: int = 0) -> None:
         import llama_cpp
 
         ggml_base()
-        self.n_layer = n_layer
+        self.n_layer, self.n_embd = n_layer, n_embd
         self.index = {name: 0 for name in BLOCK_INPUT_NAMES}
         self.index.update({f"l_out-{i}".encode(): i + 1 for i in range(n_layer)})
         self.states: list[Any] = [None] * (n_layer + 1)
+        self.last_tagged: list[Any] = [None] * n_layer
+        self.fallback = False
         self.errors: list[str] = []
         self.callback = llama_cpp.ggml_backend_sched_eval_callback(self._seen)
+
+    def _tag(self, name: bytes, address: int) -> int | None:
+        """The block a node's ``-<i>`` suffix names, for a node n_embd wide, else None."""
+        head, _, tail = name.rpartition(b"-")
+        if not head or not tail.isdigit() or int(tail) >= self.n_layer:
+            return None
+        t = GgmlTensor.from_address(address)
+        return int(tail) if t.ne[0] == self.n_embd and t.ne[2] == 1 else None
 
     def _seen(self, address: int, ask: bool, _user: Any) -> bool:
         try:
             name = ctypes.string_at(address + GgmlTensor.name.offset)
             if ask:
-                return name in self.index
+                return name in self.index or (
+                    self.fallback and self._tag(name, address) is not None
+                )
             slot = self.index.get(name)
             if slot is not None:
                 rows = tensor_rows(address)
                 if rows is not None:
                     self.states[slot] = rows
+            elif self.fallback:
+                block = self._tag(name, address)
+                rows = tensor_rows(address) if block is not None else None
+                if rows is not None:
+                    self.last_tagged[block] = rows  # type: ignore[index]
         except Exception as exc:  # noqa: BLE001 - raising into C would abort the graph
             self.errors.append(f"{type(exc).__name__}: {exc}")
         return True
 
     def take(self) -> list[Any]:
         states, self.states = self.states, [None] * (self.n_layer + 1)
+        tagged, self.last_tagged = self.last_tagged, [None] * self.n_layer
+        for i, rows in enumerate(tagged):
+            if states[i + 1] is None:
+                states[i + 1] = rows
         return states
 
 

@@ -140,7 +140,7 @@ def compute_imatrix(
             n_chunks = min(n_chunks, max_chunks)
         for i in range(n_chunks):
             say(f"importance matrix: chunk {i + 1}/{n_chunks} of {n_ctx} tokens")
-            scorer.decode(chunk_tokens(tokens, i, n_ctx, scorer), 0)
+            scorer.forward(chunk_tokens(tokens, i, n_ctx, scorer), 0)
             if hooks.errors:
                 raise EvalError(f"{model.name}: reading the graph failed: {hooks.errors[0]}")
             if hooks.experts:

@@ -40,6 +40,7 @@ from edgeshrink.errors import (
     RuntimeMissingError,
 )
 from edgeshrink.formats.gguf.quantize import llama_cpp_version
+from edgeshrink.formats.gguf.reader import inspect_gguf, is_encoder
 from edgeshrink.util import atomic_path, sha256_file, shipped_text
 
 Progress = Callable[[str], None]
@@ -142,7 +143,10 @@ class LlamaScorer:
     """One model and one context, scoring chunks through llama.cpp's low-level API
     (``eval_callback``: a ggml_backend_sched_eval_callback that sees the graph's tensors)."""
 
-    def __init__(self, path: Path, n_ctx: int, threads: int, eval_callback: Any = None) -> None:
+    def __init__(
+        self, path: Path, n_ctx: int, threads: int, eval_callback: Any = None, *,
+        embeddings: bool = False,
+    ) -> None:  # fmt: skip
         try:
             import llama_cpp
         except ImportError as exc:
@@ -165,6 +169,10 @@ class LlamaScorer:
         cparams.n_ubatch = min(n_ctx, 512)
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
+        if embeddings:
+            # An encoder's batch is one non-causal micro-batch, and its output is pooled.
+            cparams.embeddings = True
+            cparams.n_ubatch = n_ctx
         if eval_callback is not None:
             cparams.cb_eval = eval_callback
             cparams.cb_eval_user_data = None
@@ -205,22 +213,16 @@ class LlamaScorer:
     def bos(self) -> int:
         return int(self.ll.llama_vocab_bos(self.vocab))
 
-    def chunk_logits(self, tokens: list[int], first: int) -> Any:
-        """Logits (n_ctx - first, n_vocab) of positions first..n_ctx-1 of one chunk."""
-        import numpy as np
+    @property
+    def n_ctx_train(self) -> int:
+        return int(self.ll.llama_model_n_ctx_train(self.model))
 
-        self.decode(tokens, first)
-        n_out = len(tokens) - first
-        pointer = self.ll.llama_get_logits(self.ctx)
-        array = np.ctypeslib.as_array(
-            ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)), shape=(n_out, self.n_vocab)
-        )
-        return array.copy()
-
-    def decode(self, tokens: list[int], first: int) -> None:
-        """Run one chunk from an empty cache, with outputs from position ``first`` on."""
+    def forward(self, tokens: list[int], first: int) -> None:
+        """Run the graph over one chunk, positions first.. marked as outputs."""
         ll = self.ll
-        ll.llama_memory_clear(ll.llama_get_memory(self.ctx), True)
+        memory = ll.llama_get_memory(self.ctx)
+        if memory:
+            ll.llama_memory_clear(memory, True)
         batch = self.batch
         for i, token in enumerate(tokens):
             batch.token[i] = token
@@ -229,10 +231,38 @@ class LlamaScorer:
             batch.seq_id[i][0] = 0
             batch.logits[i] = 1 if i >= first else 0
         batch.n_tokens = len(tokens)
-        rc = ll.llama_decode(self.ctx, batch)
+        run = ll.llama_encode if ll.llama_model_has_encoder(self.model) else ll.llama_decode
+        rc = run(self.ctx, batch)
         if rc != 0:
             raise EvalError(f"llama.cpp failed to decode a chunk (code {rc})")
         ll.llama_synchronize(self.ctx)
+
+    def embedding(self, tokens: list[int]) -> Any:
+        """The pooled embedding of ``tokens`` (an ``embeddings=True`` scorer), as float64."""
+        import numpy as np
+
+        self.forward(tokens, 0)
+        n_embd = int(self.ll.llama_model_n_embd(self.model))
+        pointer = None
+        if int(self.ll.llama_pooling_type(self.ctx)) > 0:
+            pointer = self.ll.llama_get_embeddings_seq(self.ctx, 0)
+        if not pointer:  # no pooling: the mean of the tokens' states
+            rows = [self.ll.llama_get_embeddings_ith(self.ctx, i) for i in range(len(tokens))]
+            return np.mean([np.ctypeslib.as_array(r, shape=(n_embd,)) for r in rows], axis=0)
+        return np.ctypeslib.as_array(pointer, shape=(n_embd,)).astype(np.float64)
+
+    def chunk_logits(self, tokens: list[int], first: int) -> Any:
+        """Logits (n_ctx - first, n_vocab) of positions first..n_ctx-1 of one chunk."""
+        import numpy as np
+
+        ll = self.ll
+        self.forward(tokens, first)
+        n_out = len(tokens) - first
+        pointer = ll.llama_get_logits(self.ctx)
+        array = np.ctypeslib.as_array(
+            ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)), shape=(n_out, self.n_vocab)
+        )
+        return array.copy()
 
 
 def log_softmax(logits: Any) -> Any:
@@ -451,8 +481,9 @@ def check_runs(
     expected and the logits are finite, or a QuantizationError says what is wrong."""
     import numpy as np
 
+    encoder = is_encoder(inspect_gguf(path))
     try:
-        scorer = LlamaScorer(path, 64, threads or os.cpu_count() or 1)
+        scorer = LlamaScorer(path, 64, threads or os.cpu_count() or 1, embeddings=encoder)
     except (ModelFileError, EvalError) as exc:
         raise QuantizationError(
             f"{path.name}: the file llama.cpp wrote does not load: {exc.message}",
@@ -466,9 +497,9 @@ def check_runs(
                 hint="this architecture's pruned metadata is not consistent; try other layers",
             )
         tokens = scorer.tokenize("Once upon a time, in a small town by the sea,")[:32]
-        logits = scorer.chunk_logits(tokens, 0)
-        if not np.all(np.isfinite(logits)):
+        outputs = scorer.embedding(tokens) if encoder else scorer.chunk_logits(tokens, 0)
+        if not np.all(np.isfinite(outputs)):
             raise QuantizationError(
-                f"{path.name}: the logits are not finite after pruning",
+                f"{path.name}: the {'embeddings' if encoder else 'logits'} are not finite after pruning",
                 hint="remove other layers, or fewer",
             )

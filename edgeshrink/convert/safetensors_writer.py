@@ -11,10 +11,13 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgeshrink.convert.safetensors_reader import DTYPES
+
 if TYPE_CHECKING:
     import numpy as np
 
-_ITEM_SIZE = {"F32": 4, "F16": 2, "BF16": 2}
+# Bytes per element of every dtype the reader knows (edgeshrink/convert/safetensors_reader.py).
+_ITEM_SIZE = {name: size for name, (_, size) in DTYPES.items()}
 
 
 def _st_header(
@@ -43,8 +46,9 @@ def write_safetensors(
     arrays: Iterable[np.ndarray],
     metadata: dict[str, str] | None = None,
 ) -> Path:
-    """Write a safetensors file: ``tensors`` is (name, "F32"|"F16"|"BF16", shape) in file order,
-    ``arrays`` yields their data in that order (BF16 as uint16 bits), one at a time."""
+    """Write a safetensors file: ``tensors`` is (name, dtype such as "F32"/"BF16"/"I64", shape)
+    in file order, ``arrays`` yields their data in that order (BF16 as uint16 bits), one at a
+    time; the file appears under its name only once it is whole."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.partial")
     try:
