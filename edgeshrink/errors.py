@@ -92,7 +92,7 @@ class BenchParamsError(EdgeshrinkError, ValueError):
 class StoreError(EdgeshrinkError, OSError):
     """The results database cannot be opened, migrated or written."""
 
-    default_hint = "check --db / EDGESHRINK_DB points to a writable SQLite file"
+    default_hint = "check --db / EDGESHRINK_DB: a writable SQLite file or a postgresql:// URL"
 
 
 class CalibrationError(QuantizationError):

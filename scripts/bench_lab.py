@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How much the lab's orchestration costs: 32 rig devices, one short job each.
 
-    python scripts/bench_lab.py [--devices 32] [--reps 1] [--gen-tokens 4]
+    python scripts/bench_lab.py [--devices 32] [--reps 1] [--gen-tokens 4] [--postgres]
 
 Starts N real sshd devices (scripts/sshd_rig.py, on 127.0.0.1, no limits),
 runs one warm-up night (builds the artifact, pushes it and the agent to every
@@ -37,12 +37,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _rig_module():
-    spec = importlib.util.spec_from_file_location("sshd_rig", REPO / "scripts" / "sshd_rig.py")
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules["sshd_rig"] = module
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def _rig_module():
+    return _load("sshd_rig")
 
 
 def _device(name: str, rig) -> str:
@@ -79,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices", type=int, default=32, help="how many rig devices")
     parser.add_argument("--reps", type=int, default=1, help="benchmark repetitions per job")
     parser.add_argument("--gen-tokens", type=int, default=4, help="generated tokens per repetition")
+    parser.add_argument("--postgres", action="store_true",
+                        help="store in a throwaway PostgreSQL server (scripts/pg_rig.py), not SQLite")  # fmt: skip
     args = parser.parse_args(argv)
 
     rig_module = _rig_module()
@@ -92,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="edgeshrink-bench-lab-"))
     os.environ["XDG_CACHE_HOME"] = str(root / "cache")
     rigs = []
+    server = None
     try:
         started = time.perf_counter()
         for i in range(args.devices):
@@ -104,7 +111,12 @@ def main(argv: list[str] | None = None) -> int:
         inventory.write_text("".join(_device(f"dev{i:02d}", r) for i, r in enumerate(rigs)))
         alone = root / "alone.toml"
         alone.write_text(_device("dev00", rigs[0]))
-        db = root / "results.db"
+        db: str | Path = root / "results.db"
+        if args.postgres:
+            pg_rig = _load("pg_rig")
+            server = pg_rig.start_postgres(fsync=True)
+            db = server.create_database("bench_lab")
+            print(f"results in PostgreSQL: {server.url('bench_lab', password='***')}")
 
         warm = run_lab(load_inventory(inventory), load_suite(suite), db=db)
         print(f"warm-up night (build, first pushes): {warm.seconds:.2f} s, "
@@ -134,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for rig in rigs:
             rig_module.stop_rig(rig)
+        if server is not None:
+            pg_rig.stop_postgres(server)
         import shutil
 
         shutil.rmtree(root, ignore_errors=True)

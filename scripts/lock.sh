@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 UV_VERSION=0.13.9
-EXTRAS=(gguf onnx tflite tflite-convert dev)
+EXTRAS=(gguf onnx tflite tflite-convert distill postgres dev)
 
 tools=$(mktemp -d)
 trap 'rm -rf "$tools"' EXIT

@@ -20,7 +20,8 @@ fi
 # Every version comes from constraints.txt (the lock; scripts/lock.sh refreshes it).
 # llama-cpp-python compiles llama.cpp the first time (~7 min on 2 cores); pip
 # caches the wheel, so later installs take seconds.  tensorflow-cpu (274 MB) is
-# only for the Keras/SavedModel -> TFLite converter tests.
+# only for the Keras/SavedModel -> TFLite converter tests; torch (CPU build, the one
+# on this machine's disk) and transformers only for the distillation tests.
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -c constraints.txt -e '.[dev,gguf,onnx,tflite,tflite-convert]'
+.venv/bin/python -m pip install -q -c constraints.txt -e '.[dev,gguf,onnx,tflite,tflite-convert,distill,postgres]'
 exec .venv/bin/python -m pytest "$@"

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from support import SHARED_STORIES, llama_cpp_available, needs_llama_cpp, run_cli  # noqa: F401
+from support import (  # noqa: F401
+    SHARED_STORIES,
+    llama_cpp_available,
+    load_script,
+    needs_llama_cpp,
+    run_cli,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -89,3 +97,34 @@ def stories() -> Path:
     if not SHARED_STORIES.exists():
         pytest.skip(f"the shared trained model is not at {SHARED_STORIES}")
     return SHARED_STORIES
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """One real PostgreSQL server for the session (scripts/pg_rig.py: initdb in a temporary
+    directory, 127.0.0.1 and a unix socket), stopped and removed at the end."""
+    pg_rig = load_script("pg_rig")
+    reason = pg_rig.postgres_available()
+    if reason:
+        pytest.skip(f"no PostgreSQL server here: {reason}")
+    rig = pg_rig.start_postgres()
+    try:
+        yield rig
+    finally:
+        pg_rig.stop_postgres(rig)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: Any) -> Iterator[str]:
+    """A new, empty database of its own on the session's server (dropped afterwards)."""
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    yield postgres_server.create_database(name)
+    postgres_server.drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A new results database on each engine: a SQLite file, then a PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "results.db")
+    return request.getfixturevalue("postgres_url")

@@ -64,7 +64,7 @@ def test_help_is_fast_and_imports_no_runtime() -> None:
     code = (
         "import sys; from edgeshrink.cli.main import cli\n"
         "try:\n    cli.main(['--help'], standalone_mode=False)\nexcept SystemExit:\n    pass\n"
-        "heavy = [m for m in ('llama_cpp', 'onnxruntime', 'numpy', 'gguf', 'paramiko', 'tflite_runtime') if m in sys.modules]\n"
+        "heavy = [m for m in ('llama_cpp', 'onnxruntime', 'numpy', 'gguf', 'paramiko', 'tflite_runtime', 'psycopg') if m in sys.modules]\n"
         "print('HEAVY', heavy)"
     )
     out = subprocess.run(

@@ -115,6 +115,7 @@ CASES: dict[str, tuple[str, list[str]]] = {
                                                    "-q", "Q4_0", "--imatrix", "W/notes.txt"]),
     "prune too many": ("prune", ["prune", "M", "--remove", "0,1,2,3,4,5,6,7,8,9,10,11,12"]),
     "prune text": ("prune", ["prune", "W/notes.txt", "--layers", "1"]),
+    "distill no such layer": ("distill", ["distill", "M", "--remove", "99", "--steps", "1"]),
     "push unknown target": ("push", ["push", "M", "--target", "no-such-target"]),
     "check no profile": ("check", ["check", "M"]),
     "check unknown target": ("check", ["check", "M", "--target", "no-such-target"]),
@@ -135,6 +136,11 @@ CASES: dict[str, tuple[str, list[str]]] = {
     "lab run too big": ("lab run", ["lab", "run", "-i", "W/small.toml", "-s", "W/big.toml",
                                     "--dry-run"]),
     "lab compare empty": ("lab compare", ["lab", "compare", "--db", "W/empty.db"]),
+    "lab run no such run": ("lab run", ["lab", "run", "--run-id", "999", "--db", "W/empty.db"]),
+    "store copy onto itself": ("store copy", ["store", "copy", "W/a.db", "sqlite:///W/a.db"]),
+    "store copy not a database": ("store copy", ["store", "copy", "W/notes.txt", "W/b.db"]),
+    "store copy no server": ("store copy", ["store", "copy", "W/a.db",
+                                            "postgresql://lab:pw@127.0.0.1:1/edgeshrink"]),
 }  # fmt: skip
 
 # Hints printed by files other engineers own, reported to them; the case flips (strict
@@ -233,6 +239,11 @@ MODULE_COMMANDS = {
     "edgeshrink/passes/prune.py": ["prune"],
     "edgeshrink/passes/prune_choice.py": ["prune"],
     "edgeshrink/prune.py": ["prune"],
+    "edgeshrink/cli/distill.py": ["distill"],
+    "edgeshrink/distillation.py": ["distill"],
+    "edgeshrink/distill/run.py": ["distill"],
+    "edgeshrink/distill/train.py": ["distill"],
+    "edgeshrink/distill/bridge.py": ["distill"],
     "edgeshrink/cli/doctor.py": ["doctor"],
     "edgeshrink/cli/results.py": ["results"],
     "edgeshrink/transport/ssh.py": ["bench", "deploy", "check", "doctor"],

@@ -19,10 +19,12 @@ from edgeshrink.util import terminal_safe
 JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 DB_OPTION = click.option(
     "--db",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=str,  # a path, or a URL that a click.Path would mangle (postgresql://...)
     default=None,
+    metavar="PATH|URL",
     envvar="EDGESHRINK_DB",
-    help="Results database [default: user data dir; env EDGESHRINK_DB].",
+    help="Results database: a SQLite file, sqlite:///PATH or postgresql://USER@HOST/DB "
+    "[default: user data dir; env EDGESHRINK_DB].",
 )
 ACCEPT_NEW_HOST_KEY = click.option(
     "--accept-new-host-key",

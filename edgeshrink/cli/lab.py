@@ -14,6 +14,21 @@ from typing import Any
 import click
 
 from edgeshrink.cli.common import DB_OPTION, JSON_OPTION, FiniteFloat, emit_json
+from edgeshrink.lab import compare, load_inventory, load_suite, plan_lab, run_lab
+from edgeshrink.lab.claims import (
+    DEFAULT_LEASE_S,
+    board_locks,
+    run_alive,
+    runners_of,
+    unreachable_devices,
+)
+from edgeshrink.lab.config import LabConfigError
+from edgeshrink.lab.history import LabHistory, this_host
+from edgeshrink.lab.reporting import build_report
+from edgeshrink.lab.stats import median
+from edgeshrink.report.html import write_html
+from edgeshrink.report.junit import write_junit
+from edgeshrink.report.markdown import render_markdown, write_markdown
 from edgeshrink.report.table import render_table
 
 DB = DB_OPTION
@@ -35,6 +50,11 @@ def lab() -> None:
     A nightly cron line:
       edgeshrink lab run --inventory targets/lab.toml --suite lab/suite.toml; \\
       edgeshrink lab compare --junit lab.xml && edgeshrink lab report -o report.html
+
+    \b
+    Several lab hosts share one fleet through one PostgreSQL database: each runs
+    the same `lab run` with EDGESHRINK_DB=postgresql://USER@HOST/DB; they join
+    one run and each device goes to a host that reaches it (reachable_from).
     """
 
 
@@ -43,11 +63,15 @@ def lab() -> None:
 
 def _event_printer(quiet: bool):
     def show(event: Any) -> None:
-        if quiet and event.kind not in ("device-failed", "run-finished", "waiting", "interrupted"):
+        if quiet and (
+            event.kind not in ("device-failed", "run-finished", "waiting", "interrupted")
+            or (event.kind == "waiting" and event.device)  # a board a fellow runner holds
+        ):
             return
         where = "/".join(p for p in (event.device, event.job) if p)
         prefix = f"[{where}] " if where else ""
-        color = {"device-failed": "red", "job-failed": "red", "retry": "yellow"}.get(event.kind)
+        color = {"device-failed": "red", "job-failed": "red", "claim-lost": "red", "retry": "yellow",
+                 "device-left": "yellow"}.get(event.kind)  # fmt: skip
         text = f"· {prefix}{event.message}"
         click.echo(click.style(text, fg=color) if color else click.style(text, dim=True), err=True)
 
@@ -82,8 +106,6 @@ def _print_plan(plan: Any) -> None:
 def _speed(job: Any, metric: str) -> float | None:
     """The median of a job's repetitions: the figure `lab compare` judges (a mean would
     let one slow repetition move it)."""
-    from edgeshrink.lab.stats import median
-
     samples = (job.samples or {}).get(metric)
     return round(median(samples), 1) if samples else job.metrics.get(metric)
 
@@ -120,9 +142,20 @@ COMPARE_LEGEND = (
 @click.option("--resume", type=int, default=None, metavar="RUN_ID",
               help="Finish an interrupted or partly failed run: only its jobs without a stored "
               "measurement run again (with the inventory and suite stored with the run).")  # fmt: skip
+@click.option("--run-id", "join_run", type=int, default=None, metavar="RUN_ID",
+              help="Join this run (another lab host's) with its stored inventory and suite "
+              "[default: join a running run of the same inventory and suite started in the "
+              "last 12 h, else start one].")  # fmt: skip
 @click.option("--lock-wait", type=FiniteFloat(min=0), default=0.0, show_default=True,
               metavar="SECONDS",
               help="Wait this long for devices another lab run holds, then refuse.")  # fmt: skip
+@click.option("--lease", type=FiniteFloat(min=1), default=DEFAULT_LEASE_S, show_default=True,
+              metavar="SECONDS",
+              help="How long this runner's boards and jobs outlive its last heartbeat: when it "
+              "dies, other runners take them over after this.")  # fmt: skip
+@click.option("--lab-host", default=None, envvar="EDGESHRINK_LAB_HOST", metavar="NAME",
+              help="This lab host's name, as the inventory's reachable_from names it "
+              "[default: the host name; env EDGESHRINK_LAB_HOST].")  # fmt: skip
 @click.option("--artifacts-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where built artifacts are cached [default: user cache dir/edgeshrink/lab/artifacts].")  # fmt: skip
 @click.option(
@@ -133,9 +166,12 @@ COMPARE_LEGEND = (
 def lab_run(
     inventory: Path | None,
     suite: Path | None,
-    db: Path | None,
+    db: str | None,
     resume: int | None,
+    join_run: int | None,
     lock_wait: float,
+    lease: float,
+    lab_host: str | None,
     artifacts_dir: Path | None,
     dry_run: bool,
     quiet: bool,
@@ -143,14 +179,19 @@ def lab_run(
 ) -> None:
     """Run every job of a suite on every device of an inventory (devices in parallel).
 
-    Exit code 0 when every job measured ok, 1 when some job failed (the run is
-    complete and stored either way; `lab compare` tells whether that is new).
-    """
-    from edgeshrink.lab import load_inventory, load_suite, plan_lab, run_lab
-    from edgeshrink.lab.config import LabConfigError
+    A run of the same inventory and suite that another runner (on another lab host,
+    sharing the database) started in the last 12 h and is still running is joined:
+    each job runs once, on one runner, and each board runs one benchmark at a time.
+    A runner that dies loses its boards and jobs to the others after its --lease.
 
-    if resume is None and (inventory is None or suite is None):
-        raise click.UsageError("give --inventory and --suite (or --resume RUN_ID)")
+    Exit code 0 when every job measured ok (or, when other runners finish the run,
+    none failed so far), 1 when some job failed (stored either way; `lab compare`
+    tells whether that is new).
+    """
+    if resume is not None and join_run is not None:
+        raise click.UsageError("give --resume RUN_ID or --run-id RUN_ID, not both")
+    if resume is None and join_run is None and (inventory is None or suite is None):
+        raise click.UsageError("give --inventory and --suite (or --resume / --run-id RUN_ID)")
     inv = load_inventory(inventory) if inventory else None
     sui = load_suite(suite) if suite else None
     if dry_run:
@@ -163,7 +204,8 @@ def lab_run(
             _print_plan(plan)
         return
     outcome = run_lab(
-        inv, sui, db=db, resume=resume, lock_wait_s=lock_wait, artifacts_dir=artifacts_dir,
+        inv, sui, db=db, resume=resume, run_id=join_run, lock_wait_s=lock_wait, lease_s=lease,
+        lab_host=lab_host, artifacts_dir=artifacts_dir,
         progress=None if as_json else _event_printer(quiet),
     )  # fmt: skip
     if as_json:
@@ -173,12 +215,16 @@ def lab_run(
         click.echo(JOB_LEGEND)
         failed = [d for d in outcome.devices if d.status == "failed"]
         ok = sum(1 for j in outcome.jobs if j.ok)
+        how = " (resumed)" if outcome.resumed else " (joined)" if outcome.joined else ""
+        waiting = sorted({j.device for j in outcome.waiting})
         click.echo(
-            f"\nrun {outcome.run_id} {outcome.status}{' (resumed)' if outcome.resumed else ''} in "
+            f"\nrun {outcome.run_id} {outcome.status}{how} in "
             f"{outcome.seconds:.1f} s: {ok} of {len(outcome.jobs)} job(s) ok"
             + (f"; failed device(s): {', '.join(d.name for d in failed)}" if failed else "")
+            + (f"; {len(outcome.waiting)} job(s) left to other runners or lab hosts "
+               f"({', '.join(waiting)})" if waiting else "")
             + f"; stored in {outcome.db_path}"
-        )
+        )  # fmt: skip
         click.echo(f"next: edgeshrink lab compare --run {outcome.run_id}")
     if not outcome.ok:
         raise click.exceptions.Exit(1)
@@ -245,7 +291,7 @@ def lab_compare(
     alpha: float | None,
     junit: Path | None,
     verbose: bool,
-    db: Path | None,
+    db: str | None,
     as_json: bool,
 ) -> None:
     """Compare a run with its baseline; exit code 1 when something regressed.
@@ -254,15 +300,11 @@ def lab_compare(
     noise between nights with Mann–Whitney p < alpha, memory or quality that
     got worse, or a job that was ok in the baseline and failed now.
     """
-    from edgeshrink.lab import compare
-
     comp = compare(
         db, run_id=run_id, suite_name=suite_name, baseline=baseline,
         overrides={"threshold": threshold, "alpha": alpha},
     )  # fmt: skip
     if junit:
-        from edgeshrink.report.junit import write_junit
-
         write_junit(comp, junit)
     if as_json:
         emit_json(comp.to_dict())
@@ -294,12 +336,10 @@ def lab_report(
     fmt: str | None,
     suite_name: str | None,
     baseline: str | None,
-    db: Path | None,
+    db: str | None,
     as_json: bool,
 ) -> None:
     """Write the lab report: newest run vs baseline on top, trends per metric and device, tables."""
-    from edgeshrink.lab.reporting import build_report
-
     report = build_report(db, since=since, suite_name=suite_name, baseline=baseline)
     if as_json:
         emit_json(report.to_dict())
@@ -312,15 +352,11 @@ def lab_report(
         )
     comp = report.comparison
     if fmt == "markdown":
-        from edgeshrink.report.markdown import render_markdown, write_markdown
-
         if output is None:
             click.echo(render_markdown(report), nl=False)
             return
         write_markdown(report, output)
     else:
-        from edgeshrink.report.html import write_html
-
         output = output or Path("lab-report.html")
         write_html(report, output)
     summary = (
@@ -342,58 +378,87 @@ def lab_report(
               help="How many runs, newest first.")  # fmt: skip
 @DB
 @JSON
-def lab_status(run_id: int | None, limit: int, db: Path | None, as_json: bool) -> None:
-    """Recent lab runs and the devices they hold; with RUN_ID, that run's devices and jobs."""
-    from edgeshrink.lab.config import LabConfigError
-    from edgeshrink.lab.history import LabHistory
-    from edgeshrink.lab.runner import STALE_S
-
-    with LabHistory.open(db) as hist:
+def lab_status(run_id: int | None, limit: int, db: str | None, as_json: bool) -> None:
+    """Recent lab runs, their runners and the devices they hold; with RUN_ID, that run's
+    runners, devices and jobs."""
+    host = this_host()
+    with LabHistory.open(db, host) as hist, hist.store.snapshot():
+        now = hist.store.now()
         if run_id is not None:
             run = hist.get_run(run_id)
             if run is None:
                 raise LabConfigError(f"no lab run {run_id} in {hist.store.path}")
             devices, jobs = hist.run_devices(run_id), hist.jobs(run_id)
-            if as_json:
-                emit_json(
-                    {"run": run.to_dict(), "devices": devices, "jobs": [j.to_dict() for j in jobs]}
-                )
-                return
-            alive = " (its process is gone: `lab run --resume` finishes it)" if (
-                run.status == "running" and not run.is_alive(STALE_S)) else ""  # fmt: skip
-            click.echo(f"run {run.id} of suite {run.suite_name}: {run.status}{alive}, started "
-                       f"{run.started_at[:19].replace('T', ' ')} UTC on {run.host}, resumed {run.resumes}×")  # fmt: skip
+            runners = runners_of(hist.store, [run_id])
+            unreachable = unreachable_devices(hist.store, run_id)
+            alive = run_alive(hist.store, run, host=host, now=now)
+        else:
+            runs = hist.list_runs(limit=limit)
+            runners = runners_of(hist.store, [r.id for r in runs])
+            alive_runs = {r.id for r in runs if run_alive(hist.store, r, host=host, now=now)}
+            locks = board_locks(hist.store)
+    if run_id is not None:
+        if as_json:
+            emit_json({"run": run.to_dict(), "runners": [r.to_dict() for r in runners],
+                       "unreachable": unreachable, "devices": devices,
+                       "jobs": [j.to_dict() for j in jobs]})  # fmt: skip
+            return
+        stale = (" (no runner works on it now: `edgeshrink lab run --run-id "
+                 f"{run.id}` on a lab host that reaches its devices joins it; "
+                 f"`edgeshrink lab run --resume {run.id}` runs what failed again)") if (
+            run.status == "running" and not alive) else ""  # fmt: skip
+        click.echo(f"run {run.id} of suite {run.suite_name}: {run.status}{stale}, started "
+                   f"{run.started_at[:19].replace('T', ' ')} UTC on {run.host}, resumed {run.resumes}×")  # fmt: skip
+        if runners:
+            done = {r.owner: sum(1 for j in jobs if j.runner == r.owner and j.status == "done")
+                    for r in runners}  # fmt: skip
             click.echo(render_table(
-                ["DEVICE", "STATUS", "SECONDS", "CONNECTS", "ERROR"],
-                [(d["device"], d["status"], d["seconds"], d["attempts"], d["error"]) for d in devices],
-                right=(2, 3),
+                ["RUNNER HOST", "PID", "STATUS", "JOINED (UTC)", "HEARTBEAT", "JOBS DONE"],
+                [(r.host, r.pid, r.status + ("" if r.status != "running" or r.alive(host, now)
+                                             else " (lease passed)"),
+                  r.joined_at[:19].replace("T", " "), f"{now - r.heartbeat_at:.0f} s ago",
+                  done[r.owner]) for r in runners],
+                right=(1, 5),
             ))  # fmt: skip
             click.echo("")
-            click.echo(render_table(JOB_HEADERS, _job_rows(jobs), right=(3, 4, 5, 7, 8)))
-            click.echo(JOB_LEGEND)
-            return
-        runs = hist.list_runs(limit=limit)
-        locks = hist.locks()
+        click.echo(render_table(
+            ["DEVICE", "STATUS", "SECONDS", "CONNECTS", "ERROR"],
+            [(d["device"], d["status"], d["seconds"], d["attempts"], d["error"]) for d in devices],
+            right=(2, 3),
+        ))  # fmt: skip
+        for device, hosts in sorted(unreachable.items()):
+            click.echo(f"{device}: not reachable from {', '.join(sorted(hosts))}")
+        click.echo("")
+        click.echo(render_table(JOB_HEADERS, _job_rows(jobs), right=(3, 4, 5, 7, 8)))
+        click.echo(JOB_LEGEND)
+        return
     if as_json:
-        emit_json({"runs": [r.to_dict() for r in runs], "locks": [lk.__dict__ for lk in locks]})
+        emit_json({"runs": [{**r.to_dict(), "alive": r.id in alive_runs,
+                             "runners": [x.to_dict() for x in runners if x.run_id == r.id]}
+                            for r in runs],
+                   "locks": [lk.__dict__ for lk in locks]})  # fmt: skip
         return
     if not runs:
         click.echo(
             "no lab runs yet; start one with `edgeshrink lab run --inventory ... --suite ...`"
         )
     else:
+        hosts = {
+            r.id: sorted({x.host for x in runners if x.run_id == r.id}) or [r.host] for r in runs
+        }
         click.echo(render_table(
-            ["RUN", "SUITE", "STATUS", "STARTED (UTC)", "FINISHED", "HOST", "OK", "FAILED", "DEVICES FAILED"],
+            ["RUN", "SUITE", "STATUS", "STARTED (UTC)", "FINISHED", "HOSTS", "OK", "FAILED", "DEVICES FAILED"],
             [(r.id, r.suite_name,
-              r.status + (" (stale)" if r.status == "running" and not r.is_alive(STALE_S) else ""),
-              r.started_at[:19].replace("T", " "), (r.finished_at or "-")[:19].replace("T", " "), r.host,
+              r.status + (" (stale)" if r.status == "running" and r.id not in alive_runs else ""),
+              r.started_at[:19].replace("T", " "), (r.finished_at or "-")[:19].replace("T", " "),
+              ", ".join(hosts[r.id]),
               (r.summary or {}).get("ok"), (r.summary or {}).get("failed"),
               ", ".join((r.summary or {}).get("devices_failed", [])) or None) for r in runs],
             right=(0, 6, 7),
         ))  # fmt: skip
     if locks:
         click.echo("\nheld devices:")
-        click.echo("\n".join(f"  {lk.describe()}" for lk in locks))
+        click.echo("\n".join(f"  {lk.describe(now)}" for lk in locks))
 
 
 COMMANDS = (lab,)

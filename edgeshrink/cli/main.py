@@ -42,7 +42,7 @@ def cli(ctx: click.Context, profiles_dirs: tuple[Path, ...]) -> None:
 
 
 COMMAND_MODULES = ("catalog", "check", "distill", "doctor", "imatrix", "lab", "models", "prune", "push",
-                   "quality", "results", "run", "sweep", "targets")  # fmt: skip
+                   "quality", "results", "run", "store", "sweep", "targets")  # fmt: skip
 
 
 def _register() -> None:
@@ -78,14 +78,13 @@ def main(argv: list[str] | None = None) -> None:
         exc.message = terminal_safe(exc.message, keep_newlines=True)
         exc.show()
         sys.exit(exc.exit_code)
-    except click.Abort:
-        click.echo("interrupted", err=True)
-        sys.exit(130)
-    except KeyboardInterrupt as exc:
-        message = getattr(exc, "message", "")
+    except (click.Abort, KeyboardInterrupt) as exc:
+        # click turns Ctrl-C into Abort; an edgeshrink Interrupted under it says what it kept.
+        cause = exc.__cause__ if isinstance(exc, click.Abort) else exc
+        message, hint = getattr(cause, "message", ""), getattr(cause, "hint", "")
         click.echo(f"interrupted: {message}" if message else "interrupted", err=True)
-        if getattr(exc, "hint", ""):
-            click.echo(f"hint: {exc.hint}", err=True)  # type: ignore[attr-defined]
+        if hint:
+            click.echo(f"hint: {hint}", err=True)
         sys.exit(130)
     except EdgeshrinkError as exc:
         if debug_enabled():

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from edgeshrink.cli.common import DB_OPTION, JSON_OPTION, emit_json
 from edgeshrink.report.table import render_table
+from edgeshrink.store import ResultStore
 
 DB = DB_OPTION
 
@@ -36,14 +35,12 @@ def results(
     limit: int,
     target: str | None,
     status: str | None,
-    db: Path | None,
+    db: str | None,
     as_json: bool,
 ) -> None:
     """List stored benchmark results, newest first."""
     if ctx.invoked_subcommand is not None:
         return
-    from edgeshrink.store import ResultStore
-
     with ResultStore(db) as store:
         rows = store.list_results(limit=limit, target=target, status=status)
         path = store.path
@@ -72,10 +69,8 @@ def _latency(r) -> str | None:
 @results.command("show")
 @click.argument("result_id", type=int)
 @DB
-def results_show(result_id: int, db: Path | None) -> None:
+def results_show(result_id: int, db: str | None) -> None:
     """Print the agent's whole JSON document of one result."""
-    from edgeshrink.store import ResultStore
-
     with ResultStore(db) as store:
         emit_json(store.get_document(result_id))
 

@@ -31,7 +31,8 @@ from edgeshrink.util import human_bytes
 # (as click names them): over a text (LLMs) or on a model's outputs (ONNX, TFLite).
 TEXT_ONLY = (
     "max_kld", "max_ppl_increase", "text_file", "eval_ctx", "eval_chunks", "context", "prune",
-    "prune_text", "imatrix_path", "no_imatrix", "max_size", "fit", "imatrix_text",
+    "prune_text", "heal", "heal_steps", "heal_minutes", "imatrix_path", "no_imatrix", "max_size",
+    "fit", "imatrix_text",
     "prompt_tokens", "gen_tokens", "reps", "flash_attn", "n_ctx", "no_mmap",
 )  # fmt: skip
 OUTPUTS_ONLY = (
@@ -95,6 +96,24 @@ def _refuse_foreign_options(model: Path, fmt: Any) -> None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
     help="GGUF: calibration text of the importance matrix [default: the one edgeshrink ships].",
+)
+@click.option(
+    "--heal",
+    is_flag=True,
+    help="GGUF, with --prune: add a healed twin of every pruned candidate (the student "
+    "distilled from the original on the --prune-text; needs the distill extra).",
+)
+@click.option(
+    "--heal-steps",
+    type=click.IntRange(1, None),
+    default=None,
+    help="Training steps of each healing [default: 200, or --heal-minutes].",
+)
+@click.option(
+    "--heal-minutes",
+    type=FiniteFloat(0.01, None),
+    default=None,
+    help="Training time of each healing instead of --heal-steps.",
 )
 @click.option(
     "--max-kld",
@@ -226,6 +245,9 @@ def sweep(
     max_size: int | None,
     fit: bool,
     imatrix_text: Path | None,
+    heal: bool,
+    heal_steps: int | None,
+    heal_minutes: float | None,
     max_kld: float | None,
     max_ppl_increase: float | None,
     min_agreement: float | None,
@@ -257,6 +279,7 @@ def sweep(
     edgeshrink sweep model-f16.gguf --profile raspberry-pi-5-8gb --max-kld 0.05
     edgeshrink sweep model-f16.gguf --profile raspberry-pi-5-8gb --target mypi --max-kld 0.05
     edgeshrink sweep model-f16.gguf -p raspberry-pi-5-8gb --prune 0,2,4 --max-kld 0.1
+    edgeshrink sweep model-f16.gguf -p raspberry-pi-5-8gb --prune 2,4 --heal --max-kld 0.1
     edgeshrink sweep model-f16.gguf -p raspberry-pi-4-2gb --max-size 1.2GB --max-kld 0.1
 
     GGUF types below 5 bits are also made with an importance matrix (TYPE-imatrix;
@@ -290,6 +313,7 @@ def sweep(
             budget=QualityBudget(max_kld=max_kld, max_ppl_increase=max_ppl_increase, min_same_top=min_agreement),
             ladder=types, text=text_file.read_text(encoding="utf-8") if text_file else None,
             prune=parse_counts(prune) if prune else (0,),
+            heal=healing(heal, heal_steps, heal_minutes, prune),
             calibration_text=prune_text.read_text(encoding="utf-8") if prune_text else None,
             imatrix=not no_imatrix, imatrix_text=imatrix_text, imatrix_file=settings["imatrix"],
             max_size=settings["max_size"], fit=settings["fit"], eval_ctx=eval_ctx, eval_chunks=eval_chunks, context=context, **common,
@@ -336,6 +360,19 @@ def sweep(
             "no candidate is good enough for this device",
             hint="loosen the quality budget, or plan for a device with more memory",
         )
+
+
+def healing(heal: bool, steps: int | None, minutes: float | None, prune: str | None) -> Any:
+    """The distill settings of --heal (None without it)."""
+    if not heal:
+        if steps is not None or minutes is not None:
+            raise click.UsageError("--heal-steps and --heal-minutes go with --heal")
+        return None
+    if not prune or not any(parse_counts(prune)):
+        raise click.UsageError("--heal heals pruned candidates: give --prune, e.g. --prune 0,2,4")
+    if steps is not None and minutes is not None:
+        raise click.UsageError("--heal-steps and --heal-minutes exclude each other: choose one")
+    return {"minutes": minutes} if minutes is not None else {"steps": steps or 200}
 
 
 def parse_counts(text: str) -> tuple[int, ...]:

@@ -62,8 +62,10 @@ def teacher_targets(
     n_ctx = len(chunks[0])
     ids, logp, rest = [], [], []
     with LlamaScorer(Path(teacher), n_ctx, threads or os.cpu_count() or 1) as scorer:
+        step = max(1, len(chunks) // 10)
         for i, chunk in enumerate(chunks):
-            say(f"teacher: chunk {i + 1}/{len(chunks)}")
+            if i % step == 0:
+                say(f"teacher: chunk {i + 1}/{len(chunks)}")
             scaled = log_softmax(scorer.chunk_logits(chunk, 0).astype(np.float64) / temperature)
             top = np.argpartition(-scaled, k, axis=1)[:, :k]
             values = np.take_along_axis(scaled, top, axis=1)

@@ -190,9 +190,9 @@ def train_student(
                 group["lr"] = settings.lr * warm
             logits = model(batch_targets["tokens"]).logits
             loss = distill_loss(torch, logits, batch_targets, settings.temperature, settings.alpha)
-            if not math.isfinite(float(loss)):
+            if not math.isfinite(loss.item()):
                 raise RecipeError(
-                    f"the distillation loss became {float(loss)} at step {step + 1}",
+                    f"the distillation loss became {loss.item()} at step {step + 1}",
                     hint="lower --lr, or use --train near-cuts",
                 )
             optimizer.zero_grad(set_to_none=True)
@@ -200,7 +200,7 @@ def train_student(
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             step += 1
-            losses.append(float(loss))
+            losses.append(loss.item())
             elapsed = time.perf_counter() - start
             rate = (step - resumed_from) * tokens_per_step / max(elapsed, 1e-9)
             if settings.steps is not None:
@@ -208,7 +208,7 @@ def train_student(
             else:
                 eta = max(0.0, deadline - time.perf_counter()) if deadline else None
             if on_step:
-                on_step(StepStatus(step, settings.steps, float(loss), rate, eta))
+                on_step(StepStatus(step, settings.steps, loss.item(), rate, eta))
             if time.perf_counter() - last_save > CHECKPOINT_EVERY_S:
                 save()
                 last_save = time.perf_counter()

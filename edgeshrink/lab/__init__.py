@@ -2,8 +2,10 @@
 
     config.py   inventory (devices) and suite (jobs) TOML files, validated
     runner.py   `lab run`: builds once on the host, devices concurrently, one job at a
-                time per device, cool-down, retries, resume, device locks
-    history.py  the lab tables of the results database (runs, jobs, snapshots, builds, locks)
+                time per device, cool-down, retries, resume, joining another host's run
+    session.py  one device's jobs; host_work.py: the builds and quality checks on the host
+    claims.py   several runners, one fleet: board locks, job claims, heartbeats, leases
+    history.py  the lab tables of the results database (runs, jobs, snapshots, builds)
     regress.py  baselines and the regression rule (stats.py: Mann–Whitney U, medians)
 
 The CLI (edgeshrink/cli/lab.py) and the reports (edgeshrink/report/html.py,

@@ -1,13 +1,14 @@
-"""The lab's history in the results database: runs, devices, jobs, snapshots, builds, locks.
+"""The lab's history in the results database: runs, devices, jobs, snapshots, builds.
 
 Every figure of a lab job is a row of ``results`` (the agent's whole document
 beside it); the lab tables say which run, device and job produced it, with
-what artifact, on which device snapshot, after what cool-down.  So any number
-can be traced: ``lab_jobs.result_id -> results``, ``lab_jobs.snapshot_id ->
-lab_snapshots``, ``(run_id, job, build_key) -> lab_builds``.
+what artifact, on which device snapshot, after what cool-down, measured by which
+runner.  So any number can be traced: ``lab_jobs.result_id -> results``,
+``lab_jobs.snapshot_id -> lab_snapshots``, ``(run_id, job, build_key) -> lab_builds``.
+Who holds which board and job while a run goes on is claims.py's.
 
-Each thread of a lab run opens its own connection (SQLite connections are not
-shared between threads); WAL mode lets them write one at a time while others read.
+Each thread of a lab run opens its own connection (a connection is not shared
+between threads); SQLite's WAL mode or PostgreSQL let them write while others read.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from edgeshrink.store import ResultStore
+from edgeshrink.errors import LabLockError
+from edgeshrink.store import ResultStore, insert_result
 
 RUN_STATUSES = ("running", "finished", "interrupted")
 JOB_STATUSES = ("pending", "running", "done", "failed")
@@ -32,7 +34,9 @@ def now_iso() -> str:
 
 
 def this_host() -> str:
-    return socket.gethostname()
+    """This lab host's name, as inventories' ``reachable_from`` name it: $EDGESHRINK_LAB_HOST
+    (or `lab run --lab-host`), else the machine's host name."""
+    return os.environ.get("EDGESHRINK_LAB_HOST") or socket.gethostname()
 
 
 def pid_alive(pid: int) -> bool:
@@ -45,11 +49,11 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def _json(value: Any) -> str | None:
+def json_text(value: Any) -> str | None:
     return None if value is None else json.dumps(value, sort_keys=True, default=str)
 
 
-def _load(value: str | None) -> Any:
+def json_value(value: str | None) -> Any:
     return None if value is None else json.loads(value)
 
 
@@ -77,17 +81,21 @@ class LabRun:
     @classmethod
     def from_row(cls, row: Any) -> LabRun:
         doc = dict(row)
-        doc["host_tools"] = _load(doc["host_tools"]) or {}
-        doc["summary"] = _load(doc["summary"])
+        doc["host_tools"] = json_value(doc["host_tools"]) or {}
+        doc["summary"] = json_value(doc["summary"])
         return cls(**doc)
 
-    def is_alive(self, stale_s: float) -> bool:
-        """Whether a process is still working on this run (for resume and status)."""
+    def is_alive(
+        self, lease_s: float, *, host: str | None = None, now: float | None = None
+    ) -> bool:
+        """Whether the process that started this run still works on it, judged by the run's
+        own heartbeat (the runs of an edgeshrink before several runners; claims.py judges
+        each runner of a newer run)."""
         if self.status != "running":
             return False
-        if self.host == this_host() and not pid_alive(self.pid):
+        if self.host == (host or this_host()) and not pid_alive(self.pid):
             return False
-        return time.time() - self.heartbeat_at < stale_s
+        return (time.time() if now is None else now) - self.heartbeat_at < lease_s
 
     def to_dict(self, *, texts: bool = False) -> dict[str, Any]:
         doc = {k: v for k, v in self.__dict__.items() if texts or k not in ("inventory", "suite")}
@@ -122,14 +130,16 @@ class JobRecord:
     samples: dict[str, list[float]]
     metrics: dict[str, float | None]
     context: dict[str, Any]
+    runner: str | None = None  # the runner that claimed it (and, when done, measured it)
+    lease_until: float | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> JobRecord:
         doc = dict(row)
-        doc["cooldown"] = _load(doc["cooldown"])
-        doc["samples"] = _load(doc["samples"]) or {}
-        doc["metrics"] = _load(doc["metrics"]) or {}
-        doc["context"] = _load(doc["context"]) or {}
+        doc["cooldown"] = json_value(doc["cooldown"])
+        doc["samples"] = json_value(doc["samples"]) or {}
+        doc["metrics"] = json_value(doc["metrics"]) or {}
+        doc["context"] = json_value(doc["context"]) or {}
         return cls(**doc)
 
     @property
@@ -171,40 +181,24 @@ class BuildRecord:
     @classmethod
     def from_row(cls, row: Any) -> BuildRecord:
         doc = dict(row)
-        doc["tool_versions"] = _load(doc["tool_versions"])
-        doc["quality"] = _load(doc["quality"])
+        doc["tool_versions"] = json_value(doc["tool_versions"])
+        doc["quality"] = json_value(doc["quality"])
         return cls(**doc)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
-@dataclass(frozen=True)
-class LockHolder:
-    resource: str
-    device: str
-    owner: str
-    run_id: int | None
-    host: str
-    pid: int
-    acquired_at: str
-    heartbeat_at: float
-
-    def describe(self) -> str:
-        run = f"run {self.run_id}" if self.run_id else "a starting run"
-        age = time.time() - self.heartbeat_at
-        return f"{self.device} ({self.resource}) is held by {run} on {self.host} pid {self.pid}, heartbeat {age:.0f} s ago"
-
-
 class LabHistory:
     """The lab tables of one results database (one connection: one thread)."""
 
-    def __init__(self, store: ResultStore) -> None:
+    def __init__(self, store: ResultStore, host: str | None = None) -> None:
         self.store = store
+        self.host = host or this_host()
 
     @classmethod
-    def open(cls, db: str | os.PathLike[str] | None) -> LabHistory:
-        return cls(ResultStore(db))
+    def open(cls, db: str | os.PathLike[str] | None, host: str | None = None) -> LabHistory:
+        return cls(ResultStore(db), host)
 
     def close(self) -> None:
         self.store.close()
@@ -217,7 +211,22 @@ class LabHistory:
 
     # ------------------------------------------------------------------ runs
 
-    def create_run(
+    def joinable_run(
+        self, inventory_sha256: str, suite_sha256: str, within_s: float | None
+    ) -> int | None:
+        """The newest ``running`` run of these inventory and suite bytes started within
+        ``within_s`` (None: no run is joinable)."""
+        if within_s is None:
+            return None
+        since = datetime.fromtimestamp(self.store.now() - within_s, timezone.utc)
+        rows = self.store.query(
+            "SELECT id FROM lab_runs WHERE status = 'running' AND inventory_sha256 = ?"
+            " AND suite_sha256 = ? AND started_at >= ? ORDER BY id DESC LIMIT 1",
+            (inventory_sha256, suite_sha256, since.isoformat(timespec="milliseconds")),
+        )
+        return int(rows[0]["id"]) if rows else None
+
+    def open_run(
         self,
         *,
         suite_name: str,
@@ -229,17 +238,26 @@ class LabHistory:
         suite_sha256: str,
         edgeshrink_version: str,
         host_tools: dict[str, Any],
-    ) -> int:
-        with self.store.transaction() as db:
+        join_within_s: float | None,
+    ) -> tuple[int, bool]:
+        """The run to work on and whether it was joined: the newest ``running`` run of the
+        same inventory and suite bytes started within ``join_within_s`` (the same night,
+        maybe started by another lab host), else a new one.  Both in one exclusive
+        transaction, so two hosts starting at once make one run, not two."""
+        with self.store.transaction(immediate=True) as db:
+            joinable = self.joinable_run(inventory_sha256, suite_sha256, join_within_s)
+            if joinable is not None:
+                return joinable, True
             cursor = db.execute(
                 "INSERT INTO lab_runs (suite_name, status, started_at, heartbeat_at, host, pid,"
                 " inventory_path, inventory_sha256, inventory, suite_path, suite_sha256, suite,"
-                " edgeshrink_version, host_tools) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (suite_name, now_iso(), time.time(), this_host(), os.getpid(), inventory_path,
+                " edgeshrink_version, host_tools) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " RETURNING id",
+                (suite_name, now_iso(), self.store.now(), self.host, os.getpid(), inventory_path,
                  inventory_sha256, inventory_text, suite_path, suite_sha256, suite_text,
-                 edgeshrink_version, _json(host_tools)),
+                 edgeshrink_version, json_text(host_tools)),
             )  # fmt: skip
-        return int(cursor.lastrowid or 0)
+            return int(cursor.fetchone()[0]), False
 
     def get_run(self, run_id: int) -> LabRun | None:
         rows = self.store.query("SELECT * FROM lab_runs WHERE id = ?", (run_id,))
@@ -286,31 +304,17 @@ class LabHistory:
             db.execute(
                 "UPDATE lab_runs SET status = 'running', host = ?, pid = ?, heartbeat_at = ?,"
                 " finished_at = NULL, resumes = resumes + 1 WHERE id = ?",
-                (this_host(), os.getpid(), time.time(), run_id),
+                (self.host, os.getpid(), self.store.now(), run_id),
             )
-
-    def finish_run(self, run_id: int, status: str, summary: dict[str, Any]) -> None:
-        with self.store.transaction() as db:
-            db.execute(
-                "UPDATE lab_runs SET status = ?, finished_at = ?, summary = ? WHERE id = ?",
-                (status, now_iso(), _json(summary), run_id),
-            )
-
-    def heartbeat(self, run_id: int | None, owner: str) -> None:
-        now = time.time()
-        with self.store.transaction() as db:
-            db.execute("UPDATE lab_locks SET heartbeat_at = ? WHERE owner = ?", (now, owner))
-            if run_id is not None:
-                db.execute("UPDATE lab_runs SET heartbeat_at = ? WHERE id = ?", (now, run_id))
 
     # ------------------------------------------------------------------ devices of a run
 
     def add_run_devices(self, run_id: int, devices: list[tuple[str, dict[str, Any]]]) -> None:
         with self.store.transaction() as db:
             db.executemany(
-                "INSERT OR IGNORE INTO lab_run_devices (run_id, device, target, status)"
-                " VALUES (?, ?, ?, 'pending')",
-                [(run_id, name, _json(target)) for name, target in devices],
+                "INSERT INTO lab_run_devices (run_id, device, target, status)"
+                " VALUES (?, ?, ?, 'pending') ON CONFLICT DO NOTHING",
+                [(run_id, name, json_text(target)) for name, target in devices],
             )
 
     def device_started(self, run_id: int, device: str) -> None:
@@ -345,7 +349,7 @@ class LabHistory:
         out = []
         for row in rows:
             doc = dict(row)
-            doc["target"] = _load(doc["target"])
+            doc["target"] = json_value(doc["target"])
             out.append(doc)
         return out
 
@@ -355,17 +359,18 @@ class LabHistory:
         """(device, job, settings_key, build_key) rows, pending; existing rows are kept."""
         with self.store.transaction() as db:
             db.executemany(
-                "INSERT OR IGNORE INTO lab_jobs (run_id, device, job, settings_key, build_key, status)"
-                " VALUES (?, ?, ?, ?, ?, 'pending')",
+                "INSERT INTO lab_jobs (run_id, device, job, settings_key, build_key, status)"
+                " VALUES (?, ?, ?, ?, ?, 'pending') ON CONFLICT DO NOTHING",
                 [(run_id, *job) for job in jobs],
             )
 
     def reset_unfinished(self, run_id: int) -> int:
-        """Jobs that have no stored measurement go back to pending (a resume)."""
+        """Jobs that have no stored measurement go back to pending (a resume: no live
+        runner holds any of them)."""
         with self.store.transaction() as db:
             cursor = db.execute(
-                "UPDATE lab_jobs SET status = 'pending', error = NULL"
-                " WHERE run_id = ? AND status IN ('pending', 'running', 'failed')",
+                "UPDATE lab_jobs SET status = 'pending', error = NULL, runner = NULL,"
+                " lease_until = NULL WHERE run_id = ? AND status IN ('pending', 'running', 'failed')",
                 (run_id,),
             )
             db.execute(
@@ -373,6 +378,7 @@ class LabHistory:
                 " (SELECT device FROM lab_jobs WHERE run_id = ? AND status = 'pending')",
                 (run_id, run_id),
             )
+            db.execute("DELETE FROM lab_unreachable WHERE run_id = ?", (run_id,))
         return cursor.rowcount
 
     def jobs(self, run_id: int) -> list[JobRecord]:
@@ -401,12 +407,12 @@ class LabHistory:
             )
 
     def job_attempt_failed(self, job_id: int, error: str, *, before_start: bool = False) -> None:
-        """One try of the job failed; ``before_start``: while reaching the device, so the
-        try was not counted by job_started (a device that never answers still had tries)."""
+        """One try of the job failed and it will be tried again (the claim stays);
+        ``before_start``: while reaching the device, so the try was not counted by
+        job_started (a device that never answers still had tries)."""
         with self.store.transaction() as db:
             db.execute(
-                "UPDATE lab_jobs SET status = 'pending', error = ?, attempts = attempts + ?"
-                " WHERE id = ?",
+                "UPDATE lab_jobs SET error = ?, attempts = attempts + ? WHERE id = ?",
                 (error, int(before_start), job_id),
             )
 
@@ -414,35 +420,82 @@ class LabHistory:
         with self.store.transaction() as db:
             db.execute(
                 "UPDATE lab_jobs SET status = 'failed', error = ?, finished_at = ?,"
-                " attempts = attempts + ? WHERE id = ?",
+                " attempts = attempts + ?, lease_until = NULL WHERE id = ?",
                 (error, now_iso(), int(before_start), job_id),
             )
 
-    def job_done(self, job_id: int, fields: dict[str, Any]) -> None:
+    def fail_open_jobs(
+        self, run_id: int, device: str, error: str, *, current: int | None, before_start: bool
+    ) -> list[str]:
+        """Every job of the device that nobody finished fails with ``error`` (a device that
+        no runner can reach); ``current``/``before_start`` as in job_failed.  Returns the
+        jobs' names."""
+        with self.store.transaction() as db:
+            rows = db.execute(
+                "SELECT id, job FROM lab_jobs WHERE run_id = ? AND device = ?"
+                " AND status IN ('pending', 'running') ORDER BY id",
+                (run_id, device),
+            ).fetchall()
+            db.executemany(
+                "UPDATE lab_jobs SET status = 'failed', error = ?, finished_at = ?,"
+                " attempts = attempts + ?, lease_until = NULL WHERE id = ?",
+                [
+                    (error, now_iso(), int(before_start and r["id"] == current), r["id"])
+                    for r in rows
+                ],
+            )
+        return [r["job"] for r in rows]
+
+    def job_done(
+        self,
+        job_id: int,
+        fields: dict[str, Any],
+        *,
+        result: tuple[dict[str, Any], dict[str, Any]] | None = None,
+        runner: str | None = None,
+    ) -> int | None:
+        """The job measured: its figures and, in the same transaction, its result row
+        (``result``: the row and the agent's document).  With ``runner``, only while the
+        job is still that runner's claim: otherwise nothing is stored and LabLockError
+        says why.  Returns the result's id."""
         values = dict(fields)
         for key in ("cooldown", "samples", "metrics", "context"):
             if key in values:
-                values[key] = _json(values[key])
-        values["status"] = "done"
-        values["finished_at"] = now_iso()
-        sets = ", ".join(f"{k} = ?" for k in values)
+                values[key] = json_text(values[key])
+        values.update(status="done", finished_at=now_iso(), lease_until=None)
         with self.store.transaction() as db:
-            db.execute(f"UPDATE lab_jobs SET {sets} WHERE id = ?", (*values.values(), job_id))
+            result_id = None
+            if result is not None:
+                result_id = values["result_id"] = insert_result(db, *result)
+            sets = ", ".join(f"{k} = ?" for k in values)
+            fence = "" if runner is None else " AND runner = ? AND status = 'running'"
+            cursor = db.execute(
+                f"UPDATE lab_jobs SET {sets} WHERE id = ?{fence}",
+                (*values.values(), job_id, *(() if runner is None else (runner,))),
+            )
+            if cursor.rowcount != 1:
+                raise LabLockError(
+                    f"lab job {job_id} is no longer this runner's claim: another runner took it "
+                    "over when this one's lease passed; its measurement is not stored",
+                    hint="a runner must reach the database within its lease: give a longer --lease",
+                )
+        return result_id
 
     # ------------------------------------------------------------------ snapshots
 
     def add_snapshot(self, run_id: int, device: str, fields: dict[str, Any], document: Any) -> int:
         values = {"run_id": run_id, "device": device, "taken_at": now_iso(), **fields}
         for key in ("runtimes", "cpu_mhz", "temps_c"):
-            values[key] = _json(values.get(key))
-        values["document"] = _json(document)
+            values[key] = json_text(values.get(key))
+        values["document"] = json_text(document)
         names = ", ".join(values)
         marks = ", ".join("?" for _ in values)
         with self.store.transaction() as db:
             cursor = db.execute(
-                f"INSERT INTO lab_snapshots ({names}) VALUES ({marks})", tuple(values.values())
+                f"INSERT INTO lab_snapshots ({names}) VALUES ({marks}) RETURNING id",
+                tuple(values.values()),
             )
-        return int(cursor.lastrowid or 0)
+            return int(cursor.fetchone()[0])
 
     def snapshots(self, run_ids: list[int]) -> list[dict[str, Any]]:
         if not run_ids:
@@ -458,7 +511,7 @@ class LabHistory:
         for row in rows:
             doc = dict(row)
             for key in ("runtimes", "cpu_mhz", "temps_c"):
-                doc[key] = _load(doc[key])
+                doc[key] = json_value(doc[key])
             out.append(doc)
         return out
 
@@ -468,12 +521,15 @@ class LabHistory:
         values = {"run_id": run_id, "job": job, "build_key": build_key, **fields}
         for key in ("tool_versions", "quality"):
             if key in values:
-                values[key] = _json(values[key])
+                values[key] = json_text(values[key])
         names = ", ".join(values)
         marks = ", ".join("?" for _ in values)
+        # every runner of a run builds what it may run: the same key, the same bytes
+        updates = ", ".join(f"{k} = excluded.{k}" for k in values)
         with self.store.transaction() as db:
             db.execute(
-                f"INSERT OR REPLACE INTO lab_builds ({names}) VALUES ({marks})",
+                f"INSERT INTO lab_builds ({names}) VALUES ({marks})"
+                f" ON CONFLICT (run_id, job, build_key) DO UPDATE SET {updates}",
                 tuple(values.values()),
             )
 
@@ -482,7 +538,7 @@ class LabHistory:
     ) -> None:
         values = dict(fields)
         if "quality" in values:
-            values["quality"] = _json(values["quality"])
+            values["quality"] = json_text(values["quality"])
         sets = ", ".join(f"{k} = ?" for k in values)
         with self.store.transaction() as db:
             db.execute(
@@ -499,58 +555,3 @@ class LabHistory:
             tuple(run_ids),
         )
         return [BuildRecord.from_row(r) for r in rows]
-
-    # ------------------------------------------------------------------ device locks
-
-    def try_lock(
-        self, resources: dict[str, str], owner: str, *, run_id: int | None, stale_s: float
-    ) -> list[LockHolder]:
-        """Take every resource (lock key -> device name) or none; returns the holders in the way.
-
-        A lock whose holder stopped sending heartbeats for ``stale_s``, or
-        whose process is gone from this host, is taken over.
-        """
-        now = time.time()
-        host, pid = this_host(), os.getpid()
-        with self.store.transaction(immediate=True) as db:
-            conflicts = []
-            for resource in resources:
-                row = db.execute(
-                    "SELECT * FROM lab_locks WHERE resource = ?", (resource,)
-                ).fetchone()
-                if row is None or row["owner"] == owner:
-                    continue
-                holder = LockHolder(**dict(row))
-                gone = holder.host == host and not pid_alive(holder.pid)
-                if gone or now - holder.heartbeat_at > stale_s:
-                    db.execute("DELETE FROM lab_locks WHERE resource = ?", (resource,))
-                    continue
-                conflicts.append(holder)
-            if conflicts:
-                return conflicts
-            db.executemany(
-                "INSERT OR REPLACE INTO lab_locks (resource, device, owner, run_id, host, pid,"
-                " acquired_at, heartbeat_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(res, dev, owner, run_id, host, pid, now_iso(), now) for res, dev in resources.items()],
-            )  # fmt: skip
-        return []
-
-    def attach_locks(self, owner: str, run_id: int) -> None:
-        with self.store.transaction() as db:
-            db.execute("UPDATE lab_locks SET run_id = ? WHERE owner = ?", (run_id, owner))
-
-    def release_locks(self, owner: str, resources: list[str] | None = None) -> None:
-        with self.store.transaction() as db:
-            if resources is None:
-                db.execute("DELETE FROM lab_locks WHERE owner = ?", (owner,))
-            else:
-                db.executemany(
-                    "DELETE FROM lab_locks WHERE owner = ? AND resource = ?",
-                    [(owner, r) for r in resources],
-                )
-
-    def locks(self) -> list[LockHolder]:
-        return [
-            LockHolder(**dict(r))
-            for r in self.store.query("SELECT * FROM lab_locks ORDER BY device")
-        ]

@@ -20,8 +20,8 @@ from edgeshrink.targets import DEFAULT_SSH_PORT, Target, get_target, local_targe
 
 _TARGET_KEYS = ("kind", "profile", "host", "port", "user", "key", "known_hosts", "python",
                 "work_dir", "jump")  # fmt: skip
-_DEVICE_KEYS = ("name", "target", *_TARGET_KEYS, "tags", "thermal", "enabled")
-_DEFAULT_KEYS = (*_TARGET_KEYS, "tags", "thermal")
+_DEVICE_KEYS = ("name", "target", *_TARGET_KEYS, "tags", "thermal", "reachable_from", "enabled")
+_DEFAULT_KEYS = (*_TARGET_KEYS, "tags", "thermal", "reachable_from")
 
 
 def load_inventory(path: str | os.PathLike[str], *, text: str | None = None) -> Inventory:
@@ -38,6 +38,7 @@ def load_inventory(path: str | os.PathLike[str], *, text: str | None = None) -> 
     r.integer(defaults, "port", "defaults.", minimum=1)
     r.strings(defaults, "tags", "defaults.", pattern=TAG_RE)
     r.strings(defaults, "thermal", "defaults.")
+    r.strings(defaults, "reachable_from", "defaults.")
     base = path.parent
     devices: list[LabDevice] = []
     seen_names: dict[str, int] = {}
@@ -101,6 +102,7 @@ def _read_device(
     default_tags = r.strings(defaults, "tags", "defaults.", pattern=TAG_RE) or ()
     tags = tuple(dict.fromkeys((*default_tags, *own_tags)))
     thermal = r.strings(fields, "thermal", prefix) or DEFAULT_THERMAL
+    reachable_from = r.strings(fields, "reachable_from", prefix) or ()
     target_ref = r.string(fields, "target", prefix)
     if target_ref is not None:
         ref = str(r.resolve(target_ref, base)) if target_ref.endswith(".toml") else target_ref
@@ -132,4 +134,6 @@ def _read_device(
             get_profile(target.profile)
         except ProfileError as exc:
             r.fail(f"{prefix}profile: {exc.message}", hint=exc.hint)
-    return LabDevice(name=name, target=target, tags=tags, thermal=thermal)
+    return LabDevice(
+        name=name, target=target, tags=tags, thermal=thermal, reachable_from=reachable_from
+    )

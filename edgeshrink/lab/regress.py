@@ -395,8 +395,9 @@ def compare(
     baseline: str | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> Comparison:
-    """Compare a run (default: the newest) with its baseline; nothing is written."""
-    with LabHistory.open(db) as hist:
+    """Compare a run (default: the newest) with its baseline; nothing is written.  It reads
+    one snapshot of the database: runs that are writing meanwhile are seen as they were."""
+    with LabHistory.open(db) as hist, hist.store.snapshot():
         return compare_in(hist, run_id=run_id, suite_name=suite_name, baseline=baseline,
                           overrides=overrides)  # fmt: skip
 

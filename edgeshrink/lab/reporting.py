@@ -182,7 +182,7 @@ def build_report(
 ) -> LabReport:
     """The report of the runs since ``since`` (a duration like 30d or a date)."""
     since_at = since_iso(since) if since else None
-    with LabHistory.open(db) as hist:
+    with LabHistory.open(db) as hist, hist.store.snapshot():  # one consistent view of every run
         view = load_view(hist, since=since_at, suite_name=suite_name, baseline=baseline)
         comparison = None
         if view.runs:

@@ -1,40 +1,48 @@
-"""`lab run`: every job of a suite on every device of an inventory, and all of it recorded.
+"""`lab run`: every job of a suite on every device of an inventory, and all of it recorded,
+by one runner or by several on several lab hosts sharing one database.
 
 The order of things:
 
 1. **Plan.**  Which jobs each device runs (by tags), and which artifacts that
    takes: one per (model bytes, quantization, shrink settings), shared by every
    device that needs it.
-2. **Lock.**  Every board of the run is locked in the results database
-   (``lab_locks``: one row per board, with a heartbeat).  A board held by another
-   live run makes this run wait (``lock_wait_s``) or refuse, so two runs never
-   interleave benchmarks on one board.  A holder whose process is gone from
-   this host, or whose heartbeat is older than ``stale_s``, is taken over.
-3. **Build** on the host, once per artifact (shrink_model; an artifact already
+2. **Join or start.**  A runner joins the newest ``running`` run of the same
+   inventory and suite bytes started in the last ``join_within_s`` (the same night,
+   maybe started on another lab host), or the run named by ``run_id``; else it
+   starts one.  It works only on devices it may reach (an inventory's
+   ``reachable_from`` names the lab hosts a board hangs off).
+3. **Lock.**  Every free board this runner may reach is locked in the results
+   database (``lab_locks``, with a lease its heartbeat extends).  A board held by
+   a live runner of ANOTHER run makes this one wait (``lock_wait_s``) or refuse,
+   so two runs never interleave benchmarks on one board; boards a runner of the
+   same run holds are left to it (and taken over when its lease passes).
+4. **Build** on the host, once per artifact (shrink_model; an artifact already
    in the cache is reused, it is content-addressed by source hash and settings).
-4. **Devices run concurrently**, one thread each; a device's jobs run one at a
-   time.  A device session: connect, snapshot (the agent's ``info`` and the
-   doctor's facts: OS, runtimes, CPU, clocks, memory limit), then per job:
-   push (skipped when the device has the bytes), cool down, benchmark, store.
-   Quality checks run meanwhile in a host thread.
-5. **Failures.**  A connection failure is retried ``retries`` times (with
-   ``delay_s`` between); then the device is marked failed with the reason and its
+5. **Devices run concurrently**, one thread each; a device's jobs run one at a
+   time, each claimed in the database first (claims.py).  A device session:
+   connect, snapshot (the agent's ``info`` and the doctor's facts: OS, runtimes,
+   CPU, clocks, memory limit), then per job: push (skipped when the device has
+   the bytes), cool down, benchmark, store.  Quality checks run meanwhile in a
+   host thread.  A runner stays until every job it may do is finished by someone:
+   if another runner dies, its boards and jobs come free after its lease.
+6. **Failures.**  A connection failure is retried ``retries`` times (with
+   ``delay_s`` between); then the device is left to another live runner that may
+   reach it, or, when there is none, marked failed with the reason and its
    remaining jobs fail, while the other devices finish.  An agent that errors,
    times out or is OOM-killed is a measurement (stored with its status), not a
    device failure.
-6. **Resume.**  Every job is a row; ``resume`` re-runs only the jobs of the run
+7. **Resume.**  Every job is a row; ``resume`` re-runs only the jobs of the run
    that have no stored measurement (pending, interrupted or failed).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,15 +51,14 @@ from typing import Any
 from edgeshrink import __version__
 from edgeshrink.artifacts import tool_versions
 from edgeshrink.errors import EdgeshrinkError
-from edgeshrink.formats.gguf.quality import default_eval_text, evaluate_llm
 from edgeshrink.lab.builds import (
     BuildPlan,
     Built,
     LabPlan,
-    build_artifact,
     default_artifacts_dir,
     plan_lab,
 )
+from edgeshrink.lab.claims import DEFAULT_LEASE_S, Fleet, LockHolder, run_alive
 from edgeshrink.lab.config import (
     Inventory,
     LabConfigError,
@@ -62,14 +69,15 @@ from edgeshrink.lab.config import (
     load_suite,
 )
 from edgeshrink.lab.history import JobRecord, LabHistory, LabRun, this_host
+from edgeshrink.lab.host_work import build_all, check_quality
 from edgeshrink.lab.session import DeviceOutcome, DeviceSession, LabEvent, Progress
 from edgeshrink.profiles import get_profile
-from edgeshrink.sweep import QUALITY_METHOD
 
 __all__ = [
+    "DEFAULT_LEASE_S",
     "HEARTBEAT_S",
+    "JOIN_WITHIN_S",
     "LOCK_POLL_S",
-    "STALE_S",
     "BuildPlan",
     "Built",
     "DeviceOutcome",
@@ -82,29 +90,43 @@ __all__ = [
     "run_lab",
 ]
 
-HEARTBEAT_S = 5.0
-STALE_S = 60.0
+HEARTBEAT_S = 5.0  # at most; a short lease (tests) beats four times per lease
 LOCK_POLL_S = 1.0
+JOIN_WITHIN_S = 12 * 3600.0  # "the same night": a running run this recent is joined
 
 
 @dataclass(frozen=True)
 class LabRunOutcome:
     run_id: int
-    status: str
+    status: (
+        str  # the run's when this runner left: finished | running (others finish it) | interrupted
+    )
     resumed: bool
     seconds: float
     build_seconds: float
     devices: tuple[DeviceOutcome, ...]
     jobs: tuple[JobRecord, ...]
-    db_path: Path
+    db_path: Path | str
+    joined: bool = False
+    host: str = ""
+    owner: str = ""
 
     @property
     def ok(self) -> bool:
+        """Every job measured ok, or, when others finish the run, none failed so far."""
+        if self.status == "running":
+            return not any(j.failed for j in self.jobs)
         return self.status == "finished" and all(j.ok for j in self.jobs)
+
+    @property
+    def waiting(self) -> list[JobRecord]:
+        """Jobs nobody has finished: other runners are on them, or no runner reaches them yet."""
+        return [j for j in self.jobs if j.status in ("pending", "running")]
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "run_id": self.run_id, "status": self.status, "resumed": self.resumed,
+            "joined": self.joined, "host": self.host, "runner": self.owner,
             "seconds": round(self.seconds, 3), "build_seconds": round(self.build_seconds, 3),
             "ok": self.ok, "db": str(self.db_path),
             "devices": [d.__dict__ for d in self.devices],
@@ -123,6 +145,8 @@ class LabRunner:
         db: str | os.PathLike[str] | None,
         progress: Progress | None,
         artifacts_dir: Path,
+        host: str,
+        lease_s: float,
     ) -> None:
         self.plan = plan
         self.suite = plan.suite
@@ -130,32 +154,46 @@ class LabRunner:
         self.db = db
         self.progress = progress
         self.artifacts_dir = artifacts_dir
-        self.owner = f"{this_host()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self.host = host
+        self.lease_s = lease_s
+        self.owner = f"{host}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self.run_id: int | None = None
         self.stop = threading.Event()
         self.built: dict[tuple[str, str], Built] = {}
         self.profiles: dict[str, Any] = {}
+        self.unreachable: set[str] = set()  # devices this runner found it cannot reach
+        self.build_seconds = 0.0
+        self.joined = False
         self._emit_lock = threading.Lock()
+        self._beat_stop = threading.Event()
 
     def emit(self, event: LabEvent) -> None:
         if self.progress is not None:
             with self._emit_lock:
                 self.progress(event)
 
+    def fleet(self, hist: LabHistory) -> Fleet:
+        """This runner's claims, through one thread's own connection."""
+        return Fleet(hist.store, owner=self.owner, host=self.host, lease_s=self.lease_s)
+
+    def history(self) -> LabHistory:
+        return LabHistory.open(self.db, self.host)
+
     def lock(
-        self, hist: LabHistory, devices: list[LabDevice], *, wait_s: float, stale_s: float
+        self, hist: LabHistory, attempt: Callable[[], list[LockHolder]], *, wait_s: float
     ) -> None:
-        resources = {d.lock_key: d.name for d in devices}
+        """Try ``attempt`` (take the boards: Fleet.try_lock) until no board is held by
+        another run; wait up to ``wait_s`` for those, then refuse."""
         deadline = time.monotonic() + wait_s
         said = False
         while True:
-            holders = hist.try_lock(resources, self.owner, run_id=self.run_id, stale_s=stale_s)
+            holders = attempt()
             if not holders:
                 return
+            now = hist.store.now()
             if time.monotonic() >= deadline:
-                first = holders[0]
                 raise LabLockError(
-                    f"{first.describe()}"
+                    f"{holders[0].describe(now)}"
                     + (f" (and {len(holders) - 1} more device(s))" if len(holders) > 1 else "")
                     + (f"; waited {wait_s:.0f} s" if wait_s else ""),
                     hint="two lab runs never share a board: wait for that run, pass --lock-wait SECONDS, "
@@ -164,132 +202,70 @@ class LabRunner:
             if not said:
                 self.emit(LabEvent("waiting", self.run_id, message=(
                     f"waiting up to {wait_s:.0f} s for another run: "
-                    + "; ".join(h.describe() for h in holders))))  # fmt: skip
+                    + "; ".join(h.describe(now) for h in holders))))  # fmt: skip
                 said = True
             time.sleep(LOCK_POLL_S)
 
-    def heartbeat_loop(self) -> None:
-        hist = LabHistory.open(self.db)
+    def open_and_lock(
+        self, hist: LabHistory, mine: list[LabDevice], join_within_s: float | None
+    ) -> list[LockHolder]:
+        """One try at joining (or starting) the run and taking its free boards, in ONE
+        exclusive transaction: two hosts starting at once make one run, and a run that
+        must wait for another run's boards leaves nothing behind.  Sets ``run_id`` and
+        ``joined``; returns the other runs' holders in the way."""
+        inventory, suite = self.inventory, self.suite
         try:
-            while not self._beat_stop.wait(HEARTBEAT_S):
-                with contextlib.suppress(EdgeshrinkError):
-                    hist.heartbeat(self.run_id, self.owner)
-        finally:
-            hist.close()
-
-    def build_all(self, hist: LabHistory, needed: set[tuple[str, str]]) -> float:
-        start = time.perf_counter()
-        for plan in self.plan.builds:
-            if (plan.job.name, plan.key) not in needed:
-                continue
-
-            def say(message: str, plan: BuildPlan = plan) -> None:
-                self.emit(LabEvent("build", self.run_id, job=plan.job.name, message=message))
-
-            try:
-                built, reused, seconds = build_artifact(plan, self.artifacts_dir, say)
-            except EdgeshrinkError as exc:
-                built = Built(plan.key, plan.job.name, False, None, None, None, plan.quant,
-                              plan.source_sha256, {}, exc.message)  # fmt: skip
-                reused, seconds = False, 0.0
-                say(f"build failed: {exc.message}")
-            self.built[(plan.job.name, plan.key)] = built
-            hist.save_build(
-                self.run_id, plan.job.name, plan.key,  # type: ignore[arg-type]
-                {"status": "ok" if built.ok else "failed", "source_path": str(plan.source),
-                 "source_sha256": plan.source_sha256,
-                 "artifact_path": str(built.path) if built.path else None,
-                 "artifact_sha256": built.sha256,
-                 "artifact_size": built.path.stat().st_size if built.path and built.path.is_file() else None,
-                 "format": built.format, "quant": built.quant, "reused": int(reused),
-                 "seconds": round(seconds, 3), "error": built.error,
-                 "tool_versions": built.tool_versions,
-                 "quality_status": "pending" if plan.job.quality and built.ok else None},
-            )  # fmt: skip
-            if built.ok:
-                say(
-                    ("reused " if reused else f"built in {seconds:.1f} s: ")
-                    + f"{built.path.name} ({built.quant or built.format}, sha256 {(built.sha256 or '')[:12]}…)"
-                    + f" for {', '.join(plan.devices)}"
-                )
-        return time.perf_counter() - start
-
-    def quality_all(self) -> None:
-        """Quality checks on the host, once per artifact (reused from the store when measured)."""
-        hist = LabHistory.open(self.db)
-        try:
-            for plan in self.plan.builds:
-                built = self.built.get((plan.job.name, plan.key))
-                check = plan.job.quality
-                if check is None or built is None or not built.ok or self.stop.is_set():
-                    continue
-                text = check.text.read_text(encoding="utf-8") if check.text else default_eval_text()
-                settings = json.dumps(
-                    {"text_sha256": hashlib.sha256(text.encode()).hexdigest(),
-                     "n_ctx": check.eval_ctx, "chunks": check.eval_chunks},
-                    sort_keys=True,
+            with hist.store.transaction(immediate=True):
+                run_id, joined = hist.open_run(
+                    suite_name=suite.name, inventory_path=str(inventory.path.resolve()),
+                    inventory_text=inventory.text, inventory_sha256=inventory.sha256,
+                    suite_path=str(suite.path.resolve()), suite_text=suite.text,
+                    suite_sha256=suite.sha256, edgeshrink_version=__version__,
+                    host_tools={"host": self.host, **tool_versions()}, join_within_s=join_within_s,
                 )  # fmt: skip
-                try:
-                    report = hist.store.find_quality(
-                        QUALITY_METHOD, plan.source_sha256, built.sha256 or "", settings
-                    )
-                    if report is None:
-                        self.emit(LabEvent("quality", self.run_id, job=plan.job.name,
-                                           message=f"measuring quality of {built.path.name} on the host"))  # type: ignore[union-attr]  # fmt: skip
-                        measured = evaluate_llm(plan.source, built.path, text=text,  # type: ignore[arg-type]
-                                                n_ctx=check.eval_ctx, max_chunks=check.eval_chunks)  # fmt: skip
-                        report = measured.to_dict()
-                        hist.store.add_quality(
-                            {"method": QUALITY_METHOD, "base_sha256": plan.source_sha256,
-                             "candidate_sha256": built.sha256, "settings": settings,
-                             "candidate_name": built.path.name, "quant": built.quant,  # type: ignore[union-attr]
-                             "kld_mean": measured.kld_mean.value, "ppl_ratio": measured.ppl_ratio.value,
-                             "same_top": measured.same_top.value},
-                            report,
-                        )  # fmt: skip
-                    failures = check.budget.failures(report)
-                    fields = {
-                        "quality_status": "failed-budget" if failures else "ok",
-                        "kld_mean": report["kld_mean"]["value"],
-                        "ppl_ratio": report["ppl_ratio"]["value"],
-                        "same_top": report["same_top"]["value"],
-                        "quality": {"failures": failures, "budget": check.budget.describe(),
-                                    "settings": json.loads(settings)},
-                    }  # fmt: skip
-                    message = "quality: " + (
-                        "; ".join(failures)
-                        if failures
-                        else f"KLD {fields['kld_mean']:.3g} within {check.budget.describe()}"
-                    )
-                except EdgeshrinkError as exc:
-                    fields = {"quality_status": "error", "quality": {"error": exc.message}}
-                    message = f"quality check failed: {exc.message}"
-                hist.set_build_quality(self.run_id, plan.job.name, plan.key, fields)  # type: ignore[arg-type]
-                self.emit(LabEvent("quality", self.run_id, job=plan.job.name, message=message))
+                devices = _with_open_jobs(hist, run_id, mine) if joined else mine
+                holders = self.fleet(hist).try_lock({d.lock_key: d.name for d in devices}, run_id)
+                if holders:
+                    raise _Refused(holders)
+        except _Refused as refused:
+            return refused.holders
+        self.run_id, self.joined = run_id, joined
+        return []
+
+    def heartbeat_loop(self) -> None:
+        hist = self.history()
+        fleet = self.fleet(hist)
+        try:
+            while not self._beat_stop.wait(min(HEARTBEAT_S, self.lease_s / 4)):
+                with contextlib.suppress(EdgeshrinkError):  # a lost beat: the next one may do
+                    fleet.heartbeat(self.run_id)  # type: ignore[arg-type]
         finally:
             hist.close()
 
-    def execute(self, hist: LabHistory, pending: dict[str, list[JobRecord]]) -> list[DeviceOutcome]:
-        self._beat_stop = threading.Event()
+    def execute(self, hist: LabHistory, devices: list[LabDevice]) -> list[DeviceOutcome]:
+        """Build what ``devices``' open jobs need, then one session per device until every
+        job this runner may do is finished (by it or by another runner)."""
         beat = threading.Thread(target=self.heartbeat_loop, name="lab-heartbeat", daemon=True)
         beat.start()
         try:
-            needed = {(r.job, r.build_key or "") for records in pending.values() for r in records}
-            for records in pending.values():
-                for r in records:
-                    self.profiles.update(self._profile_for(r.device))
-            self.build_seconds = self.build_all(hist, needed)
-            quality = threading.Thread(target=self.quality_all, name="lab-quality", daemon=True)
+            names = {d.name for d in devices}
+            open_jobs = [
+                r for r in hist.jobs(self.run_id) if r.device in names and r.status != "done"
+            ]  # type: ignore[arg-type]
+            for r in open_jobs:
+                self.profiles.update(self._profile_for(r.device))
+            self.build_seconds = build_all(
+                self, hist, {(r.job, r.build_key or "") for r in open_jobs}
+            )
+            quality = threading.Thread(
+                target=check_quality, args=(self,), name="lab-quality", daemon=True
+            )
             quality.start()
-            devices = [self.inventory.device(name) for name in pending]
             outcomes: list[DeviceOutcome] = []
             with ThreadPoolExecutor(
                 max_workers=max(1, len(devices)), thread_name_prefix="lab-device"
             ) as pool:
-                futures = [
-                    pool.submit(DeviceSession(self, device, pending[device.name]).run)
-                    for device in devices
-                ]
+                futures = [pool.submit(DeviceSession(self, device).run) for device in devices]
                 try:
                     while True:
                         done, running = wait(futures, timeout=0.5)
@@ -303,7 +279,7 @@ class LabRunner:
                     raise
                 finally:
                     for future in futures:
-                        if future.done() and future.exception() is None:
+                        if future.done() and future.exception() is None and future.result():
                             outcomes.append(future.result())
             quality.join()
             return outcomes
@@ -324,102 +300,146 @@ def run_lab(
     *,
     db: str | os.PathLike[str] | None = None,
     resume: int | None = None,
+    run_id: int | None = None,
     lock_wait_s: float = 0.0,
-    stale_s: float = STALE_S,
+    lease_s: float = DEFAULT_LEASE_S,
+    lab_host: str | None = None,
+    join_within_s: float | None = JOIN_WITHIN_S,
     artifacts_dir: str | os.PathLike[str] | None = None,
     progress: Progress | None = None,
 ) -> LabRunOutcome:
-    """Run (or, with ``resume``, finish) a lab run; returns what happened, all of it stored.
+    """Run a lab run, join one (another lab host's, the same night), or with ``resume``
+    finish one; returns what happened, all of it stored.
 
-    With ``resume`` the run's own stored inventory and suite are used; files
-    given as well must be the same bytes.
+    A run of the same inventory and suite bytes that is ``running`` and started within
+    ``join_within_s`` is joined (None: never); ``run_id`` joins that run.  With
+    ``resume`` or ``run_id`` the run's own stored inventory and suite are used; files
+    given as well must be the same bytes.  ``lab_host`` names this host as inventories'
+    ``reachable_from`` do (default: $EDGESHRINK_LAB_HOST, else the host name);
+    ``lease_s``: how long this runner's boards and jobs outlive its last heartbeat.
     """
     start = time.perf_counter()
-    hist = LabHistory.open(db)
+    host = lab_host or this_host()
+    hist = LabHistory.open(db, host)
     try:
         run: LabRun | None = None
-        if resume is not None:
-            run = hist.get_run(resume)
+        if resume is not None or run_id is not None:
+            wanted = resume if resume is not None else run_id
+            run = hist.get_run(wanted)  # type: ignore[arg-type]
             if run is None:
                 raise LabConfigError(
-                    f"no lab run {resume} in {hist.store.path}",
+                    f"no lab run {wanted} in {hist.store.path}",
                     hint="`edgeshrink lab status` lists the runs",
                 )
             inventory, suite = _stored_config(run, inventory, suite)
-            if run.is_alive(stale_s):
+            if resume is not None and run_alive(hist.store, run, host=host):
                 raise LabLockError(
                     f"lab run {run.id} is still running on {run.host} pid {run.pid} "
-                    f"(heartbeat {time.time() - run.heartbeat_at:.0f} s ago)",
-                    hint="wait for it to finish; a run can be resumed once its process is gone",
+                    f"(heartbeat {hist.store.now() - run.heartbeat_at:.0f} s ago)",
+                    hint=f"join it instead: `edgeshrink lab run --run-id {run.id}`; a run can be "
+                    "resumed once no runner works on it",
                 )
         if inventory is None or suite is None:
             raise LabConfigError("lab run needs an inventory and a suite (or --resume RUN_ID)")
         plan = plan_lab(inventory, suite)
         runner = LabRunner(
-            plan, db=db, progress=progress,
+            plan, db=db, progress=progress, host=host, lease_s=lease_s,
             artifacts_dir=Path(artifacts_dir) if artifacts_dir else default_artifacts_dir(),
         )  # fmt: skip
-        runner.build_seconds = 0.0
+        mine = [d for d in inventory.devices if plan.jobs[d.name] and d.reachable_by(host)]
         if run is not None:
+            resources = {
+                d.lock_key: d.name
+                for d in _with_open_jobs(hist, run.id, mine, failed=resume is not None)
+            }
+            given = run
+            runner.lock(
+                hist, lambda: runner.fleet(hist).try_lock(resources, given.id), wait_s=lock_wait_s
+            )
             runner.run_id = run.id
             _ensure_rows(hist, run.id, plan)
-            todo = {r.device for r in hist.jobs(run.id) if r.status != "done"}
-            runner.lock(hist, [inventory.device(n) for n in sorted(todo)], wait_s=lock_wait_s,
-                        stale_s=stale_s)  # fmt: skip
-            hist.claim_run(run.id)
-            reset = hist.reset_unfinished(run.id)
-            pending = _pending(hist, run.id)
-            runner.emit(
-                LabEvent(
-                    "run-started", run.id, message=f"resuming run {run.id}: {reset} job(s) to do"
-                )
-            )
+            if resume is not None:
+                hist.claim_run(run.id)
+                todo = hist.reset_unfinished(run.id)
+                message = f"resuming run {run.id}: {todo} job(s) to do"
+            else:
+                runner.joined = True
+                message = f"joining run {run.id} (started {run.started_at[:16]} on {run.host})"
         else:
-            devices = [d for d in inventory.devices if plan.jobs[d.name]]
-            runner.lock(hist, devices, wait_s=lock_wait_s, stale_s=stale_s)
-            try:
-                run_id = hist.create_run(
-                    suite_name=suite.name, inventory_path=str(inventory.path.resolve()),
-                    inventory_text=inventory.text, inventory_sha256=inventory.sha256,
-                    suite_path=str(suite.path.resolve()), suite_text=suite.text,
-                    suite_sha256=suite.sha256, edgeshrink_version=__version__,
-                    host_tools={"host": this_host(), **tool_versions()},
-                )  # fmt: skip
-            except BaseException:
-                hist.release_locks(runner.owner)
-                raise
-            runner.run_id = run_id
-            hist.attach_locks(runner.owner, run_id)
-            _ensure_rows(hist, run_id, plan)
-            pending = _pending(hist, run_id)
-            runner.emit(LabEvent("run-started", run_id, message=(
-                f"run {run_id} of suite {suite.name}: {sum(len(v) for v in pending.values())} job(s) "
-                f"on {len(pending)} device(s)")))  # fmt: skip
+            runner.lock(
+                hist, lambda: runner.open_and_lock(hist, mine, join_within_s), wait_s=lock_wait_s
+            )
+            assert runner.run_id is not None
+            _ensure_rows(hist, runner.run_id, plan)
+            first = hist.get_run(runner.run_id)
+            assert first is not None
+            message = (
+                f"joining run {first.id} of suite {suite.name} (started {first.started_at[:16]} "
+                f"on {first.host})" if runner.joined else f"run {first.id} of suite {suite.name}"
+            )  # fmt: skip
         run_id = runner.run_id
         assert run_id is not None
-        status = "finished"
+        fleet = runner.fleet(hist)
+        interrupted = False
+        outcomes: list[DeviceOutcome] = []
         try:
-            outcomes = runner.execute(hist, pending) if pending else []
+            fleet.join(run_id, os.getpid())
+            devices = _with_open_jobs(hist, run_id, mine)
+            names = {d.name for d in devices}
+            todo = [j for j in hist.jobs(run_id) if j.status in ("pending", "running")
+                    and j.device in names]  # fmt: skip
+            elsewhere = sorted(
+                {d.name for d in inventory.devices if plan.jobs[d.name]} - {d.name for d in mine}
+            )
+            runner.emit(LabEvent("run-started", run_id, message=(
+                f"{message}: {len(todo)} job(s) to do on {len(devices)} device(s) that {host} may reach"
+                + (f"; left to other lab hosts: {', '.join(elsewhere)}" if elsewhere else ""))))  # fmt: skip
+            outcomes = runner.execute(hist, devices) if devices else []
         except BaseException:
-            # Ctrl-C, or a failure of the host itself: what is stored stays, and
-            # `lab run --resume` finishes the rest.
-            status = "interrupted"
+            # Ctrl-C, or a failure of the host itself: what is stored stays, another runner
+            # (or `lab run --resume`) finishes the rest.
+            interrupted = True
             raise
         finally:
+            # Its boards and claims go back at once, not when its lease passes.
+            status = fleet.leave(run_id, interrupted=interrupted,
+                                 summarize=lambda jobs: _summary(jobs, runner))  # fmt: skip
             jobs = hist.jobs(run_id)
-            summary = _summary(jobs, runner)
-            hist.finish_run(run_id, status, summary)
-            hist.release_locks(runner.owner)
+        summary = _summary(jobs, runner)
+        waiting = sorted({j.device for j in jobs if j.status in ("pending", "running")})
         runner.emit(LabEvent("run-finished", run_id, message=(
             f"run {run_id} {status}: {summary['ok']} ok, {summary['failed']} failed "
-            f"of {summary['jobs']} job(s)"), data=summary))  # fmt: skip
+            f"of {summary['jobs']} job(s)"
+            + (f"; {summary['pending']} job(s) left to other runners or lab hosts, on "
+               f"{', '.join(waiting)}" if status == "running" else "")), data=summary))  # fmt: skip
         return LabRunOutcome(
             run_id=run_id, status=status, resumed=resume is not None,
             seconds=time.perf_counter() - start, build_seconds=runner.build_seconds,
             devices=tuple(outcomes), jobs=tuple(jobs), db_path=hist.store.path,
+            joined=runner.joined, host=host, owner=runner.owner,
         )  # fmt: skip
     finally:
         hist.close()
+
+
+class _Refused(Exception):
+    """Rolls back a try at starting a run whose boards another run holds."""
+
+    def __init__(self, holders: list[LockHolder]) -> None:
+        super().__init__(f"{len(holders)} board(s) held by another run")
+        self.holders = holders
+
+
+def _with_open_jobs(
+    hist: LabHistory, run_id: int | None, devices: list[LabDevice], *, failed: bool = False
+) -> list[LabDevice]:
+    """The devices with a job that nobody has finished in the run (``failed``: or that
+    failed, which a resume runs again)."""
+    if run_id is None:
+        return list(devices)
+    statuses = ("pending", "running", "failed") if failed else ("pending", "running")
+    open_on = {j.device for j in hist.jobs(run_id) if j.status in statuses}
+    return [d for d in devices if d.name in open_on]
 
 
 def _stored_config(

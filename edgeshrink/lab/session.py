@@ -1,5 +1,6 @@
-"""One device's part of a lab run: its jobs one at a time, with bounded retries when the
-connection fails; and the events a run reports as it goes."""
+"""One device's part of a lab run: its jobs one at a time, each claimed in the results
+database first, with bounded retries when the connection fails; and the events a run
+reports as it goes."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from edgeshrink.bench import run_agent_bench
-from edgeshrink.errors import EdgeshrinkError, TransportError
+from edgeshrink.deploy import threads_for
+from edgeshrink.errors import EdgeshrinkError, LabLockError, TransportError
+from edgeshrink.lab.claims import Fleet
 from edgeshrink.lab.config import LabDevice
 from edgeshrink.lab.history import JobRecord, LabHistory
 from edgeshrink.lab.measure import (
@@ -26,6 +29,8 @@ from edgeshrink.transport import open_transport
 
 if TYPE_CHECKING:
     from edgeshrink.lab.runner import LabRunner
+
+LOCK_POLL_S = 1.0  # how often a session waiting for a board or a claim looks again
 
 
 @dataclass(frozen=True)
@@ -53,34 +58,68 @@ class DeviceOutcome:
 
 
 class DeviceSession:
-    """One device's jobs, one at a time, with bounded retries on connection failures."""
+    """One device's jobs, one at a time, each claimed first, with bounded retries on
+    connection failures; it waits while another runner holds the board and takes it over
+    when that runner's lease passes."""
 
-    def __init__(self, runner: LabRunner, device: LabDevice, jobs: list[JobRecord]) -> None:
+    def __init__(self, runner: LabRunner, device: LabDevice) -> None:
         self.runner = runner
         self.device = device
-        self.jobs = jobs
         self.profile = runner.profiles.get(device.profile) if device.profile else None
+        self.settled = False  # nothing left on this device for this runner, ever
+        self.told_waiting = False
 
     def emit(self, kind: str, job: str | None = None, message: str = "", **data: Any) -> None:
         self.runner.emit(LabEvent(kind, self.runner.run_id, self.device.name, job, message, data))
 
-    def run(self) -> DeviceOutcome:
+    def next_job(self, hist: LabHistory, fleet: Fleet) -> JobRecord | None:
+        """The device's next job, claimed; None when there is none for now (another
+        runner's board or claim: poll again) or ever (``settled``)."""
+        runner, device, run_id = self.runner, self.device, self.runner.run_id
+        assert run_id is not None
+        if not fleet.open_jobs(run_id, device.name) or device.name in runner.unreachable:
+            self.settled = True
+            return None
+        fleet.reap(run_id)
+        holder = fleet.take_board(device.lock_key, device.name, run_id)
+        if holder is not None:
+            if not self.told_waiting:
+                self.emit("waiting", message=f"{holder.describe(hist.store.now())}: waiting for it")
+                self.told_waiting = True
+            return None
+        record = fleet.claim_job(run_id, device.name)
+        if record is None:  # claimed by a runner whose lease lasts: its board once more
+            fleet.release([device.lock_key])
+        return record
+
+    def run(self) -> DeviceOutcome | None:
+        """Work on the device until nothing is left for this runner; None when it never
+        ran a job here (another runner did them all)."""
         runner, device = self.runner, self.device
         start = time.perf_counter()
-        hist = LabHistory.open(runner.db)
-        hist.device_started(runner.run_id, device.name)
-        self.emit(
-            "device-started", message=f"{len(self.jobs)} job(s) on {device.target.describe()}"
-        )
+        hist = runner.history()
+        fleet = runner.fleet(hist)
         transport = None
         snapshot: dict[str, Any] | None = None
         snapshot_id: int | None = None
         failures = attempts = 0
         status, error = "ok", None
-        pending = list(self.jobs)
+        worked = False
+        record: JobRecord | None = None
         try:
-            while pending and not runner.stop.is_set():
-                record = pending[0]
+            while not runner.stop.is_set():
+                if record is None:
+                    record = self.next_job(hist, fleet)
+                    if record is None:
+                        if self.settled:
+                            break
+                        runner.stop.wait(LOCK_POLL_S)
+                        continue
+                    if not worked:
+                        worked = True
+                        start = time.perf_counter()  # its time: not the wait for the board
+                        hist.device_started(runner.run_id, device.name)
+                        self.emit("device-started", message=f"on {device.target.describe()}")
                 reaching = True  # until the job itself starts, a failure is the device's
                 try:
                     if transport is None:
@@ -95,23 +134,20 @@ class DeviceSession:
                         self.emit("snapshot", message=describe_snapshot(fields), snapshot=fields)
                     reaching = False
                     self._run_job(hist, transport, record, snapshot, snapshot_id)
-                    pending.pop(0)
+                    record = None
                     failures = 0
+                except LabLockError as exc:  # another runner took the job over: its board too
+                    self.emit("claim-lost", record.job, exc.message)
+                    record = None
+                    break
                 except TransportError as exc:
                     with contextlib.suppress(Exception):
                         transport.close()  # type: ignore[union-attr]
                     transport = None
                     failures += 1
                     if failures > runner.suite.retry.retries:
-                        status = "failed"
-                        error = f"device failed after {failures} attempt(s): {exc.message}"
-                        for rest in pending:
-                            hist.job_failed(
-                                rest.id, error, before_start=reaching and rest is record
-                            )
-                            self.emit("job-failed", rest.job, error)
-                        pending = []
-                        self.emit("device-failed", message=error)
+                        status, error = self.give_up(hist, fleet, record, exc, failures, reaching)
+                        record = None
                         break
                     hist.job_attempt_failed(record.id, exc.message, before_start=reaching)
                     self.emit(
@@ -123,13 +159,14 @@ class DeviceSession:
                 except EdgeshrinkError as exc:
                     hist.job_failed(record.id, exc.message)
                     self.emit("job-failed", record.job, exc.message)
-                    pending.pop(0)
+                    record = None
                 except Exception as exc:  # noqa: BLE001 - one bad job must not end the device's session
                     message = f"internal error: {type(exc).__name__}: {exc}"
                     hist.job_failed(record.id, message)
                     self.emit("job-failed", record.job, message)
-                    pending.pop(0)
-            if pending:
+                    record = None
+            if record is not None:  # stopped while it held a job: the job waits for a resume
+                fleet.release_job(record.id)
                 status, error = "failed", "interrupted before its jobs ran"
         finally:
             if transport is not None:
@@ -137,12 +174,45 @@ class DeviceSession:
                     transport.close()
             seconds = time.perf_counter() - start
             with contextlib.suppress(EdgeshrinkError):
-                hist.release_locks(runner.owner, [device.lock_key])
-                hist.device_finished(runner.run_id, device.name, status, seconds=seconds,
-                                     attempts=attempts, error=error)  # fmt: skip
+                fleet.release([device.lock_key])
+                if worked:
+                    hist.device_finished(runner.run_id, device.name, status, seconds=seconds,
+                                         attempts=attempts, error=error)  # fmt: skip
             hist.close()
+        if not worked:
+            return None
         self.emit("device-done", message=f"{status} in {seconds:.1f} s")
         return DeviceOutcome(device.name, status, seconds, attempts, error)
+
+    def give_up(
+        self,
+        hist: LabHistory,
+        fleet: Fleet,
+        record: JobRecord,
+        exc: TransportError,
+        failures: int,
+        reaching: bool,
+    ) -> tuple[str, str]:
+        """The device did not answer ``failures`` times: leave it to another live runner
+        that may reach it, or, when there is none, fail its open jobs.  Returns the
+        device's status and error for this session."""
+        runner, device, run_id = self.runner, self.device, self.runner.run_id
+        assert run_id is not None
+        error = f"device failed after {failures} attempt(s): {exc.message}"
+        runner.unreachable.add(device.name)
+        fleet.mark_unreachable(run_id, device.name, error)
+        if fleet.others_may_reach(run_id, device.name, device.reachable_by):
+            hist.job_attempt_failed(record.id, exc.message, before_start=reaching)
+            fleet.release_job(record.id)
+            message = f"{runner.host} cannot reach it ({exc.message}): left to the other runner(s)"
+            self.emit("device-left", message=message)
+            return "pending", message
+        for job in hist.fail_open_jobs(
+            run_id, device.name, error, current=record.id, before_start=reaching
+        ):
+            self.emit("job-failed", job, error)
+        self.emit("device-failed", message=error)
+        return "failed", error
 
     def _run_job(
         self,
@@ -152,8 +222,6 @@ class DeviceSession:
         snapshot: dict[str, Any] | None,
         snapshot_id: int,
     ) -> None:
-        from edgeshrink.deploy import threads_for
-
         runner, device = self.runner, self.device
         job = runner.suite.job(record.job)
         built = runner.built.get((record.job, record.build_key or ""))
@@ -182,19 +250,21 @@ class DeviceSession:
             model_format=built.format or "gguf", timeout_s=job.timeout_s,
         )  # fmt: skip
         profile_id = self.profile.id if self.profile else device.profile
-        result_id = hist.store.add_result(
-            result_row(device, built, result, job.bench.key(), profile_id), result.document
-        )
         figures = job_figures(result, built, snapshot)
         if figures["temp_before_c"] is None and cooldown.get("temp_c") is not None:
             # The agent reads /sys/class/thermal only; the inventory may name other sensors.
             figures["temp_before_c"] = cooldown["temp_c"]
             figures["context"]["temp_c"] = cooldown["temp_c"]
-        hist.job_done(
+        # The result and the job's row in one transaction, while the claim is still ours:
+        # a runner that dies in between leaves neither, and one whose claim was taken
+        # over stores neither (LabLockError).
+        result_id = hist.job_done(
             record.id,
-            {"result_id": result_id, "result_status": result.status, "error": result.error_message,
+            {"result_status": result.status, "error": result.error_message,
              "cooldown": cooldown, "snapshot_id": snapshot_id,
              "seconds": round(time.perf_counter() - start, 3), **figures},
+            result=(result_row(device, built, result, job.bench.key(), profile_id), result.document),
+            runner=runner.owner,
         )  # fmt: skip
         self.emit("job-done", record.job, describe_result(result), status=result.status,
                   result_id=result_id)  # fmt: skip

@@ -45,6 +45,11 @@ class LabDevice:
     target: Target
     tags: tuple[str, ...]
     thermal: tuple[str, ...] = DEFAULT_THERMAL
+    reachable_from: tuple[str, ...] = ()  # lab hosts the board hangs off; empty: any host
+
+    def reachable_by(self, host: str) -> bool:
+        """Whether a runner on lab host ``host`` may try this board."""
+        return not self.reachable_from or host in self.reachable_from
 
     @property
     def lock_key(self) -> str:
@@ -60,8 +65,11 @@ class LabDevice:
 
     def to_dict(self) -> dict[str, Any]:
         target = {k: v for k, v in self.target.to_dict().items() if k != "accept_new_host_key"}
-        return {"name": self.name, "tags": list(self.tags), "thermal": list(self.thermal),
-                "target": target}  # fmt: skip
+        doc = {"name": self.name, "tags": list(self.tags), "thermal": list(self.thermal),
+               "target": target}  # fmt: skip
+        if self.reachable_from:
+            doc["reachable_from"] = list(self.reachable_from)
+        return doc
 
 
 @dataclass(frozen=True)

@@ -20,16 +20,18 @@ import os
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from edgeshrink.bench import BenchParams
 from edgeshrink.errors import EdgeshrinkError, RecipeError
-from edgeshrink.formats import gguf
+from edgeshrink.formats import backend, gguf
 from edgeshrink.formats.base import ModelInfo
 from edgeshrink.formats.gguf.imatrix import IMATRIX_BELOW_BPW
 from edgeshrink.formats.gguf.plan import plan_gguf
 from edgeshrink.formats.gguf.quality import default_eval_text, evaluate_llm
 from edgeshrink.passes import Step, step
 from edgeshrink.passes.prune_choice import RemovalMeter, choose_removal, split_texts
+from edgeshrink.pipeline import run_recipe
 from edgeshrink.plan import ShrinkOptions
 from edgeshrink.profiles import HardwareProfile
 from edgeshrink.shrink import shrink_gguf
@@ -58,6 +60,7 @@ class Variant:
     suffix: str  # "" for the plain ladder, "-prune2" for two blocks removed
     passes: tuple[Step, ...]
     pruned: tuple[int, ...] = ()  # the original's blocks it removes
+    source: Path | None = None  # a healed student the types are made from (else the model)
     imatrix: bool = False  # made with an importance matrix ("-imatrix")
 
     def makes(self, quant: str) -> bool:
@@ -79,6 +82,7 @@ def sweep_gguf(
     imatrix_file: Path | None = None,
     max_size: int | None = None,
     fit: bool = False,
+    heal: dict[str, Any] | None = None,
     target: Target | None = None,
     params: BenchParams | None = None,
     optimize: str = "speed",
@@ -121,13 +125,20 @@ def sweep_gguf(
                 store, model, info, base_sha, n, calibration_text, text, out_dir, say
             )
             variants.append(Variant(f"-prune{n}", (step("prune", layers=layers),), layers))
+            if heal is not None:
+                healed = healed_student(model, info, base_sha, layers, calibration_text, heal,
+                                        out_dir / f"{model.stem}-prune{n}-healed.gguf", say)  # fmt: skip
+                variants.append(Variant(f"-prune{n}-healed", (), layers, healed))
         made = candidate_options(
             info, profile, variants, ladder, context,
             ImatrixChoice(imatrix, imatrix_text, imatrix_file, max_size, fit),
         )  # fmt: skip
         for label, name, variant, options in made:
-            say(f"{label}: " + ("quantizing" if not variant.pruned else "pruning and quantizing"))
-            art = shrink_gguf(model, profile, options, info=info, output=out_dir / name).artifact
+            source = variant.source or model
+            source_info = gguf.inspect_gguf(source) if variant.source else info
+            say(f"{label}: " + ("pruning and quantizing" if variant.passes else "quantizing"))
+            art = shrink_gguf(source, profile, options, info=source_info,
+                              output=out_dir / name).artifact  # fmt: skip
             # A pruned file is estimated from its own tensors, at its own type.
             shape_of = gguf.inspect_gguf(art.path) if variant.pruned else info
             estimate = plan_gguf(shape_of, profile, replace(options, passes=())).chosen
@@ -164,6 +175,7 @@ def sweep_gguf(
                     loss=float(quality["kld_mean"]["value"]),
                     type=art.quant,
                     pruned=variant.pruned,
+                    healed=variant.source is not None,
                     recipe=tuple(art.recipe),
                 )
             )
@@ -272,6 +284,23 @@ def chosen_removal(
         choice.to_dict(),
     )  # fmt: skip
     return choice.layers
+
+
+def healed_student(model: Path, info: ModelInfo, base_sha: str, layers: tuple[int, ...],
+                   calibration_text: str | None, heal: dict[str, Any], output: Path,
+                   say: Progress) -> Path:  # fmt: skip
+    """The pruned student trained to imitate ``model`` (on the calibration text, the same
+    one the removal was scored on), as a float GGUF the ladder's types are made from."""
+    text, _ = split_texts(calibration_text, None)
+    distill = step("distill", teacher=base_sha, text=hashlib.sha256(text.encode()).hexdigest(),
+                   **heal)  # fmt: skip
+    float_type = "F32" if info.file_type == "F32" else "F16"
+    recipe = (step("prune", layers=layers), distill, step("quantize", type=float_type))
+    say(f"prune{len(layers)}: healing the student (distillation)")
+    made = run_recipe(model, info, backend("gguf"), None, recipe, None,
+                      ShrinkOptions(passes=recipe[:-1], text=text), output=output,
+                      progress=say, for_profile=False)  # fmt: skip
+    return made.artifact.path
 
 
 def beaten(candidates: list[SweepCandidate]) -> list[SweepCandidate]:

@@ -94,7 +94,26 @@ def device_toml(name: str, rig, *, tags: tuple[str, ...] = (), thermal: str | No
     return "\n".join(lines) + "\n\n"
 
 
-def cli_env(home: Path, db: Path) -> dict[str, str]:
+SHORT_JOB = """
+[[job]]
+name = "{name}"
+model = "{model}"
+quant = "Q8_0"
+[job.bench]
+prompt_tokens = 32
+gen_tokens = 8
+reps = 2
+threads = 1
+"""
+
+
+def short_jobs(model: Path | str, names: tuple[str, ...] = ("first", "second")) -> str:
+    """A suite's [[job]] tables: one short benchmark of ``model`` (pp32 + tg8, 2 reps,
+    one thread) per name."""
+    return "".join(SHORT_JOB.replace("{name}", n).replace("{model}", str(model)) for n in names)
+
+
+def cli_env(home: Path, db: Path | str) -> dict[str, str]:
     """Environment for a child `edgeshrink` with every user dir under ``home``."""
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("EDGESHRINK_", "XDG_", "SSH_AUTH"))

@@ -63,7 +63,26 @@ INVENTORY_ERRORS = [
     ('[defaults]\nport = "22"\n' + DEVICE, "defaults.port must be an integer, got string '22'"),
     (DEVICE + 'target = "nowhere"\n', "device[1] (a).target: unknown target 'nowhere'"),
     ("[[device]]\nname = \"a\"\nhost = \n", "invalid TOML"),
+    (DEVICE + 'reachable_from = "lab-a"\n', "device[1] (a).reachable_from must be an array of strings, got string"),
+    ('[defaults]\nreachable_from = [""]\n' + DEVICE, "defaults.reachable_from[0] must be a non-empty string"),
 ]  # fmt: skip
+
+
+def test_reachable_from_names_the_lab_hosts_a_board_hangs_off(tmp_path: Path) -> None:
+    path = tmp_path / "lab.toml"
+    path.write_text(
+        '[defaults]\nreachable_from = ["lab-a"]\n' + DEVICE
+        + DEVICE.replace('"a"', '"b"').replace("10.0.0.1", "10.0.0.2") + 'reachable_from = ["lab-b", "lab-c"]\n'
+        + DEVICE.replace('"a"', '"c"').replace("10.0.0.1", "10.0.0.3") + "reachable_from = []\n"
+    )  # fmt: skip
+    inventory = load_inventory(path)
+    a, b, c = (inventory.device(n) for n in "abc")
+    assert a.reachable_by("lab-a") and not a.reachable_by("lab-b")
+    assert b.reachable_by("lab-c") and not b.reachable_by(
+        "lab-a"
+    )  # its own list replaces [defaults]
+    assert c.reachable_by("anywhere")  # empty: any host
+    assert a.to_dict()["reachable_from"] == ["lab-a"] and "reachable_from" not in c.to_dict()
 
 
 @pytest.mark.parametrize(

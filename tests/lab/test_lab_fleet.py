@@ -437,3 +437,26 @@ def test_status_shows_the_median_that_compare_judges(fleet):
     assert checked
     compare = edgeshrink(fleet, "lab", "compare", "--run", str(run_id), "--all")
     assert "NOW is the median of this run's repetitions" in compare.stdout
+
+
+def test_compare_and_report_on_postgresql_match_sqlite_for_the_same_history(fleet, postgres_url):
+    """The six nights copied into PostgreSQL with `store copy` (verified): every night's
+    comparison, and the report, are the same on both engines."""
+    from edgeshrink.lab import compare
+    from edgeshrink.lab.reporting import build_report
+
+    copied = edgeshrink(fleet, "store", "copy", str(fleet.db), postgres_url, "--json")
+    assert copied.returncode == 0, copied.stderr
+    doc = json.loads(copied.stdout)
+    assert doc["verified"] and doc["copied"] > 0 and ":***@" in doc["destination"]
+    for outcome in fleet.outcomes:
+        on_sqlite = compare(fleet.db, run_id=outcome.run_id).to_dict()
+        assert compare(postgres_url, run_id=outcome.run_id).to_dict() == on_sqlite
+    lite = edgeshrink(fleet, "lab", "compare", "--json")
+    pg = edgeshrink(fleet, "lab", "compare", "--json", "--db", postgres_url)
+    assert (pg.returncode, pg.stdout) == (lite.returncode, lite.stdout)
+    assert lite.stdout.count('"verdict"') > 10
+    reports = [build_report(db, since="1d").to_dict() for db in (fleet.db, postgres_url)]
+    for report in reports:
+        report.pop("generated_at"), report.pop("db")
+    assert reports[0] == reports[1]

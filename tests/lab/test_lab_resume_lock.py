@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from lab_rig import cli_env, device_toml
+from lab_rig import cli_env, device_toml, short_jobs
 
 SUITE = """
 name = "lock-test"
@@ -28,24 +28,6 @@ retry_delay_s = 0.2
 max_temp_c = 60
 max_wait_s = {max_wait}
 poll_s = 0.3
-[[job]]
-name = "first"
-model = "{model}"
-quant = "Q8_0"
-[job.bench]
-prompt_tokens = 32
-gen_tokens = 8
-reps = 2
-threads = 1
-[[job]]
-name = "second"
-model = "{model}"
-quant = "Q8_0"
-[job.bench]
-prompt_tokens = 32
-gen_tokens = 8
-reps = 2
-threads = 1
 """
 
 
@@ -69,9 +51,7 @@ def lab_files(board, nano_model, tmp_path):
 
     def suite(max_wait: float) -> Path:
         path = tmp_path / f"suite-{max_wait:g}.toml"
-        path.write_text(
-            SUITE.replace("{model}", str(nano_model)).replace("{max_wait}", str(max_wait))
-        )
+        path.write_text(SUITE.replace("{max_wait}", str(max_wait)) + short_jobs(nano_model))
         return path
 
     return inventory, suite, sensor, tmp_path / "results.db"
@@ -122,11 +102,13 @@ def test_cool_down_waits_until_the_board_is_under_the_threshold(lab_env, lab_fil
 
 
 def test_a_second_run_on_the_same_devices_refuses_or_waits(lab_env, lab_files, board):
+    """Another suite on the same board: another run, which never shares the board.  (The
+    same inventory and suite would join the first run instead: test_lab_runners.py.)"""
     inventory, suite, sensor, db = lab_files
     env = cli_env(lab_env, db)
     sensor.write_text("90000\n")  # hot: run A sits in its cool-downs (2.5 s limit each)
-    args = ["lab", "run", "-i", str(inventory), "-s", str(suite(2.5))]
-    first = start(env, *args)
+    first = start(env, "lab", "run", "-i", str(inventory), "-s", str(suite(2.5)))
+    args = ["lab", "run", "-i", str(inventory), "-s", str(suite(3))]
     try:
         wait_for(db, "SELECT 1 FROM lab_jobs WHERE status = 'running'")
         refused = subprocess.run([sys.executable, "-m", "edgeshrink", *args], capture_output=True,

@@ -189,7 +189,7 @@ def distill_student(src: Path, work: Path, name: str, recipe: Any, quant: str, o
         )
     layers = removed_layers(recipe)
     teacher = Path(options.teacher) if options.teacher else src
-    student = work / "student.gguf"
+    student = work / f"student-{name}"  # never the output's own name
     progress(f"making the student: {src.name}" + (
         f" without layers {', '.join(map(str, layers))}" if layers else "") + ", as F32")  # fmt: skip
     quantize_gguf(src, student, "F32", threads=options.threads, allow_requantize=True,
@@ -200,7 +200,7 @@ def distill_student(src: Path, work: Path, name: str, recipe: Any, quant: str, o
         seed=step.get("seed"), threads=options.threads,
     )  # fmt: skip
     run = distill_gguf(
-        teacher, student, text, work / "healed.gguf", settings=settings,
+        teacher, student, text, work / f"healed-{name}", settings=settings,
         removed=layers or tuple(step.get("cuts") or ()), train=step.get("train"),
         n_ctx=step.get("ctx"), checkpoint=work.parent / f".{name}.distill.pt",
         resume=options.resume, fingerprint=json.dumps([s.to_dict() for s in recipe], sort_keys=True),

@@ -207,6 +207,8 @@ def quantize_gguf(
                 f"({free / 2**20:.1f} MiB free in {dst.parent})",
                 hint="free some space or write the artifact to another disk (-o PATH)",
             )
+        if os.environ.get("EDGESHRINK_DEBUG") == "1":
+            sys.stderr.write(f"llama.cpp's log (quantizing {src.name} to {qtype.name}):\n{log}\n")
         raise QuantizationError(
             f"llama.cpp could not quantize {src.name} to {qtype.name}: {reason}",
             hint="run with EDGESHRINK_DEBUG=1 to see llama.cpp's log",
