@@ -29,6 +29,12 @@ class ModelFileError(EdgeshrinkError, OSError):
     default_hint = "check the path and that the file was copied completely"
 
 
+class ImatrixError(ModelFileError):
+    """An importance matrix that is unreadable, or made for another model."""
+
+    default_hint = "compute one for this model with `edgeshrink imatrix MODEL`"
+
+
 class UnsupportedFormatError(EdgeshrinkError, ValueError):
     """A file or directory of a kind edgeshrink does not handle (yet)."""
 

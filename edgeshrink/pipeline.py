@@ -67,8 +67,9 @@ def plan_model(info: ModelInfo, profile: HardwareProfile, options: ShrinkOptions
 
 
 def recipe_for(plan: ShrinkPlan, options: ShrinkOptions) -> Recipe:
-    """The passes a shrink runs: the options' own passes, then the planned type."""
-    return (*options.passes, step("quantize", type=plan.quant))
+    """The passes a shrink runs: the options' own passes, then the planned type (and the
+    size budget a mix of types meets)."""
+    return (*options.passes, step("quantize", type=plan.quant, max_size=plan.max_size))
 
 
 def reusable_artifact(
@@ -109,9 +110,9 @@ def shrink_model(
     first = fmt.intermediate(src, info, plan, options, Path(output) if output else None)
     if first is None:
         return run_recipe(src, info, fmt, plan, recipe_for(plan, options), profile, options,
-                          output=resolve_output(src, plan.quant, output), progress=progress)  # fmt: skip
+                          output=resolve_output(src, plan.label, output), progress=progress)  # fmt: skip
     base, base_recipe = first
-    final = Path(output) if output else default_output_path(src, plan.quant)
+    final = Path(output) if output else default_output_path(src, plan.label)
     made = run_recipe(src, info, fmt, plan, base_recipe, profile, options, output=base,
                       progress=progress, for_profile=base == final)  # fmt: skip
     if base == final:
@@ -146,6 +147,11 @@ def run_recipe(
         fmt.preflight(info, plan, options)
     say(f"hashing {src.name}")
     source_sha = fmt.source_sha256(src, info)
+    # What the recipe's settings leave to the backend (an importance matrix) is found or
+    # made now: its hash is part of the reuse key.
+    extra, options = fmt.resolve_settings(src, info, recipe, options, source_sha, say)
+    if extra:
+        recipe = (*recipe[:-1], step(recipe[-1].name, **dict(recipe[-1].settings), **extra))
     if not options.force:
         details = fmt.reuse_details(info, profile, options, quant)
         existing = reusable_artifact(output, source_sha, recipe, details)

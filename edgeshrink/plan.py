@@ -47,6 +47,16 @@ class ShrinkOptions:
     convert_type: str = "auto"
     # Passes before the quantize step, as edgeshrink.passes steps (e.g. prune).
     passes: tuple[Any, ...] = ()
+    # GGUF importance matrix: None lets the backend decide (types below 5 bits use one),
+    # False never, True always; ``imatrix`` is a file to use instead of computing one over
+    # ``imatrix_text`` (None: the calibration text edgeshrink ships).
+    use_imatrix: bool | None = None
+    imatrix: Path | None = None
+    imatrix_text: Path | None = None
+    # GGUF: a file-size budget in bytes met by a type per tensor; ``fit`` takes it from the
+    # profile's memory budget less the KV cache at the context and the runtime's overhead.
+    max_size: int | None = None
+    fit: bool = False
     # distill: the training text (its sha256 is in the step), the teacher when the model
     # given is already the student, and whether to go on from an interrupted run.
     text: str | None = None
@@ -87,6 +97,16 @@ class ShrinkPlan:
     prefer: str
     # What the user should know before using the result (a context beyond the trained one).
     warnings: tuple[str, ...] = ()
+    # A size budget in bytes the file is mixed to fit (``quant`` is the type it starts from).
+    max_size: int | None = None
+
+    @property
+    def label(self) -> str:
+        """What the artifact is called after: its type, or its size budget for a mix."""
+        if not self.max_size:
+            return self.quant
+        giga = self.max_size >= 1e9
+        return f"mix-{self.max_size / (1e9 if giga else 1e6):.3g}{'gb' if giga else 'mb'}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -102,6 +122,7 @@ class ShrinkPlan:
             "chosen": self.chosen.to_dict(),
             "candidates": [c.to_dict() for c in self.candidates],
             "warnings": list(self.warnings),
+            "max_size": self.max_size,
         }
 
 
@@ -185,13 +206,14 @@ class Ladder:
             chosen = smaller
         return chosen, f"{chosen.quant}: {why}; it " + self.need(chosen)
 
-    def plan(self, chosen: Candidate, reason: str) -> ShrinkPlan:
+    def plan(self, chosen: Candidate, reason: str, quant: str | None = None,
+             max_size: int | None = None) -> ShrinkPlan:  # fmt: skip
         known = chosen.quant in self._by_quant
         return ShrinkPlan(
             model=self.info.path,
             format=self.info.format,
             profile_id=self.profile.id,
-            quant=chosen.quant,
+            quant=quant or chosen.quant,
             reason=reason,
             context=self.context,
             threads=self.profile.threads,
@@ -200,4 +222,5 @@ class Ladder:
             candidates=tuple(self.candidates if known else [*self.candidates, chosen]),
             prefer=self.options.prefer,
             warnings=self.warnings,
+            max_size=max_size,
         )

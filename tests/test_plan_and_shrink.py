@@ -107,7 +107,10 @@ def test_shrink_writes_a_verified_artifact_and_manifest(tiny_f16: Path, tmp_path
     assert art.source_sha256 == sha256_file(tiny_f16)
     manifest = json.loads(manifest_path_for(out).read_text())
     assert manifest["schema"] == "edgeshrink.artifact/2"
-    assert manifest["recipe"] == [{"pass": "quantize", "type": "Q4_0"}]
+    # Below 5 bits, an importance matrix over edgeshrink's calibration text by default.
+    assert [{k: v for k, v in s.items() if not k.startswith("imatrix") and k != "recorded"}
+            for s in manifest["recipe"]] == [{"pass": "quantize", "type": "Q4_0"}]  # fmt: skip
+    assert len(manifest["recipe"][0]["imatrix"]) == 64
     assert manifest["quant"] == "Q4_0" and manifest["profile_id"] == "raspberry-pi-5-8gb"
     assert manifest["tool_versions"]["llama-cpp-python"]
     assert manifest["tool_versions"]["gguf"]

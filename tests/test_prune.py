@@ -204,7 +204,10 @@ def test_sweep_crosses_removals_with_the_ladder_and_says_what_pruning_lost(
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     by_name = {c["quant"]: c for c in doc["candidates"]}
-    assert set(by_name) == {"Q8_0", "Q4_0", "Q8_0-prune1", "Q4_0-prune1"}
+    # Types below 5 bits are made with an importance matrix too (the pruned ones are not).
+    assert set(by_name) == {"Q8_0", "Q4_0", "Q4_0-imatrix", "Q8_0-prune1", "Q4_0-prune1"}
+    assert load_artifact(Path(by_name["Q4_0-imatrix"]["path"])).recipe[-1]["imatrix"]
+    assert "imatrix" not in load_artifact(Path(by_name["Q4_0-prune1"]["path"])).recipe[-1]
     removed = by_name["Q4_0-prune1"]["pruned"]
     assert len(removed) == 1 and by_name["Q8_0-prune1"]["pruned"] == removed
     for name, c in by_name.items():
@@ -221,7 +224,7 @@ def test_sweep_crosses_removals_with_the_ladder_and_says_what_pruning_lost(
                 assert plain["size_bytes"] <= c["size_bytes"] and plain["loss"] <= c["loss"]
     # stories260K's blocks are not redundant: removing one costs far more than Q4_0
     assert by_name["Q4_0-prune1"]["loss"] > by_name["Q4_0"]["loss"]
-    assert doc["pick"] in ("Q8_0", "Q4_0")
+    assert doc["pick"] in ("Q8_0", "Q4_0", "Q4_0-imatrix")
     again = run_cli(*args[:-1], cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert "chosen before, from the store" in again.stderr

@@ -59,6 +59,61 @@ class FiniteFloat(click.FloatRange):
         return super().convert(number, param, ctx)
 
 
+class ByteSize(click.ParamType):
+    """A size in bytes: ``1.2GB`` and ``300MB`` (powers of 1000), ``850MiB`` and ``2GiB``
+    (of 1024), or a plain number of bytes."""
+
+    name = "size"
+    UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+             "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}  # fmt: skip
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().replace(" ", "").replace("_", "")
+        number = text.rstrip("kKmMgGtTiIbB")
+        unit = text[len(number) :].upper()
+        try:
+            size = float(number) * self.UNITS[unit]
+        except (KeyError, ValueError):
+            self.fail(f"{value!r} is not a size such as 1.2GB, 850MiB or 300000000", param, ctx)
+        if not math.isfinite(size) or size < 1:
+            self.fail(f"{value!r} is not a positive size", param, ctx)
+        return int(size)
+
+
+def imatrix_options(func: Any) -> Any:
+    """The GGUF importance-matrix and size-budget options of shrink, plan and sweep."""
+    options = [
+        click.option("--imatrix", "imatrix_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     default=None, help="GGUF: quantize with this importance matrix (llama-imatrix's "
+                     "or `edgeshrink imatrix`'s) instead of computing one."),
+        click.option("--no-imatrix", is_flag=True,
+                     help="GGUF: no importance matrix [default: types below 5 bits and size-budget "
+                     "mixes use one, computed over the calibration text]."),
+        click.option("--max-size", type=ByteSize(), default=None,
+                     help="GGUF: a file of at most this size (1.2GB, 850MiB): a type per tensor, "
+                     "the most sensitive higher, with the least estimated loss."),
+        click.option("--fit", is_flag=True,
+                     help="GGUF: like --max-size, with the profile's memory budget less the KV "
+                     "cache at --ctx and the runtime's overhead."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def imatrix_settings(imatrix_path: Path | None, no_imatrix: bool, max_size: int | None,
+                     fit: bool) -> dict[str, Any]:  # fmt: skip
+    """ShrinkOptions fields from the options of :func:`imatrix_options`."""
+    if imatrix_path and no_imatrix:
+        raise click.UsageError("--imatrix and --no-imatrix exclude each other: choose one")
+    if max_size and fit:
+        raise click.UsageError("--max-size and --fit exclude each other: choose one")
+    return {"imatrix": imatrix_path, "use_imatrix": False if no_imatrix else None,
+            "max_size": max_size, "fit": fit}  # fmt: skip
+
+
 def debug_enabled() -> bool:
     return os.environ.get("EDGESHRINK_DEBUG", "") not in ("", "0", "false", "no")
 

@@ -41,8 +41,8 @@ def cli(ctx: click.Context, profiles_dirs: tuple[Path, ...]) -> None:
     ctx.obj = Context(profiles_dirs)
 
 
-COMMAND_MODULES = ("catalog", "check", "distill", "doctor", "lab", "models", "prune", "push", "quality",
-                   "results", "run", "store", "sweep", "targets")  # fmt: skip
+COMMAND_MODULES = ("catalog", "check", "distill", "doctor", "imatrix", "lab", "models", "prune", "push",
+                   "quality", "results", "run", "store", "sweep", "targets")  # fmt: skip
 
 
 def _register() -> None:

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import click
 
-from edgeshrink.cli.common import JSON_OPTION, Context, emit_json, pass_context, progress_printer
+from edgeshrink.cli.common import (
+    JSON_OPTION,
+    Context,
+    emit_json,
+    imatrix_options,
+    imatrix_settings,
+    pass_context,
+    progress_printer,
+)
 from edgeshrink.convert import CONVERTERS, converter_to
 from edgeshrink.formats import backend, detect_and_inspect, gguf
+from edgeshrink.passes import recipe_text
 from edgeshrink.plan import ShrinkOptions
 from edgeshrink.profiles import get_profile
 from edgeshrink.report.table import render_pairs, render_table
@@ -152,6 +162,7 @@ def inspect(model: Path, context: int | None, as_json: bool) -> None:
 @QUANT
 @CTX
 @PREFER
+@imatrix_options
 @format_options
 @JSON
 @pass_context
@@ -162,6 +173,10 @@ def plan(
     quant: str | None,
     context: int | None,
     prefer: str,
+    imatrix_path: Path | None,
+    no_imatrix: bool,
+    max_size: int | None,
+    fit: bool,
     as_json: bool,
     **format_kw: object,
 ) -> None:
@@ -171,8 +186,9 @@ def plan(
     info = inspect_any(model)
     format_kw.pop("to_format", None)
     chosen = plan_model(
-        info, profile, ShrinkOptions(quant=quant, context=context, prefer=prefer, **format_kw)
-    )
+        info, profile, ShrinkOptions(quant=quant, context=context, prefer=prefer, **format_kw,
+                                     **imatrix_settings(imatrix_path, no_imatrix, max_size, fit)),
+    )  # fmt: skip
     if as_json:
         emit_json(chosen.to_dict())
         return
@@ -204,7 +220,7 @@ def print_plan(chosen) -> None:
     rows = []
     for c in chosen.candidates:
         row = [
-            "->" if c.quant == chosen.quant else "",
+            "->" if c == chosen.chosen else "",
             c.quant,
             human_bytes(c.weights_bytes),
             f"{c.estimate.total_mb:.0f}",
@@ -245,6 +261,10 @@ def print_warnings(chosen) -> None:
     help="Quantizer threads [default: all cores].",
 )
 @click.option("--force", is_flag=True, help="Quantize again even if an identical artifact exists.")
+@click.option("--text", "text_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="GGUF: calibration text of the importance matrix [default: the "
+              "one edgeshrink ships].")  # fmt: skip
+@imatrix_options
 @format_options
 @click.option("--dry-run", is_flag=True, help="Show the plan and the output path; write nothing.")
 @JSON
@@ -260,6 +280,11 @@ def shrink(
     allow_requantize: bool,
     threads: int | None,
     force: bool,
+    text_file: Path | None,
+    imatrix_path: Path | None,
+    no_imatrix: bool,
+    max_size: int | None,
+    fit: bool,
     dry_run: bool,
     as_json: bool,
     **format_kw: object,
@@ -268,6 +293,9 @@ def shrink(
     checkpoints converted to GGUF first, ONNX with onnxruntime's quantization tools."""
 
     profile = get_profile(profile_id, obj.profiles_dirs)
+    format_kw.update(
+        imatrix_settings(imatrix_path, no_imatrix, max_size, fit), imatrix_text=text_file
+    )
     if format_kw.get("to_format") and not dry_run:
         options = shrink_options(quant=quant, context=context, prefer=prefer, threads=threads, force=force,
                                  allow_requantize=allow_requantize, **format_kw)  # fmt: skip
@@ -283,7 +311,7 @@ def shrink(
                              threads=threads, force=force, **format_kw)  # fmt: skip
     if dry_run:
         chosen = plan_model(info, profile, options)
-        out = output or default_output_path(model, chosen.quant)
+        out = output or default_output_path(model, chosen.label)
         if as_json:
             emit_json({"dry_run": True, "output": str(out), "plan": chosen.to_dict()})
             return
@@ -294,13 +322,6 @@ def shrink(
         model, profile, options, output=output, progress=progress_printer(as_json), info=info
     )
     print_shrink(result, info.size_bytes, as_json)
-
-
-def recipe_text(step: dict) -> str:
-    """``quantize(type=Q4_K_M)``, then what the tool recorded it did, in brackets."""
-    settings = ", ".join(f"{k}={v}" for k, v in step.items() if k not in ("pass", "detail"))
-    detail = f" [{step['detail']}]" if step.get("detail") else ""
-    return f"{step.get('pass', '?')}({settings}){detail}"
 
 
 def print_shrink(result, source_bytes: int | None, as_json: bool) -> None:
@@ -315,19 +336,46 @@ def print_shrink(result, source_bytes: int | None, as_json: bool) -> None:
     size = human_bytes(art.size_bytes)
     if source_bytes:
         size += f" (from {human_bytes(source_bytes)}, {source_bytes / max(art.size_bytes, 1):.2f}x smaller)"
+    mixed = bool(art.recipe and art.recipe[-1].get("max_size"))
     click.echo(render_pairs([
-        ("type", art.quant),
+        ("type", f"a type per tensor, from {art.quant}" if mixed else art.quant),
         ("size", size),
         ("sha256", art.sha256),
         ("manifest", art.manifest_path),
         ("why", result.plan.reason),
-        ("recipe", " ▸ ".join(recipe_text(step) for step in art.recipe)),
+        ("recipe", short_hashes(recipe_text(art.recipe))),
+        *recorded_pairs(art.recipe[-1].get("recorded", {}) if art.recipe else {}),
     ]))  # fmt: skip
     for note in art.notes[1:]:
         click.echo(f"note: {terminal_safe(note)}")
     print_warnings(result.plan)
     if art.fallbacks:
         click.echo(terminal_safe(fallback_summary(art.fallbacks), keep_newlines=True))
+
+
+def short_hashes(text: str) -> str:
+    """A recipe's sha256 values cut to 12 digits for reading (the manifest keeps them whole)."""
+    return re.sub(r"\b([0-9a-f]{12})[0-9a-f]{52}\b", r"\1…", text)
+
+
+def recorded_pairs(recorded: dict) -> list[tuple[str, object]]:
+    """What the quantizer recorded: the importance matrix's texts, the mix, its measurement."""
+    pairs: list[tuple[str, object]] = []
+    if recorded.get("imatrix_datasets"):
+        pairs.append(("imatrix", f"computed over {', '.join(recorded['imatrix_datasets'])}"))
+    mix = recorded.get("mix")
+    if mix:
+        counts: dict[str, int] = {}
+        for t in mix["types"].values():
+            counts[t] = counts.get(t, 0) + 1
+        shown = ", ".join(f"{n} {t}" for t, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+        pairs.append(("mix", f"from {mix['start']}: {mix['moved_up']} tensors up, "
+                             f"{mix['moved_down']} down ({shown})"))  # fmt: skip
+    if recorded.get("eval"):
+        e = recorded["eval"]
+        pairs.append(("measured", f"KLD {e['kld_mean']:.4f}, PPL ×{e['ppl_ratio']:.3f}, same top "
+                                  f"{e['same_top']:.1%} ({e['n_scored']} tokens)"))  # fmt: skip
+    return pairs
 
 
 COMMANDS = (inspect, plan, shrink)

@@ -14,6 +14,8 @@ from edgeshrink.cli.common import (
     Context,
     FiniteFloat,
     emit_json,
+    imatrix_options,
+    imatrix_settings,
     pass_context,
     progress_printer,
 )
@@ -33,7 +35,8 @@ from edgeshrink.util import human_bytes
 # (as click names them): over a text (LLMs) or on a model's outputs (ONNX, TFLite).
 TEXT_ONLY = (
     "max_kld", "max_ppl_increase", "text_file", "eval_ctx", "eval_chunks", "context", "prune",
-    "prune_text", "heal", "heal_steps", "heal_minutes",
+    "prune_text", "heal", "heal_steps", "heal_minutes", "imatrix_path", "no_imatrix", "max_size",
+    "fit", "imatrix_text",
     "prompt_tokens", "gen_tokens", "reps", "flash_attn", "n_ctx", "no_mmap",
 )  # fmt: skip
 OUTPUTS_ONLY = (
@@ -90,6 +93,13 @@ def _refuse_foreign_options(model: Path, fmt: Any) -> None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
     help="GGUF: text the blocks are scored on [default: the calibration text edgeshrink ships].",
+)
+@imatrix_options
+@click.option(
+    "--imatrix-text",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="GGUF: calibration text of the importance matrix [default: the one edgeshrink ships].",
 )
 @click.option(
     "--heal",
@@ -256,6 +266,11 @@ def sweep(
     ladder: str | None,
     prune: str | None,
     prune_text: Path | None,
+    imatrix_path: Path | None,
+    no_imatrix: bool,
+    max_size: int | None,
+    fit: bool,
+    imatrix_text: Path | None,
     heal: bool,
     heal_steps: int | None,
     heal_minutes: float | None,
@@ -294,6 +309,10 @@ def sweep(
     edgeshrink sweep model-f16.gguf --profile raspberry-pi-5-8gb --target mypi --max-kld 0.05
     edgeshrink sweep model-f16.gguf -p raspberry-pi-5-8gb --prune 0,2,4 --max-kld 0.1
     edgeshrink sweep model-f16.gguf -p raspberry-pi-5-8gb --prune 2,4 --heal --max-kld 0.1
+    edgeshrink sweep model-f16.gguf -p raspberry-pi-4-2gb --max-size 1.2GB --max-kld 0.1
+
+    GGUF types below 5 bits are also made with an importance matrix (TYPE-imatrix;
+    --no-imatrix: not), and --max-size/--fit add the mix of types within that size.
     edgeshrink sweep model.onnx --profile imx8mp --target board --calibration cal.npz \\
         --eval eval.npz --labels labels --max-accuracy-drop 1
     """
@@ -315,6 +334,7 @@ def sweep(
         progress=progress_printer(as_json),
     )  # fmt: skip
     if fmt.evaluation == "llm-text":
+        settings = imatrix_settings(imatrix_path, no_imatrix, max_size, fit)
         types = (
             tuple(fmt.normalize_quant(q) for q in ladder.split(",")) if ladder else fmt.sweep_ladder
         )
@@ -326,7 +346,8 @@ def sweep(
             heal=healing(heal, heal_steps, heal_minutes, prune),
             include_original=bool(report_path or load_text),
             calibration_text=prune_text.read_text(encoding="utf-8") if prune_text else None,
-            eval_ctx=eval_ctx, eval_chunks=eval_chunks, context=context, **common,
+            imatrix=not no_imatrix, imatrix_text=imatrix_text, imatrix_file=settings["imatrix"],
+            max_size=settings["max_size"], fit=settings["fit"], eval_ctx=eval_ctx, eval_chunks=eval_chunks, context=context, **common,
         )  # fmt: skip
     else:
         budget = OutputQualityBudget(

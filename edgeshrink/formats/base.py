@@ -138,6 +138,15 @@ class Backend:
     def check_recipe(self, info: ModelInfo, recipe: Any) -> None:
         """Refuse settings the model cannot take (layers it does not have), before hashing."""
 
+    def resolve_settings(
+        self, src: Path, info: ModelInfo, recipe: Any, options: Any, source_sha256: str,
+        progress: Any,
+    ) -> tuple[dict[str, Any], Any]:  # fmt: skip
+        """Settings the recipe's last step gains from what its options leave open (an
+        importance matrix, found or made now: the reuse key names it), and the options
+        that carry them to the build."""
+        return {}, options
+
     def source_sha256(self, src: Path, info: ModelInfo) -> str:
         """The hash of every byte the artifact is made from (the reuse key, with the recipe)."""
 

@@ -41,23 +41,16 @@ def get_pass(name: str) -> Pass:
 
 def step(name: str, **values: Any) -> Step:
     """A validated step: unknown settings and bad values raise RecipeError with a hint."""
-    spec = get_pass(name)
-    for key in values:
-        spec.setting(key)
-    settings = []
-    for s in spec.settings:
-        if s.name in values and values[s.name] is not None:
-            settings.append((s.name, s.coerce(name, values[s.name])))
-        elif s.default is REQUIRED:
-            raise RecipeError(f"{name}: the setting {s.name!r} is required", hint=s.help)
-        elif s.default is not None:
-            settings.append((s.name, s.default))
-    return Step(name, tuple(settings))
+    return get_pass(name).make(**values)
+
+
+# What a step's tool recorded it did (not settings: a recipe is compared without them).
+RECORDED = ("detail", "recorded")
 
 
 def from_manifest(doc: Iterable[Mapping[str, Any]]) -> tuple[dict[str, Any], ...]:
     """A manifest's recipe without what the tools recorded, for comparing recipes."""
-    return tuple({k: v for k, v in p.items() if k != "detail"} for p in doc)
+    return tuple({k: v for k, v in p.items() if k not in RECORDED} for p in doc)
 
 
 def check_recipe(recipe: Recipe, fmt: str) -> None:
@@ -85,13 +78,13 @@ def recipe_text(recipe: Iterable[Step | Mapping[str, Any]]) -> str:
         if isinstance(s, Step):
             parts.append(str(s))
             continue
-        settings = ", ".join(f"{k}={v}" for k, v in s.items() if k not in ("pass", "detail"))
+        settings = ", ".join(f"{k}={v}" for k, v in s.items() if k not in ("pass", *RECORDED))
         detail = f" [{s['detail']}]" if s.get("detail") else ""
         parts.append(f"{s.get('pass', '?')}({settings}){detail}")
     return " ▸ ".join(parts)
 
 
 __all__ = [
-    "REQUIRED", "Pass", "Recipe", "Setting", "Step", "check_recipe", "from_manifest",
+    "RECORDED", "REQUIRED", "Pass", "Recipe", "Setting", "Step", "check_recipe", "from_manifest",
     "get_pass", "passes", "recipe_text", "step",
 ]  # fmt: skip

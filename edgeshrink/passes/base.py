@@ -68,6 +68,20 @@ class Pass:
         known = ", ".join(s.name for s in self.settings)
         raise RecipeError(f"{self.name}: no setting {name!r}", hint=f"{self.name} takes: {known}")
 
+    def make(self, **values: Any) -> Step:
+        """A validated step of this pass: unknown settings and bad values raise RecipeError."""
+        for key in values:
+            self.setting(key)
+        settings = []
+        for s in self.settings:
+            if s.name in values and values[s.name] is not None:
+                settings.append((s.name, s.coerce(self.name, values[s.name])))
+            elif s.default is REQUIRED:
+                raise RecipeError(f"{self.name}: the setting {s.name!r} is required", hint=s.help)
+            elif s.default is not None:
+                settings.append((s.name, s.default))
+        return Step(self.name, tuple(settings))
+
 
 @dataclass(frozen=True)
 class Step:

@@ -6,6 +6,10 @@ count the removal is chosen once on the original (scored on the calibration text
 measured on the evaluation text, see edgeshrink.passes.prune), and every type of the
 ladder is then made from it in one llama.cpp pass. A pruned candidate that loses to
 a plain quantization at the same size or smaller says so (``beaten_by``).
+
+With ``imatrix=True`` each type below 5 bits is also made with an importance matrix
+(``Q4_K_M-imatrix``); with ``max_size`` (or ``fit``) a mix of types within that size
+joins the candidates (``mix-93.5mb``). The plain ladder's candidates are made without one.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from edgeshrink.bench import BenchParams
 from edgeshrink.errors import EdgeshrinkError, RecipeError
 from edgeshrink.formats import backend, gguf
 from edgeshrink.formats.base import ModelInfo
+from edgeshrink.formats.gguf.imatrix import IMATRIX_BELOW_BPW
 from edgeshrink.formats.gguf.plan import plan_gguf
 from edgeshrink.formats.gguf.quality import default_eval_text, evaluate_llm
 from edgeshrink.passes import Step, step
@@ -56,6 +61,12 @@ class Variant:
     passes: tuple[Step, ...]
     pruned: tuple[int, ...] = ()  # the original's blocks it removes
     source: Path | None = None  # a healed student the types are made from (else the model)
+    imatrix: bool = False  # made with an importance matrix ("-imatrix")
+
+    def makes(self, quant: str) -> bool:
+        """An imatrix variant of a type only where one is used: below 5 bits."""
+        q = gguf.quant_type(quant)
+        return not self.imatrix or (q.name not in gguf.UNQUANTIZED and q.bpw < IMATRIX_BELOW_BPW)
 
 
 def sweep_gguf(
@@ -66,6 +77,11 @@ def sweep_gguf(
     ladder: tuple[str, ...] = DEFAULT_LADDER,
     prune: tuple[int, ...] = (0,),
     calibration_text: str | None = None,
+    imatrix: bool = False,
+    imatrix_text: Path | None = None,
+    imatrix_file: Path | None = None,
+    max_size: int | None = None,
+    fit: bool = False,
     heal: dict[str, Any] | None = None,
     include_original: bool = False,
     target: Target | None = None,
@@ -103,6 +119,8 @@ def sweep_gguf(
     candidates: list[SweepCandidate] = []
     with ResultStore(db) as store:
         variants = [Variant("", ())]
+        if imatrix or imatrix_file:
+            variants.append(Variant("-imatrix", (), imatrix=True))
         for n in (c for c in counts if c):
             layers = chosen_removal(
                 store, model, info, base_sha, n, calibration_text, text, out_dir, say
@@ -116,57 +134,56 @@ def sweep_gguf(
             candidates.append(original_candidate(store, model, info, base_sha, profile, context,
                                                  text, settings, eval_ctx, eval_chunks, budget,
                                                  remeasure, say))  # fmt: skip
-        for variant in variants:
+        made = candidate_options(
+            info, profile, variants, ladder, context,
+            ImatrixChoice(imatrix, imatrix_text, imatrix_file, max_size, fit),
+        )  # fmt: skip
+        for label, name, variant, options in made:
             source = variant.source or model
             source_info = gguf.inspect_gguf(source) if variant.source else info
-            for quant in ladder:
-                label = f"{quant}{variant.suffix}"
-                options = ShrinkOptions(
-                    quant=quant, context=context, check_fit=False, passes=variant.passes
+            say(f"{label}: " + ("pruning and quantizing" if variant.passes else "quantizing"))
+            art = shrink_gguf(source, profile, options, info=source_info,
+                              output=out_dir / name).artifact  # fmt: skip
+            # A pruned file is estimated from its own tensors, at its own type.
+            shape_of = gguf.inspect_gguf(art.path) if variant.pruned else info
+            estimate = plan_gguf(shape_of, profile, replace(options, passes=())).chosen
+            quality = store.find_quality(QUALITY_METHOD, base_sha, art.sha256, settings)
+            reused = quality is not None and not remeasure
+            if not reused:
+                say(f"{label}: measuring quality against {model.name}")
+                report = evaluate_llm(
+                    model, art.path, text=text, n_ctx=eval_ctx, max_chunks=eval_chunks
                 )
-                say(f"{label}: " + ("pruning and quantizing" if variant.passes else "quantizing"))
-                art = shrink_gguf(source, profile, options, info=source_info,
-                                  output=out_dir / f"{model.stem}{variant.suffix}-{quant.lower()}.gguf").artifact  # fmt: skip
-                # A pruned file is estimated from its own tensors, at its own type.
-                shape_of = gguf.inspect_gguf(art.path) if variant.pruned else info
-                estimate = plan_gguf(shape_of, profile, replace(options, passes=())).chosen
-                quality = store.find_quality(QUALITY_METHOD, base_sha, art.sha256, settings)
-                reused = quality is not None and not remeasure
-                if not reused:
-                    say(f"{label}: measuring quality against {model.name}")
-                    report = evaluate_llm(
-                        model, art.path, text=text, n_ctx=eval_ctx, max_chunks=eval_chunks
-                    )
-                    quality = report.to_dict()
-                    store.add_quality(
-                        {
-                            "method": QUALITY_METHOD, "base_sha256": base_sha, "candidate_sha256": art.sha256,
-                            "settings": settings, "candidate_name": art.path.name, "quant": label,
-                            "kld_mean": report.kld_mean.value, "ppl_ratio": report.ppl_ratio.value,
-                            "same_top": report.same_top.value,
-                        },
-                        quality,
-                    )  # fmt: skip
-                assert quality is not None
-                candidates.append(
-                    SweepCandidate(
-                        quant=label,
-                        path=art.path,
-                        sha256=art.sha256,
-                        size_bytes=art.size_bytes,
-                        estimate_mb=round(estimate.estimate.total_mb, 1),
-                        fits=estimate.fits,
-                        est_tg_tok_s=estimate.est_tg_tok_s,
-                        quality=quality,
-                        quality_reused=reused,
-                        quality_failures=tuple(budget.failures(quality)),
-                        loss=float(quality["kld_mean"]["value"]),
-                        type=quant,
-                        pruned=variant.pruned,
-                        healed=variant.source is not None,
-                        recipe=tuple(art.recipe),
-                    )
+                quality = report.to_dict()
+                store.add_quality(
+                    {
+                        "method": QUALITY_METHOD, "base_sha256": base_sha, "candidate_sha256": art.sha256,
+                        "settings": settings, "candidate_name": art.path.name, "quant": label,
+                        "kld_mean": report.kld_mean.value, "ppl_ratio": report.ppl_ratio.value,
+                        "same_top": report.same_top.value,
+                    },
+                    quality,
+                )  # fmt: skip
+            assert quality is not None
+            candidates.append(
+                SweepCandidate(
+                    quant=label,
+                    path=art.path,
+                    sha256=art.sha256,
+                    size_bytes=art.size_bytes,
+                    estimate_mb=round(estimate.estimate.total_mb, 1),
+                    fits=estimate.fits,
+                    est_tg_tok_s=estimate.est_tg_tok_s,
+                    quality=quality,
+                    quality_reused=reused,
+                    quality_failures=tuple(budget.failures(quality)),
+                    loss=float(quality["kld_mean"]["value"]),
+                    type=art.quant,
+                    pruned=variant.pruned,
+                    healed=variant.source is not None,
+                    recipe=tuple(art.recipe),
                 )
+            )
     speed_source = "estimated from memory bandwidth"
     if target is not None:
         candidates = measure_on_target(
@@ -205,6 +222,46 @@ def original_candidate(store: ResultStore, model: Path, info: ModelInfo, base_sh
         quality_failures=tuple(budget.failures(quality)), loss=float(quality["kld_mean"]["value"]),
         type=info.file_type, original=True,
     )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ImatrixChoice:
+    """The sweep's importance-matrix and size-budget candidates (see the module docstring)."""
+
+    variants: bool = False
+    text: Path | None = None
+    file: Path | None = None
+    max_size: int | None = None
+    fit: bool = False
+
+
+def candidate_options(
+    info: ModelInfo, profile: HardwareProfile, variants: list[Variant], ladder: tuple[str, ...],
+    context: int | None, choice: ImatrixChoice,
+) -> list[tuple[str, str, Variant, ShrinkOptions]]:  # fmt: skip
+    """(label, file name, variant, options) of every candidate: each variant's types (the
+    plain ladder without an imatrix, but for the types that cannot be made without one),
+    then the size-budget mix."""
+    stem = info.path.stem
+    made = []
+    for variant in variants:
+        for quant in (q for q in ladder if variant.makes(q)):
+            use = variant.imatrix or gguf.quant_type(quant).needs_imatrix
+            options = ShrinkOptions(
+                quant=quant, context=context, check_fit=False, passes=variant.passes,
+                use_imatrix=use, imatrix=choice.file if use else None, imatrix_text=choice.text,
+            )  # fmt: skip
+            made.append((f"{quant}{variant.suffix}", f"{stem}{variant.suffix}-{quant.lower()}.gguf",
+                         variant, options))  # fmt: skip
+    if choice.max_size or choice.fit:
+        options = ShrinkOptions(
+            context=context, check_fit=False, max_size=choice.max_size, fit=choice.fit,
+            imatrix=choice.file, imatrix_text=choice.text,
+            use_imatrix=None if choice.variants or choice.file else False,
+        )  # fmt: skip
+        label = plan_gguf(info, profile, options).label
+        made.append((label, f"{stem}-{label}.gguf", Variant("", ()), options))
+    return made
 
 
 def check_prune_counts(info: ModelInfo, prune: tuple[int, ...]) -> list[int]:

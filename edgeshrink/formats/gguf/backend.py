@@ -39,12 +39,22 @@ class GgufBackend(Backend):
     def check_recipe(self, info: ModelInfo, recipe: Any) -> None:
         build.check_recipe(info, recipe)
 
+    def resolve_settings(self, src: Path, info: ModelInfo, recipe: Any, options: Any,
+                         source_sha256: str, progress: Any) -> tuple[dict[str, Any], Any]:  # fmt: skip
+        return build.resolve_settings(src, info, recipe, options, source_sha256, progress)
+
     def build(self, src: Path, work: Path, name: str, recipe: Any, **kw: Any) -> Built:
         kw.pop("profile")
         return build.build(src, work, name, recipe, **kw)
 
     def verify(self, built: Built, info: ModelInfo, options: Any, progress: Any) -> Built:
         return build.verify(built, info, options, progress)
+
+    def reuse_details(
+        self, info: ModelInfo, profile: Any, options: Any, quant: str
+    ) -> tuple[str, ...] | None:
+        """A mix is reused only when it was chosen the way this edgeshrink chooses one."""
+        return (build.MIX_DETAIL,) if options.max_size or options.fit else None
 
     def embeds(self, info: ModelInfo) -> bool:
         return is_encoder(info)

@@ -10,7 +10,8 @@ from edgeshrink.formats.gguf.quant_types import UNQUANTIZED, quant_type
 MIB = 1024 * 1024
 
 
-def _type_bytes(type_name: str, n_elements: int) -> int:
+def type_bytes(type_name: str, n_elements: int) -> int:
+    """Bytes of ``n_elements`` values stored as ggml type ``type_name``."""
     from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
     block, size = GGML_QUANT_SIZES[GGMLQuantizationType[type_name]]
@@ -44,7 +45,8 @@ _FALLBACK = {
 }
 
 
-def _fitting_type(type_name: str, row: int) -> str:
+def fitting_type(type_name: str, row: int) -> str:
+    """The type llama.cpp stores a tensor of ``row``-wide rows in when asked for ``type_name``."""
     if row % _block_size(type_name) == 0:
         return type_name
     fallback = _FALLBACK.get(type_name, "F16")
@@ -73,16 +75,16 @@ def estimate_weight_bytes(shapes: list[tuple[str, tuple[int, ...], str]], quant:
         for dim in shape:
             n_elements *= dim
         if len(shape) < 2:
-            total += _type_bytes(current, n_elements)
+            total += type_bytes(current, n_elements)
             continue
         if qtype.name in UNQUANTIZED:
-            total += _type_bytes(qtype.name, n_elements)
+            total += type_bytes(qtype.name, n_elements)
             continue
         is_output = name == "output.weight"
         target = ("Q8_0" if base == "Q8_0" else "Q6_K") if is_output else base
-        target = _fitting_type(target, shape[0])
+        target = fitting_type(target, shape[0])
         factor = 1.0 if is_output or target != base else mix_factor
-        total += int(_type_bytes(target, n_elements) * factor)
+        total += int(type_bytes(target, n_elements) * factor)
     return total
 
 

@@ -89,20 +89,26 @@ def ggml_base() -> Any:
     return lib
 
 
+def tensor_bytes(address: int) -> Any:
+    """A graph tensor's data: in place when its buffer is the host's, else a copy."""
+    lib = ggml_base()
+    t = GgmlTensor.from_address(address)
+    nbytes = lib.ggml_nbytes(address)
+    if t.buffer and lib.ggml_backend_buffer_is_host(t.buffer):
+        return (ctypes.c_char * nbytes).from_address(t.data)
+    raw = (ctypes.c_char * nbytes)()
+    lib.ggml_backend_tensor_get(address, raw, 0, nbytes)
+    return raw
+
+
 def tensor_rows(address: int) -> Any:
     """A copy of a 2-D F32/F16 graph tensor as float32 (rows = tokens), or None."""
     import numpy as np
 
-    lib = ggml_base()
     t = GgmlTensor.from_address(address)
     if t.type not in (GGML_TYPE_F32, GGML_TYPE_F16) or t.ne[2] != 1 or t.ne[3] != 1:
         return None
-    nbytes = lib.ggml_nbytes(address)
-    if t.buffer and lib.ggml_backend_buffer_is_host(t.buffer):
-        raw: Any = (ctypes.c_char * nbytes).from_address(t.data)
-    else:
-        raw = (ctypes.c_char * nbytes)()
-        lib.ggml_backend_tensor_get(address, raw, 0, nbytes)
+    raw = tensor_bytes(address)
     dtype = np.float32 if t.type == GGML_TYPE_F32 else np.float16
     view = np.ndarray(shape=(t.ne[1], t.ne[0]), dtype=dtype, buffer=raw, strides=(t.nb[1], t.nb[0]))
     return np.array(view, dtype=np.float32)  # the compute buffer is reused by later nodes
@@ -168,3 +174,101 @@ class BlockStates:
             if states[i + 1] is None:
                 states[i + 1] = rows
         return states
+
+
+GGML_OP_MUL_MAT, GGML_OP_MUL_MAT_ID = 29, 30  # ggml.h's enum ggml_op, checked by name
+IMATRIX_MIN_ROWS = 16  # llama-imatrix skips smaller batches (a warm-up, a last token)
+
+
+def weight_name(raw: bytes) -> str:
+    """A weight's name without the copies' decoration: ``CUDA0#blk.0.attn_k.weight#0`` ->
+    ``blk.0.attn_k.weight`` (llama-imatrix's filter_tensor_name)."""
+    name = raw.decode("utf-8", "replace")
+    if "#" in name:
+        name = name.split("#")[1]
+    return name
+
+
+def tensor_array(address: int) -> Any:
+    """A 4-D F32 graph tensor as a float32 array of shape (ne3, ne2, ne1, ne0), copied."""
+    import numpy as np
+
+    t = GgmlTensor.from_address(address)
+    raw = tensor_bytes(address)
+    shape = (t.ne[3], t.ne[2], t.ne[1], t.ne[0])
+    strides = (t.nb[3], t.nb[2], t.nb[1], t.nb[0])
+    return np.array(np.ndarray(shape=shape, dtype=np.float32, buffer=raw, strides=strides))
+
+
+class MatmulInputs:
+    """An eval callback summing, for every matrix multiplication by a model weight
+    (``blk.*``), the squares of the activations that multiply each of the weight's input
+    columns, and how many activation rows went in: llama-imatrix's collector
+    (tools/imatrix/imatrix.cpp), whose ``sums / counts`` is the importance matrix.
+
+    ``sums[name]`` has one row per matrix of the weight (one for a 2-D weight),
+    ``counts[name]`` one count per row. Mixture-of-experts multiplications (MUL_MAT_ID)
+    are not collected: their names land in ``experts``.
+    """
+
+    def __init__(self) -> None:
+        import llama_cpp
+
+        lib = ggml_base()
+        lib.ggml_op_name.argtypes = [ctypes.c_int]
+        lib.ggml_op_name.restype = ctypes.c_char_p
+        if (lib.ggml_op_name(GGML_OP_MUL_MAT), lib.ggml_op_name(GGML_OP_MUL_MAT_ID)) != (
+            b"MUL_MAT",
+            b"MUL_MAT_ID",
+        ):
+            raise RuntimeMissingError(
+                "this llama.cpp numbers its graph operations differently from the one "
+                "edgeshrink reads",
+                hint="use the llama-cpp-python version constraints.txt names",
+            )
+        self.sums: dict[str, Any] = {}
+        self.counts: dict[str, Any] = {}
+        self.experts: set[str] = set()
+        self.errors: list[str] = []
+        self.callback = llama_cpp.ggml_backend_sched_eval_callback(self._seen)
+
+    def _wanted(self, t: GgmlTensor) -> str | None:
+        if t.op == GGML_OP_MUL_MAT_ID:
+            self.experts.add(weight_name(GgmlTensor.from_address(t.src[0]).name))
+            return None
+        if t.op != GGML_OP_MUL_MAT:
+            return None
+        src1 = GgmlTensor.from_address(t.src[1])
+        if src1.ne[1] < IMATRIX_MIN_ROWS or src1.type != GGML_TYPE_F32:
+            return None
+        name = weight_name(GgmlTensor.from_address(t.src[0]).name)
+        return name if name.startswith("blk.") else None
+
+    def _seen(self, address: int, ask: bool, _user: Any) -> bool:
+        try:
+            t = GgmlTensor.from_address(address)
+            name = self._wanted(t)
+            if ask:
+                return name is not None
+            if name is not None:
+                self._add(name, GgmlTensor.from_address(t.src[0]), t.src[1])
+        except Exception as exc:  # noqa: BLE001 - raising into C would abort the graph
+            self.errors.append(f"{type(exc).__name__}: {exc}")
+        return True
+
+    def _add(self, name: str, weight: GgmlTensor, src1: int) -> None:
+        import numpy as np
+
+        x = tensor_array(src1).astype(np.float64)
+        n_mat = int(weight.ne[2] * weight.ne[3])
+        sums = self.sums.get(name)
+        if sums is None:
+            sums = self.sums[name] = np.zeros((n_mat, x.shape[3]))
+            self.counts[name] = np.zeros(n_mat, dtype=np.int64)
+        elif sums.shape != (n_mat, x.shape[3]):
+            raise ValueError(f"{name}: inputs of {x.shape[3]} columns, then {sums.shape[1]}")
+        for i3 in range(x.shape[0]):
+            for i2 in range(x.shape[1]):
+                mat = (i3 % weight.ne[3]) * weight.ne[2] + (i2 % weight.ne[2])
+                sums[mat] += np.einsum("ij,ij->j", x[i3, i2], x[i3, i2])
+        self.counts[name] += x.shape[0] * x.shape[1] * x.shape[2] // n_mat

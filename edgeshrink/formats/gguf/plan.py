@@ -10,14 +10,19 @@ speed estimate is the profile's memory bandwidth divided by the weight bytes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from edgeshrink.errors import DoesNotFitError, UnsupportedFormatError
 from edgeshrink.formats.base import ModelInfo
-from edgeshrink.formats.gguf.estimate import estimate_memory, estimate_weight_bytes
+from edgeshrink.formats.gguf.estimate import MIB, estimate_memory, estimate_weight_bytes
+from edgeshrink.formats.gguf.imatrix import wants_imatrix
+from edgeshrink.formats.gguf.mix import fixed_bytes, megabytes, nearest_stock_type, smallest_bytes
 from edgeshrink.formats.gguf.quant_types import FORMAT, PLAN_LADDER, quant_type
 from edgeshrink.formats.gguf.reader import tensor_shapes
 from edgeshrink.plan import (
     BANDWIDTH_EFFICIENCY,
     DEFAULT_CONTEXT,
+    Candidate,
     Ladder,
     ShrinkOptions,
     ShrinkPlan,
@@ -40,7 +45,9 @@ def plan_gguf(
 ) -> ShrinkPlan:
     if info.format != FORMAT:
         raise UnsupportedFormatError(f"{info.path}: is {info.format}, not GGUF")
-    return plan_llm(info, profile, options or ShrinkOptions(), tensor_shapes(info.path))
+    options = options or ShrinkOptions()
+    header = fixed_bytes(info.path) if options.max_size or options.fit else None
+    return plan_llm(info, profile, options, tensor_shapes(info.path), header=header)
 
 
 def context_warnings(
@@ -64,9 +71,11 @@ def plan_llm(
     profile: HardwareProfile,
     options: ShrinkOptions,
     shapes: list[tuple[str, tuple[int, ...], str]],
+    header: int | None = None,
 ) -> ShrinkPlan:
     """Plan for an LLM whose GGUF tensors are ``shapes`` (read from a GGUF, or what a
-    conversion would write)."""
+    conversion would write; ``header``: the bytes of a quantized file no type changes,
+    when known)."""
     quant, context, prefer = options.quant, options.context, options.prefer
     shape = info.llm
     if context:
@@ -75,22 +84,26 @@ def plan_llm(
         ctx = min(shape.context_length, DEFAULT_CONTEXT)
     else:
         ctx = DEFAULT_CONTEXT
+
+    def speed(weights: int) -> float | None:
+        if profile.memory_bandwidth_gbs and weights:
+            return profile.memory_bandwidth_gbs * 1e9 * BANDWIDTH_EFFICIENCY / weights
+        return None
+
     ladder = Ladder(
         info, profile, options, PLAN_LADDER,
         lambda name: estimate_memory(info, estimate_weight_bytes(shapes, name), ctx),
-        label="llama.cpp", context=ctx,
-        speed=lambda weights: (
-            profile.memory_bandwidth_gbs * 1e9 * BANDWIDTH_EFFICIENCY / weights
-            if profile.memory_bandwidth_gbs and weights
-            else None
-        ),
+        label="llama.cpp", context=ctx, speed=speed,
     )  # fmt: skip
     ladder.warnings = context_warnings(info, context)
     candidates = ladder.candidates
     fitting = [c for c in candidates if c.fits]
+    if options.max_size or options.fit:
+        return plan_mix(ladder, shapes, header, speed)
     if quant is not None:
         wanted = quant_type(quant).name
-        return ladder.plan(*ladder.asked(wanted, lambda _q: next(iter(fitting), None)))
+        chosen, why = ladder.asked(wanted, lambda _q: next(iter(fitting), None))
+        return ladder.plan(chosen, why + imatrix_note(chosen.quant, options, info))
 
     if not fitting:
         smallest = candidates[-1]
@@ -121,4 +134,75 @@ def plan_llm(
     note = fast_kernel_note(profile)
     if note and chosen.quant not in ("Q4_0", "Q8_0"):
         reason += f". {note}: --prefer speed picks it"
-    return ladder.plan(chosen, reason)
+    return ladder.plan(chosen, reason + imatrix_note(chosen.quant, options, info))
+
+
+def imatrix_note(quant: str, options: ShrinkOptions, info: ModelInfo, mix: bool = False) -> str:
+    """How the plan's type is quantized, when it is with an importance matrix."""
+    if not wants_imatrix(quant, options, info, mix=mix):
+        return ""
+    if options.imatrix is not None:
+        return f"; quantized with the importance matrix {options.imatrix.name}"
+    text = options.imatrix_text.name if options.imatrix_text else "edgeshrink's calibration text"
+    return f"; quantized with an importance matrix computed over {text}"
+
+
+def plan_mix(
+    ladder: Ladder,
+    shapes: list[tuple[str, tuple[int, ...], str]],
+    header: int | None,
+    speed: Callable[[int], float | None],
+) -> ShrinkPlan:
+    """A type per tensor within the size budget (--max-size, or the profile's memory
+    less what the context and the runtime need, --fit), starting from the nearest stock type."""
+    info, profile, options, ctx = ladder.info, ladder.profile, ladder.options, ladder.context
+    with_imatrix = options.use_imatrix is not False or options.imatrix is not None
+    fixed = header if header is not None else 0
+    around = estimate_memory(info, 0, ctx or DEFAULT_CONTEXT)
+    if options.fit:
+        budget = profile.budget_mb * MIB - around.total_bytes
+        how = (
+            f"the budget of {profile.id}, {profile.budget_mb} MB, less the KV cache at context "
+            f"{ctx}, the compute buffer and the runtime's overhead "
+            f"({around.total_bytes / MIB:.0f} MB)"
+        )
+        if budget <= 0:
+            raise DoesNotFitError(
+                f"{info.path.name} cannot fit {profile.id} at context {ctx}: the KV cache, the "
+                f"compute buffer and the runtime alone need ~{around.total_mb:.0f} MB, the "
+                f"budget is {profile.budget_mb} MB",
+                hint="use a shorter --ctx or a device with more memory",
+            )
+    else:
+        assert options.max_size is not None
+        budget, how = options.max_size, "--max-size"
+    smallest = fixed + smallest_bytes(shapes, with_imatrix)
+    if budget < smallest:
+        raise DoesNotFitError(
+            f"{info.path.name} cannot be made that small: the smallest mix is "
+            f"{megabytes(smallest)}; the budget is {megabytes(budget)}",
+            hint=f"give a budget of at least {megabytes(smallest)}, or use a smaller model",
+        )
+    start = nearest_stock_type(shapes, budget - fixed, with_imatrix)
+    estimate = estimate_memory(info, budget - fixed, ctx or DEFAULT_CONTEXT)
+    mix = Candidate(
+        quant=f"mix≤{megabytes(budget).replace(' ', '')}",
+        weights_bytes=budget - fixed,
+        estimate=estimate,
+        fits=estimate.total_mb <= profile.budget_mb,
+        est_tg_tok_s=speed(budget - fixed),
+    )
+    if not mix.fits and options.check_fit:
+        raise DoesNotFitError(
+            f"a {megabytes(budget)} file of {info.path.name} does not fit {profile.id}: "
+            + ladder.need(mix),
+            hint="give a smaller --max-size, or --fit to take the device's budget",
+        )
+    reason = (
+        f"a type per tensor within {megabytes(budget)} ({how}), starting from {start}, the "
+        "stock type nearest that size: the tensors that lose most move up, those that lose "
+        "least move down (each tensor's loss measured with llama.cpp's quantizer); it "
+        + ladder.need(mix)
+    )
+    reason += imatrix_note(start, options, info, mix=True)
+    return ladder.plan(mix, reason, quant=start, max_size=budget)

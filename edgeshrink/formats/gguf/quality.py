@@ -289,13 +289,15 @@ def chunk_tokens(tokens: list[int], i: int, n_ctx: int, scorer: LlamaScorer) -> 
 # --------------------------------------------------------------------------- base log-probs
 
 
-def _cache_dir() -> Path:
+def cache_dir(kind: str) -> Path:
+    """Where computed things of one ``kind`` are kept (logprobs, imatrix, mix):
+    $EDGESHRINK_CACHE/KIND, or the user's cache directory."""
     env = os.environ.get("EDGESHRINK_CACHE")
     if env:
-        return Path(env).expanduser() / "logprobs"
+        return Path(env).expanduser() / kind
     import platformdirs
 
-    return platformdirs.user_cache_path("edgeshrink") / "logprobs"
+    return platformdirs.user_cache_path("edgeshrink") / kind
 
 
 def base_log_probs(
@@ -324,7 +326,7 @@ def base_log_probs(
             ]
         ).encode()
     ).hexdigest()[:32]
-    cached = _cache_dir() / f"{key}.npz"
+    cached = cache_dir("logprobs") / f"{key}.npz"
     if cached.exists():
         with np.load(cached) as data:
             return data["tokens"], data["log_probs"], True

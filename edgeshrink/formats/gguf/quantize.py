@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 from edgeshrink.errors import QuantizationError, RuntimeMissingError
 from edgeshrink.formats.base import TensorTypeCount
+from edgeshrink.formats.gguf.imatrix_file import check_imatrix_fits, imatrix_kv, read_imatrix
 from edgeshrink.formats.gguf.quant_types import quant_type, supported_by_llama_cpp
 from edgeshrink.formats.gguf.reader import inspect_gguf, tensor_shapes
 
@@ -29,11 +31,21 @@ class QuantizeOutcome:
     tensor_types: tuple[TensorTypeCount, ...]
     llama_cpp_version: str
     log_tail: str
+    # With dry_run: the type llama.cpp would give each tensor (nothing is written).
+    planned: tuple[tuple[str, str], ...] = ()
 
 
 _FALLBACK_LINE = re.compile(
     r"warning:\s+(?P<name>\S+)\s+- ncols\s+\d+ not divisible by\s+\d+ \(required for type\s+"
     r"(?P<wanted>\S+)\).*?-> falling back to\s+(?P<used>\S+)"
+)
+
+# llama.cpp's line for each tensor: "[  3/272] blk.0.attn_k.weight - [576, 192, 1, 1],
+# type = q4_1, size = 0.07 MiB -> 0.07 MiB (q5_0)"; a tensor kept as it is has no "(type)".
+_TENSOR_LINE = re.compile(
+    r"^\[\s*\d+/\s*\d+\]\s+(?P<name>\S+)\s+- \[[^\]]*\], type =\s*(?P<type>\w+), "
+    r"size =[^(\n]*(?:\((?P<new>\w+)\))?",
+    re.MULTILINE,
 )
 
 _WORKER = r"""
@@ -45,9 +57,37 @@ params.ftype = args["ftype"]
 params.nthread = args["threads"]
 params.allow_requantize = args["allow_requantize"]
 params.only_copy = args["only_copy"]
+params.pure = args["pure"]
+params.dry_run = args["dry_run"]
 prune = (ctypes.c_int32 * (len(args["prune"]) + 1))(*args["prune"], -1)  # -1 ends the list
 if args["prune"]:
     params.prune_layers = ctypes.cast(prune, ctypes.POINTER(ctypes.c_int32))
+keep = []  # what the C arrays point into stays alive until the end
+if args["imatrix"]:  # {name, data, size}, ended by a NULL name
+    import numpy as np
+    with np.load(args["imatrix"]) as data:
+        arrays = {n: np.ascontiguousarray(data[n], dtype=np.float32) for n in data.files}
+    entries = (llama_cpp.llama_model_imatrix_data * (len(arrays) + 1))()
+    for entry, (name, values) in zip(entries, sorted(arrays.items())):
+        keep += [name.encode(), values]
+        entry.name, entry.size = keep[-2], values.size
+        entry.data = values.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+    params.imatrix = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+if args["tensor_types"]:  # {pattern, type}, ended by a NULL pattern
+    overrides = (llama_cpp.llama_model_tensor_override * (len(args["tensor_types"]) + 1))()
+    for entry, (pattern, ggml_type) in zip(overrides, args["tensor_types"]):
+        keep.append(pattern.encode())
+        entry.pattern, entry.type = keep[-1], ggml_type
+    params.tt_overrides = ctypes.cast(overrides, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
+if args["kv"]:  # ended by an empty key
+    kv = (llama_cpp.llama_model_kv_override * (len(args["kv"]) + 1))()
+    for entry, (key, value) in zip(kv, args["kv"]):
+        entry.key = key.encode()
+        if isinstance(value, str):
+            entry.tag, entry.value.val_str = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR, value.encode()[:127]
+        else:
+            entry.tag, entry.value.val_i64 = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT, value
+    params.kv_overrides = ctypes.cast(kv, ctypes.POINTER(llama_cpp.llama_model_kv_override))
 start = time.perf_counter()
 rc = llama_cpp.llama_model_quantize(args["src"].encode(), args["dst"].encode(), ctypes.byref(params))
 sys.stdout.write(json.dumps({"rc": int(rc), "seconds": time.perf_counter() - start,
@@ -71,10 +111,20 @@ def quantize_gguf(
     allow_requantize: bool = False,
     timeout_s: float | None = None,
     prune_layers: tuple[int, ...] = (),
+    imatrix: str | os.PathLike[str] | None = None,
+    tensor_types: Mapping[str, str] | None = None,
+    pure: bool = False,
+    dry_run: bool = False,
 ) -> QuantizeOutcome:
     """Quantize ``src`` to ``dst`` with llama.cpp's own quantizer; ``prune_layers`` (0-based)
     are removed in the same pass, and when ``quant`` is the file's own type the tensors
     are copied, not requantized.
+
+    ``imatrix`` is an importance-matrix file of ``src`` (llama-imatrix's format; checked to
+    belong to this model), recorded in the output's metadata as llama-quantize records it.
+    ``tensor_types`` gives some tensors (by exact name) a ggml type of their own, as
+    ``llama-quantize --tensor-type``; ``pure`` puts every tensor at ``quant``'s base type.
+    ``dry_run`` writes nothing and returns the type each tensor would get (``planned``).
 
     ``dst`` must be a temporary name: the caller renames it into place once the
     manifest is written (see edgeshrink.shrink).
@@ -90,10 +140,10 @@ def quantize_gguf(
             f"{src}: already quantized ({info.file_type}); re-quantizing loses more quality",
             hint="quantize from the F32/F16/BF16 original, or pass --allow-requantize",
         )
-    if qtype.needs_imatrix:
+    if qtype.needs_imatrix and imatrix is None:
         raise QuantizationError(
-            f"{qtype.name} needs an importance matrix, which edgeshrink does not compute yet",
-            hint="choose Q2_K, IQ3_S or a larger type",
+            f"{qtype.name} needs an importance matrix and none was given",
+            hint="let edgeshrink compute one (drop --no-imatrix) or give one with --imatrix FILE",
         )
     if llama_cpp_version() is None:
         raise RuntimeMissingError(
@@ -113,8 +163,19 @@ def quantize_gguf(
         "allow_requantize": bool(allow_requantize),
         "only_copy": only_copy,
         "prune": sorted(prune_layers),
+        "pure": bool(pure),
+        "dry_run": bool(dry_run),
+        "tensor_types": [
+            [f"^{re.escape(name)}$", ggml_type_number(t)]
+            for name, t in (tensor_types or {}).items()
+        ],
+        "imatrix": None,
+        "kv": [],
     }
+    means = dst.with_name(f".{dst.name}.imatrix.npz")
     try:
+        if imatrix is not None:
+            job["imatrix"], job["kv"] = str(means), imatrix_arrays(imatrix, src, means)
         proc = subprocess.run(
             [sys.executable, "-c", _WORKER, json.dumps(job)],
             capture_output=True,
@@ -126,6 +187,8 @@ def quantize_gguf(
             f"llama.cpp's quantizer did not finish within {timeout_s:.0f} s",
             hint="give it more time or more threads",
         ) from exc
+    finally:
+        means.unlink(missing_ok=True)
     log = proc.stderr
     tail = "\n".join(log.strip().splitlines()[-8:])
     result: dict[str, Any] = {}
@@ -134,7 +197,7 @@ def quantize_gguf(
             result = json.loads(proc.stdout.strip().splitlines()[-1])
         except json.JSONDecodeError:
             result = {}
-    if proc.returncode != 0 or result.get("rc") != 0 or not dst.exists():
+    if proc.returncode != 0 or result.get("rc") != 0 or not (dry_run or dst.exists()):
         reason = _quantize_failure_reason(log) or f"exit code {proc.returncode}"
         free = shutil.disk_usage(dst.parent).free
         if "iostream error" in log and free < src.stat().st_size:
@@ -151,16 +214,44 @@ def quantize_gguf(
             hint="run with EDGESHRINK_DEBUG=1 to see llama.cpp's log",
         )
     fallbacks = tuple((m["name"], m["wanted"], m["used"]) for m in _FALLBACK_LINE.finditer(log))
-    out_info = inspect_gguf(dst)
+    planned = tuple(
+        (m["name"], (m["new"] or m["type"]).upper()) for m in _TENSOR_LINE.finditer(log)
+    )
     return QuantizeOutcome(
         output=dst,
         quant=qtype.name,
         seconds=float(result.get("seconds", 0.0)),
         fallbacks=fallbacks,
-        tensor_types=out_info.tensor_types,
+        tensor_types=() if dry_run else inspect_gguf(dst).tensor_types,
         llama_cpp_version=str(result.get("version", llama_cpp_version())),
         log_tail=tail,
+        planned=planned if dry_run else (),
     )
+
+
+def ggml_type_number(name: str) -> int:
+    """ggml's number of a tensor type (``Q4_K`` -> 12), as the quantizer's overrides take it."""
+    from gguf.constants import GGMLQuantizationType
+
+    try:
+        return int(GGMLQuantizationType[name.upper()])
+    except KeyError:
+        raise QuantizationError(f"ggml has no tensor type {name!r}") from None
+
+
+def imatrix_arrays(
+    path: str | os.PathLike[str], src: Path, out: Path
+) -> list[tuple[str, str | int]]:
+    """Write the means the quantizer takes from imatrix file ``path`` (checked against
+    ``src``) to ``out`` (.npz); return the metadata llama-quantize records with them."""
+    import numpy as np
+
+    path = Path(path)
+    loaded = read_imatrix(path)
+    check_imatrix_fits(loaded, src, path.name)
+    with open(out, "wb") as handle:
+        np.savez(handle, **loaded.means())
+    return imatrix_kv(loaded, path.name)
 
 
 def check_prune_layers(layers: tuple[int, ...], n_layer: int, name: str) -> None:
