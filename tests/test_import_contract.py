@@ -76,3 +76,28 @@ def test_every_registered_format_has_a_backend_with_its_vocabulary() -> None:
 def test_formats_import_no_private_name_of_another_module() -> None:
     found = [p for p in structure.count()["private"] if p.startswith("edgeshrink/formats/")]
     assert not found, found
+
+
+def test_every_module_imports_on_its_own() -> None:
+    """Each module imported first, as a child process or a script's first import would:
+    an import cycle that the usual order hides (distill.targets ▸ formats.gguf ▸ its
+    build ▸ distill.run ▸ distill.targets) fails here, not on a user's machine."""
+    code = (
+        "import importlib, pkgutil, sys, edgeshrink\n"
+        "names = [m.name for m in pkgutil.walk_packages(edgeshrink.__path__, 'edgeshrink.')"
+        "         if not m.name.endswith(('__main__', '.device_facts'))]\n"  # scripts, run not imported
+        "failed = []\n"
+        "for name in names:\n"
+        "    for loaded in [m for m in sys.modules if m.startswith('edgeshrink.')]:\n"
+        "        del sys.modules[loaded]\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except Exception as exc:\n"
+        "        failed.append(f'{name}: {exc}')\n"
+        "print(len(names), 'modules')\n"
+        "print('\\n'.join(failed))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    count, *failed = out.stdout.strip().splitlines()
+    assert int(count.split()[0]) > 100, out.stdout
+    assert not failed, "\n".join(failed)

@@ -27,7 +27,7 @@ class Registration:
 
 
 REGISTRY: dict[str, Registration] = {
-    "gguf": Registration("gguf", (".gguf",), ((0, b"GGUF"),), "edgeshrink.formats.gguf"),
+    "gguf": Registration("gguf", (".gguf",), ((0, b"GGUF"),), "edgeshrink.formats.gguf.backend"),
     # A directory with config.json, see detect_format.
     "hf": Registration("hf", (), (), "edgeshrink.formats.hf"),
     # A bare protobuf: recognised by its suffix, validated by onnx on load.

@@ -6,7 +6,9 @@ The quantizer runs in a child process: llama.cpp aborts the whole process on
 some malformed inputs, and a child's abort is an error message, not a crash.
 
 The package, one module per concern: quant_types.py (the types and their table),
-reader.py (inspect), estimate.py (memory), quantize.py and backend.py.  Importing it
+reader.py (inspect), estimate.py (memory), quantize.py and backend.py (BACKEND, which
+the registry loads; it is not imported here, so that the modules the build uses, the
+distiller's among them, can import this package's readers first).  Importing it
 imports neither numpy nor gguf-py: QUANT_TYPES is built when first read.
 """
 
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgeshrink.formats.gguf.backend import GgufBackend
 from edgeshrink.formats.gguf.estimate import MIB, estimate_memory, estimate_weight_bytes
 from edgeshrink.formats.gguf.quant_types import (
     FORMAT,
@@ -48,10 +49,8 @@ from edgeshrink.formats.gguf.reader import (
 )
 
 __all__ = [
-    "BACKEND",
     "FORMAT",
     "GGUF_MAGIC",
-    "GgufBackend",
     "GgufQuantType",
     "LLAMA_QUANTIZE_TYPES",
     "MAX_ARRAY_NESTING",
@@ -84,6 +83,3 @@ def __getattr__(name: str) -> Any:
     if name == "QUANT_TYPES":  # gguf.QUANT_TYPES still works, read lazily
         return quant_types_table()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-BACKEND = GgufBackend()

@@ -130,3 +130,6 @@ class GgufBackend(Backend):
             info, used, asked=f"{asked} = {used} tokens",
             remedy="so this speed is not one it would be used at",
         )  # fmt: skip
+
+
+BACKEND = GgufBackend()
