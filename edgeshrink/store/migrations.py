@@ -234,6 +234,14 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         CREATE INDEX lab_jobs_by_run_device ON lab_jobs (run_id, device, status);
         """,
     ),
+    (
+        "quality measured on a device: which target, and the result of its run",
+        """
+        ALTER TABLE quality ADD COLUMN target TEXT;
+        ALTER TABLE quality ADD COLUMN result_id INTEGER REFERENCES results (id);
+        CREATE INDEX quality_by_target ON quality (target, candidate_sha256);
+        """,
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

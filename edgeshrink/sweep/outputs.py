@@ -3,7 +3,6 @@ format's ladder made with its own tools and judged against the original's output
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -12,12 +11,14 @@ from typing import Any
 from edgeshrink.bench import BenchParams
 from edgeshrink.errors import DoesNotFitError, SweepError
 from edgeshrink.formats import backend, detect_format
+from edgeshrink.formats.tensors import inputs_fingerprint
 from edgeshrink.plan import ShrinkOptions
 from edgeshrink.profiles import HardwareProfile
+from edgeshrink.quality import EvalSettings
 from edgeshrink.shrink import shrink_model
 from edgeshrink.store import ResultStore
 from edgeshrink.sweep.choose import check_optimize, finish
-from edgeshrink.sweep.device import measure_on_target
+from edgeshrink.sweep.device import DeviceQuality, measure_on_target
 from edgeshrink.sweep.types import (
     ACCURACY_DROP_LABEL,
     COSINE_LOSS_LABEL,
@@ -27,23 +28,11 @@ from edgeshrink.sweep.types import (
     SweepResult,
 )
 from edgeshrink.targets import Target
-from edgeshrink.util import sha256_file
 
 
 def onnx_ladder_step(name: str) -> str:
     """The ONNX ladder step a user's name means (quantization type names work too)."""
     return backend("onnx").sweep_step(name)
-
-
-def _inputs_fingerprint(path: Path) -> str:
-    """The sha256 of an inputs file, or of every .npy/.npz of a directory with its name."""
-    if path.is_file():
-        return sha256_file(path)
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.iterdir() if p.suffix in (".npy", ".npz")):
-        digest.update(file.name.encode())
-        digest.update(sha256_file(file).encode())
-    return digest.hexdigest()
 
 
 def _onnx_loss(quality: dict[str, Any]) -> float:
@@ -114,7 +103,7 @@ def sweep_outputs(
     out_dir.mkdir(parents=True, exist_ok=True)
     eval_path = Path(eval_inputs) if eval_inputs is not None else None
     settings = json.dumps(
-        {"inputs_sha256": _inputs_fingerprint(eval_path) if eval_path else None,
+        {"inputs_sha256": inputs_fingerprint(eval_path) if eval_path else None,
          "labels": labels, "samples": None if eval_path else samples,
          "seed": None if eval_path else seed},
         sort_keys=True,
@@ -204,10 +193,15 @@ def sweep_outputs(
     speed_source = "not measured"
     picked_by, preface = optimize, ""
     if target is not None:
+        on_device = DeviceQuality(
+            model, EvalSettings(inputs=eval_path, labels=labels, samples=samples, seed=seed),
+            budget.failures, _onnx_loss,
+        )  # fmt: skip
         candidates = measure_on_target(
-            candidates, profile, target, params or BenchParams(), db, remeasure, say
+            candidates, profile, target, params or BenchParams(), db, remeasure, say, on_device
         )
         speed_source = f"measured on {target.name}"
+        quality_source += f", measured on {target.name} (this machine's for what does not fit)"
     elif optimize == "speed":
         # This machine is not the device: int8 kernels that are fast on one CPU can be
         # several times slower than fp32 on another, so a host timing would mislead.

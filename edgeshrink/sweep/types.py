@@ -112,6 +112,8 @@ class SweepCandidate:
     pruned: tuple[int, ...] = ()  # the original's blocks removed
     recipe: tuple[dict[str, Any], ...] = ()  # as the artifact's manifest records it
     beaten_by: str | None = None  # a plain quantization no larger, no worse and no slower
+    quality_on: str | None = None  # the target that measured ``quality`` (None: this machine)
+    host_quality: dict[str, Any] | None = None  # this machine's figures, when the device's rule
 
     @property
     def by_text(self) -> bool:

@@ -13,6 +13,7 @@ from edgeshrink.formats.gguf import build
 from edgeshrink.formats.gguf.plan import context_warnings, plan_gguf
 from edgeshrink.formats.gguf.quant_types import FORMAT, LLAMA_QUANTIZE_TYPES, quant_type
 from edgeshrink.formats.gguf.reader import inspect_gguf, is_encoder, position_rows
+from edgeshrink.formats.gguf.reference import make_llm_reference
 
 
 class GgufBackend(Backend):
@@ -45,6 +46,10 @@ class GgufBackend(Backend):
 
     def verify(self, built: Built, info: ModelInfo, options: Any, progress: Any) -> Built:
         return build.verify(built, info, options, progress)
+
+    def make_reference(self, base: Any, **settings: Any) -> Path:
+        wanted = ("text", "n_ctx", "max_chunks", "threads", "progress")
+        return make_llm_reference(base, **{k: v for k, v in settings.items() if k in wanted})
 
     def embeds(self, info: ModelInfo) -> bool:
         return is_encoder(info)

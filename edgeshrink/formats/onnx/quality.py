@@ -14,8 +14,10 @@ from edgeshrink.formats.outputs import (
     QualityBudget,
     QualityReport,
     compare_outputs,
+    outputs_reference_path,
     run_all,
     same_io,
+    write_outputs_reference,
 )
 from edgeshrink.formats.tensors import io_specs
 
@@ -64,3 +66,33 @@ def evaluate_onnx(
         progress=say,
         start=start,
     )
+
+
+def onnx_reference(
+    base: str | os.PathLike[str],
+    *,
+    inputs: str | os.PathLike[str] | None = None,
+    labels: str | None = None,
+    samples: int = 64,
+    seed: int = 0,
+    threads: int | None = None,
+    progress: Progress | None = None,
+) -> Path:
+    """The base's outputs on the evaluation inputs, for a device to compare with (cached)."""
+    import onnxruntime
+
+    base = Path(base)
+    path = outputs_reference_path(
+        "onnx", base, inputs=inputs, labels=labels, samples=samples, seed=seed,
+        runtime=f"onnxruntime {onnxruntime.__version__}",
+    )  # fmt: skip
+    if path.exists():
+        return path
+    base_in, base_out = io_specs(inspect_onnx(base))
+    session = open_session(base, threads=threads)
+    return write_outputs_reference(
+        path, base, base_in, [s.name for s in base_out],
+        lambda feeds, names: run_all(session, feeds, names),
+        inputs=inputs, labels=labels, samples=samples, seed=seed,
+        progress=progress or (lambda _m: None),
+    )  # fmt: skip

@@ -16,7 +16,9 @@ from edgeshrink.formats.outputs import (
     QualityReport,
     compare_outputs,
     concatenated,
+    outputs_reference_path,
     same_io,
+    write_outputs_reference,
 )
 from edgeshrink.formats.tensors import io_specs
 from edgeshrink.formats.tflite.inspect import inspect_tflite
@@ -76,3 +78,33 @@ def evaluate_tflite(
         start=start,
     )
     return replace(report, notes=(*report.notes, *notes))
+
+
+def tflite_reference(
+    base: str | os.PathLike[str],
+    *,
+    inputs: str | os.PathLike[str] | None = None,
+    labels: str | None = None,
+    samples: int = 64,
+    seed: int = 0,
+    threads: int | None = None,
+    progress: Progress | None = None,
+) -> Path:
+    """The base's outputs on the evaluation inputs (float data, as the host feeds it), for a
+    device to compare with (cached)."""
+    base = Path(base)
+    info = inspect_tflite(base)
+    runner = TfliteRunner(base, info, threads=threads)
+    path = outputs_reference_path(
+        "tflite", base, inputs=inputs, labels=labels, samples=samples, seed=seed,
+        runtime=runner.runtime,
+    )  # fmt: skip
+    if path.exists():
+        return path
+    base_in, base_out = io_specs(info)
+    return write_outputs_reference(
+        path, base, base_in, [s.name for s in base_out],
+        lambda feeds, names: concatenated(runner.run, feeds, names),
+        inputs=inputs, labels=labels, samples=samples, seed=seed,
+        progress=progress or (lambda _m: None),
+    )  # fmt: skip
