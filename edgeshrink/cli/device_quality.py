@@ -81,6 +81,13 @@ def _change(row: Any) -> str:
     return shown + ("  DRIFT" if row.beyond else "")
 
 
+def _metric(m: dict[str, Any]) -> str:
+    """A metric's value; accuracy with the base's beside it."""
+    if m.get("reference") is not None:
+        return f"{m['reference']:.4g} -> {m['value']:.4g}"
+    return f"{m['value']:.6g}"
+
+
 def print_device_eval(result: DeviceEval) -> None:
     q, host = result.quality, result.host or {}
     where = f"{result.target} (on the device)"
@@ -119,7 +126,7 @@ def print_device_eval(result: DeviceEval) -> None:
             label = f"{m['name']} ({m['output']})" if m.get("output") else m["name"]
             h = on_host.get((m["name"], m.get("output")))
             key = f"{m['name']} of {m['output']}" if m.get("output") else m["name"]
-            rows.append((label, "-" if h is None else f"{h['value']:.6g}", f"{m['value']:.6g}",
+            rows.append((label, "-" if h is None else _metric(h), _metric(m),
                          _change(drift.get(key))))  # fmt: skip
         note = ""
     head = ["", source.upper(), where.upper(), "DEVICE - HOST"]
