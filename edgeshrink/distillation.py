@@ -14,13 +14,15 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from edgeshrink.artifacts import load_artifact
 from edgeshrink.errors import EvalDataError, RecipeError
 from edgeshrink.formats import backend
+from edgeshrink.formats.base import ModelInfo
+from edgeshrink.formats.gguf.embeddings import evaluate_embeddings
 from edgeshrink.formats.gguf.quality import evaluate_llm
 from edgeshrink.formats.gguf.reader import inspect_gguf
 from edgeshrink.passes import step
@@ -28,8 +30,8 @@ from edgeshrink.passes.prune_choice import RemovalMeter, choose_removal, split_t
 from edgeshrink.pipeline import Progress, ShrinkResult, resolve_output, run_recipe, shrink_model
 from edgeshrink.plan import ShrinkOptions
 from edgeshrink.profiles import HardwareProfile
-from edgeshrink.prune import prunable, scoring_model
-from edgeshrink.util import make_work_dir, sha256_file
+from edgeshrink.prune import FLOAT_TYPES, makes_embeddings, prunable, scoring_model
+from edgeshrink.util import make_work_dir
 
 HELD_OUT = 0.1
 MIN_HELD_OUT_WORDS = 200
@@ -105,12 +107,17 @@ def distill_model(
     info = prunable(teacher)
     train_text, held_out = split_text(text)
     teacher_gguf = scoring_model(teacher, info, threads=threads, force=force, progress=say)
+    encoder = makes_embeddings(info)
     if student is not None:
         source, source_info = Path(student), inspect_gguf(student)
         layers = student_cuts(source)
         prunes: tuple[Any, ...] = ()
     else:
-        source, source_info = teacher, info
+        # A language model's checkpoint is distilled as its GGUF (the teacher llama.cpp
+        # runs); an embedding model's on the checkpoint itself, before conversion.
+        source, source_info = (
+            (teacher, info) if encoder else (teacher_gguf, inspect_gguf(teacher_gguf))
+        )
         if remove:
             layers = tuple(sorted(remove))
         elif n_layers:
@@ -121,15 +128,16 @@ def distill_model(
             )
         prunes = (step("prune", layers=layers),)
     distill = step(
-        "distill", teacher=sha256_file(teacher_gguf),
+        "distill", teacher=backend(info.format).source_sha256(teacher, info),
         text=hashlib.sha256(train_text.encode()).hexdigest(),
         cuts=layers if student is not None and layers else None, **training,
     )  # fmt: skip
     options = ShrinkOptions(quant=quant, threads=threads, force=force, passes=(*prunes, distill),
                             text=train_text, teacher=teacher_gguf if student else None,
                             resume=resume)  # fmt: skip
-    fmt = backend(source_info.format)
-    out_type = fmt.normalize_quant(quant) if quant else _float_or_own(source_info.file_type)
+    out_type = (
+        backend("gguf").normalize_quant(quant) if quant else _float_or_own(source_info.file_type)
+    )
     n = len(layers) or "x"
     if profile is not None:
         result = shrink_model(
@@ -137,27 +145,56 @@ def distill_model(
         )
         out_type = result.artifact.quant
     else:
-        recipe = (*prunes, distill, step("quantize", type=out_type))
-        out = resolve_output(source, f"healed{n}-{out_type}", output)
-        result = run_recipe(source, source_info, fmt, None, recipe, None, options, output=out,
-                            progress=say)  # fmt: skip
+        result = made(source, source_info, (*prunes, distill), out_type, options,
+                      resolve_output(source, f"healed{n}-{out_type}", output), say)  # fmt: skip
     if student is not None:
         unhealed = source
     else:
-        unhealed = run_recipe(
-            source, source_info, fmt, None, (*prunes, step("quantize", type=out_type)), None,
+        unhealed = made(
+            source, source_info, prunes, out_type,
             ShrinkOptions(threads=threads, allow_requantize=True, passes=prunes),
-            output=result.artifact.path.with_name(f"{result.artifact.path.stem}-unhealed.gguf"),
-            progress=say,
+            result.artifact.path.with_name(f"{result.artifact.path.stem}-unhealed.gguf"), say,
         ).artifact.path  # fmt: skip
     say("judging both students on the held-out text")
-    before = evaluate_llm(teacher_gguf, unhealed, text=held_out, threads=threads)
-    after = evaluate_llm(teacher_gguf, result.artifact.path, text=held_out, threads=threads)
+    if encoder:
+        before: Any = evaluate_embeddings(teacher_gguf, unhealed, text=held_out, threads=threads)
+        after: Any = evaluate_embeddings(teacher_gguf, result.artifact.path, text=held_out,
+                                         threads=threads)  # fmt: skip
+    else:
+        before = evaluate_llm(teacher_gguf, unhealed, text=held_out, threads=threads)
+        after = evaluate_llm(teacher_gguf, result.artifact.path, text=held_out, threads=threads)
     facts = next(
         (s.get("detail") for s in result.artifact.recipe if s.get("pass") == "distill"), None
     )
+    if facts is None:  # a checkpoint's training is recorded in its converted file's manifest
+        facts = _training_of(result.artifact.source_path)
     return DistillOutcome(layers, result, unhealed, before.to_dict(), after.to_dict(),
                           _json(facts))  # fmt: skip
+
+
+def made(source: Path, info: ModelInfo, passes: tuple[Any, ...], out_type: str,
+         options: ShrinkOptions, output: Path, say: Progress) -> ShrinkResult:  # fmt: skip
+    """``source`` through ``passes`` at ``out_type`` for no device: directly, or for a
+    checkpoint through its float conversion and then the GGUF quantizer."""
+    fmt = backend(info.format)
+    if not fmt.front_end_for or out_type.upper() in FLOAT_TYPES:
+        recipe = (*passes, step("quantize", type=out_type))
+        return run_recipe(source, info, fmt, None, recipe, None, options, output=output,
+                          progress=say)  # fmt: skip
+    converted = run_recipe(source, info, fmt, None, (*passes, step("quantize", type="F16")), None,
+                           options, output=output.with_name(f"{output.stem}-f16.gguf"),
+                           progress=say, for_profile=False).artifact.path  # fmt: skip
+    return run_recipe(converted, inspect_gguf(converted), backend("gguf"), None,
+                      (step("quantize", type=out_type),), None, replace(options, passes=()),
+                      output=output, progress=say)  # fmt: skip
+
+
+def _training_of(path: str) -> Any:
+    try:
+        recipe = load_artifact(Path(path), verify=False).recipe
+    except Exception:  # noqa: BLE001 - no manifest: nothing recorded
+        return None
+    return next((s.get("detail") for s in recipe if s.get("pass") == "distill"), None)
 
 
 def choose_layers(teacher_gguf: Path, n: int, train_text: str, held_out: str,

@@ -160,3 +160,39 @@ def test_ctrl_c_keeps_a_checkpoint_and_resume_goes_on(
     facts = json.loads(resumed.stdout)["training"]
     assert facts["resumed_from"] == saved_step and facts["steps"] == 200
     assert not checkpoint.exists() and out.exists()
+
+
+def test_sweep_heal_adds_a_healed_twin_of_every_pruned_candidate(
+    stories: Path, tmp_path: Path
+) -> None:
+    r = run_cli("sweep", str(stories), "-p", "raspberry-pi-5-8gb", "--ladder", "Q8_0", "--prune", "0,1",
+                "--heal", "--heal-steps", "8", "--output-dir", str(tmp_path / "sw"), "--json", cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    by_name = {c["quant"]: c for c in json.loads(r.stdout)["candidates"]}
+    assert set(by_name) == {"Q8_0", "Q8_0-prune1", "Q8_0-prune1-healed"}
+    healed, pruned = by_name["Q8_0-prune1-healed"], by_name["Q8_0-prune1"]
+    assert healed["healed"] and not pruned["healed"] and healed["pruned"] == pruned["pruned"]
+    made_from = load_artifact(Path(healed["path"])).source_path
+    student = load_artifact(Path(made_from))
+    assert [s["pass"] for s in student.recipe] == ["prune", "distill", "quantize"]
+    assert student.recipe[0]["layers"] == pruned["pruned"]
+    bad = run_cli("sweep", str(stories), "-p", "raspberry-pi-5-8gb", "--heal", cwd=tmp_path)
+    assert bad.returncode == 2 and "--heal heals pruned candidates" in bad.stderr
+
+
+def test_an_embedding_model_is_healed_on_its_checkpoint(corpus: Path, tmp_path: Path) -> None:
+    """BERT-style: the student is the checkpoint without a block, trained so its pooled
+    embeddings match the teacher's (MSE), then converted; judged by embedding cosine."""
+    from edgeshrink.testmodels.hf_checkpoints import make_hf_checkpoint
+
+    ck = make_hf_checkpoint(tmp_path / "MiniBert", "bert", "f32", n_layer=3).path
+    r = run_cli("distill", str(ck), "--remove", "1", "--text", str(corpus), "--steps", "25", "--json",
+                cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["before"]["kind"] == "embedding-cosine"
+    assert doc["after"]["cosine_mean"] > doc["before"]["cosine_mean"]
+    art = load_artifact(Path(doc["artifact"]["path"]))
+    assert backend("gguf").inspect(art.path).llm.n_layer == 2
+    assert [s["pass"] for s in art.recipe] == ["prune", "distill", "quantize"]
+    assert json.loads(art.recipe[1]["detail"])["steps"] == 25

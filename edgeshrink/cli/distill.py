@@ -151,11 +151,27 @@ def distill(obj: Context, teacher: Path, student: Path | None, n_layers: int | N
 
 def show(outcome: DistillOutcome) -> None:
     rows = []
-    for label, q in (("unhealed", outcome.before), ("healed", outcome.after)):
-        rows.append([label, f"{q['kld_mean']['value']:.4f}", f"{q['ppl_ratio']['value']:.3f}",
-                     f"{100 * q['same_top']['value']:.1f}%"])  # fmt: skip
-    click.echo(f"held-out quality against the teacher ({outcome.after['n_scored']} tokens):")
-    click.echo(render_table(["STUDENT", "KLD", "PPL RATIO", "SAME TOP"], rows, right=(1, 2, 3)))
+    if outcome.before.get("kind") == "embedding-cosine":
+        headers = ["STUDENT", "COSINE", "COS P05", "COS MIN"]
+        for label, q in (("unhealed", outcome.before), ("healed", outcome.after)):
+            rows.append(
+                [
+                    label,
+                    f"{q['cosine_mean']:.5f}",
+                    f"{q['cosine_p05']:.5f}",
+                    f"{q['cosine_min']:.5f}",
+                ]
+            )
+        click.echo(
+            f"held-out embeddings against the teacher's ({outcome.after['n_inputs']} sentences):"
+        )
+    else:
+        headers = ["STUDENT", "KLD", "PPL RATIO", "SAME TOP"]
+        for label, q in (("unhealed", outcome.before), ("healed", outcome.after)):
+            rows.append([label, f"{q['kld_mean']['value']:.4f}", f"{q['ppl_ratio']['value']:.3f}",
+                         f"{100 * q['same_top']['value']:.1f}%"])  # fmt: skip
+        click.echo(f"held-out quality against the teacher ({outcome.after['n_scored']} tokens):")
+    click.echo(render_table(headers, rows, right=(1, 2, 3)))
     facts, art = outcome.facts, outcome.result.artifact
     click.echo(f"{'reused' if outcome.result.reused else 'wrote'} {art.path}")
     pairs = [("layers removed", ", ".join(map(str, outcome.layers)) or "unknown"), ("type", art.quant),

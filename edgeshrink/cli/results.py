@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from edgeshrink.cli.common import DB_OPTION, JSON_OPTION, emit_json
+from edgeshrink.report.sweep_page import write_page
 from edgeshrink.report.table import render_table
 from edgeshrink.store import ResultStore
 
@@ -73,6 +76,46 @@ def results_show(result_id: int, db: str | None) -> None:
     """Print the agent's whole JSON document of one result."""
     with ResultStore(db) as store:
         emit_json(store.get_document(result_id))
+
+
+@results.command("sweeps")
+@DB
+@JSON_OPTION
+def results_sweeps(db: str | None, as_json: bool) -> None:
+    """List stored sweeps, newest first."""
+    with ResultStore(db) as store:
+        rows = [dict(r) for r in store.sweeps()]
+    if as_json:
+        emit_json(rows)
+        return
+    click.echo(render_table(
+        ["ID", "WHEN", "MODEL", "PROFILE", "TARGET", "PICK"],
+        [[r["id"], r["created_at"], r["model_name"], r["profile_id"], r["target"] or "-", r["pick"] or "-"]
+         for r in rows],
+        right=(0,),
+    ))  # fmt: skip
+
+
+@results.command("sweep")
+@click.argument("sweep_id", type=int)
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the sweep's page again: HTML, or Markdown for a path ending in .md.")  # fmt: skip
+@DB
+@JSON_OPTION
+def results_sweep(sweep_id: int, report_path: Path | None, db: str | None, as_json: bool) -> None:
+    """One stored sweep: its pick and reason, or its whole page with --report."""
+    with ResultStore(db) as store:
+        doc = store.get_sweep(sweep_id)
+    if report_path:
+        write_page(doc, report_path)
+    if as_json:
+        emit_json(doc)
+        return
+    click.echo(f"sweep #{sweep_id} of {Path(doc['model']).name} on {doc['profile']}: pick "
+               f"{doc.get('pick') or 'none'}")  # fmt: skip
+    click.echo(doc["reason"])
+    if report_path:
+        click.echo(f"report: {report_path}")
 
 
 COMMANDS = (results,)

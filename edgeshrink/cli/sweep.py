@@ -18,18 +18,22 @@ from edgeshrink.cli.common import (
     progress_printer,
 )
 from edgeshrink.cli.run import bench_options, connect_target, params_from
+from edgeshrink.cost import parse_load
 from edgeshrink.errors import EdgeshrinkError, UnsupportedFormatError
 from edgeshrink.formats import backend, detect_format
 from edgeshrink.profiles import get_profile
+from edgeshrink.report.sweep_page import saving, write_page
 from edgeshrink.report.table import render_table
+from edgeshrink.store import ResultStore
 from edgeshrink.sweep import OutputQualityBudget, QualityBudget, sweep_gguf, sweep_outputs
+from edgeshrink.sweep.record import sweep_document
 from edgeshrink.util import human_bytes
 
 # Options that mean something for one way of measuring quality only, by parameter name
 # (as click names them): over a text (LLMs) or on a model's outputs (ONNX, TFLite).
 TEXT_ONLY = (
     "max_kld", "max_ppl_increase", "text_file", "eval_ctx", "eval_chunks", "context", "prune",
-    "prune_text",
+    "prune_text", "heal", "heal_steps", "heal_minutes",
     "prompt_tokens", "gen_tokens", "reps", "flash_attn", "n_ctx", "no_mmap",
 )  # fmt: skip
 OUTPUTS_ONLY = (
@@ -86,6 +90,46 @@ def _refuse_foreign_options(model: Path, fmt: Any) -> None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
     help="GGUF: text the blocks are scored on [default: the calibration text edgeshrink ships].",
+)
+@click.option(
+    "--heal",
+    is_flag=True,
+    help="GGUF, with --prune: add a healed twin of every pruned candidate (the student "
+    "distilled from the original on the --prune-text; needs the distill extra).",
+)
+@click.option(
+    "--heal-steps",
+    type=click.IntRange(1, None),
+    default=None,
+    help="Training steps of each healing [default: 200, or --heal-minutes].",
+)
+@click.option(
+    "--heal-minutes",
+    type=FiniteFloat(0.01, None),
+    default=None,
+    help="Training time of each healing instead of --heal-steps.",
+)
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the page that sums the sweep up: HTML (plots inline), or Markdown for a path "
+    "ending in .md; it also measures the original, to say what shrinking saved.",
+)
+@click.option(
+    "--load",
+    "load_text",
+    default=None,
+    help="Tokens to serve, e.g. 20M-tokens/day: the report says how many devices or instances "
+    "that needs and what they cost (the profile's [price]).",
+)
+@click.option(
+    "--utilization",
+    type=FiniteFloat(0.01, 1),
+    default=0.5,
+    show_default=True,
+    help="The share of each hour the hardware spends generating, for the costs.",
 )
 @click.option(
     "--max-kld",
@@ -212,6 +256,12 @@ def sweep(
     ladder: str | None,
     prune: str | None,
     prune_text: Path | None,
+    heal: bool,
+    heal_steps: int | None,
+    heal_minutes: float | None,
+    report_path: Path | None,
+    load_text: str | None,
+    utilization: float,
     max_kld: float | None,
     max_ppl_increase: float | None,
     min_agreement: float | None,
@@ -243,6 +293,7 @@ def sweep(
     edgeshrink sweep model-f16.gguf --profile raspberry-pi-5-8gb --max-kld 0.05
     edgeshrink sweep model-f16.gguf --profile raspberry-pi-5-8gb --target mypi --max-kld 0.05
     edgeshrink sweep model-f16.gguf -p raspberry-pi-5-8gb --prune 0,2,4 --max-kld 0.1
+    edgeshrink sweep model-f16.gguf -p raspberry-pi-5-8gb --prune 2,4 --heal --max-kld 0.1
     edgeshrink sweep model.onnx --profile imx8mp --target board --calibration cal.npz \\
         --eval eval.npz --labels labels --max-accuracy-drop 1
     """
@@ -254,6 +305,7 @@ def sweep(
             hint="convert it to an F16 GGUF first (edgeshrink shrink), then sweep that",
         )
     _refuse_foreign_options(model, fmt)
+    load = parse_load(load_text) if load_text else None
     profile = get_profile(profile_id, obj.profiles_dirs)
     target = connect_target(target_name, profile.id, kw) if target_name else None
     out_dir = output_dir or Path.cwd() / f"{model.stem}-sweep"
@@ -271,6 +323,8 @@ def sweep(
             budget=QualityBudget(max_kld=max_kld, max_ppl_increase=max_ppl_increase, min_same_top=min_agreement),
             ladder=types, text=text_file.read_text(encoding="utf-8") if text_file else None,
             prune=parse_counts(prune) if prune else (0,),
+            heal=healing(heal, heal_steps, heal_minutes, prune),
+            include_original=bool(report_path or load_text),
             calibration_text=prune_text.read_text(encoding="utf-8") if prune_text else None,
             eval_ctx=eval_ctx, eval_chunks=eval_chunks, context=context, **common,
         )  # fmt: skip
@@ -285,8 +339,13 @@ def sweep(
             allow_random_calibration=allow_random_calibration, eval_inputs=eval_inputs,
             labels=labels, samples=eval_samples, **common,
         )  # fmt: skip
+    doc = sweep_document(result, profile, load=load, utilization=utilization)
+    with ResultStore(kw["db"]) as store:
+        sweep_id = store.add_sweep(doc)
+    if report_path:
+        write_page(doc, report_path)
     if as_json:
-        emit_json(result.to_dict())
+        emit_json(doc | {"sweep_id": sweep_id, "report": str(report_path) if report_path else None})
     else:
         click.echo(
             f"sweep of {model.name} for {result.profile_id}; quality on "
@@ -303,6 +362,12 @@ def sweep(
         click.echo(f"pick: {result.reason}")
         if result.plot:
             click.echo(f"plot: {result.plot}")
+        saved = saving(doc)
+        if saved:
+            click.echo(f"cost: {saved}")
+        click.echo(f"stored: sweep #{sweep_id} (`edgeshrink results sweep {sweep_id}`)")
+        if report_path:
+            click.echo(f"report: {report_path}")
     if result.pick is None and not result.candidates:
         calibration = any("calibration" in why for _, why in result.skipped)
         raise EdgeshrinkError(
@@ -316,6 +381,19 @@ def sweep(
             "no candidate is good enough for this device",
             hint="loosen the quality budget, or plan for a device with more memory",
         )
+
+
+def healing(heal: bool, steps: int | None, minutes: float | None, prune: str | None) -> Any:
+    """The distill settings of --heal (None without it)."""
+    if not heal:
+        if steps is not None or minutes is not None:
+            raise click.UsageError("--heal-steps and --heal-minutes go with --heal")
+        return None
+    if not prune or not any(parse_counts(prune)):
+        raise click.UsageError("--heal heals pruned candidates: give --prune, e.g. --prune 0,2,4")
+    if steps is not None and minutes is not None:
+        raise click.UsageError("--heal-steps and --heal-minutes exclude each other: choose one")
+    return {"minutes": minutes} if minutes is not None else {"steps": steps or 200}
 
 
 def parse_counts(text: str) -> tuple[int, ...]:

@@ -168,6 +168,19 @@ def _write_encoder_metadata(
         writer.add_pooling_type(pooling)
 
 
+def sentence_pooling(directory: Path) -> str | None:
+    """How the checkpoint pools a sentence embedding: "mean", "cls", "last" or None."""
+    import gguf
+
+    kind = _sentence_transformers_pooling(directory)
+    names = {
+        gguf.PoolingType.MEAN: "mean",
+        gguf.PoolingType.CLS: "cls",
+        gguf.PoolingType.LAST: "last",
+    }
+    return names.get(kind) if kind is not None else None
+
+
 def _sentence_transformers_pooling(directory: Path) -> Any:
     import gguf
 

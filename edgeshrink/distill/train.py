@@ -121,6 +121,21 @@ def distill_loss(torch: Any, logits: Any, targets: dict[str, Any], temperature: 
     return loss
 
 
+def descend(
+    torch: Any, loss: Any, optimizer: Any, params: list[Any], step: int, hint: str
+) -> float:
+    """One optimizer step on ``loss`` (gradients clipped at 1); a loss that is not finite
+    stops the run with one line instead of writing a broken model."""
+    value = loss.item()
+    if not math.isfinite(value):
+        raise RecipeError(f"the distillation loss became {value} at step {step + 1}", hint=hint)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    return value
+
+
 def train_student(
     model: Any,
     targets: TeacherTargets,
@@ -190,17 +205,12 @@ def train_student(
                 group["lr"] = settings.lr * warm
             logits = model(batch_targets["tokens"]).logits
             loss = distill_loss(torch, logits, batch_targets, settings.temperature, settings.alpha)
-            if not math.isfinite(loss.item()):
-                raise RecipeError(
-                    f"the distillation loss became {loss.item()} at step {step + 1}",
-                    hint="lower --lr, or use --train near-cuts",
+            losses.append(
+                descend(
+                    torch, loss, optimizer, params, step, "lower --lr, or use --train near-cuts"
                 )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
+            )
             step += 1
-            losses.append(loss.item())
             elapsed = time.perf_counter() - start
             rate = (step - resumed_from) * tokens_per_step / max(elapsed, 1e-9)
             if settings.steps is not None:

@@ -9,6 +9,7 @@ reuses it and `eval`/`sweep` have a base to compare against.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,9 @@ from edgeshrink.convert import inspect_hf as inspect
 from edgeshrink.convert.architectures import find_spec
 from edgeshrink.convert.hf_to_gguf import gguf_tensor_shapes
 from edgeshrink.convert.prune_hf import kept_blocks, prune_checkpoint
+from edgeshrink.distill.encoder import distill_encoder
+from edgeshrink.distill.train import TrainSettings, status_line
+from edgeshrink.errors import RecipeError
 from edgeshrink.formats import backend
 from edgeshrink.formats.base import Backend, Built, ModelInfo
 from edgeshrink.formats.gguf.plan import plan_llm
@@ -83,20 +87,37 @@ def conversion_path(
     return final.parent / f"{src.name}-{converted_type(info, plan, options)}.gguf"
 
 
-def convert_build(src: Path, work: Path, name: str, recipe: Any, progress: Any) -> Built:
-    """Convert ``src`` (without the blocks a prune step removes) to ``work/name``."""
+def convert_build(src: Path, work: Path, name: str, recipe: Any, progress: Any,
+                  text: str | None = None) -> Built:  # fmt: skip
+    """Convert ``src`` (without the blocks a prune step removes, trained when a distill
+    step says so) to ``work/name``."""
     outtype = recipe[-1].get("type").lower()
     layers = removed_layers(recipe)
     checkpoint = src
+    notes: list[str] = []
+    done = [s.to_dict() for s in recipe]
     if layers:
         progress(f"removing layers {', '.join(map(str, layers))} of {src.name}")
         checkpoint = prune_checkpoint(src, layers, work / f"{src.name}-pruned")
+    distill = next((s for s in recipe if s.name == "distill"), None)
+    if distill is not None:
+        if text is None or hashlib.sha256(text.encode()).hexdigest() != distill.get("text"):
+            raise RecipeError(
+                "distill needs the text its recipe names", hint="give the training text with --text"
+            )
+        settings = TrainSettings(
+            steps=distill.get("steps"), minutes=distill.get("minutes"), lr=distill.get("lr"),
+            batch=distill.get("batch"), seed=distill.get("seed"),
+        )  # fmt: skip
+        progress(f"training the student of {src.name} to embed like it (MSE of pooled embeddings)")
+        facts = distill_encoder(src, checkpoint, text, settings,
+                                on_step=lambda s: progress(status_line(s)))  # fmt: skip
+        done[[s.name for s in recipe].index("distill")]["detail"] = json.dumps(
+            facts.to_dict(), sort_keys=True
+        )
     progress(f"converting {src.name} to GGUF ({outtype})")
     result = convert_hf_to_gguf(checkpoint, work / name, outtype=outtype)
-    return Built(
-        path=work / name, recipe=tuple(s.to_dict() for s in recipe), notes=result.notes,
-        format="gguf",
-    )  # fmt: skip
+    return Built(path=work / name, recipe=tuple(done), notes=(*notes, *result.notes), format="gguf")
 
 
 class HfBackend(Backend):
@@ -136,8 +157,13 @@ class HfBackend(Backend):
         ctype = converted_type(info, plan, options)
         # A distillation needs the unpruned teacher as a GGUF too: then the whole model is
         # converted and the GGUF backend prunes, trains and quantizes.
+        # An embedding model is distilled here, on its checkpoint (transformers), before
+        # conversion: then the prune and the distillation are this front end's.
         distills = any(s.name == "distill" for s in options.passes)
-        prunes = () if distills else tuple(s for s in options.passes if s.name == "prune")
+        if distills and self.embeds(info):
+            prunes = tuple(s for s in options.passes if s.name in ("prune", "distill"))
+        else:
+            prunes = () if distills else tuple(s for s in options.passes if s.name == "prune")
         recipe = (*prunes, step("quantize", type=ctype.upper()))
         path = conversion_path(src, info, plan, options, output)
         layers = removed_layers(prunes)
@@ -150,7 +176,7 @@ class HfBackend(Backend):
         return backend("gguf").verify(built, info, options, progress)
 
     def build(self, src: Path, work: Path, name: str, recipe: Any, **kw: Any) -> Built:
-        return convert_build(src, work, name, recipe, kw["progress"])
+        return convert_build(src, work, name, recipe, kw["progress"], kw["options"].text)
 
     def embeds(self, info: ModelInfo) -> bool:
         meta = dict(info.metadata)

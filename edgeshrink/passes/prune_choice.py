@@ -95,7 +95,8 @@ def score_layers(
                 hint="give a longer --text",
             )
         for i in range(n_chunks):
-            say(f"scoring layers: chunk {i + 1}/{n_chunks}")
+            if i % max(1, n_chunks // 10) == 0:
+                say(f"scoring layers: chunk {i + 1}/{n_chunks}")
             chunk = chunk_tokens(tokens, i, n_ctx, scorer) if len(tokens) >= n_ctx else tokens
             scorer.forward(chunk, 0)  # every position is an output: the last block's rows too
             states = hooks.take()

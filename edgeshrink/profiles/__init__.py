@@ -32,6 +32,7 @@ from edgeshrink.profiles.types import (
     Accelerator,
     CpuSpec,
     HardwareProfile,
+    Price,
 )
 
 if sys.version_info >= (3, 11):
@@ -48,6 +49,7 @@ __all__ = [
     "Accelerator",
     "CpuSpec",
     "HardwareProfile",
+    "Price",
     "ProfileScan",
     "closest",
     "describe_value",

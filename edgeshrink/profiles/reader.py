@@ -20,6 +20,7 @@ from edgeshrink.profiles.types import (
     Accelerator,
     CpuSpec,
     HardwareProfile,
+    Price,
 )
 
 _TOP_KEYS = {
@@ -38,8 +39,13 @@ _TOP_KEYS = {
     "quantization": True,
     "accelerators": False,
     "thermal": False,
+    "price": False,
 }
-_TABLE_KEYS = frozenset({"cpu", "memory", "runtime", "quantization", "thermal"})
+_TABLE_KEYS = frozenset({"cpu", "memory", "runtime", "quantization", "thermal", "price"})
+_PRICE_KEYS = {
+    "source": True, "date": True, "per_hour_usd": False, "unit_usd": False, "watts": False,
+    "kwh_usd": False, "lifetime_years": False,
+}  # fmt: skip
 _CPU_KEYS = {
     "model": True,
     "cores": True,
@@ -371,6 +377,32 @@ class ProfileReader:
             self.fail(f"thermal.throttle_c must be a temperature in °C, got {throttle_c}")
         return throttle_c, self.optional_string(thermal, "notes", "thermal.") or ""
 
+    def price(self, doc: Mapping[str, Any]) -> Price | None:
+        if "price" not in doc:
+            return None
+        price = self.table(doc, "price")
+        self.check_keys(price, _PRICE_KEYS, "price.")
+        values = {
+            key: self.number(price, key, "price.")
+            for key in ("per_hour_usd", "unit_usd", "watts", "kwh_usd", "lifetime_years")
+            if key in price
+        }
+        for key, value in values.items():
+            if value <= 0:
+                self.fail(f"price.{key} must be positive, got {value}")
+        hourly = "per_hour_usd" in values
+        unit = "unit_usd" in values and "watts" in values
+        if hourly == unit:
+            self.fail(
+                "price needs per_hour_usd (a cloud instance) or unit_usd and watts (a device), "
+                "not both",
+                hint="e.g. per_hour_usd = 0.145, or unit_usd = 80 and watts = 7",
+            )
+        return Price(
+            source=self.string(price, "source", "price."), date=self.string(price, "date", "price."),
+            **values,
+        )  # fmt: skip
+
     # -- whole document
 
     def read(self, doc: Mapping[str, Any]) -> HardwareProfile:
@@ -411,6 +443,7 @@ class ProfileReader:
             accelerators=self.accelerators(doc),
             throttle_c=throttle_c,
             thermal_notes=thermal_notes,
+            price=self.price(doc),
             external_delegate=self.optional_string(doc, "external_delegate"),
             sources=self.string_list(doc, "sources", allow_empty=False),
             path=self.path.resolve(),

@@ -48,6 +48,34 @@ class Accelerator:
 
 
 @dataclass(frozen=True)
+class Price:
+    """What running on this hardware costs: a cloud instance by the hour, or an edge
+    device bought once (amortised over ``lifetime_years``) plus the power it draws."""
+
+    source: str  # where the figure comes from
+    date: str  # when it was read (prices move)
+    per_hour_usd: float | None = None  # a cloud instance, on demand
+    unit_usd: float | None = None  # an edge device's purchase price
+    watts: float | None = None  # its draw under load
+    kwh_usd: float = 0.15  # the electricity price assumed for watts
+    lifetime_years: float = 3.0  # over which a unit's price is spread
+
+    @property
+    def hourly_usd(self) -> float:
+        """The cost of one hour of this hardware, running."""
+        if self.per_hour_usd is not None:
+            return self.per_hour_usd
+        unit = (self.unit_usd or 0.0) / (self.lifetime_years * 365 * 24)
+        return unit + (self.watts or 0.0) / 1000 * self.kwh_usd
+
+    def describe(self) -> str:
+        if self.per_hour_usd is not None:
+            return f"${self.per_hour_usd:g}/hour ({self.source}, {self.date})"
+        return (f"${self.unit_usd:g} over {self.lifetime_years:g} years + {self.watts:g} W at "
+                f"${self.kwh_usd:g}/kWh = ${self.hourly_usd:.4f}/hour ({self.source}, {self.date})")  # fmt: skip
+
+
+@dataclass(frozen=True)
 class HardwareProfile:
     """One device, as described by one ``hardware-profiles/<id>.toml``."""
 
@@ -72,6 +100,7 @@ class HardwareProfile:
     sources: tuple[str, ...]
     path: Path
     thermal_notes: str = field(default="")
+    price: Price | None = None
 
     @property
     def budget_mb(self) -> int:

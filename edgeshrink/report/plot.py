@@ -47,13 +47,15 @@ def scatter_panel(
     front: tuple[str, ...],
     pick: str | None,
     offset_x: int = 0,
+    hline: float | None = None,
 ) -> str:
-    """One scatter panel; ``points`` carry name, x, y and fits."""
+    """One scatter panel; ``points`` carry name, x, y and fits; ``hline`` is a budget drawn
+    across the panel (a loss above it is too much)."""
     xs = [p["x"] for p in points]
     ys = [p["y"] for p in points]
     x_lo, x_hi = min(xs), max(xs)
     # Losses can be negative (a candidate more accurate than its original) or all zero.
-    y_lo, y_hi = min(0.0, min(ys)), max(ys)
+    y_lo, y_hi = min(0.0, min(ys)), max([*ys, *([hline] if hline is not None else [])])
     span = y_hi - y_lo
     if span == 0:
         y_hi = y_lo + 1.0
@@ -95,6 +97,13 @@ def scatter_panel(
         f'<text transform="translate({offset_x + 13},{MARGIN["top"] + plot_h / 2}) rotate(-90)" '
         f'text-anchor="middle">{escape(y_label)}</text>'
     )
+    if hline is not None:
+        out.append(
+            f'<line class="budget" x1="{sx(x_lo)}" x2="{sx(x_hi)}" y1="{sy(hline):.1f}" '
+            f'y2="{sy(hline):.1f}" stroke="{COLORS["pick"]}" stroke-dasharray="2 4"/>'
+            f'<text x="{sx(x_hi) - 4:.1f}" y="{sy(hline) - 4:.1f}" text-anchor="end" font-size="10" '
+            f'fill="{COLORS["pick"]}">budget {_fmt(hline)}</text>'
+        )
     on_front = sorted((p for p in points if p["name"] in front), key=lambda p: p["x"])
     if len(on_front) > 1:
         path = " ".join(f"{sx(p['x']):.1f},{sy(p['y']):.1f}" for p in on_front)

@@ -34,6 +34,7 @@ COPIED_TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("lab_jobs", ("id",)),
     ("lab_runners", ("owner",)),
     ("lab_unreachable", ("run_id", "device", "host")),
+    ("sweeps", ("id",)),
 )
 NOT_COPIED = {
     "schema_migrations": "each database records its own migrations",

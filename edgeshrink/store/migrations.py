@@ -235,6 +235,21 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         """,
     ),
     (
+        "sweeps: every sweep's whole document, so its page opens again later",
+        """
+        CREATE TABLE sweeps (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            created_at TEXT NOT NULL,
+            model_name TEXT NOT NULL,
+            profile_id TEXT NOT NULL,
+            target TEXT,
+            pick TEXT,
+            document TEXT NOT NULL
+        );
+        CREATE INDEX sweeps_by_time ON sweeps (created_at);
+        """,
+    ),
+    (
         "quality measured on a device: which target, and the result of its run",
         """
         ALTER TABLE quality ADD COLUMN target TEXT;

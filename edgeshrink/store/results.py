@@ -325,6 +325,34 @@ class ResultStore:
         )
         return json.loads(rows[0]["report"]) if rows else None
 
+    def add_sweep(self, document: dict[str, Any]) -> int:
+        """Store a sweep's whole document (its page is drawn from it); returns its id."""
+        values = (_now(), Path(document["model"]).name, document["profile"], document.get("target"),
+                  document.get("pick"), json.dumps(document, sort_keys=True))  # fmt: skip
+        with self.transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO sweeps (created_at, model_name, profile_id, target, pick, document)"
+                " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+                values,
+            )
+            return int(cursor.fetchone()[0])
+
+    def sweeps(self, limit: int = 50) -> list[Row]:
+        return self.query(
+            "SELECT id, created_at, model_name, profile_id, target, pick FROM sweeps"
+            " ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+
+    def get_sweep(self, sweep_id: int) -> dict[str, Any]:
+        rows = self.query("SELECT document FROM sweeps WHERE id = ?", (sweep_id,))
+        if not rows:
+            raise StoreError(
+                f"no sweep with id {sweep_id} in {self.location.display}",
+                hint="`edgeshrink results sweeps` lists them",
+            )
+        return json.loads(rows[0]["document"])
+
     def get_document(self, result_id: int) -> dict[str, Any]:
         rows = self.query("SELECT document FROM results WHERE id = ?", (result_id,))
         if not rows:

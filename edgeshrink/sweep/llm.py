@@ -16,15 +16,17 @@ import os
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from edgeshrink.bench import BenchParams
 from edgeshrink.errors import EdgeshrinkError, RecipeError
-from edgeshrink.formats import gguf
+from edgeshrink.formats import backend, gguf
 from edgeshrink.formats.base import ModelInfo
 from edgeshrink.formats.gguf.plan import plan_gguf
 from edgeshrink.formats.gguf.quality import default_eval_text, evaluate_llm
 from edgeshrink.passes import Step, step
 from edgeshrink.passes.prune_choice import RemovalMeter, choose_removal, split_texts
+from edgeshrink.pipeline import run_recipe
 from edgeshrink.plan import ShrinkOptions
 from edgeshrink.profiles import HardwareProfile
 from edgeshrink.quality import EvalSettings
@@ -54,6 +56,7 @@ class Variant:
     suffix: str  # "" for the plain ladder, "-prune2" for two blocks removed
     passes: tuple[Step, ...]
     pruned: tuple[int, ...] = ()  # the original's blocks it removes
+    source: Path | None = None  # a healed student the types are made from (else the model)
 
 
 def sweep_gguf(
@@ -64,6 +67,8 @@ def sweep_gguf(
     ladder: tuple[str, ...] = DEFAULT_LADDER,
     prune: tuple[int, ...] = (0,),
     calibration_text: str | None = None,
+    heal: dict[str, Any] | None = None,
+    include_original: bool = False,
     target: Target | None = None,
     params: BenchParams | None = None,
     optimize: str = "speed",
@@ -104,17 +109,24 @@ def sweep_gguf(
                 store, model, info, base_sha, n, calibration_text, text, out_dir, say
             )
             variants.append(Variant(f"-prune{n}", (step("prune", layers=layers),), layers))
+            if heal is not None:
+                healed = healed_student(model, info, base_sha, layers, calibration_text, heal,
+                                        out_dir / f"{model.stem}-prune{n}-healed.gguf", say)  # fmt: skip
+                variants.append(Variant(f"-prune{n}-healed", (), layers, healed))
+        if include_original:
+            candidates.append(original_candidate(store, model, info, base_sha, profile, context,
+                                                 text, settings, eval_ctx, eval_chunks, budget,
+                                                 remeasure, say))  # fmt: skip
         for variant in variants:
+            source = variant.source or model
+            source_info = gguf.inspect_gguf(source) if variant.source else info
             for quant in ladder:
                 label = f"{quant}{variant.suffix}"
                 options = ShrinkOptions(
                     quant=quant, context=context, check_fit=False, passes=variant.passes
                 )
-                say(
-                    f"{label}: "
-                    + ("quantizing" if not variant.pruned else "pruning and quantizing")
-                )
-                art = shrink_gguf(model, profile, options, info=info,
+                say(f"{label}: " + ("pruning and quantizing" if variant.passes else "quantizing"))
+                art = shrink_gguf(source, profile, options, info=source_info,
                                   output=out_dir / f"{model.stem}{variant.suffix}-{quant.lower()}.gguf").artifact  # fmt: skip
                 # A pruned file is estimated from its own tensors, at its own type.
                 shape_of = gguf.inspect_gguf(art.path) if variant.pruned else info
@@ -152,6 +164,7 @@ def sweep_gguf(
                         loss=float(quality["kld_mean"]["value"]),
                         type=quant,
                         pruned=variant.pruned,
+                        healed=variant.source is not None,
                         recipe=tuple(art.recipe),
                     )
                 )
@@ -170,6 +183,34 @@ def sweep_gguf(
     return finish(
         model, profile, target, budget, optimize, speed_source, beaten(candidates), plot,
         quality_source=quality_source,
+    )  # fmt: skip
+
+
+def original_candidate(store: ResultStore, model: Path, info: ModelInfo, base_sha: str,
+                       profile: HardwareProfile, context: int | None, text: str, settings: str,
+                       eval_ctx: int, eval_chunks: int | None, budget: QualityBudget,
+                       remeasure: bool, say: Progress) -> SweepCandidate:  # fmt: skip
+    """The model itself, as it is: the reference a cost saving is measured against."""
+    estimate = plan_gguf(info, profile, ShrinkOptions(quant=info.file_type, context=context,
+                                                      check_fit=False)).chosen  # fmt: skip
+    quality = (
+        None if remeasure else store.find_quality(QUALITY_METHOD, base_sha, base_sha, settings)
+    )
+    reused = quality is not None
+    if quality is None:
+        say(f"{info.file_type}: measuring the original against itself")
+        quality = evaluate_llm(
+            model, model, text=text, n_ctx=eval_ctx, max_chunks=eval_chunks
+        ).to_dict()
+        store.add_quality({"method": QUALITY_METHOD, "base_sha256": base_sha, "candidate_sha256": base_sha,
+                           "settings": settings, "candidate_name": model.name, "quant": info.file_type},
+                          quality)  # fmt: skip
+    return SweepCandidate(
+        quant=info.file_type, path=model, sha256=base_sha, size_bytes=info.size_bytes,
+        estimate_mb=round(estimate.estimate.total_mb, 1), fits=estimate.fits,
+        est_tg_tok_s=estimate.est_tg_tok_s, quality=quality, quality_reused=reused,
+        quality_failures=tuple(budget.failures(quality)), loss=float(quality["kld_mean"]["value"]),
+        type=info.file_type, original=True,
     )  # fmt: skip
 
 
@@ -226,6 +267,23 @@ def chosen_removal(
         choice.to_dict(),
     )  # fmt: skip
     return choice.layers
+
+
+def healed_student(model: Path, info: ModelInfo, base_sha: str, layers: tuple[int, ...],
+                   calibration_text: str | None, heal: dict[str, Any], output: Path,
+                   say: Progress) -> Path:  # fmt: skip
+    """The pruned student trained to imitate ``model`` (on the calibration text, the same
+    one the removal was scored on), as a float GGUF the ladder's types are made from."""
+    text, _ = split_texts(calibration_text, None)
+    distill = step("distill", teacher=base_sha, text=hashlib.sha256(text.encode()).hexdigest(),
+                   **heal)  # fmt: skip
+    float_type = "F32" if info.file_type == "F32" else "F16"
+    recipe = (step("prune", layers=layers), distill, step("quantize", type=float_type))
+    say(f"prune{len(layers)}: healing the student (distillation)")
+    made = run_recipe(model, info, backend("gguf"), None, recipe, None,
+                      ShrinkOptions(passes=recipe[:-1], text=text), output=output,
+                      progress=say, for_profile=False)  # fmt: skip
+    return made.artifact.path
 
 
 def beaten(candidates: list[SweepCandidate]) -> list[SweepCandidate]:

@@ -110,6 +110,8 @@ class SweepCandidate:
     evaluation: str = "llm-text"
     type: str = ""  # the quantization type ("quant" is the candidate's name: Q4_0-prune2)
     pruned: tuple[int, ...] = ()  # the original's blocks removed
+    healed: bool = False  # the pruned student was trained to imitate the original
+    original: bool = False  # the model itself, unshrunk: what savings are measured against
     recipe: tuple[dict[str, Any], ...] = ()  # as the artifact's manifest records it
     beaten_by: str | None = None  # a plain quantization no larger, no worse and no slower
     quality_on: str | None = None  # the target that measured ``quality`` (None: this machine)
