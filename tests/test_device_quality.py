@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import needs_llama_cpp, run_cli
+from support import needs_llama_cpp, quantized, run_cli
 
 from edgeshrink.agent import AGENT_PATH, QUALITY_MODULE_PATH
 from edgeshrink.agent import device_quality as dq
@@ -33,12 +33,7 @@ CTX = 128
 
 @pytest.fixture(scope="module")
 def stories_q4(stories: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("llama_cpp")
-    from edgeshrink.formats.gguf.quantize import quantize_gguf
-
-    out = tmp_path_factory.mktemp("devq") / "stories-q4_0.gguf"
-    quantize_gguf(stories, out, "Q4_0")
-    return out
+    return quantized(stories, tmp_path_factory.mktemp("devq"))
 
 
 def agent(*args: str | Path, timeout: float = 120) -> tuple[int, dict]:

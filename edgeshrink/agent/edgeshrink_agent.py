@@ -1308,6 +1308,18 @@ def gguf_is_encoder(lc, ctypes, model) -> bool:
 POOLING_NAMES = {-1: "unspecified", 0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}
 
 
+def fill_batch(batch, tokens, first_output: int) -> None:
+    """One sequence of ``tokens`` at positions 0.. in a llama_batch (from llama_batch_init),
+    with outputs (logits or embeddings) from position ``first_output`` on."""
+    for i, token in enumerate(tokens):
+        batch.token[i] = token
+        batch.pos[i] = i
+        batch.n_seq_id[i] = 1
+        batch.seq_id[i][0] = 0
+        batch.logits[i] = 1 if i >= first_output else 0
+    batch.n_tokens = len(tokens)
+
+
 def run_gguf_encoder(lc, ctypes, model, n_vocab, bos, llama_log, args, report, sampler) -> None:
     """Time whole inputs of --prompt-tokens tokens becoming embeddings (one llama_encode
     or llama_decode of a non-causal batch each), like the ONNX/TFLite runs: at least
@@ -1352,13 +1364,7 @@ def run_gguf_encoder(lc, ctypes, model, n_vocab, bos, llama_log, args, report, s
     # Every token marked as an output, in sequence 0, as llama-embedding does (a batch
     # from llama_batch_get_one makes llama.cpp log an override on every run).
     batch = lc.llama_batch_init(n_tokens, 0, 1)
-    for i, token in enumerate(tokens):
-        batch.token[i] = token
-        batch.pos[i] = i
-        batch.n_seq_id[i] = 1
-        batch.seq_id[i][0] = 0
-        batch.logits[i] = 1
-    batch.n_tokens = n_tokens
+    fill_batch(batch, tokens, 0)
     synchronize = lc.llama_synchronize
 
     def embed_once() -> None:
@@ -2608,13 +2614,7 @@ def gguf_quality(lc, ctypes, model, n_vocab, llama_log, ref, args, report, sampl
             chunk = [int(t) for t in tokens[i * n_ctx : (i + 1) * n_ctx]]
             if bos is not None:
                 chunk[0] = int(bos)
-            for j, token in enumerate(chunk):
-                batch.token[j] = token
-                batch.pos[j] = j
-                batch.n_seq_id[j] = 1
-                batch.seq_id[j][0] = 0
-                batch.logits[j] = 1 if j >= first else 0
-            batch.n_tokens = n_ctx
+            fill_batch(batch, chunk, first)
             clear_memory()
             rc = lc.llama_decode(ctx, batch)
             if rc:

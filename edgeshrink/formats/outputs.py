@@ -361,42 +361,41 @@ def _accuracy(
 # --------------------------------------------------------------------------- on the device
 
 
-def outputs_reference_path(
-    fmt: str, base: Path, *, inputs: str | os.PathLike[str] | None, labels: str | None,
-    samples: int, seed: int, runtime: str,
-) -> Path:  # fmt: skip
-    """Where the reference of ``base`` on these inputs is cached (the same settings, the
-    same file)."""
-    parts = [dq.REFERENCE_SCHEMA, fmt, sha256_file(base), runtime, str(labels)]
-    parts += [inputs_fingerprint(inputs)] if inputs is not None else [str(samples), str(seed)]
-    key = hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
-    return cache_dir("references") / f"{key}.esref"
-
-
-def write_outputs_reference(
-    path: Path,
+def outputs_reference(
+    fmt: str,
     base: Path,
     input_specs: Any,
     output_names: list[str],
-    run_base: RunAll,
+    runtime: str,
+    make_run_base: Callable[[], RunAll],
     *,
     inputs: str | os.PathLike[str] | None,
     labels: str | None,
     samples: int,
     seed: int,
-    progress: Progress,
+    progress: Progress | None,
 ) -> Path:
-    """Write the reference a device scores a candidate against: the feeds exactly as the
-    host's evaluation cuts them, the base's outputs on them and the labels (see
+    """The reference a device scores a candidate against (cached: the same base, runtime
+    and inputs give the same file): the feeds exactly as the host's evaluation cuts them,
+    the base's outputs on them (``make_run_base()`` runs it) and the labels (see
     edgeshrink/agent/device_quality.py)."""
+    parts = [dq.REFERENCE_SCHEMA, fmt, sha256_file(base), runtime, str(labels)]
+    parts += [inputs_fingerprint(inputs)] if inputs is not None else [str(samples), str(seed)]
+    path = (
+        cache_dir("references")
+        / f"{hashlib.sha256('|'.join(parts).encode()).hexdigest()[:32]}.esref"
+    )
+    if path.exists():
+        return path
+    say = progress or (lambda _m: None)
     import numpy as np
 
     batches, label_array, _notes = evaluation_inputs(
         input_specs, inputs=inputs, labels=labels, samples=samples, seed=seed
     )
     names = list(output_names)
-    progress(f"running {base.name} on {batches.n_rows} samples for the reference")
-    outputs = run_base(batches.feeds, names)
+    say(f"running {base.name} on {batches.n_rows} samples for the reference")
+    outputs = make_run_base()(batches.feeds, names)
     arrays: dict[str, Any] = {}
     for i, feed in enumerate(batches.feeds):
         for name, array in feed.items():

@@ -4,7 +4,6 @@ one's quality (once per artifact, found in the results database when measured be
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from typing import TYPE_CHECKING
@@ -15,7 +14,7 @@ from edgeshrink.formats.gguf.quality import default_eval_text, evaluate_llm
 from edgeshrink.lab.builds import BuildPlan, Built, build_artifact
 from edgeshrink.lab.history import LabHistory
 from edgeshrink.lab.session import LabEvent
-from edgeshrink.quality import EvalSettings
+from edgeshrink.quality import EvalSettings, quality_key
 from edgeshrink.sweep import QUALITY_METHOD
 
 if TYPE_CHECKING:
@@ -96,11 +95,10 @@ def check_quality(runner: LabRunner) -> None:
             if check is None or built is None or not built.ok or runner.stop.is_set():
                 continue
             text = check.text.read_text(encoding="utf-8") if check.text else default_eval_text()
-            settings = json.dumps(
-                {"text_sha256": hashlib.sha256(text.encode()).hexdigest(),
-                 "n_ctx": check.eval_ctx, "chunks": check.eval_chunks},
-                sort_keys=True,
-            )  # fmt: skip
+            _method, settings = quality_key(
+                backend(detect_format(plan.source)),
+                EvalSettings(text=text, n_ctx=check.eval_ctx, max_chunks=check.eval_chunks),
+            )
             try:
                 report = hist.store.find_quality(
                     QUALITY_METHOD, plan.source_sha256, built.sha256 or "", settings

@@ -29,7 +29,7 @@ from edgeshrink.passes.prune_choice import RemovalMeter, choose_removal, split_t
 from edgeshrink.pipeline import run_recipe
 from edgeshrink.plan import ShrinkOptions
 from edgeshrink.profiles import HardwareProfile
-from edgeshrink.quality import EvalSettings
+from edgeshrink.quality import EvalSettings, quality_key
 from edgeshrink.shrink import shrink_gguf
 from edgeshrink.store import ResultStore
 from edgeshrink.sweep.choose import check_optimize, finish
@@ -96,11 +96,8 @@ def sweep_gguf(
     out_dir.mkdir(parents=True, exist_ok=True)
     text = text if text is not None else default_eval_text()
     base_sha = sha256_file(model)
-    settings = json.dumps(
-        {"text_sha256": hashlib.sha256(text.encode()).hexdigest(),
-         "n_ctx": eval_ctx, "chunks": eval_chunks},
-        sort_keys=True,
-    )  # fmt: skip
+    evaluation = EvalSettings(text=text, n_ctx=eval_ctx, max_chunks=eval_chunks)
+    _method, settings = quality_key(gguf.BACKEND, evaluation)
     candidates: list[SweepCandidate] = []
     with ResultStore(db) as store:
         variants = [Variant("", ())]
@@ -172,7 +169,7 @@ def sweep_gguf(
     quality_source = f"{candidates[0].quality['n_scored']} tokens" if candidates else ""
     if target is not None:
         on_device = DeviceQuality(
-            model, EvalSettings(text=text, n_ctx=eval_ctx, max_chunks=eval_chunks),
+            model, evaluation,
             budget.failures, lambda q: float(q["kld_mean"]["value"]),
         )  # fmt: skip
         candidates = measure_on_target(

@@ -3,7 +3,6 @@ format's ladder made with its own tools and judged against the original's output
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -11,10 +10,9 @@ from typing import Any
 from edgeshrink.bench import BenchParams
 from edgeshrink.errors import DoesNotFitError, SweepError
 from edgeshrink.formats import backend, detect_format
-from edgeshrink.formats.tensors import inputs_fingerprint
 from edgeshrink.plan import ShrinkOptions
 from edgeshrink.profiles import HardwareProfile
-from edgeshrink.quality import EvalSettings
+from edgeshrink.quality import EvalSettings, quality_columns, quality_key
 from edgeshrink.shrink import shrink_model
 from edgeshrink.store import ResultStore
 from edgeshrink.sweep.choose import check_optimize, finish
@@ -41,13 +39,6 @@ def _onnx_loss(quality: dict[str, Any]) -> float:
     if accuracy is not None and accuracy.get("reference") is not None:
         return (accuracy["reference"] - accuracy["value"]) * 100
     return 1.0 - min(m["value"] for m in metrics if m["name"] == "cosine_mean")
-
-
-def _onnx_quality_columns(quality: dict[str, Any]) -> dict[str, float | None]:
-    metrics = quality["metrics"]
-    agreement = [m["value"] for m in metrics if m["name"] == "top1_agreement"]
-    accuracy = next((m["value"] for m in metrics if m["name"] == "accuracy"), None)
-    return {"agreement": min(agreement) if agreement else None, "accuracy": accuracy}
 
 
 def sweep_outputs(
@@ -98,16 +89,11 @@ def sweep_outputs(
         )
     info = fmt.inspect(model)
     fmt.check_sweep_base(info)
-    quality_method = f"{fmt.format}-agreement/1"
     out_dir = Path(output_dir) if output_dir else Path.cwd() / f"{model.stem}-sweep"
     out_dir.mkdir(parents=True, exist_ok=True)
     eval_path = Path(eval_inputs) if eval_inputs is not None else None
-    settings = json.dumps(
-        {"inputs_sha256": inputs_fingerprint(eval_path) if eval_path else None,
-         "labels": labels, "samples": None if eval_path else samples,
-         "seed": None if eval_path else seed},
-        sort_keys=True,
-    )  # fmt: skip
+    evaluation = EvalSettings(inputs=eval_path, labels=labels, samples=samples, seed=seed)
+    quality_method, settings = quality_key(fmt, evaluation)
     if eval_path is None:
         quality_source = f"{samples} random inputs (agreement only)"
     else:
@@ -159,7 +145,7 @@ def sweep_outputs(
                         "method": quality_method, "base_sha256": art.source_sha256,
                         "candidate_sha256": art.sha256, "settings": settings,
                         "candidate_name": art.path.name, "quant": step,
-                        **_onnx_quality_columns(quality),
+                        **quality_columns(quality),
                     },
                     quality,
                 )  # fmt: skip
@@ -194,7 +180,7 @@ def sweep_outputs(
     picked_by, preface = optimize, ""
     if target is not None:
         on_device = DeviceQuality(
-            model, EvalSettings(inputs=eval_path, labels=labels, samples=samples, seed=seed),
+            model, evaluation,
             budget.failures, _onnx_loss,
         )  # fmt: skip
         candidates = measure_on_target(

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support import quantized
 
 from edgeshrink.device_eval import evaluate_on_device
 from edgeshrink.errors import AgentError
@@ -21,12 +22,7 @@ TEXT = shipped_text("eval-en.txt") + "\n" + shipped_text("calib-en.txt")
 
 @pytest.fixture(scope="module")
 def q4(model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("llama_cpp")
-    from edgeshrink.formats.gguf.quantize import quantize_gguf
-
-    out = tmp_path_factory.mktemp("q4") / "model-q4_0.gguf"
-    quantize_gguf(model, out, "Q4_0")
-    return out
+    return quantized(model, tmp_path_factory.mktemp("q4"))
 
 
 def test_eval_on_an_ssh_device_pushes_the_reference_and_stores_the_result(

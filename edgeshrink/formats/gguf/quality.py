@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeshrink.agent import device_quality as dq
-from edgeshrink.agent.edgeshrink_agent import avoid_amx
+from edgeshrink.agent.edgeshrink_agent import avoid_amx, fill_batch
 from edgeshrink.errors import (
     EvalError,  # noqa: F401 (re-exported)
     ModelFileError,
@@ -224,13 +224,7 @@ class LlamaScorer:
         if memory:
             ll.llama_memory_clear(memory, True)
         batch = self.batch
-        for i, token in enumerate(tokens):
-            batch.token[i] = token
-            batch.pos[i] = i
-            batch.n_seq_id[i] = 1
-            batch.seq_id[i][0] = 0
-            batch.logits[i] = 1 if i >= first else 0
-        batch.n_tokens = len(tokens)
+        fill_batch(batch, tokens, first)
         run = ll.llama_encode if ll.llama_model_has_encoder(self.model) else ll.llama_decode
         rc = run(self.ctx, batch)
         if rc != 0:

@@ -13,11 +13,11 @@ from edgeshrink.formats.outputs import (
     Progress,
     QualityBudget,
     QualityReport,
+    RunAll,
     compare_outputs,
-    outputs_reference_path,
+    outputs_reference,
     run_all,
     same_io,
-    write_outputs_reference,
 )
 from edgeshrink.formats.tensors import io_specs
 
@@ -82,17 +82,13 @@ def onnx_reference(
     import onnxruntime
 
     base = Path(base)
-    path = outputs_reference_path(
-        "onnx", base, inputs=inputs, labels=labels, samples=samples, seed=seed,
-        runtime=f"onnxruntime {onnxruntime.__version__}",
-    )  # fmt: skip
-    if path.exists():
-        return path
     base_in, base_out = io_specs(inspect_onnx(base))
-    session = open_session(base, threads=threads)
-    return write_outputs_reference(
-        path, base, base_in, [s.name for s in base_out],
-        lambda feeds, names: run_all(session, feeds, names),
-        inputs=inputs, labels=labels, samples=samples, seed=seed,
-        progress=progress or (lambda _m: None),
+
+    def run_base() -> RunAll:
+        session = open_session(base, threads=threads)
+        return lambda feeds, names: run_all(session, feeds, names)
+
+    return outputs_reference(
+        "onnx", base, base_in, [s.name for s in base_out], f"onnxruntime {onnxruntime.__version__}",
+        run_base, inputs=inputs, labels=labels, samples=samples, seed=seed, progress=progress,
     )  # fmt: skip

@@ -16,9 +16,8 @@ from edgeshrink.formats.outputs import (
     QualityReport,
     compare_outputs,
     concatenated,
-    outputs_reference_path,
+    outputs_reference,
     same_io,
-    write_outputs_reference,
 )
 from edgeshrink.formats.tensors import io_specs
 from edgeshrink.formats.tflite.inspect import inspect_tflite
@@ -95,16 +94,9 @@ def tflite_reference(
     base = Path(base)
     info = inspect_tflite(base)
     runner = TfliteRunner(base, info, threads=threads)
-    path = outputs_reference_path(
-        "tflite", base, inputs=inputs, labels=labels, samples=samples, seed=seed,
-        runtime=runner.runtime,
-    )  # fmt: skip
-    if path.exists():
-        return path
     base_in, base_out = io_specs(info)
-    return write_outputs_reference(
-        path, base, base_in, [s.name for s in base_out],
-        lambda feeds, names: concatenated(runner.run, feeds, names),
-        inputs=inputs, labels=labels, samples=samples, seed=seed,
-        progress=progress or (lambda _m: None),
+    return outputs_reference(
+        "tflite", base, base_in, [s.name for s in base_out], runner.runtime,
+        lambda: lambda feeds, names: concatenated(runner.run, feeds, names),
+        inputs=inputs, labels=labels, samples=samples, seed=seed, progress=progress,
     )  # fmt: skip
