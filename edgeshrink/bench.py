@@ -10,7 +10,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeshrink.agent import AGENT_PATH, SCHEMA
+from edgeshrink.agent import AGENT_PATH, QUALITY_MODULE_PATH, SCHEMA
+from edgeshrink.agent import device_quality as dq
 from edgeshrink.errors import AgentError
 from edgeshrink.formats import backend
 from edgeshrink.transport.base import CommandResult, Transport
@@ -132,6 +133,13 @@ class BenchResult:
     def embedding(self) -> dict[str, Any] | None:
         """An embedding model's run: tokens_per_input, n_embd, pooling (else None)."""
         value = self.document.get("embedding")
+        return value if isinstance(value, dict) else None
+
+    @property
+    def quality(self) -> dict[str, Any] | None:
+        """The model's quality measured on the device against a reference (else None): the
+        figures of the host's own report (device_quality.py declares them)."""
+        value = self.document.get("quality")
         return value if isinstance(value, dict) else None
 
     @property
@@ -270,6 +278,7 @@ def document_problems(doc: Any) -> list[str]:
     for key in ("tokens_per_input", "n_embd"):
         number(f"embedding.{key}", embedding.get(key), integer=True)
     text("embedding.pooling", embedding.get("pooling"))
+    _quality_problems(section("quality", doc.get("quality")), section, number, text, problems)
     device = section("device", doc.get("device"))
     for key in ("cpu", "arch", "board", "os"):
         text(f"device.{key}", device.get(key))
@@ -285,6 +294,42 @@ def document_problems(doc: Any) -> list[str]:
         if items is not None and not isinstance(items, list):
             problems.append(f"{key} is {type(items).__name__}, not a list")
     return problems
+
+
+def _quality_problems(quality: dict[str, Any], section: Any, number: Any, text: Any,
+                      problems: list[str]) -> None:  # fmt: skip
+    """The quality section against the fields device_quality.py declares for it."""
+
+    def check(path: str, fields: dict[str, str], doc: dict[str, Any]) -> None:
+        for key, kind in fields.items():
+            value = doc.get(key)
+            if kind == "estimate":
+                estimate = section(f"{path}.{key}", value)
+                number(f"{path}.{key}.value", estimate.get("value"))
+                number(f"{path}.{key}.uncertainty", estimate.get("uncertainty"))
+            elif kind == "text":
+                text(f"{path}.{key}", value)
+            else:
+                number(f"{path}.{key}", value, integer=kind == "integer")
+
+    if not quality:
+        return
+    llm = quality.get("kind") == "llm-text"
+    check("quality", dq.LLM_QUALITY_FIELDS if llm else dq.OUTPUTS_QUALITY_FIELDS, quality)
+    check(
+        "quality.reference",
+        dq.REFERENCE_FIELDS,
+        section("quality.reference", quality.get("reference")),
+    )
+    for key, fields in (("metrics", dq.METRIC_FIELDS), ("outputs", dq.OUTPUT_FIELDS)):
+        items = quality.get(key)
+        if items is None:
+            continue
+        if not isinstance(items, list):
+            problems.append(f"quality.{key} is {type(items).__name__}, not a list")
+            continue
+        for i, item in enumerate(items[:1000]):
+            check(f"quality.{key}[{i}]", fields, section(f"quality.{key}[{i}]", item))
 
 
 def parse_agent_json(text: str) -> Any:
@@ -379,11 +424,12 @@ def interpret_agent_output(run: CommandResult, params: dict[str, Any]) -> BenchR
     ))  # fmt: skip
 
 
-def install_agent(transport: Transport) -> str:
-    """Copy the agent to the device (only when it changed); return its path there."""
-    sha = sha256_file(AGENT_PATH)
-    pushed = transport.push_file(Path(AGENT_PATH), f"agent/{AGENT_PATH.name}", sha)
-    return pushed.remote
+def install_agent(transport: Transport, *, quality: bool = False) -> str:
+    """Copy the agent to the device (only when it changed); return its path there. With
+    ``quality``, device_quality.py goes beside it first (the agent loads it from there)."""
+    files = [QUALITY_MODULE_PATH, AGENT_PATH] if quality else [AGENT_PATH]
+    pushed = [transport.push_file(Path(f), f"agent/{f.name}", sha256_file(f)) for f in files]
+    return pushed[-1].remote
 
 
 def run_agent_bench(
@@ -393,12 +439,19 @@ def run_agent_bench(
     *,
     model_format: str = "gguf",
     remote_inputs: str | None = None,
+    remote_reference: str | None = None,
+    speed: bool = True,
     timeout_s: float = 900.0,
 ) -> tuple[BenchResult, CommandResult]:
-    agent = install_agent(transport)
+    """Run the agent on a pushed model: ``bench`` (speed, and quality against
+    ``remote_reference`` when given), or with ``speed=False`` ``eval`` (quality only)."""
+    if not speed and remote_reference is None:
+        raise ValueError("a run without speed measures quality: it needs a reference")
+    agent = install_agent(transport, quality=remote_reference is not None)
+    quality = ["--reference", remote_reference] if remote_reference is not None else []
     argv = [
-        transport.target.python, agent, "bench", "--model", remote_model,
-        *params.agent_args(model_format, remote_inputs),
+        transport.target.python, agent, "bench" if speed else "eval", "--model", remote_model,
+        *params.agent_args(model_format, remote_inputs), *quality,
     ]  # fmt: skip
     run = transport.run(argv, timeout_s=timeout_s)
     asked = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(params).items()}

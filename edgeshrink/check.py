@@ -3,9 +3,10 @@
 Each item passes, fails or is skipped (with the reason), and any failure makes
 the command exit 1.  Everything that can be measured on the device is measured
 there: the bytes (sha256 computed by the device's own Python), loading, speed,
-memory, thermal state and whether the outputs are finite and repeatable.
-Quality against the original is computed on the host with the same runtime on
-the same bytes (on-device quality evaluation is not implemented yet).
+memory, thermal state, whether the outputs are finite and repeatable, and the
+quality against the original: a reference made here from ``--base`` is pushed with
+the artifact and the agent scores the artifact against it with the device's own
+runtime, in the same run (edgeshrink.device_eval).
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ from typing import Any
 from edgeshrink.artifacts import load_artifact
 from edgeshrink.bench import BenchParams
 from edgeshrink.deploy import bench_model
+from edgeshrink.device_eval import device_figures, store_device_quality
 from edgeshrink.errors import EdgeshrinkError
 from edgeshrink.formats import backend, detect_format
-from edgeshrink.formats.gguf.quality import evaluate_llm
 from edgeshrink.profiles import HardwareProfile
-from edgeshrink.quality import QualityBudget as OutputBudget
-from edgeshrink.quality import evaluate
-from edgeshrink.sweep import QualityBudget
+from edgeshrink.quality import EvalSettings
+from edgeshrink.store import ResultStore
+from edgeshrink.sweep import OutputQualityBudget, QualityBudget
 from edgeshrink.targets import Target
 from edgeshrink.transport import open_transport
 from edgeshrink.transport.base import helper_argv
@@ -113,41 +114,41 @@ class CheckReport:
         return path
 
 
-def _quality_item(artifact: Path, base: Path | None, quality: dict[str, Any]) -> CheckItem:
+def quality_settings(quality: dict[str, Any]) -> EvalSettings:
+    """What check's quality options ask the evaluation to run on."""
+    return EvalSettings(
+        text=quality.get("text"), n_ctx=quality.get("eval_ctx", 512),
+        inputs=quality.get("inputs"), labels=quality.get("labels"),
+    )  # fmt: skip
+
+
+def _quality_item(
+    evaluation: str, base: Path | None, quality: dict[str, Any], figures: dict[str, Any] | None,
+    where: str,
+) -> CheckItem:  # fmt: skip
+    """The quality item, judged on the figures the device measured."""
     if base is None:
         return CheckItem("quality", "skip", "no --base given to compare against")
-
-    if backend(detect_format(artifact)).evaluation == "llm-text":
-        report = evaluate_llm(
-            base, artifact, text=quality.get("text"), n_ctx=quality.get("eval_ctx", 512)
-        )
-        budget = QualityBudget(
+    if figures is None:
+        return CheckItem("quality", "fail", f"the device measured no quality ({where})")
+    if evaluation == "llm-text":
+        budget: Any = QualityBudget(
             max_kld=quality.get("max_kld"), max_ppl_increase=quality.get("max_ppl_increase"),
             min_same_top=quality.get("min_agreement"),
         )  # fmt: skip
-        failures = budget.failures(report.to_dict())
-        figures = (f"KLD {report.kld_mean.value:.4f}, PPL {report.ppl_ratio.value - 1:+.2%}, "
-                   f"same top token {report.same_top.value:.1%} (host, same llama.cpp, same bytes)")  # fmt: skip
-        if budget.describe() == "no quality budget":
-            return CheckItem("quality", "pass", figures + "; no budget given")
-        return CheckItem("quality", "fail" if failures else "pass",
-                         figures + (f"; {'; '.join(failures)}" if failures else f"; within {budget.describe()}"))  # fmt: skip
-
-    budget = None
-    if quality.get("min_cosine") is not None or quality.get("max_accuracy_drop") is not None:
-        budget = OutputBudget(
-            min_cosine=quality.get("min_cosine"), max_accuracy_drop=quality.get("max_accuracy_drop")
+        shown = (f"KLD {figures['kld_mean']['value']:.4f}, PPL {figures['ppl_ratio']['value'] - 1:+.2%}, "
+                 f"same top token {figures['same_top']['value']:.1%}")  # fmt: skip
+    else:
+        budget = OutputQualityBudget(
+            max_accuracy_drop=quality.get("max_accuracy_drop"), min_cosine=quality.get("min_cosine")
         )
-    report = evaluate(
-        base, artifact, inputs=quality.get("inputs"), labels=quality.get("labels"), budget=budget
-    )
-    failed = [m for m in report.metrics if m.passed is False]
-    shown = ", ".join(f"{m.name} {m.value:.4g}" for m in report.metrics[:4])
-    if failed:
-        return CheckItem(
-            "quality", "fail", f"{shown}; out of budget: " + ", ".join(m.name for m in failed)
-        )
-    return CheckItem("quality", "pass", shown + " (host, same runtime, same bytes)")
+        shown = ", ".join(f"{m['name']} {m['value']:.4g}" for m in figures["metrics"][:4])
+    failures = budget.failures(figures)
+    shown += f" (measured on {where})"
+    if budget.describe() == "no quality budget":
+        return CheckItem("quality", "pass", shown + "; no budget given")
+    return CheckItem("quality", "fail" if failures else "pass",
+                     shown + (f"; {'; '.join(failures)}" if failures else f"; within {budget.describe()}"))  # fmt: skip
 
 
 def check_artifact(
@@ -187,13 +188,30 @@ def check_artifact(
             )
         )
 
+    fmt = backend(detect_format(artifact))
+    settings = quality_settings(quality or {})
+    reference = None
+    if base is not None:
+        say(f"making the quality reference from {Path(base).name}")
+        reference = fmt.make_reference(Path(base), **settings.reference_settings(), progress=say)
     say(f"running {artifact.name} on {target.name} (with an output check)")
     params = replace(params or BenchParams(), check_output=True)
     outcome = bench_model(
-        artifact, target, params, profile=profile, db=db, timeout_s=timeout_s, progress=say
-    )
+        artifact, target, params, profile=profile, db=db, timeout_s=timeout_s, progress=say,
+        reference=reference,
+    )  # fmt: skip
     r = outcome.result
     doc = r.document
+    where = f"{target.name}, {r.runtime} {r.runtime_version}"
+    figures = None
+    if reference is not None and r.quality is not None and base is not None:
+        figures = device_figures(fmt, Path(base), artifact, r.quality)
+        with ResultStore(db) as store:
+            store_device_quality(store, fmt, Path(base), artifact, settings, target, reference,
+                                 figures, outcome.result_id)  # fmt: skip
+    quality_item = _quality_item(
+        fmt.evaluation, Path(base) if base else None, quality or {}, figures, where
+    )
 
     with open_transport(target) as transport:
         run = transport.run(
@@ -216,7 +234,10 @@ def check_artifact(
         items.append(CheckItem("loads", "fail", f"status {r.status}: {r.error_message}"))
         for name in ("output sane", "memory", "speed", "thermal"):
             items.append(CheckItem(name, "skip", "the model did not run"))
-        items.append(_quality_item(artifact, Path(base) if base else None, quality or {}))
+        if base is not None:
+            quality_item = CheckItem("quality", "fail", f"the run on {target.name} ended with "
+                                     f"status {r.status}: {r.error_message}")  # fmt: skip
+        items.append(quality_item)
         return CheckReport(artifact, target.name, profile.id, tuple(items), outcome.result_id)
     items.append(
         CheckItem("loads", "pass", f"{r.runtime} {r.runtime_version}, load {r.load_s or 0:.3f} s")
@@ -245,7 +266,7 @@ def check_artifact(
 
     items.append(_speed_item(r, limits))
     items.append(_thermal_item(doc, profile))
-    items.append(_quality_item(artifact, Path(base) if base else None, quality or {}))
+    items.append(quality_item)
     return CheckReport(artifact, target.name, profile.id, tuple(items), outcome.result_id)
 
 

@@ -113,7 +113,12 @@ def bench_model(
     progress: Progress | None = None,
     push_progress: Callable[[Any], None] | None = None,
     agent_stderr: Callable[[str], None] | None = None,
+    reference: str | os.PathLike[str] | None = None,
+    speed: bool = True,
 ) -> BenchOutcome:
+    """Push ``model`` to ``target``, measure it there and store the result. With a
+    ``reference`` (a file the backend's ``make_reference`` wrote, pushed like an artifact)
+    the agent also measures its quality on the device; ``speed=False`` measures only that."""
     say = progress or (lambda _msg: None)
     model = Path(model)
     info = detect_and_inspect(model)
@@ -122,7 +127,7 @@ def bench_model(
     with ResultStore(db) if store_result else contextlib.nullcontext() as store:
         return _bench_and_store(
             model, info, target, params, store, profile, timeout_s, say,
-            push_progress, agent_stderr,
+            push_progress, agent_stderr, Path(reference) if reference else None, speed,
         )  # fmt: skip
 
 
@@ -137,6 +142,8 @@ def _bench_and_store(
     say: Callable[[str], None],
     push_progress: Callable[[Any], None] | None,
     agent_stderr: Callable[[str], None] | None,
+    reference: Path | None = None,
+    speed: bool = True,
 ) -> BenchOutcome:
     artifact, sha = _artifact_and_sha(model, say)
     params = replace(params, threads=threads_for(target, profile, params.threads))
@@ -147,18 +154,25 @@ def _bench_and_store(
     with open_transport(target, progress=push_progress, on_stderr=agent_stderr) as transport:
         say(f"pushing {model.name} to {target.name} ({target.describe()})")
         pushed = _push_files(transport, model, info, sha)[0]
-        what = fmt.bench_plan(info, params, note)
-        say(f"benchmarking on {target.name}: {what}")
-        inputs = None
-        if params.inputs is not None:
+        inputs = remote_reference = None
+        if params.inputs is not None and speed:
             inputs_path = Path(params.inputs)
             inputs = transport.push_artifact(inputs_path, sha256_file(inputs_path)).remote
+        if reference is not None:
+            say(f"pushing the reference {reference.name} ({reference.stat().st_size} bytes)")
+            remote_reference = transport.push_artifact(reference, sha256_file(reference)).remote
+        if speed:
+            say(f"benchmarking on {target.name}: {fmt.bench_plan(info, params, note)}")
+        else:
+            say(f"measuring the quality of {model.name} on {target.name}")
         result, _run = run_agent_bench(
             transport,
             pushed.remote,
             params,
             model_format=info.format,
             remote_inputs=inputs,
+            remote_reference=remote_reference,
+            speed=speed,
             timeout_s=timeout_s,
         )
     result_id = None
@@ -177,7 +191,8 @@ def _bench_and_store(
                 "artifact_sha256": sha,
                 "artifact_size": model.stat().st_size,
                 **result.store_columns(),
-                "params_key": params.key(),
+                # A quality-only run is no speed measurement: its key never matches one.
+                "params_key": params.key() if speed else f"eval-{sha256_file(reference)[:16]}",
             },
             result.document,
         )

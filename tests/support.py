@@ -42,6 +42,16 @@ needs_llama_cpp = pytest.mark.skipif(
 )
 
 
+def quantized(model: Path, folder: Path, quant: str = "Q4_0") -> Path:
+    """``model`` quantized with llama.cpp's own quantizer, into ``folder`` (skips without it)."""
+    pytest.importorskip("llama_cpp")
+    from edgeshrink.formats.gguf.quantize import quantize_gguf
+
+    out = folder / f"{model.stem}-{quant.lower()}.gguf"
+    quantize_gguf(model, out, quant)
+    return out
+
+
 def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None):
     """Run the real `edgeshrink` entry point in a child process (as a user would)."""
     import subprocess

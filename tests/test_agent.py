@@ -26,6 +26,7 @@ MODEL = REPO.parent / "shared" / "models" / "stories260K.gguf"
 SMALL = ["--prompt-tokens", "64", "--gen-tokens", "16", "--reps", "2", "--threads", "1"]
 TOP_KEYS = {
     "embedding",
+    "quality",
     "output_check",
     "schema",
     "agent_version",

@@ -120,6 +120,10 @@ CASES: dict[str, tuple[str, list[str]]] = {
     "check no profile": ("check", ["check", "M"]),
     "check unknown target": ("check", ["check", "M", "--target", "no-such-target"]),
     "eval text": ("eval", ["eval", "M", "W/notes.txt"]),
+    "eval one model": ("eval", ["eval", "M"]),
+    "eval unknown target": ("eval", ["eval", "M", "--base", "M", "--target", "no-such-target"]),
+    "eval chunks too long": ("eval", ["eval", "M", "--base", "M", "--target", "local", *HUGE[:1],
+                                      "65536"]),
     "sweep unknown profile": ("sweep", ["sweep", "M", "-p", "no-such-board"]),
     "profiles show typo": ("profiles show", ["profiles", "show", "raspbery-pi-5-8gb"]),
     "targets show unknown": ("targets show", ["targets", "show", "no-such-target"]),
@@ -269,6 +273,9 @@ MODULE_COMMANDS = {
     "edgeshrink/formats/tflite/runtime.py": ["shrink"],
     "edgeshrink/formats/tensors.py": ["shrink"],  # the calibration hint TFLite shares
     "edgeshrink/quality.py": ["eval", "check"],
+    "edgeshrink/device_eval.py": ["eval"],
+    "edgeshrink/cli/device_quality.py": ["eval"],
+    "edgeshrink/formats/gguf/reference.py": ["eval", "check", "sweep"],
 }
 # Hints in modules known to be wrong, as strict xfails that flip when they are fixed.
 KNOWN_ELSEWHERE: set[str] = set()

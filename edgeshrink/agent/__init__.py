@@ -12,6 +12,8 @@ import re
 from pathlib import Path
 
 AGENT_PATH: Path = Path(__file__).with_name("edgeshrink_agent.py")
+# Quality on the device: the reference's reader and the figures, pushed beside the agent.
+QUALITY_MODULE_PATH: Path = Path(__file__).with_name("device_quality.py")
 # Run by the device's Python for doctor and the lab (Python 2.7-compatible syntax).
 DEVICE_FACTS_PATH: Path = Path(__file__).with_name("device_facts.py")
 SCHEMA = "edgeshrink.bench/1"
@@ -29,4 +31,7 @@ def read_agent_version(path: Path = AGENT_PATH) -> str:
 
 AGENT_VERSION: str = read_agent_version()
 
-__all__ = ["AGENT_PATH", "AGENT_VERSION", "DEVICE_FACTS_PATH", "SCHEMA", "read_agent_version"]
+__all__ = [
+    "AGENT_PATH", "AGENT_VERSION", "DEVICE_FACTS_PATH", "QUALITY_MODULE_PATH", "SCHEMA",
+    "read_agent_version",
+]  # fmt: skip

@@ -23,6 +23,8 @@ import collections
 import contextlib
 import datetime
 import functools
+import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -38,7 +40,7 @@ import sys
 import threading
 import time
 
-AGENT_VERSION = "1.3.0"
+AGENT_VERSION = "1.4.0"
 SCHEMA = "edgeshrink.bench/1"
 
 EXIT_CODES = {"ok": 0, "error": 1, "oom": 3, "timeout": 124}
@@ -334,6 +336,8 @@ class Report:
         self.output_check = None  # type: dict | None
         # Embedding models (GGUF encoders): what one timed run embeds.
         self.embedding = None  # type: dict | None
+        # --reference: the model's quality measured here (device_quality.py's figures).
+        self.quality = None  # type: dict | None
         self.unmeasured = []  # type: list
         self.warnings = []  # type: list
 
@@ -365,6 +369,7 @@ class Report:
             "throughput_per_s": _round(self.throughput_per_s),
             "output_check": self.output_check,
             "embedding": self.embedding,
+            "quality": self.quality,
             "unmeasured": self.unmeasured,
             "warnings": self.warnings,
         }
@@ -1152,12 +1157,31 @@ def run_gguf(args, report: Report, sampler: MemorySampler) -> None:
         f"model: {report.model['desc']}, {report.model['n_params']} params,"
         f" vocab {n_vocab}, load {report.load_s:.3f} s"
     )
+    reference = args.quality_reference
+    if reference is not None:
+        check_reference_vocab(reference, lc, model, n_vocab, args.model)
     if gguf_is_encoder(lc, ctypes, model):
+        if reference is not None:
+            raise AgentError(
+                "reference_unsupported",
+                f"{os.path.basename(args.model)} is an embedding model: its quality is the"
+                " cosine of its embeddings, measured on the host (edgeshrink eval)",
+                "evaluate embedding models without --target",
+            )
         # BERT-style embedding models: no generation to time; what matters is how fast
         # a whole input becomes an embedding.
         run_gguf_encoder(lc, ctypes, model, n_vocab, bos, llama_log, args, report, sampler)
         return
+    if args.command == "bench":
+        ctx = bench_gguf(lc, ctypes, model, n_vocab, bos, llama_log, args, report, sampler)
+        if reference is not None:
+            lc.llama_free(ctx)  # the evaluation makes a context of its own
+    if reference is not None:
+        gguf_quality(lc, ctypes, model, n_vocab, llama_log, reference, args, report, sampler)
 
+
+def bench_gguf(lc, ctypes, model, n_vocab, bos, llama_log, args, report, sampler):
+    """llama-bench's measurement of a loaded model; returns the context it made."""
     resolved = report.params["resolved"]
     ctx = _new_context(
         lc, model, report, llama_log, resolved["n_ctx"], args.batch_size, args.ubatch_size,
@@ -1255,6 +1279,7 @@ def run_gguf(args, report: Report, sampler: MemorySampler) -> None:
             "runs": 2,
         }
         _log(f"output check: {report.output_check}")
+    return ctx
 
 
 def _meta_str(lc, ctypes, model, key: str):
@@ -1281,6 +1306,18 @@ def gguf_is_encoder(lc, ctypes, model) -> bool:
 
 
 POOLING_NAMES = {-1: "unspecified", 0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}
+
+
+def fill_batch(batch, tokens, first_output: int) -> None:
+    """One sequence of ``tokens`` at positions 0.. in a llama_batch (from llama_batch_init),
+    with outputs (logits or embeddings) from position ``first_output`` on."""
+    for i, token in enumerate(tokens):
+        batch.token[i] = token
+        batch.pos[i] = i
+        batch.n_seq_id[i] = 1
+        batch.seq_id[i][0] = 0
+        batch.logits[i] = 1 if i >= first_output else 0
+    batch.n_tokens = len(tokens)
 
 
 def run_gguf_encoder(lc, ctypes, model, n_vocab, bos, llama_log, args, report, sampler) -> None:
@@ -1327,13 +1364,7 @@ def run_gguf_encoder(lc, ctypes, model, n_vocab, bos, llama_log, args, report, s
     # Every token marked as an output, in sequence 0, as llama-embedding does (a batch
     # from llama_batch_get_one makes llama.cpp log an override on every run).
     batch = lc.llama_batch_init(n_tokens, 0, 1)
-    for i, token in enumerate(tokens):
-        batch.token[i] = token
-        batch.pos[i] = i
-        batch.n_seq_id[i] = 1
-        batch.seq_id[i][0] = 0
-        batch.logits[i] = 1
-    batch.n_tokens = n_tokens
+    fill_batch(batch, tokens, 0)
     synchronize = lc.llama_synchronize
 
     def embed_once() -> None:
@@ -2013,6 +2044,9 @@ def run_onnx(args, report: Report, sampler: MemorySampler) -> None:
     # Importing the onnx package to count initializers would inflate the peak RSS
     # being measured; the host's `edgeshrink inspect` reports the parameters.
     report.not_measured("model.n_params", "onnxruntime does not expose initializers")
+    if args.command == "eval":
+        onnx_quality(np, session, args.quality_reference, report, sampler)
+        return
     feeds, described = onnx_input_feed(
         np, session.get_inputs(), args.inputs, args.seed, report, parse_int_bounds(args.int_bound),
         parse_dims(args.dims),
@@ -2045,6 +2079,8 @@ def run_onnx(args, report: Report, sampler: MemorySampler) -> None:
     measure_runs(functools.partial(run, None, feeds), args, report, sampler)
     if args.check_output:
         report.output_check = compare_output_runs(np, run(None, feeds), run(None, feeds))
+    if args.quality_reference is not None:
+        onnx_quality(np, session, args.quality_reference, report, sampler)
 
 
 # --------------------------------------------------------------------------- TFLite / LiteRT
@@ -2394,6 +2430,10 @@ def run_tflite(args, report: Report, sampler: MemorySampler) -> None:
                 aliases=[a for a in aliases.get(int(detail["index"]), []) if a != detail["name"]],
             )
         )  # fmt: skip
+    if args.command == "eval":
+        tflite_quality(np, interpreter, input_details, output_details, aliases,
+                       args.quality_reference, report, sampler)  # fmt: skip
+        return
     feeds, described = input_feeds(
         np, metas, args.inputs, args.seed, report, parse_int_bounds(args.int_bound)
     )
@@ -2430,6 +2470,9 @@ def run_tflite(args, report: Report, sampler: MemorySampler) -> None:
             return [interpreter.get_tensor(d["index"]).copy() for d in output_details]
 
         report.output_check = compare_output_runs(np, outputs(), outputs())
+    if args.quality_reference is not None:
+        tflite_quality(np, interpreter, input_details, output_details, aliases,
+                       args.quality_reference, report, sampler)  # fmt: skip
 
 
 RUNNERS = {
@@ -2437,6 +2480,304 @@ RUNNERS = {
     "onnx": run_onnx,
     "tflite": run_tflite,
 }
+
+
+# --------------------------------------------------------------------------- quality on the device
+
+# The kind of reference each format's model is scored against (device_quality.py).
+REFERENCE_KINDS = {"gguf": "llm-text", "onnx": "outputs", "tflite": "outputs"}
+QUALITY_MODULE = "device_quality.py"
+
+
+def load_device_quality():
+    """device_quality.py, which the host pushes beside this file (edgeshrink/agent/ holds
+    both when the agent runs from the package)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), QUALITY_MODULE)
+    if not os.path.isfile(path):
+        raise AgentError(
+            "agent_incomplete",
+            f"{QUALITY_MODULE} is not beside the agent ({path}): quality cannot be measured",
+            "run the agent through edgeshrink (eval with a target, check), which pushes both files",
+        )
+    spec = importlib.util.spec_from_file_location("edgeshrink_device_quality", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class QualityReference:
+    """A reference read and checked on this device: the module that reads it, numpy, its
+    header and arrays, and what the document says about it."""
+
+    def __init__(self, dq, np, path: str, header: dict, arrays: dict) -> None:
+        self.dq = dq
+        self.np = np
+        self.header = header
+        self.arrays = arrays
+        with open(path, "rb") as handle:
+            digest = hashlib.sha256()
+            for block in iter(functools.partial(handle.read, 1 << 20), b""):
+                digest.update(block)
+        base = header.get("base") if isinstance(header.get("base"), dict) else {}
+        self.meta = {
+            "path": os.path.abspath(path),
+            "sha256": digest.hexdigest(),
+            "bytes": os.path.getsize(path),
+            "base": {"name": base.get("name"), "sha256": base.get("sha256")},
+        }
+
+    def failure(self, exc) -> AgentError:
+        return AgentError(exc.kind, exc.message, exc.hint)
+
+
+def open_reference(path: str, model_format: str) -> QualityReference:
+    """The reference at ``path``, checked before any model is loaded."""
+    dq = load_device_quality()
+    try:
+        import numpy as np
+    except ImportError as exc:
+        raise AgentError(
+            "runtime_missing",
+            f"numpy is not importable on this device: {exc}",
+            "pip install numpy on the device (llama-cpp-python and onnxruntime bring it)",
+        ) from exc
+    try:
+        header, arrays = dq.read_reference(np, path)
+    except dq.ReferenceError as exc:
+        raise AgentError(exc.kind, exc.message, exc.hint) from exc
+    expected = REFERENCE_KINDS.get(model_format)
+    if header["kind"] != expected:
+        raise AgentError(
+            "reference_mismatch",
+            f"{os.path.basename(path)} is a reference of kind {header['kind']}; a"
+            f" {model_format} model is scored against one of kind {expected}",
+            "make the reference from this model's base (edgeshrink eval with a target does)",
+        )
+    _log(f"reference: {header['kind']}, {os.path.getsize(path)} bytes, made from"
+         f" {(header.get('base') or {}).get('name')}")  # fmt: skip
+    return QualityReference(dq, np, path, header, arrays)
+
+
+def check_reference_vocab(ref: QualityReference, lc, model, n_vocab: int, model_path: str) -> None:
+    """The candidate's vocabulary is the one the reference's tokens were made with."""
+    tokenizer = ref.header.get("tokenizer") if isinstance(ref.header.get("tokenizer"), dict) else {}
+    fingerprint = ref.dq.vocab_fingerprint(ref.dq.llama_vocab_texts(lc, model, n_vocab))
+    if tokenizer.get("n_vocab") != n_vocab or tokenizer.get("sha256") != fingerprint:
+        raise AgentError(
+            "reference_mismatch",
+            f"the reference was made for {ref.meta['base']['name']} ({tokenizer.get('n_vocab')}"
+            f" tokens, vocabulary {str(tokenizer.get('sha256'))[:12]}), not for"
+            f" {os.path.basename(model_path)} ({n_vocab} tokens, vocabulary {fingerprint[:12]})",
+            "score it against the model it was shrunk from (the same vocabulary)",
+        )
+
+
+def _finish_quality(ref: QualityReference, figures: dict, started: float, report: Report) -> None:
+    report.quality = dict(figures)
+    report.quality["seconds"] = _round(time.perf_counter() - started)
+    report.quality["reference"] = ref.meta
+    _log(f"quality measured in {report.quality['seconds']} s")
+
+
+def gguf_quality(lc, ctypes, model, n_vocab, llama_log, ref, args, report, sampler) -> None:
+    """The candidate over the reference's chunks of tokens, llama-perplexity's way (the
+    second half of each chunk scored), against the base's log-probabilities."""
+    np, header = ref.np, ref.header
+    try:
+        scores = ref.dq.LlmScores(np, header, ref.arrays)
+    except ref.dq.ReferenceError as exc:
+        raise ref.failure(exc) from exc
+    n_ctx, n_chunks = int(header["n_ctx"]), int(header["n_chunks"])
+    first = n_ctx // 2
+    trained = int(lc.llama_model_n_ctx_train(model)) if hasattr(lc, "llama_model_n_ctx_train") else 0
+    if trained and n_ctx > trained:
+        report.warn(f"the reference's chunks of {n_ctx} tokens are longer than the {trained}"
+                    " this model was trained on")  # fmt: skip
+    started = time.perf_counter()
+    ctx = _new_context(
+        lc, model, report, llama_log, n_ctx, n_ctx, min(n_ctx, 512),
+        what=f"an evaluation context ({n_ctx} tokens)",
+        hint=f"this device cannot hold {n_ctx} tokens of context for this model: evaluate with"
+        " shorter chunks (the text is cut into more of them)",
+        bad_hint="evaluate in shorter chunks",
+    )  # fmt: skip
+    report.params["resolved"]["eval_n_ctx"] = n_ctx
+    clear_memory = _memory_clearer(lc, ctx)
+    batch = lc.llama_batch_init(n_ctx, 0, 1)
+    tokens, bos = ref.arrays["tokens"], header.get("bos")
+    float_pointer = ctypes.POINTER(ctypes.c_float)
+    step = max(1, n_chunks // 4)
+    _log(f"quality: {n_chunks} chunks of {n_ctx} tokens, {header['n_scored']} scored")
+    try:
+        for i in range(n_chunks):
+            _check_signal()
+            chunk = [int(t) for t in tokens[i * n_ctx : (i + 1) * n_ctx]]
+            if bos is not None:
+                chunk[0] = int(bos)
+            fill_batch(batch, chunk, first)
+            clear_memory()
+            rc = lc.llama_decode(ctx, batch)
+            if rc:
+                details = llama_log.problems()
+                if llama_log.says_oom():
+                    raise AgentOutOfMemory(
+                        "oom", f"evaluating a chunk of {n_ctx} tokens ran out of memory: {details}",
+                        "evaluate in shorter chunks, or use a smaller model",
+                    )  # fmt: skip
+                raise AgentError(
+                    "decode_failed",
+                    f"llama_decode of evaluation chunk {i + 1} returned {rc}: {details or 'no message'}",
+                    "see the llama.cpp messages on stderr",
+                )
+            lc.llama_synchronize(ctx)
+            pointer = ctypes.cast(lc.llama_get_logits(ctx), float_pointer)
+            logits = np.ctypeslib.as_array(pointer, shape=(n_ctx - first, n_vocab))
+            scores.add(logits[:-1])
+            sampler.sample()
+            if i % step == 0 or i == n_chunks - 1:
+                _log(f"quality: chunk {i + 1}/{n_chunks}")
+        figures = scores.summary()
+    except ref.dq.ReferenceError as exc:
+        raise ref.failure(exc) from exc
+    finally:
+        lc.llama_batch_free(batch)
+        lc.llama_free(ctx)
+    _finish_quality(ref, figures, started, report)
+
+
+def _run_failure(runtime: str, exc: BaseException) -> AgentError:
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "bad_alloc" in message or "allocate" in message.lower():
+        return AgentOutOfMemory(
+            "oom", f"{runtime} ran out of memory during the evaluation: {message}",
+            "evaluate on fewer samples, or use a smaller model",
+        )  # fmt: skip
+    return AgentError(
+        "run_failed",
+        f"{runtime} could not run the model on the reference's inputs: {message}",
+        "check that the reference was made from this model's base",
+    )
+
+
+def outputs_quality(ref: QualityReference, run_feed, runtime: str, report, sampler) -> None:
+    """Agreement with the base's outputs (and accuracy) over every feed of the reference."""
+    started = time.perf_counter()
+
+    def guarded(feed):
+        _check_signal()
+        try:
+            produced = run_feed(feed)
+        except (AgentError, MemoryError, Interrupted):
+            raise
+        except Exception as exc:
+            raise _run_failure(runtime, exc) from exc
+        sampler.sample()
+        return produced
+
+    try:
+        figures = ref.dq.outputs_quality(ref.np, ref.header, ref.arrays, guarded)
+    except ref.dq.ReferenceError as exc:
+        raise ref.failure(exc) from exc
+    _finish_quality(ref, figures, started, report)
+
+
+def _reference_inputs(ref: QualityReference, available: dict) -> dict:
+    """{reference input name: the model's input} (``available``: every name an input goes by)."""
+    wanted = ref.header.get("inputs") or []
+    matched = {}
+    for name in wanted:
+        found = next((v for names, v in available if name in names), None)
+        if found is None:
+            raise AgentError(
+                "reference_mismatch",
+                f"the model has no input {name!r}; the reference's base ran on"
+                f" {', '.join(map(str, wanted))}",
+                "make the reference from this model's base",
+            )
+        matched[name] = found
+    return matched
+
+
+def onnx_quality(np, session, ref: QualityReference, report, sampler) -> None:
+    dtypes = {m.name: ORT_DTYPES.get(m.type) for m in session.get_inputs()}
+    matched = _reference_inputs(ref, [({m.name}, m.name) for m in session.get_inputs()])
+    names = [o.name for o in session.get_outputs()]
+
+    def run_feed(feed):
+        arrays = {}
+        for name, array in feed.items():
+            dtype = dtypes[matched[name]]
+            if dtype and array.dtype.name != dtype:
+                array = array.astype(dtype)
+            arrays[matched[name]] = np.ascontiguousarray(array)
+        return dict(zip(names, session.run(names, arrays)))
+
+    outputs_quality(ref, run_feed, "onnxruntime", report, sampler)
+
+
+def tflite_quality(np, interpreter, input_details, output_details, aliases, ref, report, sampler):
+    """Inputs quantized from float data and integer outputs dequantized with the tensors' own
+    scale and zero point, feeds of more rows run as batches of the interpreter's shape (as
+    the host's TfliteRunner runs them)."""
+
+    def described(details):
+        found = []
+        for detail in details:
+            names = {detail["name"], *aliases.get(int(detail["index"]), [])}
+            quant = detail.get("quantization") or (0.0, 0)
+            dtype = np.dtype(detail["dtype"])
+            scale = float(quant[0]) if quant else 0.0
+            q = (scale, int(quant[1])) if scale != 0.0 and dtype.kind in "iu" else None
+            found.append((names, (detail, q)))
+        return found
+
+    matched = _reference_inputs(ref, described(input_details))
+    outputs = {}
+    for name in ref.header.get("outputs") or []:
+        hit = next((v for names, v in described(output_details) if name in names), None)
+        if hit is not None:
+            outputs[name] = hit
+
+    def invoke(arrays):
+        for name, array in arrays.items():
+            detail, _q = matched[name]
+            interpreter.set_tensor(detail["index"], array)
+        interpreter.invoke()
+        got = {}
+        for name, (detail, q) in outputs.items():
+            value = interpreter.get_tensor(detail["index"])
+            if q is not None:
+                value = ((np.asarray(value, np.float64) - q[1]) * q[0]).astype(np.float32)
+            got[name] = np.array(value)
+        return got
+
+    def run_feed(feed):
+        arrays = {}
+        for name, array in feed.items():
+            detail, q = matched[name]
+            dtype = np.dtype(detail["dtype"]).name
+            if q is not None and array.dtype.kind == "f":
+                array = _quantize(np, array, dtype, q)
+            arrays[name] = np.ascontiguousarray(array.astype(dtype, copy=False))
+        shapes = {n: tuple(int(d) for d in matched[n][0]["shape"]) for n in arrays}
+        if all(tuple(a.shape) == shapes[n] for n, a in arrays.items()):
+            return invoke(arrays)
+        rows = {a.shape[0] for a in arrays.values() if a.ndim}
+        step = max((shapes[n][0] for n in arrays if shapes[n]), default=1)
+        if len(rows) != 1 or step < 1 or next(iter(rows)) % step:
+            raise AgentError(
+                "reference_mismatch",
+                "the reference's inputs "
+                + ", ".join(f"{n} {list(a.shape)}" for n, a in arrays.items())
+                + " do not fit the interpreter's "
+                + ", ".join(f"{list(shapes[n])}" for n in arrays),
+                "make the reference from this model's base",
+            )
+        parts = [invoke({n: a[lo : lo + step] for n, a in arrays.items()})
+                 for lo in range(0, next(iter(rows)), step)]  # fmt: skip
+        return {n: np.concatenate([p[n] for p in parts], axis=0) for n in parts[0]}
+
+    outputs_quality(ref, run_feed, "the TFLite runtime", report, sampler)
 
 
 # --------------------------------------------------------------------------- commands
@@ -2485,6 +2826,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="edgeshrink_agent.py", description="edgeshrink on-device benchmark agent")
     commands = parser.add_subparsers(dest="command", parser_class=_Parser)
     bench = commands.add_parser("bench", help="load a model and measure it")
+    _add_run_arguments(bench)
+    bench.add_argument(
+        "--reference",
+        default=None,
+        help="after measuring, score the model against this reference (edgeshrink.reference/1)",
+    )
+    evaluate = commands.add_parser(
+        "eval", help="load a model and measure its quality against a reference, not its speed"
+    )
+    _add_run_arguments(evaluate)
+    evaluate.add_argument(
+        "--reference", required=True, help="the reference made on the host (edgeshrink.reference/1)"
+    )
+    commands.add_parser("info", help="device facts and available runtimes")
+    return parser
+
+
+def _add_run_arguments(bench) -> None:
+    """The options of a run that loads a model: bench and eval share them."""
     bench.add_argument("--model", required=True, help="model file on this device")
     bench.add_argument(
         "--format", default=None, help="gguf, onnx or tflite (default: from the file extension)"
@@ -2583,8 +2943,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="stop repeating when the next repetition would end after S seconds",
     )
-    commands.add_parser("info", help="device facts and available runtimes")
-    return parser
 
 
 def _supported_formats() -> str:
@@ -2617,6 +2975,11 @@ LLM_ONLY_PARAMS = (
 NON_LLM_PARAMS = ("runs", "min_seconds", "inputs", "dims")
 ONNX_ONLY_PARAMS = ("execution_provider", "graph_optimization")
 TFLITE_ONLY_PARAMS = ("tflite_runtime", "xnnpack", "external_delegate", "external_delegate_options")
+SPEED_ONLY_PARAMS = (
+    "prompt_tokens", "gen_tokens", "reps", "warmup", "n_ctx", "batch_size", "ubatch_size",
+    "deadline_s", "runs", "min_seconds", "inputs", "dims",
+)  # fmt: skip
+RUN_COMMANDS = ("bench", "eval")
 # The parameters each format's runner does not read (left out of params).
 UNUSED_PARAMS = {
     "gguf": NON_LLM_PARAMS + ONNX_ONLY_PARAMS + TFLITE_ONLY_PARAMS,
@@ -2644,6 +3007,7 @@ def command_bench(args, report: Report, sampler: MemorySampler) -> None:
     # llama-bench's n_ctx: prompt + generation (llama.cpp pads it to its own granularity).
     n_ctx = args.n_ctx if args.n_ctx is not None else args.prompt_tokens + args.gen_tokens
     report.params = {
+        "command": args.command,
         "model": args.model,
         "format": args.format,
         "prompt_tokens": args.prompt_tokens,
@@ -2668,6 +3032,7 @@ def command_bench(args, report: Report, sampler: MemorySampler) -> None:
         "xnnpack": args.xnnpack,
         "external_delegate": args.external_delegate,
         "external_delegate_options": args.external_delegate_option,
+        "reference": args.reference,
         "resolved": {
             "format": None,
             "threads": threads,
@@ -2701,7 +3066,15 @@ def command_bench(args, report: Report, sampler: MemorySampler) -> None:
             f"agent {AGENT_VERSION} cannot measure format {model_format!r}",
             f"supported formats: {_supported_formats()}",
         )
-    if model_format == "gguf" and args.prompt_tokens + args.gen_tokens > n_ctx:
+    args.quality_reference = None
+    if args.reference:
+        args.quality_reference = open_reference(args.reference, model_format)
+    if args.command == "eval":
+        for key in SPEED_ONLY_PARAMS:
+            report.params.pop(key, None)
+        report.params["resolved"].pop("n_ctx", None)
+        report.not_measured("speed", "eval measures quality only (bench measures speed)")
+    elif model_format == "gguf" and args.prompt_tokens + args.gen_tokens > n_ctx:
         raise AgentError(
             "bad_params",
             f"prompt {args.prompt_tokens} + gen {args.gen_tokens} tokens"
@@ -2795,7 +3168,7 @@ def main(argv=None) -> int:
             return EXIT_BAD_ARGS
         if args.command is None:
             exc = BadArguments(
-                "a command is required: bench or info", build_parser().format_usage().strip()
+                "a command is required: bench, eval or info", build_parser().format_usage().strip()
             )
             _emit(_bad_args_document(report, exc))
             return EXIT_BAD_ARGS
@@ -2863,7 +3236,7 @@ def main(argv=None) -> int:
 
 def _finish_safely(report, sampler, args, status, error) -> dict:
     _Process.emitting = True
-    if sampler is not None and args is not None and getattr(args, "command", None) == "bench":
+    if sampler is not None and args is not None and getattr(args, "command", None) in RUN_COMMANDS:
         try:
             _finish_bench(report, sampler, args)
         except BaseException as exc:

@@ -6,11 +6,23 @@ from pathlib import Path
 
 import click
 
-from edgeshrink.cli.common import EVAL_TEXT, JSON_OPTION, FiniteFloat, emit_json, progress_printer
+from edgeshrink.cli.common import (
+    ACCEPT_NEW_HOST_KEY,
+    DB_OPTION,
+    EVAL_TEXT,
+    JSON_OPTION,
+    Context,
+    FiniteFloat,
+    emit_json,
+    pass_context,
+    progress_printer,
+)
+from edgeshrink.cli.device_quality import eval_on_target
+from edgeshrink.device_eval import DEFAULT_TOLERANCE
 from edgeshrink.errors import EdgeshrinkError
 from edgeshrink.formats import backend, detect_format
 from edgeshrink.formats.gguf.quality import LlmBudget, evaluate_llm
-from edgeshrink.quality import QualityBudget, evaluate
+from edgeshrink.quality import EvalSettings, QualityBudget, evaluate
 from edgeshrink.report.table import render_pairs, render_table
 from edgeshrink.util import terminal_safe
 
@@ -59,8 +71,14 @@ def print_quality(report) -> None:
 
 
 @click.command(name="eval")
-@click.argument("base", type=click.Path(path_type=Path))
-@click.argument("candidate", type=click.Path(path_type=Path))
+@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--base",
+    "base_option",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The original model (then the one argument is the candidate).",
+)
 @click.option(
     "--inputs",
     type=click.Path(exists=True, path_type=Path),
@@ -92,7 +110,7 @@ def print_quality(report) -> None:
     type=click.IntRange(32, 1 << 16),
     default=512,
     show_default=True,
-    help="GGUF: chunk size in tokens (llama-perplexity -c).",
+    help="GGUF: chunk size in tokens (llama-perplexity -c); a longer text is cut into chunks.",
 )
 @click.option(
     "--chunks", type=click.IntRange(1, None), default=None, help="GGUF: at most this many chunks."
@@ -115,10 +133,33 @@ def print_quality(report) -> None:
     default=None,
     help="GGUF: fail when the same top token is chosen less often than this fraction.",
 )
+@click.option(
+    "--target",
+    "-t",
+    "target_name",
+    default=None,
+    help="Measure the quality on this device too, beside the host's (a target name).",
+)
+@click.option(
+    "--tolerance",
+    type=FiniteFloat(0, None),
+    default=DEFAULT_TOLERANCE,
+    show_default=True,
+    help="With --target: a device figure further than this from the host's is a drift "
+    "(relative for PPL and KLD, absolute for fractions).",
+)
+@click.option("--threads", type=click.IntRange(1, 1024), default=None,
+              help="With --target: threads on the device [default: the profile's].")  # fmt: skip
+@click.option("--timeout", "timeout_s", type=FiniteFloat(min=1), default=900.0, show_default=True,
+              help="With --target: seconds before the agent is stopped.")  # fmt: skip
+@DB_OPTION
+@ACCEPT_NEW_HOST_KEY
 @JSON_OPTION
+@pass_context
 def eval_command(
-    base: Path,
-    candidate: Path,
+    obj: Context,
+    models: tuple[Path, ...],
+    base_option: Path | None,
     inputs: Path | None,
     labels: str | None,
     samples: int,
@@ -130,20 +171,45 @@ def eval_command(
     max_kld: float | None,
     max_ppl_increase: float | None,
     min_agreement: float | None,
+    target_name: str | None,
+    tolerance: float,
+    threads: int | None,
+    timeout_s: float,
+    db: str | None,
+    accept_new_host_key: bool,
     as_json: bool,
 ) -> None:
-    """Compare CANDIDATE (a shrunk model) with BASE on the same inputs.
+    """Compare CANDIDATE (a shrunk model) with BASE on the same inputs: `eval BASE CANDIDATE`
+    or `eval CANDIDATE --base BASE`.
 
     GGUF: perplexity, KL divergence, same top token and RMS Δp over a text, the way
     llama.cpp's llama-perplexity --kl-divergence computes them.
 
-    ONNX: both run in onnxruntime here; per output the max/mean absolute error,
+    ONNX / TFLite: both run in the runtime here; per output the max/mean absolute error,
     cosine similarity and top-1 agreement, and with --labels the accuracy of both.
+
+    With --target the device measures the candidate itself, with its own runtime, against a
+    compact reference made here from BASE (pushed like an artifact): the device's figures
+    beside the host's (read from the results database when they were measured before), and
+    a drift beyond --tolerance flagged. The budget options then judge the device's figures.
 
     \b
     edgeshrink eval model-f16.gguf model-q4_0.gguf --text eval.txt --max-kld 0.05
-    edgeshrink eval model.onnx model-int8-static.onnx --inputs test.npz --labels labels
+    edgeshrink eval model-q4_0.gguf --base model-f16.gguf --target mypi
+    edgeshrink eval digits-int8.onnx --base digits.onnx --inputs test.npz --labels labels --target board
     """
+    base, candidate = _base_and_candidate(models, base_option)
+    if target_name is not None:
+        settings = EvalSettings(
+            text=text_file.read_text(encoding="utf-8") if text_file else None, n_ctx=n_ctx,
+            max_chunks=chunks, inputs=inputs, labels=labels, samples=samples,
+        )  # fmt: skip
+        budget = {"max_kld": max_kld, "max_ppl_increase": max_ppl_increase,
+                  "min_agreement": min_agreement, "min_cosine": min_cosine,
+                  "max_accuracy_drop": max_accuracy_drop}  # fmt: skip
+        eval_on_target(obj, base, candidate, target_name, settings, budget, tolerance,
+                       threads, timeout_s, db, accept_new_host_key, as_json)  # fmt: skip
+        return
 
     if backend(detect_format(base)).evaluation == "llm-text":
         eval_llm(
@@ -176,6 +242,18 @@ def eval_command(
     else:
         print_quality(report)
     QualityBudget.check(report)  # a failed budget is an error: exit 1, after the report
+
+
+def _base_and_candidate(models: tuple[Path, ...], base: Path | None) -> tuple[Path, Path]:
+    if base is not None and len(models) == 1:
+        return base, models[0]
+    if base is None and len(models) == 2:
+        return models[0], models[1]
+    given = " ".join(str(m) for m in models)
+    raise click.UsageError(
+        f"give BASE CANDIDATE, or CANDIDATE --base BASE (got {given}"
+        + (f" and --base {base})" if base is not None else ")")
+    )
 
 
 def eval_llm(

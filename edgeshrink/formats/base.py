@@ -212,6 +212,15 @@ class Backend:
             hint="GGUF quality is `edgeshrink eval` over a text (KL divergence, perplexity)",
         )
 
+    def make_reference(self, base: Any, **settings: Any) -> Path:
+        """The file a device scores a candidate against (device_quality.py's format): made
+        from ``base`` on this machine, cached. ``settings`` are the evaluation's own (text,
+        n_ctx, max_chunks for a text; inputs, labels, samples, seed for outputs)."""
+        raise UnsupportedFormatError(
+            f"no quality on the device for {self.format} models in this version",
+            hint="evaluate on this machine: edgeshrink eval without --target",
+        )
+
     # -- on the device -----------------------------------------------------------------
     def device_files(self, info: ModelInfo, model: Path) -> list[Path]:
         """Files the model needs beside it on the device (ONNX external data)."""

@@ -12,6 +12,7 @@ with labels, the accuracy of both. Each backend runs its own models
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -19,8 +20,15 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from edgeshrink.agent import device_quality as dq
 from edgeshrink.errors import CalibrationError, EvalDataError, QualityBudgetError
-from edgeshrink.formats.tensors import make_batches, random_batches, read_arrays
+from edgeshrink.formats.tensors import (
+    inputs_fingerprint,
+    make_batches,
+    random_batches,
+    read_arrays,
+)
+from edgeshrink.util import atomic_path, cache_dir, sha256_file
 
 Progress = Callable[[str], None]
 
@@ -153,24 +161,6 @@ class QualityBudget:
 # --------------------------------------------------------------------------- comparing outputs
 
 
-def _cosines(a: Any, b: Any) -> Any:
-    """Cosine similarity of each row (sample) of a and b, flattened; 1 where both are zero."""
-    import numpy as np
-
-    a = a.reshape(a.shape[0], -1).astype(np.float64)
-    b = b.reshape(b.shape[0], -1).astype(np.float64)
-    dot = np.sum(a * b, axis=1)
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    both_zero = (np.linalg.norm(a, axis=1) == 0) & (np.linalg.norm(b, axis=1) == 0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cos = np.where(norms > 0, dot / np.where(norms > 0, norms, 1.0), 0.0)
-    return np.where(both_zero, 1.0, cos)
-
-
-def _is_classifier(array: Any) -> bool:
-    return array.ndim == 2 and array.shape[1] > 1 and array.dtype.kind == "f"
-
-
 def output_agreement(name: str, base: Any, candidate: Any) -> OutputAgreement:
     """Agreement of one output, both given as arrays with samples on the first axis."""
     import numpy as np
@@ -181,22 +171,8 @@ def output_agreement(name: str, base: Any, candidate: Any) -> OutputAgreement:
             f"{list(candidate.shape)} in the candidate",
             hint="compare a model with its own shrunk version",
         )
-    base64 = base.astype(np.float64)
-    diff = np.abs(base64 - candidate.astype(np.float64))
-    cos = _cosines(base, candidate) if base.ndim >= 1 and base.size else np.ones(1)
-    top1 = None
-    if _is_classifier(base):
-        top1 = float(np.mean(base.argmax(axis=1) == candidate.argmax(axis=1)))
-    return OutputAgreement(
-        name=name,
-        shape=tuple(int(d) for d in base.shape),
-        max_abs_error=float(diff.max()) if diff.size else 0.0,
-        mean_abs_error=float(diff.mean()) if diff.size else 0.0,
-        max_abs_reference=float(np.abs(base64).max()) if base.size else 0.0,
-        cosine_mean=float(cos.mean()),
-        cosine_min=float(cos.min()),
-        top1_agreement=top1,
-    )
+    figures = dq.output_figures(np, name, base, candidate)
+    return OutputAgreement(**{**figures, "shape": tuple(figures["shape"])})
 
 
 def run_all(session: Any, feeds: tuple[dict[str, Any], ...], names: list[str]) -> dict[str, Any]:
@@ -268,38 +244,10 @@ def compare_outputs(
     ``run_*(feeds, names)`` returns every named output over all feeds, concatenated
     on the first axis.  Any format whose inputs are described as the ONNX backend's
     TensorSpec shares this."""
-    import numpy as np
-
     say = progress
-    base_in = input_specs
-    notes: list[str] = []
-    label_array = None
-    if inputs is not None:
-        arrays = read_arrays(inputs, what="evaluation")
-        if labels is not None:
-            if labels not in arrays:
-                raise EvalDataError(
-                    f"{inputs}: no array '{labels}' for the labels; it has: "
-                    f"{', '.join(k for k in arrays if k != '*')}",
-                    hint="pass --labels with the key of the label array",
-                )
-            label_array = np.asarray(arrays.pop(labels))
-        try:
-            batches = make_batches(
-                arrays, base_in, source=f"evaluation data {inputs}", what="evaluation"
-            )
-        except CalibrationError as exc:
-            raise EvalDataError(exc.message, hint=exc.hint) from exc
-    else:
-        if labels is not None:
-            raise EvalDataError(
-                "--labels needs --inputs: random inputs have no labels",
-                hint="pass --inputs data.npz holding the inputs and the labels",
-            )
-        batches = random_batches(base_in, samples=samples, seed=seed)
-        notes.append(
-            f"{samples} random inputs from the declared shapes (seed {seed}): agreement only"
-        )
+    batches, label_array, notes = evaluation_inputs(
+        input_specs, inputs=inputs, labels=labels, samples=samples, seed=seed
+    )
     names = list(output_names)
     say(f"running {base.name} on {batches.n_rows} samples")
     base_outputs = run_base(batches.feeds, names)
@@ -308,18 +256,11 @@ def compare_outputs(
     agreements = tuple(
         output_agreement(name, base_outputs[name], cand_outputs[name]) for name in names
     )
-    metrics: list[Metric] = []
-    for agreement in agreements:
-        metrics += [
-            Metric("cosine_mean", agreement.cosine_mean, True, agreement.name),
-            Metric("cosine_min", agreement.cosine_min, True, agreement.name),
-            Metric("max_abs_error", agreement.max_abs_error, False, agreement.name),
-            Metric("mean_abs_error", agreement.mean_abs_error, False, agreement.name),
-        ]
-        if agreement.top1_agreement is not None:
-            metrics.append(Metric("top1_agreement", agreement.top1_agreement, True, agreement.name))
+    accuracy = None
     if label_array is not None:
-        metrics.append(_accuracy(label_array, batches.n_rows, base_outputs, cand_outputs, labels))
+        accuracy = _accuracy(label_array, batches.n_rows, base_outputs, cand_outputs, labels)
+    figures = [asdict(a) for a in agreements]
+    metrics = [Metric(**m) for m in dq.agreement_metrics(figures, accuracy)]
     report = QualityReport(
         kind="output-agreement",
         format=fmt,
@@ -336,15 +277,47 @@ def compare_outputs(
     return budget.apply(report) if budget else report
 
 
-def _accuracy(
-    label_array: Any,
-    n_rows: int,
-    base_outputs: Mapping[str, Any],
-    cand_outputs: Mapping[str, Any],
-    labels_key: str | None,
-) -> Metric:
+def evaluation_inputs(
+    input_specs: Any, *, inputs: str | os.PathLike[str] | None, labels: str | None,
+    samples: int, seed: int,
+) -> tuple[Any, Any, list[str]]:  # fmt: skip
+    """(batches, labels or None, notes): the evaluation data cut to the model's inputs, or
+    ``samples`` random inputs of the declared shapes (agreement only)."""
     import numpy as np
 
+    notes: list[str] = []
+    label_array = None
+    if inputs is not None:
+        arrays = read_arrays(inputs, what="evaluation")
+        if labels is not None:
+            if labels not in arrays:
+                raise EvalDataError(
+                    f"{inputs}: no array '{labels}' for the labels; it has: "
+                    f"{', '.join(k for k in arrays if k != '*')}",
+                    hint="pass --labels with the key of the label array",
+                )
+            label_array = np.asarray(arrays.pop(labels))
+        try:
+            batches = make_batches(
+                arrays, input_specs, source=f"evaluation data {inputs}", what="evaluation"
+            )
+        except CalibrationError as exc:
+            raise EvalDataError(exc.message, hint=exc.hint) from exc
+    else:
+        if labels is not None:
+            raise EvalDataError(
+                "--labels needs --inputs: random inputs have no labels",
+                hint="pass --inputs data.npz holding the inputs and the labels",
+            )
+        batches = random_batches(input_specs, samples=samples, seed=seed)
+        notes.append(
+            f"{samples} random inputs from the declared shapes (seed {seed}): agreement only"
+        )
+    return batches, label_array, notes
+
+
+def checked_labels(label_array: Any, n_rows: int, labels_key: str | None) -> Any:
+    """The labels as one integer class index per sample (EvalDataError if they are not)."""
     label_array = label_array.reshape(-1)
     if label_array.dtype.kind not in "iu":
         raise EvalDataError(
@@ -356,21 +329,95 @@ def _accuracy(
             f"labels '{labels_key}' has {label_array.shape[0]} entries for {n_rows} samples",
             hint="give one label per sample",
         )
-    label_array = label_array[:n_rows]
+    return label_array[:n_rows]
+
+
+def accuracy_output(label_array: Any, n_rows: int, base_outputs: Mapping[str, Any]) -> str:
+    """The output accuracy is read from (EvalDataError when there is none)."""
     top = int(label_array.max()) if label_array.size else 0
-    name = next(
-        (
-            n
-            for n, a in base_outputs.items()
-            if _is_classifier(a) and a.shape[0] == n_rows and a.shape[1] > top
-        ),
-        None,
-    )
+    name = dq.accuracy_output(base_outputs, n_rows, top)
     if name is None:
         raise EvalDataError(
             f"no output of shape [{n_rows}, C] with C > {top} to read classes from",
             hint="accuracy needs a classifier output with one score per class",
         )
-    base_acc = float(np.mean(base_outputs[name].argmax(axis=1) == label_array))
-    cand_acc = float(np.mean(cand_outputs[name].argmax(axis=1) == label_array))
-    return Metric("accuracy", cand_acc, True, name, reference=base_acc)
+    return name
+
+
+def _accuracy(
+    label_array: Any,
+    n_rows: int,
+    base_outputs: Mapping[str, Any],
+    cand_outputs: Mapping[str, Any],
+    labels_key: str | None,
+) -> dict[str, Any]:
+    import numpy as np
+
+    label_array = checked_labels(label_array, n_rows, labels_key)
+    name = accuracy_output(label_array, n_rows, base_outputs)
+    return dq.accuracy_metric(np, label_array, base_outputs[name], cand_outputs[name], name)
+
+
+# --------------------------------------------------------------------------- on the device
+
+
+def outputs_reference(
+    fmt: str,
+    base: Path,
+    input_specs: Any,
+    output_names: list[str],
+    runtime: str,
+    make_run_base: Callable[[], RunAll],
+    *,
+    inputs: str | os.PathLike[str] | None,
+    labels: str | None,
+    samples: int,
+    seed: int,
+    progress: Progress | None,
+) -> Path:
+    """The reference a device scores a candidate against (cached: the same base, runtime
+    and inputs give the same file): the feeds exactly as the host's evaluation cuts them,
+    the base's outputs on them (``make_run_base()`` runs it) and the labels (see
+    edgeshrink/agent/device_quality.py)."""
+    parts = [dq.REFERENCE_SCHEMA, fmt, sha256_file(base), runtime, str(labels)]
+    parts += [inputs_fingerprint(inputs)] if inputs is not None else [str(samples), str(seed)]
+    path = (
+        cache_dir("references")
+        / f"{hashlib.sha256('|'.join(parts).encode()).hexdigest()[:32]}.esref"
+    )
+    if path.exists():
+        return path
+    say = progress or (lambda _m: None)
+    import numpy as np
+
+    batches, label_array, _notes = evaluation_inputs(
+        input_specs, inputs=inputs, labels=labels, samples=samples, seed=seed
+    )
+    names = list(output_names)
+    say(f"running {base.name} on {batches.n_rows} samples for the reference")
+    outputs = make_run_base()(batches.feeds, names)
+    arrays: dict[str, Any] = {}
+    for i, feed in enumerate(batches.feeds):
+        for name, array in feed.items():
+            arrays[f"feed/{i}/{name}"] = np.ascontiguousarray(array)
+    for name in names:
+        arrays[f"output/{name}"] = np.ascontiguousarray(outputs[name])
+    chosen = None
+    if label_array is not None:
+        label_array = checked_labels(label_array, batches.n_rows, labels)
+        chosen = accuracy_output(label_array, batches.n_rows, outputs)
+        arrays["labels"] = label_array.astype(np.int64)
+    header = {
+        "kind": "outputs",
+        "base": {"name": base.name, "sha256": sha256_file(base), "size": base.stat().st_size},
+        "inputs": [s.name for s in input_specs],
+        "outputs": names,
+        "n_feeds": len(batches.feeds),
+        "n_samples": batches.n_rows,
+        "inputs_name": None if inputs is None else str(inputs),
+        "labels": labels,
+        "accuracy_output": chosen,
+    }
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        dq.write_reference(handle, header, arrays)
+    return path

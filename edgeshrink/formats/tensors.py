@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgeshrink.errors import CalibrationError
 from edgeshrink.formats.base import ModelInfo
+from edgeshrink.util import sha256_file
 
 if TYPE_CHECKING:
     import numpy as np
@@ -98,6 +99,18 @@ class InputBatches:
     bounds: tuple[tuple[int, int], ...]
     n_rows: int
     source: str
+
+
+def inputs_fingerprint(path: str | os.PathLike[str]) -> str:
+    """The sha256 of an inputs file, or of every .npy/.npz of a directory with its name."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.iterdir() if p.suffix in (".npy", ".npz")):
+        digest.update(file.name.encode())
+        digest.update(sha256_file(file).encode())
+    return digest.hexdigest()
 
 
 def read_arrays(path: str | os.PathLike[str], *, what: str = "input") -> dict[str, np.ndarray]:

@@ -23,7 +23,14 @@ QUALITY_METRICS = {
     "ppl_ratio": ("×", "lower", "PPL ratio"),
     "same_top": ("", "higher", "same top token"),
 }
-ALL_METRICS = {**SAMPLED_METRICS, **RUN_METRICS, **QUALITY_METRICS}
+# Quality measured on the device in each job's run (deterministic for the same bytes and
+# runtime, so judged like QUALITY_METRICS, against the job's own baseline on that device).
+DEVICE_QUALITY_METRICS = {
+    "device_kld_mean": ("", "lower", "mean KL divergence on the device"),
+    "device_ppl_ratio": ("×", "lower", "PPL ratio on the device"),
+    "device_same_top": ("", "higher", "same top token on the device"),
+}
+ALL_METRICS = {**SAMPLED_METRICS, **RUN_METRICS, **QUALITY_METRICS, **DEVICE_QUALITY_METRICS}
 REGRESSION_VERDICTS = ("regressed", "new-failure")
 CONTEXT_FIELDS = (
     ("artifact_sha256", "model hash"),

@@ -4,16 +4,17 @@ one's quality (once per artifact, found in the results database when measured be
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from typing import TYPE_CHECKING
 
 from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.formats import backend, detect_format
 from edgeshrink.formats.gguf.quality import default_eval_text, evaluate_llm
 from edgeshrink.lab.builds import BuildPlan, Built, build_artifact
 from edgeshrink.lab.history import LabHistory
 from edgeshrink.lab.session import LabEvent
+from edgeshrink.quality import EvalSettings, quality_key
 from edgeshrink.sweep import QUALITY_METHOD
 
 if TYPE_CHECKING:
@@ -57,7 +58,31 @@ def build_all(runner: LabRunner, hist: LabHistory, needed: set[tuple[str, str]])
                 + f"{built.path.name} ({built.quant or built.format}, sha256 {(built.sha256 or '')[:12]}…)"
                 + f" for {', '.join(plan.devices)}"
             )
+    make_references(runner, needed)
     return time.perf_counter() - start
+
+
+def make_references(runner: LabRunner, needed: set[tuple[str, str]]) -> None:
+    """The reference of every job with a quality check whose model a reference can be made
+    from (cached on this host): its devices measure the quality where it runs."""
+    for plan in runner.plan.builds:
+        job, check = plan.job, plan.job.quality
+        built = runner.built.get((job.name, plan.key))
+        if (job.name, plan.key) not in needed or check is None or job.model is None:
+            continue
+        if job.name in runner.references or built is None or not built.ok:
+            continue
+        text = check.text.read_text(encoding="utf-8") if check.text else None
+        settings = EvalSettings(text=text, n_ctx=check.eval_ctx, max_chunks=check.eval_chunks)
+        try:
+            fmt = backend(detect_format(job.model))
+            runner.references[job.name] = fmt.make_reference(
+                job.model, **settings.reference_settings()
+            )
+            message = f"quality reference for the devices: {runner.references[job.name].name}"
+        except EdgeshrinkError as exc:
+            message = f"no quality on the devices: {exc.message}"
+        runner.emit(LabEvent("quality", runner.run_id, job=job.name, message=message))
 
 
 def check_quality(runner: LabRunner) -> None:
@@ -70,11 +95,10 @@ def check_quality(runner: LabRunner) -> None:
             if check is None or built is None or not built.ok or runner.stop.is_set():
                 continue
             text = check.text.read_text(encoding="utf-8") if check.text else default_eval_text()
-            settings = json.dumps(
-                {"text_sha256": hashlib.sha256(text.encode()).hexdigest(),
-                 "n_ctx": check.eval_ctx, "chunks": check.eval_chunks},
-                sort_keys=True,
-            )  # fmt: skip
+            _method, settings = quality_key(
+                backend(detect_format(plan.source)),
+                EvalSettings(text=text, n_ctx=check.eval_ctx, max_chunks=check.eval_chunks),
+            )
             try:
                 report = hist.store.find_quality(
                     QUALITY_METHOD, plan.source_sha256, built.sha256 or "", settings

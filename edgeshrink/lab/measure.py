@@ -123,6 +123,18 @@ def result_row(
     }
 
 
+def device_quality_metrics(quality: dict[str, Any] | None) -> dict[str, float]:
+    """The quality the device measured (a job with a quality check), as metrics: a driver or
+    runtime update that changes them is a regression like a slower kernel."""
+    if not quality or "kld_mean" not in quality:
+        return {}
+    return {
+        "device_kld_mean": quality["kld_mean"]["value"],
+        "device_ppl_ratio": quality["ppl_ratio"]["value"],
+        "device_same_top": quality["same_top"]["value"],
+    }
+
+
 def job_figures(
     result: BenchResult, built: Built, snapshot: dict[str, Any] | None
 ) -> dict[str, Any]:
@@ -143,6 +155,7 @@ def job_figures(
         "load_s": result.load_s,
         "latency_p50_ms": result.latency_ms.p50 if result.latency_ms else None,
         "throughput_per_s": result.throughput_per_s,
+        **device_quality_metrics(result.quality),
     }
     temps = dev.get("temps_c") or {}
     mhz = dev.get("cpu_mhz") or {}

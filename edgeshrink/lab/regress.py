@@ -29,6 +29,12 @@ Quality (kld_mean, ppl_ratio, same_top, measured on the host per artifact)
     median by more than ``quality_threshold`` (relative), or when the quality
     budget fails now and passed in the baseline.
 
+Quality on the device (device_kld_mean, device_ppl_ratio, device_same_top)
+    Measured in the job's own run on each device against a reference of the
+    source model: the same rule as quality, per device, from one good baseline
+    run on (a runtime or driver update that changes the device's arithmetic
+    shows here while the host's figures stay put).
+
 Failures
     A job that has no good measurement now (device offline, agent error,
     timeout, OOM) while it was ok in a baseline run: **new failure** (a
@@ -60,6 +66,7 @@ from edgeshrink.lab.findings import (
     ALL_METRICS,
     CLOCK_TOLERANCE,
     CONTEXT_FIELDS,
+    DEVICE_QUALITY_METRICS,
     QUALITY_METRICS,
     REGRESSION_VERDICTS,
     RUN_METRICS,
@@ -76,6 +83,7 @@ __all__ = [
     "ALL_METRICS",
     "CLOCK_TOLERANCE",
     "CONTEXT_FIELDS",
+    "DEVICE_QUALITY_METRICS",
     "QUALITY_METRICS",
     "REGRESSION_VERDICTS",
     "RUN_METRICS",
@@ -281,6 +289,16 @@ def evaluate(
                                     n_baseline_runs=len(base), **common))  # fmt: skip
             continue
         changes = what_changed(job.context, [g.context for g in good])
+        # Deterministic for the same bytes and runtime: one good night is a baseline.
+        for metric in DEVICE_QUALITY_METRICS:
+            value = job.metrics.get(metric)
+            base_values = [g.metrics[metric] for g in good if g.metrics.get(metric) is not None]
+            if value is None or not base_values:
+                continue
+            figures = compare_run_metric(metric, value, base_values, policy.quality_threshold, 0.0)
+            findings.append(Finding(metric=metric, message=_message(metric, figures, changes),
+                                    changed=changes if figures["verdict"] != "unchanged" else (),
+                                    **figures, **common))  # fmt: skip
         if len(good) < policy.min_baseline_runs:
             findings.append(Finding(metric="status", verdict="short baseline", message=(
                 f"ok; only {len(good)} good baseline run(s), {policy.min_baseline_runs} are needed "

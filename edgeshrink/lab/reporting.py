@@ -19,6 +19,7 @@ from edgeshrink.lab.config import LabConfigError
 from edgeshrink.lab.history import LabHistory, now_iso
 from edgeshrink.lab.regress import (
     ALL_METRICS,
+    DEVICE_QUALITY_METRICS,
     QUALITY_METRICS,
     RUN_METRICS,
     SAMPLED_METRICS,
@@ -30,7 +31,9 @@ from edgeshrink.lab.regress import (
 from edgeshrink.lab.stats import median
 
 _SINCE_RE = re.compile(r"^(\d+)\s*([hdw])$")
-TREND_METRICS = ("tg_tok_s", "pp_tok_s", "ttft_ms", "peak_rss_mb", "latency_p50_ms")
+TREND_METRICS = ("tg_tok_s", "pp_tok_s", "ttft_ms", "peak_rss_mb", "latency_p50_ms",
+                 "device_kld_mean")  # fmt: skip
+ONE_VALUE_METRICS = {**RUN_METRICS, **DEVICE_QUALITY_METRICS}
 
 
 def since_iso(text: str, *, now: datetime | None = None) -> str:
@@ -146,7 +149,7 @@ def _series(view: LabHistoryView) -> list[TrendSeries]:
                 if samples:
                     points.append(TrendPoint(run.id, run.started_at, median(samples), min(samples),
                                              max(samples), verdict, "ok"))  # fmt: skip
-                elif record.metrics.get(metric) is not None and metric in RUN_METRICS:
+                elif record.metrics.get(metric) is not None and metric in ONE_VALUE_METRICS:
                     value = float(record.metrics[metric])
                     points.append(
                         TrendPoint(run.id, run.started_at, value, None, None, verdict, "ok")

@@ -160,6 +160,8 @@ class LabRunner:
         self.run_id: int | None = None
         self.stop = threading.Event()
         self.built: dict[tuple[str, str], Built] = {}
+        # Per job with a quality check: the reference its devices score it against.
+        self.references: dict[str, Path] = {}
         self.profiles: dict[str, Any] = {}
         self.unreachable: set[str] = set()  # devices this runner found it cannot reach
         self.build_seconds = 0.0

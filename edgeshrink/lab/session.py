@@ -26,6 +26,7 @@ from edgeshrink.lab.measure import (
     take_snapshot,
 )
 from edgeshrink.transport import open_transport
+from edgeshrink.util import sha256_file
 
 if TYPE_CHECKING:
     from edgeshrink.lab.runner import LabRunner
@@ -245,9 +246,13 @@ class DeviceSession:
             "bench", record.job,
             f"{params.reps} reps of pp{params.prompt_tokens} + tg{params.gen_tokens}",
         )  # fmt: skip
+        reference = runner.references.get(record.job)
+        remote_reference = None
+        if reference is not None:
+            remote_reference = transport.push_artifact(reference, sha256_file(reference)).remote
         result, _run = run_agent_bench(
-            transport, pushed.remote, params,
-            model_format=built.format or "gguf", timeout_s=job.timeout_s,
+            transport, pushed.remote, params, model_format=built.format or "gguf",
+            remote_reference=remote_reference, timeout_s=job.timeout_s,
         )  # fmt: skip
         profile_id = self.profile.id if self.profile else device.profile
         figures = job_figures(result, built, snapshot)

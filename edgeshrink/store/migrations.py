@@ -249,6 +249,14 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         CREATE INDEX sweeps_by_time ON sweeps (created_at);
         """,
     ),
+    (
+        "quality measured on a device: which target, and the result of its run",
+        """
+        ALTER TABLE quality ADD COLUMN target TEXT;
+        ALTER TABLE quality ADD COLUMN result_id INTEGER REFERENCES results (id);
+        CREATE INDEX quality_by_target ON quality (target, candidate_sha256);
+        """,
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -39,7 +39,7 @@ RESULT_COLUMNS = (
 )  # fmt: skip
 QUALITY_COLUMNS = (
     "method", "base_sha256", "candidate_sha256", "settings", "candidate_name", "quant",
-    "kld_mean", "ppl_ratio", "same_top", "agreement", "accuracy",
+    "kld_mean", "ppl_ratio", "same_top", "agreement", "accuracy", "target", "result_id",
 )  # fmt: skip
 
 

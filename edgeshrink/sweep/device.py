@@ -1,17 +1,50 @@
-"""Measuring a sweep's candidates on the device, one at a time."""
+"""Measuring a sweep's candidates on the device, one at a time: their speed and memory,
+and their quality against a reference of the original (the device's runtime, not the
+host's, decides whether a candidate meets the budget)."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from edgeshrink.bench import BenchParams
 from edgeshrink.deploy import bench_model, threads_for
+from edgeshrink.device_eval import device_figures, device_quality_key, store_device_quality
+from edgeshrink.formats import backend, detect_format
 from edgeshrink.profiles import HardwareProfile
+from edgeshrink.quality import EvalSettings
 from edgeshrink.store import ResultStore
 from edgeshrink.sweep.types import Progress, SweepCandidate
 from edgeshrink.targets import Target
+from edgeshrink.util import sha256_file
+
+
+@dataclass(frozen=True)
+class DeviceQuality:
+    """How a sweep judges its candidates by the device's quality: the original, the settings
+    of the evaluation, the budget's failures and the loss of a report."""
+
+    base: Path
+    settings: EvalSettings
+    failures: Callable[[dict[str, Any]], list[str]]
+    loss: Callable[[dict[str, Any]], float]
+
+    def reference(self, say: Progress) -> Path:
+        fmt = backend(detect_format(self.base))
+        say(f"making the quality reference from {self.base.name} for the device")
+        return fmt.make_reference(self.base, **self.settings.reference_settings(), progress=say)
+
+    def judged(
+        self, cand: SweepCandidate, figures: dict[str, Any], target: Target
+    ) -> SweepCandidate:
+        """``cand`` with the device's figures as its quality (the host's kept beside them)."""
+        return replace(
+            cand, quality=figures, quality_failures=tuple(self.failures(figures)),
+            loss=self.loss(figures), quality_on=target.name, host_quality=cand.quality,
+        )  # fmt: skip
 
 
 def _gguf_measured(r: Any, result_id: int | None) -> dict[str, Any]:
@@ -54,23 +87,42 @@ def measure_on_target(
     db: str | os.PathLike[str] | None,
     remeasure: bool,
     say: Progress,
+    quality: DeviceQuality | None = None,
 ) -> list[SweepCandidate]:
-    """Benchmark each fitting candidate on the device, one at a time (never two at once)."""
+    """Benchmark each fitting candidate on the device, one at a time (never two at once);
+    with ``quality``, the same run measures its quality there against a reference."""
 
     asked = replace(params, threads=threads_for(target, profile, params.threads))
+    reference = quality.reference(say) if quality is not None else None
+    fmt = backend(detect_format(quality.base)) if quality is not None else None
     measured = []
     with ResultStore(db) as store:
+        base_sha = sha256_file(quality.base) if quality is not None else ""
         for cand in candidates:
             if not cand.fits:
                 measured.append(cand)
                 continue
             found = None if remeasure else store.find_result(cand.sha256, target.name, asked.key())
-            if found is not None:
+            figures = None
+            if found is not None and quality is not None and reference is not None:
+                method, key = device_quality_key(fmt, quality.settings, target, reference)
+                figures = store.find_quality(method, base_sha, cand.sha256, key)
+            if found is not None and (quality is None or figures is not None):
                 doc = _stored_measured(store, found, cand.by_text)
-                measured.append(replace(cand, measured=doc, measured_reused=True))
+                cand = replace(cand, measured=doc, measured_reused=True)
+                measured.append(quality.judged(cand, figures, target) if quality else cand)
                 continue
-            say(f"{cand.quant}: benchmarking on {target.name}")
-            outcome = bench_model(cand.path, target, asked, profile=profile, db=db, progress=None)
+            say(f"{cand.quant}: benchmarking on {target.name}"
+                + (" (and its quality)" if quality else ""))  # fmt: skip
+            outcome = bench_model(cand.path, target, asked, profile=profile, db=db, progress=None,
+                                  reference=reference)  # fmt: skip
             shape = _gguf_measured if cand.by_text else _onnx_measured
-            measured.append(replace(cand, measured=shape(outcome.result, outcome.result_id)))
+            cand = replace(cand, measured=shape(outcome.result, outcome.result_id))
+            device = outcome.result.quality
+            if quality is not None and device is not None and fmt is not None:
+                figures = device_figures(fmt, quality.base, cand.path, device)
+                store_device_quality(store, fmt, quality.base, cand.path, quality.settings,
+                                     target, reference, figures, outcome.result_id)  # fmt: skip
+                cand = quality.judged(cand, figures, target)
+            measured.append(cand)
     return measured

@@ -34,10 +34,11 @@ from edgeshrink.passes.prune_choice import RemovalMeter, choose_removal, split_t
 from edgeshrink.pipeline import run_recipe
 from edgeshrink.plan import ShrinkOptions
 from edgeshrink.profiles import HardwareProfile
+from edgeshrink.quality import EvalSettings, quality_key
 from edgeshrink.shrink import shrink_gguf
 from edgeshrink.store import ResultStore
 from edgeshrink.sweep.choose import check_optimize, finish
-from edgeshrink.sweep.device import measure_on_target
+from edgeshrink.sweep.device import DeviceQuality, measure_on_target
 from edgeshrink.sweep.types import (
     DEFAULT_LADDER,
     QUALITY_METHOD,
@@ -111,11 +112,8 @@ def sweep_gguf(
     out_dir.mkdir(parents=True, exist_ok=True)
     text = text if text is not None else default_eval_text()
     base_sha = sha256_file(model)
-    settings = json.dumps(
-        {"text_sha256": hashlib.sha256(text.encode()).hexdigest(),
-         "n_ctx": eval_ctx, "chunks": eval_chunks},
-        sort_keys=True,
-    )  # fmt: skip
+    evaluation = EvalSettings(text=text, n_ctx=eval_ctx, max_chunks=eval_chunks)
+    _method, settings = quality_key(backend("gguf"), evaluation)
     candidates: list[SweepCandidate] = []
     with ResultStore(db) as store:
         variants = [Variant("", ())]
@@ -185,14 +183,20 @@ def sweep_gguf(
                 )
             )
     speed_source = "estimated from memory bandwidth"
+    quality_source = f"{candidates[0].quality['n_scored']} tokens" if candidates else ""
     if target is not None:
+        on_device = DeviceQuality(
+            model, evaluation,
+            budget.failures, lambda q: float(q["kld_mean"]["value"]),
+        )  # fmt: skip
         candidates = measure_on_target(
-            candidates, profile, target, params or BenchParams(), db, remeasure, say
+            candidates, profile, target, params or BenchParams(), db, remeasure, say, on_device
         )
         speed_source = f"measured on {target.name}"
+        quality_source += f", measured on {target.name} (this machine's for what does not fit)"
     return finish(
         model, profile, target, budget, optimize, speed_source, beaten(candidates), plot,
-        quality_source=f"{candidates[0].quality['n_scored']} tokens" if candidates else "",
+        quality_source=quality_source,
     )  # fmt: skip
 
 

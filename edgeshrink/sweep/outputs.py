@@ -3,8 +3,6 @@ format's ladder made with its own tools and judged against the original's output
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -14,10 +12,11 @@ from edgeshrink.errors import DoesNotFitError, SweepError
 from edgeshrink.formats import backend, detect_format
 from edgeshrink.plan import ShrinkOptions
 from edgeshrink.profiles import HardwareProfile
+from edgeshrink.quality import EvalSettings, quality_columns, quality_key
 from edgeshrink.shrink import shrink_model
 from edgeshrink.store import ResultStore
 from edgeshrink.sweep.choose import check_optimize, finish
-from edgeshrink.sweep.device import measure_on_target
+from edgeshrink.sweep.device import DeviceQuality, measure_on_target
 from edgeshrink.sweep.types import (
     ACCURACY_DROP_LABEL,
     COSINE_LOSS_LABEL,
@@ -27,23 +26,11 @@ from edgeshrink.sweep.types import (
     SweepResult,
 )
 from edgeshrink.targets import Target
-from edgeshrink.util import sha256_file
 
 
 def onnx_ladder_step(name: str) -> str:
     """The ONNX ladder step a user's name means (quantization type names work too)."""
     return backend("onnx").sweep_step(name)
-
-
-def _inputs_fingerprint(path: Path) -> str:
-    """The sha256 of an inputs file, or of every .npy/.npz of a directory with its name."""
-    if path.is_file():
-        return sha256_file(path)
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.iterdir() if p.suffix in (".npy", ".npz")):
-        digest.update(file.name.encode())
-        digest.update(sha256_file(file).encode())
-    return digest.hexdigest()
 
 
 def _onnx_loss(quality: dict[str, Any]) -> float:
@@ -52,13 +39,6 @@ def _onnx_loss(quality: dict[str, Any]) -> float:
     if accuracy is not None and accuracy.get("reference") is not None:
         return (accuracy["reference"] - accuracy["value"]) * 100
     return 1.0 - min(m["value"] for m in metrics if m["name"] == "cosine_mean")
-
-
-def _onnx_quality_columns(quality: dict[str, Any]) -> dict[str, float | None]:
-    metrics = quality["metrics"]
-    agreement = [m["value"] for m in metrics if m["name"] == "top1_agreement"]
-    accuracy = next((m["value"] for m in metrics if m["name"] == "accuracy"), None)
-    return {"agreement": min(agreement) if agreement else None, "accuracy": accuracy}
 
 
 def sweep_outputs(
@@ -109,16 +89,11 @@ def sweep_outputs(
         )
     info = fmt.inspect(model)
     fmt.check_sweep_base(info)
-    quality_method = f"{fmt.format}-agreement/1"
     out_dir = Path(output_dir) if output_dir else Path.cwd() / f"{model.stem}-sweep"
     out_dir.mkdir(parents=True, exist_ok=True)
     eval_path = Path(eval_inputs) if eval_inputs is not None else None
-    settings = json.dumps(
-        {"inputs_sha256": _inputs_fingerprint(eval_path) if eval_path else None,
-         "labels": labels, "samples": None if eval_path else samples,
-         "seed": None if eval_path else seed},
-        sort_keys=True,
-    )  # fmt: skip
+    evaluation = EvalSettings(inputs=eval_path, labels=labels, samples=samples, seed=seed)
+    quality_method, settings = quality_key(fmt, evaluation)
     if eval_path is None:
         quality_source = f"{samples} random inputs (agreement only)"
     else:
@@ -170,7 +145,7 @@ def sweep_outputs(
                         "method": quality_method, "base_sha256": art.source_sha256,
                         "candidate_sha256": art.sha256, "settings": settings,
                         "candidate_name": art.path.name, "quant": step,
-                        **_onnx_quality_columns(quality),
+                        **quality_columns(quality),
                     },
                     quality,
                 )  # fmt: skip
@@ -204,10 +179,15 @@ def sweep_outputs(
     speed_source = "not measured"
     picked_by, preface = optimize, ""
     if target is not None:
+        on_device = DeviceQuality(
+            model, evaluation,
+            budget.failures, _onnx_loss,
+        )  # fmt: skip
         candidates = measure_on_target(
-            candidates, profile, target, params or BenchParams(), db, remeasure, say
+            candidates, profile, target, params or BenchParams(), db, remeasure, say, on_device
         )
         speed_source = f"measured on {target.name}"
+        quality_source += f", measured on {target.name} (this machine's for what does not fit)"
     elif optimize == "speed":
         # This machine is not the device: int8 kernels that are fast on one CPU can be
         # several times slower than fp32 on another, so a host timing would mislead.

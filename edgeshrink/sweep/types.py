@@ -114,6 +114,8 @@ class SweepCandidate:
     original: bool = False  # the model itself, unshrunk: what savings are measured against
     recipe: tuple[dict[str, Any], ...] = ()  # as the artifact's manifest records it
     beaten_by: str | None = None  # a plain quantization no larger, no worse and no slower
+    quality_on: str | None = None  # the target that measured ``quality`` (None: this machine)
+    host_quality: dict[str, Any] | None = None  # this machine's figures, when the device's rule
 
     @property
     def by_text(self) -> bool:

@@ -243,3 +243,63 @@ def test_cortex_a72_device_lacks_dotprod(tmp_path_factory):
         assert "A72" in (device.get("cpu") or ""), device
     finally:
         assert "no mounts left" in dev.down(state_dir)
+
+
+# --------------------------------------------------------------------------- quality on the Pi
+
+
+def _report_drift(result) -> None:
+    """What the device measured against the host (aarch64 kernels round differently): shown
+    in the test log (-rA) with the size of every difference."""
+    for row in result.drift.rows:
+        print(f"{row.metric}: host {row.host:.6g}, Pi {row.device:.6g}, "
+              f"difference {row.difference:+.3g} ({'beyond' if row.beyond else 'within'} "
+              f"{result.drift.tolerance:.0%})")  # fmt: skip
+
+
+def test_onnx_quality_on_the_device_is_stored_beside_the_hosts(pi, pi_target, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from edgeshrink.device_eval import evaluate_on_device
+    from edgeshrink.plan import ShrinkOptions
+    from edgeshrink.profiles import get_profile
+    from edgeshrink.quality import EvalSettings
+    from edgeshrink.shrink import shrink_model
+    from edgeshrink.store import ResultStore
+    from edgeshrink.testmodels.onnx_models import make_digits_onnx, write_digits_npz
+
+    base, _ = make_digits_onnx(tmp_path / "digits.onnx")
+    write_digits_npz(tmp_path / "test.npz", split="test")
+    shrunk = shrink_model(base, get_profile(pi["profile"]), ShrinkOptions(quant="int8-dynamic"),
+                          output=tmp_path / "digits-int8-dynamic.onnx")  # fmt: skip
+    settings = EvalSettings(inputs=tmp_path / "test.npz", labels="labels")
+    result = evaluate_on_device(base, shrunk.artifact.path, pi_target, settings=settings,
+                                db=tmp_path / "results.db", timeout_s=1800)  # fmt: skip
+    r = result.outcome.result
+    assert r.ok and r.document["device"]["arch"] in ("aarch64", "arm64")
+    _report_drift(result)
+    accuracy = next(m for m in result.quality["metrics"] if m["name"] == "accuracy")
+    assert accuracy["value"] > 0.9 and result.quality["n_samples"] == 360
+    with ResultStore(tmp_path / "results.db") as store:
+        row = store.query("SELECT target, result_id FROM quality WHERE target IS NOT NULL")[0]
+    assert row["target"] == "pi-emu" and row["result_id"] == result.outcome.result_id
+
+
+def test_gguf_quality_of_a_q4_0_model_on_the_device(pi, pi_target, tmp_path):
+    """llama.cpp's aarch64 Q4_0 kernels (dot-product on cortex-a76) against the host's."""
+    from edgeshrink.device_eval import evaluate_on_device
+    from edgeshrink.formats.gguf.quantize import quantize_gguf
+    from edgeshrink.quality import EvalSettings
+    from edgeshrink.util import shipped_text
+
+    _needs_llama_cpp(pi_target)
+    shared = Path(__file__).resolve().parents[3] / "shared" / "models" / "stories260K.gguf"
+    if not shared.exists():
+        pytest.skip("the shared stories260K model is not here")
+    q4 = tmp_path / "stories-q4_0.gguf"
+    quantize_gguf(shared, q4, "Q4_0")
+    settings = EvalSettings(text=shipped_text("eval-en.txt"), n_ctx=128, max_chunks=4)
+    result = evaluate_on_device(shared, q4, pi_target, settings=settings,
+                                db=tmp_path / "results.db", timeout_s=3600)  # fmt: skip
+    assert result.outcome.result.ok and result.outcome.result_id is not None
+    _report_drift(result)
+    assert result.quality["ppl"]["value"] == pytest.approx(result.host["ppl"]["value"], rel=0.05)

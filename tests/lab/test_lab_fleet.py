@@ -195,6 +195,11 @@ def test_unchanged_nights_finish_with_every_figure_stored_and_traceable(fleet):
         assert len(json.loads(row["samples"])["tg_tok_s"]) == (8 if row["job"] == "gen" else 5)
         if row["job"] == "gen":
             assert row["kld_mean"] is not None  # the quality check ran on the host
+            # ... and on the device, in the job's own run, recorded as a metric of the job
+            assert doc["quality"]["kld_mean"]["value"] == pytest.approx(row["kld_mean"], rel=0.05)
+            assert (
+                json.loads(row["metrics"])["device_kld_mean"] == doc["quality"]["kld_mean"]["value"]
+            )
         if row["device"] == "dev-mem" and fleet.memory_limit_mb:
             assert row["memory_limit_mb"] == pytest.approx(fleet.memory_limit_mb)
     # Built once, on the first night; every later night reuses the same bytes.

@@ -131,6 +131,25 @@ def test_failures_new_failing_fixed_and_short_baselines() -> None:
     }
 
 
+def test_quality_measured_on_the_device_is_judged_from_one_good_night() -> None:
+    """A runtime update on the board that changes its arithmetic: the device's KLD moves while
+    the bytes stay the same; one good night before is baseline enough (it is deterministic)."""
+    from dataclasses import replace
+
+    def night(run_id: int, kld: float, runtime: str) -> JobRecord:
+        base = record(run_id, context={"runtime_version": runtime})
+        metrics = {**base.metrics, "device_kld_mean": kld, "device_same_top": 0.9}
+        return replace(base, metrics=metrics)
+
+    before = [night(1, 0.050, "0.3.36")]
+    same = verdicts(night(2, 0.0502, "0.3.36"), before)
+    assert same["device_kld_mean"] == "unchanged" and same["status"] == "short baseline"
+    findings = evaluate([night(2, 0.065, "0.3.37")], before, [], [], POLICY)
+    kld = next(f for f in findings if f.metric == "device_kld_mean")
+    assert kld.verdict == "regressed" and "runtime version: 0.3.36 → 0.3.37" in kld.message
+    assert "mean KL divergence on the device" in kld.message
+
+
 def test_what_changed_names_runtime_model_clock_and_temperature() -> None:
     base = [
         {

@@ -13,6 +13,7 @@ from edgeshrink.formats.gguf import build
 from edgeshrink.formats.gguf.plan import context_warnings, plan_gguf
 from edgeshrink.formats.gguf.quant_types import FORMAT, LLAMA_QUANTIZE_TYPES, quant_type
 from edgeshrink.formats.gguf.reader import inspect_gguf, is_encoder, position_rows
+from edgeshrink.formats.gguf.reference import make_llm_reference
 
 
 class GgufBackend(Backend):
@@ -55,6 +56,10 @@ class GgufBackend(Backend):
     ) -> tuple[str, ...] | None:
         """A mix is reused only when it was chosen the way this edgeshrink chooses one."""
         return (build.MIX_DETAIL,) if options.max_size or options.fit else None
+
+    def make_reference(self, base: Any, **settings: Any) -> Path:
+        wanted = ("text", "n_ctx", "max_chunks", "threads", "progress")
+        return make_llm_reference(base, **{k: v for k, v in settings.items() if k in wanted})
 
     def embeds(self, info: ModelInfo) -> bool:
         return is_encoder(info)

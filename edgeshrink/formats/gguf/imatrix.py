@@ -35,11 +35,11 @@ from edgeshrink.formats.gguf.imatrix_file import (
     read_imatrix,
     write_imatrix,
 )
-from edgeshrink.formats.gguf.quality import LlamaScorer, cache_dir, chunk_tokens, quiet_llama_log
+from edgeshrink.formats.gguf.quality import LlamaScorer, chunk_tokens, quiet_llama_log
 from edgeshrink.formats.gguf.quant_types import UNQUANTIZED, quant_type
 from edgeshrink.formats.gguf.quantize import llama_cpp_version
 from edgeshrink.formats.gguf.reader import inspect_gguf, is_encoder
-from edgeshrink.util import sha256_file, shipped_text
+from edgeshrink.util import cache_dir, sha256_file, shipped_text
 
 Progress = Callable[[str], None]
 CACHE_VERSION = 1

@@ -24,15 +24,15 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from edgeshrink.agent.edgeshrink_agent import avoid_amx
+from edgeshrink.agent import device_quality as dq
+from edgeshrink.agent.edgeshrink_agent import avoid_amx, fill_batch
 from edgeshrink.errors import (
     EvalError,  # noqa: F401 (re-exported)
     ModelFileError,
@@ -41,10 +41,10 @@ from edgeshrink.errors import (
 )
 from edgeshrink.formats.gguf.quantize import llama_cpp_version
 from edgeshrink.formats.gguf.reader import inspect_gguf, is_encoder
-from edgeshrink.util import atomic_path, sha256_file, shipped_text
+from edgeshrink.util import atomic_path, cache_dir, sha256_file, shipped_text
 
 Progress = Callable[[str], None]
-LOG_PROB_FLOOR = -16.0
+LOG_PROB_FLOOR = dq.LOG_PROB_FLOOR
 CACHE_VERSION = 1
 
 
@@ -224,13 +224,7 @@ class LlamaScorer:
         if memory:
             ll.llama_memory_clear(memory, True)
         batch = self.batch
-        for i, token in enumerate(tokens):
-            batch.token[i] = token
-            batch.pos[i] = i
-            batch.n_seq_id[i] = 1
-            batch.seq_id[i][0] = 0
-            batch.logits[i] = 1 if i >= first else 0
-        batch.n_tokens = len(tokens)
+        fill_batch(batch, tokens, first)
         run = ll.llama_encode if ll.llama_model_has_encoder(self.model) else ll.llama_decode
         rc = run(self.ctx, batch)
         if rc != 0:
@@ -265,11 +259,50 @@ class LlamaScorer:
         return array.copy()
 
 
+@dataclass(frozen=True)
+class VocabFacts:
+    """What a reference records of a model's vocabulary, read by llama.cpp as the device reads it."""
+
+    n_vocab: int
+    fingerprint: str  # device_quality.vocab_fingerprint of every token's text
+    bos: int | None  # the token each chunk starts with, when the vocabulary asks for one
+
+
+def vocab_facts(path: str | os.PathLike[str]) -> VocabFacts:
+    """Load only ``path``'s vocabulary in llama.cpp (fast) and describe it."""
+    try:
+        import llama_cpp
+    except ImportError as exc:
+        raise RuntimeMissingError(
+            "llama-cpp-python is not installed on the host; the reference is made with llama.cpp",
+            hint="pip install 'edgeshrink[gguf]'",
+        ) from exc
+    quiet_llama_log(llama_cpp)
+    llama_cpp.llama_backend_init()
+    mparams = llama_cpp.llama_model_default_params()
+    mparams.vocab_only = True
+    model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
+    if not model:
+        reason = "".join(_LOG_TAIL[-3:]).strip().replace("\n", " | ")
+        raise ModelFileError(f"{path}: llama.cpp could not load this model: {reason}")
+    try:
+        vocab = llama_cpp.llama_model_get_vocab(model)
+        n_vocab = int(llama_cpp.llama_vocab_n_tokens(vocab))
+        texts = dq.llama_vocab_texts(llama_cpp, model, n_vocab)
+        bos = (
+            int(llama_cpp.llama_vocab_bos(vocab))
+            if llama_cpp.llama_vocab_get_add_bos(vocab)
+            else None
+        )
+        return VocabFacts(n_vocab, dq.vocab_fingerprint(texts), bos)
+    finally:
+        llama_cpp.llama_model_free(model)
+
+
 def log_softmax(logits: Any) -> Any:
     import numpy as np
 
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return dq.log_softmax(np, logits)
 
 
 def _chunks(tokens: list[int], n_ctx: int, max_chunks: int | None) -> int:
@@ -287,17 +320,6 @@ def chunk_tokens(tokens: list[int], i: int, n_ctx: int, scorer: LlamaScorer) -> 
 
 
 # --------------------------------------------------------------------------- base log-probs
-
-
-def cache_dir(kind: str) -> Path:
-    """Where computed things of one ``kind`` are kept (logprobs, imatrix, mix):
-    $EDGESHRINK_CACHE/KIND, or the user's cache directory."""
-    env = os.environ.get("EDGESHRINK_CACHE")
-    if env:
-        return Path(env).expanduser() / kind
-    import platformdirs
-
-    return platformdirs.user_cache_path("edgeshrink") / kind
 
 
 def base_log_probs(
@@ -355,29 +377,6 @@ def base_log_probs(
 # --------------------------------------------------------------------------- evaluate
 
 
-def _mean_unc(total: float, total2: float, count: int) -> tuple[float, float]:
-    """llama.cpp's mean_and_uncertainty."""
-    if count < 1:
-        return 0.0, 0.0
-    mean = float(total) / count
-    var = float(total2) / count - mean * mean
-    return mean, math.sqrt(var / (count - 1)) if var > 0 and count > 10 else 0.0
-
-
-def _percentile(sorted_values: Any, fraction: float) -> float:
-    """llama.cpp's percentile (linear interpolation on sorted values)."""
-    if fraction <= 0:
-        return float(sorted_values[0])
-    if fraction >= 1:
-        return float(sorted_values[-1])
-    p = fraction * (len(sorted_values) - 1)
-    ip = int(p)
-    p -= ip
-    return float(
-        (1 - p) * sorted_values[ip] + p * sorted_values[min(ip + 1, len(sorted_values) - 1)]
-    )
-
-
 def evaluate_llm(
     base: str | os.PathLike[str],
     candidate: str | os.PathLike[str],
@@ -427,51 +426,31 @@ def evaluate_llm(
             kld_parts.append(kld)
             same_parts.append(logits.argmax(axis=1) == lp_base.argmax(axis=1))
             dp_parts.append(np.exp(-nll) - np.exp(-nll_base))
-    nll = np.concatenate(nll_parts)
-    nll_base = np.concatenate(nll_base_parts)
-    kld = np.concatenate(kld_parts)
-    same = np.concatenate(same_parts)
-    dp = np.concatenate(dp_parts)
-    count = int(nll.size)
-
-    log_ppl, log_ppl_unc = _mean_unc(nll.sum(), (nll**2).sum(), count)
-    log_ppl_base, log_ppl_base_unc = _mean_unc(nll_base.sum(), (nll_base**2).sum(), count)
-    cov = 0.0
-    if count >= 10:
-        cov = ((nll * nll_base).sum() / count - nll.mean() * nll_base.mean()) / (count - 1)
-    ppl = math.exp(log_ppl)
-    ppl_base = math.exp(log_ppl_base)
-    ln_ratio = log_ppl - log_ppl_base
-    ln_ratio_unc = math.sqrt(max(log_ppl_unc**2 + log_ppl_base_unc**2 - 2 * cov, 0.0))
-    ppl_unc = ppl * log_ppl_unc
-    ppl_base_unc = ppl_base * log_ppl_base_unc
-    diff_unc = math.sqrt(max(ppl_unc**2 + ppl_base_unc**2 - 2 * ppl * ppl_base * cov, 0.0))
-    kld_mean, kld_unc = _mean_unc(kld.sum(), (kld**2).sum(), count)
-    kld_sorted = np.sort(kld)
-    mse, mse_unc = _mean_unc((dp**2).sum(), (dp**4).sum(), count)
-    rms = math.sqrt(mse)
-    same_top = float(same.mean())
+    figures = dq.llm_summary(
+        np, np.concatenate(nll_parts), np.concatenate(nll_base_parts), np.concatenate(kld_parts),
+        np.concatenate(same_parts), np.concatenate(dp_parts),
+    )  # fmt: skip
     return LlmQualityReport(
         base=str(base),
         candidate=str(candidate),
         text_sha256=hashlib.sha256(text.encode()).hexdigest(),
         n_ctx=n_ctx,
         n_chunks=n_chunks,
-        n_scored=count,
-        ppl_base=Estimate(ppl_base, ppl_base_unc),
-        ppl=Estimate(ppl, ppl_unc),
-        ppl_ratio=Estimate(math.exp(ln_ratio), math.exp(ln_ratio) * ln_ratio_unc),
-        ppl_diff=Estimate(ppl - ppl_base, diff_unc),
-        ln_ppl_ratio=Estimate(ln_ratio, ln_ratio_unc),
-        kld_mean=Estimate(kld_mean, kld_unc),
-        kld_median=_percentile(kld_sorted, 0.5),
-        kld_p99=_percentile(kld_sorted, 0.99),
-        kld_max=float(kld_sorted[-1]),
-        same_top=Estimate(same_top, math.sqrt(same_top * (1 - same_top) / max(count - 1, 1))),
-        rms_dp=Estimate(rms, 0.5 / rms * mse_unc if rms > 0 else 0.0),
         seconds=time.perf_counter() - start,
         base_cached=cached,
+        **estimates(figures),
     )
+
+
+def estimates(figures: dict[str, Any]) -> dict[str, Any]:
+    """The fields of an LlmQualityReport in a summary (llm_summary's, or a device's)."""
+    out = {}
+    for field in fields(LlmQualityReport):
+        if field.name not in figures:
+            continue
+        value = figures[field.name]
+        out[field.name] = Estimate(**value) if isinstance(value, dict) else value
+    return out
 
 
 def check_runs(

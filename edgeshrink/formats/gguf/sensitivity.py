@@ -30,11 +30,11 @@ from typing import Any
 from edgeshrink.errors import EvalError
 from edgeshrink.formats.gguf.estimate import fitting_type
 from edgeshrink.formats.gguf.imatrix_file import read_imatrix
-from edgeshrink.formats.gguf.quality import cache_dir, evaluate_llm
+from edgeshrink.formats.gguf.quality import evaluate_llm
 from edgeshrink.formats.gguf.quant_types import quant_type
 from edgeshrink.formats.gguf.quantize import llama_cpp_version, quantize_gguf
 from edgeshrink.formats.gguf.reader import inspect_gguf, read_gguf
-from edgeshrink.util import atomic_path, sha256_file
+from edgeshrink.util import atomic_path, cache_dir, sha256_file
 
 Progress = Callable[[str], None]
 METHOD = "imatrix-nsr/3"

@@ -12,7 +12,7 @@ from edgeshrink.formats.onnx import build
 from edgeshrink.formats.onnx.constants import FORMAT, QUANT_TYPES
 from edgeshrink.formats.onnx.inspect import inspect_onnx
 from edgeshrink.formats.onnx.plan import estimate_onnx_memory, normalize_quant, plan_onnx
-from edgeshrink.formats.onnx.quality import evaluate_onnx
+from edgeshrink.formats.onnx.quality import evaluate_onnx, onnx_reference
 from edgeshrink.formats.tensors import graph_details
 
 
@@ -103,6 +103,10 @@ class OnnxBackend(Backend):
                 "FP32 original",
                 hint="give the FP32 export of the model",
             )
+
+    def make_reference(self, base: Any, **settings: Any) -> Path:
+        wanted = ("inputs", "labels", "samples", "seed", "threads", "progress")
+        return onnx_reference(base, **{k: v for k, v in settings.items() if k in wanted})
 
     def evaluate(self, base: Any, candidate: Any, **kw: Any) -> Any:
 

@@ -13,7 +13,9 @@ from edgeshrink.formats.outputs import (
     Progress,
     QualityBudget,
     QualityReport,
+    RunAll,
     compare_outputs,
+    outputs_reference,
     run_all,
     same_io,
 )
@@ -64,3 +66,29 @@ def evaluate_onnx(
         progress=say,
         start=start,
     )
+
+
+def onnx_reference(
+    base: str | os.PathLike[str],
+    *,
+    inputs: str | os.PathLike[str] | None = None,
+    labels: str | None = None,
+    samples: int = 64,
+    seed: int = 0,
+    threads: int | None = None,
+    progress: Progress | None = None,
+) -> Path:
+    """The base's outputs on the evaluation inputs, for a device to compare with (cached)."""
+    import onnxruntime
+
+    base = Path(base)
+    base_in, base_out = io_specs(inspect_onnx(base))
+
+    def run_base() -> RunAll:
+        session = open_session(base, threads=threads)
+        return lambda feeds, names: run_all(session, feeds, names)
+
+    return outputs_reference(
+        "onnx", base, base_in, [s.name for s in base_out], f"onnxruntime {onnxruntime.__version__}",
+        run_base, inputs=inputs, labels=labels, samples=samples, seed=seed, progress=progress,
+    )  # fmt: skip

@@ -14,7 +14,7 @@ from edgeshrink.formats.tflite import build
 from edgeshrink.formats.tflite.constants import FORMAT, QUANT_TYPES, STATIC_QUANTS
 from edgeshrink.formats.tflite.inspect import inspect_tflite
 from edgeshrink.formats.tflite.plan import estimate_tflite_memory, normalize_quant, plan_tflite
-from edgeshrink.formats.tflite.quality import evaluate_tflite
+from edgeshrink.formats.tflite.quality import evaluate_tflite, tflite_reference
 
 
 class TfliteBackend(Backend):
@@ -78,6 +78,10 @@ class TfliteBackend(Backend):
                 hint="give the float32 .tflite (or convert the SavedModel/Keras model with "
                 "`edgeshrink shrink --to tflite --quant float32`)",
             )
+
+    def make_reference(self, base: Any, **settings: Any) -> Path:
+        wanted = ("inputs", "labels", "samples", "seed", "threads", "progress")
+        return tflite_reference(base, **{k: v for k, v in settings.items() if k in wanted})
 
     def evaluate(self, base: Any, candidate: Any, **kw: Any) -> Any:
 

@@ -16,6 +16,7 @@ from edgeshrink.formats.outputs import (
     QualityReport,
     compare_outputs,
     concatenated,
+    outputs_reference,
     same_io,
 )
 from edgeshrink.formats.tensors import io_specs
@@ -76,3 +77,26 @@ def evaluate_tflite(
         start=start,
     )
     return replace(report, notes=(*report.notes, *notes))
+
+
+def tflite_reference(
+    base: str | os.PathLike[str],
+    *,
+    inputs: str | os.PathLike[str] | None = None,
+    labels: str | None = None,
+    samples: int = 64,
+    seed: int = 0,
+    threads: int | None = None,
+    progress: Progress | None = None,
+) -> Path:
+    """The base's outputs on the evaluation inputs (float data, as the host feeds it), for a
+    device to compare with (cached)."""
+    base = Path(base)
+    info = inspect_tflite(base)
+    runner = TfliteRunner(base, info, threads=threads)
+    base_in, base_out = io_specs(info)
+    return outputs_reference(
+        "tflite", base, base_in, [s.name for s in base_out], runner.runtime,
+        lambda: lambda feeds, names: concatenated(runner.run, feeds, names),
+        inputs=inputs, labels=labels, samples=samples, seed=seed, progress=progress,
+    )  # fmt: skip
