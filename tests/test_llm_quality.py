@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from support import needs_llama_cpp
+from support import needs_llama_cpp, run_cli
 
 from edgeshrink.formats import gguf
 from edgeshrink.formats.gguf.quality import EvalError, default_eval_text, evaluate_llm
@@ -96,3 +96,15 @@ def test_amx_is_avoided_only_where_llama_cpp_would_use_it(monkeypatch: pytest.Mo
     assert not amx_unsafe("CPU : AVX2 = 1 | LLAMAFILE = 1", ["amx_int8"])
     monkeypatch.setenv("EDGESHRINK_LLAMA_AMX", "1")
     assert not amx_unsafe(built_with, ["amx_int8"])
+
+
+def test_eval_of_a_missing_candidate_names_the_file_not_llama_cpp(tmp_path: Path) -> None:
+    base = tmp_path / "base.gguf"
+    base.write_bytes(b"GGUF" + b"\0" * 60)  # found, so the missing one is the candidate
+    out = run_cli("eval", str(base), str(tmp_path / "missing-q4_0.gguf"))
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert lines[0] == f"error: {tmp_path / 'missing-q4_0.gguf'}: no such file or directory", (
+        out.stderr
+    )
+    assert "Traceback" not in out.stderr and "llama" not in out.stderr

@@ -246,9 +246,15 @@ def eval_command(
 
 def _base_and_candidate(models: tuple[Path, ...], base: Path | None) -> tuple[Path, Path]:
     if base is not None and len(models) == 1:
-        return base, models[0]
-    if base is None and len(models) == 2:
-        return models[0], models[1]
+        pair = base, models[0]
+    elif base is None and len(models) == 2:
+        pair = models[0], models[1]
+    else:
+        pair = None
+    if pair is not None:
+        for path in pair:  # a missing or unknown file is named before any runtime opens one
+            detect_format(path)
+        return pair
     given = " ".join(str(m) for m in models)
     raise click.UsageError(
         f"give BASE CANDIDATE, or CANDIDATE --base BASE (got {given}"
