@@ -13,9 +13,12 @@ trusts the host's CA certificates inside it and makes venvs there:
   /opt/edgeshrink-venv      onnxruntime, ai-edge-litert (numpy 2) [+ llama-cpp-python]
   /opt/edgeshrink-tflite    tflite-runtime with numpy<2 (--with-tflite-runtime)
 
-llama-cpp-python compiles llama.cpp under emulation (~45 min on 2 cores): `--with-llama`
-builds the aarch64 wheel once into ~/.cache/edgeshrink/arm64-wheels (outside
-the rootfs) and later builds reuse it.
+`--with-llama` makes an aarch64 llama-cpp-python wheel once into
+~/.cache/edgeshrink/arm64-wheels (outside the rootfs) and later builds reuse it: the
+host's version, cross-compiled on the host when it has Debian's aarch64 cross compiler
+(g++-aarch64-linux-gnu, installed when apt can; the same Debian release as the rootfs, so
+the same glibc): about 4 minutes on 2 cores. Otherwise llama.cpp compiles under
+emulation (~45 min on 2 cores).
 
 `up` starts the rootfs's own sshd in private mount/uts/pid namespaces (so
 `down` leaves no mounts behind) with a fresh /proc, an aarch64 /proc/cpuinfo
@@ -356,6 +359,111 @@ def _chroot_step(rootfs: Path, what: str, timings: dict, key: str, script: str, 
     timings[key] = round(time.monotonic() - started, 1)
 
 
+CROSS_TOOLCHAIN = """\
+set(CMAKE_SYSTEM_NAME Linux)
+set(CMAKE_SYSTEM_PROCESSOR aarch64)
+set(CMAKE_C_COMPILER aarch64-linux-gnu-gcc)
+set(CMAKE_CXX_COMPILER aarch64-linux-gnu-g++)
+set(CMAKE_FIND_ROOT_PATH_MODE_PROGRAM NEVER)
+set(CMAKE_FIND_ROOT_PATH_MODE_LIBRARY ONLY)
+set(CMAKE_FIND_ROOT_PATH_MODE_INCLUDE ONLY)
+"""
+
+
+def host_release() -> str:
+    for line in Path("/etc/os-release").read_text(encoding="utf-8").splitlines():
+        if line.startswith("VERSION_CODENAME="):
+            return line.split("=", 1)[1].strip().strip('"')
+    return ""
+
+
+def cross_build_llama(wheels: Path) -> Path | None:
+    """The host's llama-cpp-python version built for aarch64 with Debian's cross compiler,
+    retagged linux_aarch64; None when this host cannot (then the emulated build runs).
+
+    The libraries are plain armv8-a (GGML_NATIVE=OFF), like the emulated build: they run on
+    a Pi 4 and a Pi 5. Only on a bookworm host: the cross toolchain links against its own
+    release's glibc, which must be the rootfs's."""
+    try:
+        from importlib.metadata import version
+
+        wanted = version("llama_cpp_python")
+    except Exception:  # noqa: BLE001 (no binding on the host: nothing to match)
+        return None
+    if host_release() != "bookworm" or not shutil.which("cmake"):
+        return None
+    if not shutil.which("aarch64-linux-gnu-g++") and shutil.which("apt-get"):
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        _run(["apt-get", "install", "-y", "-q", "g++-aarch64-linux-gnu"], check=False, env=env)
+    if not shutil.which("aarch64-linux-gnu-g++"):
+        return None
+    log(f"cross-compiling llama-cpp-python {wanted} for aarch64 on the host (~4 min on 2 cores)")
+    work = wheels / ".cross"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    toolchain = work / "aarch64.cmake"
+    toolchain.write_text(CROSS_TOOLCHAIN, encoding="utf-8")
+    cmake_args = (f"-DCMAKE_TOOLCHAIN_FILE={toolchain} -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF "
+                  "-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF")  # fmt: skip
+    env = dict(os.environ, CMAKE_ARGS=cmake_args,
+               CMAKE_BUILD_PARALLEL_LEVEL=str(os.cpu_count() or 2))  # fmt: skip
+    # --no-cache-dir: pip's wheel cache would hand back a wheel built for this host.
+    out = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-cache-dir", "--no-binary",
+                "llama-cpp-python", "-w", str(work), f"llama-cpp-python=={wanted}"],
+               check=False, env=env)  # fmt: skip
+    built = sorted(work.glob("llama_cpp_python-*.whl"))
+    if out.returncode != 0 or not built or not aarch64_libraries(built[0]):
+        log(f"the cross build failed; building under emulation instead: {out.stderr[-800:]}")
+        return None
+    final = retag_wheel(built[0], "linux_aarch64", wheels)
+    shutil.rmtree(work, ignore_errors=True)
+    return final
+
+
+def aarch64_libraries(wheel: Path) -> bool:
+    """Every shared library in ``wheel`` is an aarch64 ELF (e_machine 183)."""
+    import zipfile
+
+    with zipfile.ZipFile(wheel) as z:
+        libs = [n for n in z.namelist() if re.search(r"\.so(\.\d+)*$", n)]
+        return bool(libs) and all(
+            z.read(n)[:20][18:20] == (183).to_bytes(2, "little") for n in libs
+        )
+
+
+def retag_wheel(wheel: Path, platform_tag: str, dest: Path) -> Path:
+    """``wheel`` with its platform tag replaced (the file name, WHEEL's Tag lines and
+    WHEEL's line in RECORD), written atomically into ``dest``."""
+    import base64
+    import hashlib
+    import zipfile
+
+    name, ver, py, abi, _plat = wheel.stem.split("-")
+    final = dest / f"{name}-{ver}-{py}-{abi}-{platform_tag}.whl"
+    tmp = final.with_suffix(".whl.tmp")
+    with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as out:
+        infos = src.infolist()
+        wheel_meta = next(i.filename for i in infos if i.filename.endswith(".dist-info/WHEEL"))
+        text = src.read(wheel_meta).decode()
+        text = re.sub(r"^Tag: (.*)-[^-\n]+$", lambda m: f"Tag: {m.group(1)}-{platform_tag}", text,
+                      flags=re.M)  # fmt: skip
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=")
+        for info in infos:
+            data = src.read(info.filename)
+            if info.filename == wheel_meta:
+                data = text.encode()
+            elif info.filename.endswith(".dist-info/RECORD"):
+                lines = [
+                    f"{wheel_meta},sha256={digest.decode()},{len(text.encode())}"
+                    if line.startswith(wheel_meta + ",") else line
+                    for line in data.decode().splitlines()
+                ]  # fmt: skip
+                data = ("\n".join(lines) + "\n").encode()
+            out.writestr(info, data)
+    tmp.replace(final)
+    return final
+
+
 def build(
     rootfs: Path, *, with_llama: bool, with_tflite_runtime: bool, wheels: Path, force: bool = False
 ) -> dict:
@@ -416,6 +524,9 @@ def build(
         wheels.mkdir(parents=True, exist_ok=True)
         have = sorted(wheels.glob("llama_cpp_python-*-linux_aarch64.whl"))
         t = time.monotonic()
+        if not have and (cross := cross_build_llama(wheels)) is not None:
+            have = [cross]
+            timings["llama_wheel_cross_build_s"] = round(time.monotonic() - t, 1)
         if not have:
             log("building llama-cpp-python for aarch64 under emulation (~45 min on 2 cores)")
             script = (

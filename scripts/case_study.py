@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())  # fmt: skip
     shown = " ".join(["edgeshrink", *command[3:4], "SmolLM2-135M-Instruct-f16.gguf", *command[5:]])
+    shown = shown.replace(str(REPO) + "/", "")
     md = [
         "# Case study: SmolLM2-135M-Instruct on a 4-vCPU x86 cloud instance",
         "",

@@ -176,6 +176,9 @@ def test_sweep_heal_adds_a_healed_twin_of_every_pruned_candidate(
     student = load_artifact(Path(made_from))
     assert [s["pass"] for s in student.recipe] == ["prune", "distill", "quantize"]
     assert student.recipe[0]["layers"] == pruned["pruned"]
+    # The candidate's recipe is the whole story: the student's steps, then its type.
+    assert [s["pass"] for s in healed["recipe"]] == ["prune", "distill", "quantize"]
+    assert healed["recipe"][-1]["type"] == "Q8_0"
     bad = run_cli("sweep", str(stories), "-p", "raspberry-pi-5-8gb", "--heal", cwd=tmp_path)
     assert bad.returncode == 2 and "--heal heals pruned candidates" in bad.stderr
 

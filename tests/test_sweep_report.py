@@ -88,6 +88,7 @@ def test_the_page_opens_in_a_browser_and_again_from_the_store(
         == 0
     )
     assert md.read_text(encoding="utf-8").count("\n| ") == len(names) + 1
+    assert "Q4_0-imatrix" in names and "| Q4_0 + imatrix |" in md.read_text(encoding="utf-8")
     browser = chromium()
     if browser is None:
         pytest.skip(

@@ -201,6 +201,8 @@ def _step(step: dict[str, Any]) -> str:
         return f"prune {','.join(map(str, step.get('layers', [])))}"
     if step.get("pass") == "distill":
         return "distill"
+    if step.get("pass") == "quantize" and step.get("imatrix"):
+        return f"{step.get('type', '?')} + imatrix"
     return str(step.get("type", step.get("pass", "?")))
 
 

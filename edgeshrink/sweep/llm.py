@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from edgeshrink.artifacts import Artifact
 from edgeshrink.bench import BenchParams
 from edgeshrink.errors import EdgeshrinkError, RecipeError
 from edgeshrink.formats import backend, gguf
@@ -63,6 +64,7 @@ class Variant:
     pruned: tuple[int, ...] = ()  # the original's blocks it removes
     source: Path | None = None  # a healed student the types are made from (else the model)
     imatrix: bool = False  # made with an importance matrix ("-imatrix")
+    made_source: tuple[dict[str, Any], ...] = ()  # the recipe steps that made ``source``
 
     def makes(self, quant: str) -> bool:
         """An imatrix variant of a type only where one is used: below 5 bits."""
@@ -127,7 +129,8 @@ def sweep_gguf(
             if heal is not None:
                 healed = healed_student(model, info, base_sha, layers, calibration_text, heal,
                                         out_dir / f"{model.stem}-prune{n}-healed.gguf", say)  # fmt: skip
-                variants.append(Variant(f"-prune{n}-healed", (), layers, healed))
+                variants.append(Variant(f"-prune{n}-healed", (), layers, healed.path,
+                                        made_source=tuple(healed.recipe[:-1])))  # fmt: skip
         if include_original:
             candidates.append(original_candidate(store, model, info, base_sha, profile, context,
                                                  text, settings, eval_ctx, eval_chunks, budget,
@@ -179,7 +182,9 @@ def sweep_gguf(
                     type=art.quant,
                     pruned=variant.pruned,
                     healed=variant.source is not None,
-                    recipe=tuple(art.recipe),
+                    # A type made from a healed student: the steps that made the student
+                    # (prune, distill; not its float conversion) come first.
+                    recipe=(*variant.made_source, *art.recipe),
                 )
             )
     speed_source = "estimated from memory bandwidth"
@@ -325,7 +330,7 @@ def chosen_removal(
 
 def healed_student(model: Path, info: ModelInfo, base_sha: str, layers: tuple[int, ...],
                    calibration_text: str | None, heal: dict[str, Any], output: Path,
-                   say: Progress) -> Path:  # fmt: skip
+                   say: Progress) -> Artifact:  # fmt: skip
     """The pruned student trained to imitate ``model`` (on the calibration text, the same
     one the removal was scored on), as a float GGUF the ladder's types are made from."""
     text, _ = split_texts(calibration_text, None)
@@ -337,7 +342,7 @@ def healed_student(model: Path, info: ModelInfo, base_sha: str, layers: tuple[in
     made = run_recipe(model, info, backend("gguf"), None, recipe, None,
                       ShrinkOptions(passes=recipe[:-1], text=text), output=output,
                       progress=say, for_profile=False)  # fmt: skip
-    return made.artifact.path
+    return made.artifact
 
 
 def beaten(candidates: list[SweepCandidate]) -> list[SweepCandidate]:
