@@ -199,3 +199,30 @@ def test_an_embedding_model_is_healed_on_its_checkpoint(corpus: Path, tmp_path: 
     assert backend("gguf").inspect(art.path).llm.n_layer == 2
     assert [s["pass"] for s in art.recipe] == ["prune", "distill", "quantize"]
     assert json.loads(art.recipe[1]["detail"])["steps"] == 25
+
+
+def test_teacher_targets_keep_only_the_top_k_of_each_chunk(stories: Path) -> None:
+    """Each chunk's top-k, not its whole [positions x vocabulary] arrays: a slice of
+    argpartition's result kept the full array alive (20 GB for SmolLM2's 197 chunks)."""
+    import tracemalloc
+
+    import numpy as np
+
+    from edgeshrink.distill.targets import teacher_targets
+
+    n_vocab = backend("gguf").inspect(stories).llm.n_vocab
+    rng = np.random.default_rng(0)
+    chunks = [[1, *rng.integers(3, n_vocab, 127).tolist()] for _ in range(48)]
+    one_chunk = 128 * n_vocab * 8  # one chunk's float64 log-probs
+    tracemalloc.start()
+    try:
+        targets = teacher_targets(stories, chunks, temperature=2.0, threads=2)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert targets.top_ids.shape == (48, 128, 32)
+    kept = sum(
+        a.nbytes for a in (targets.tokens, targets.top_ids, targets.top_logp, targets.rest_logp)
+    )
+    # The kept targets (the lists, then the arrays), plus a few chunks' worth of work.
+    assert peak < 2 * kept + 8 * one_chunk, (peak, kept, one_chunk)

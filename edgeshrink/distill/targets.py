@@ -67,7 +67,9 @@ def teacher_targets(
             if i % step == 0:
                 say(f"teacher: chunk {i + 1}/{len(chunks)}")
             scaled = log_softmax(scorer.chunk_logits(chunk, 0).astype(np.float64) / temperature)
-            top = np.argpartition(-scaled, k, axis=1)[:, :k]
+            # A copy: the slice alone would keep argpartition's whole [positions x
+            # vocabulary] result alive for every chunk (20 GB for SmolLM2's 197 chunks).
+            top = np.argpartition(-scaled, k, axis=1)[:, :k].copy()
             values = np.take_along_axis(scaled, top, axis=1)
             mass = np.exp(values).sum(axis=1)
             ids.append(top)
