@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from llama_tools import ensure_llama_tool  # noqa: E402
+from llama_tools import ensure_llama_tool, no_extra_buffer_args  # noqa: E402
 
 from edgeshrink.formats import gguf  # noqa: E402
 from edgeshrink.formats.gguf.quality import default_eval_text, evaluate_llm  # noqa: E402
@@ -48,13 +48,13 @@ def llama_perplexity_figures(
     if not logits.exists():
         subprocess.run(
             [str(tool), "-m", str(base), "-f", str(text), "-c", str(ctx), "-t", str(threads),
-             "--kl-divergence-base", str(logits)],
+             "--kl-divergence-base", str(logits), *no_extra_buffer_args("llama-perplexity")],
             check=True, capture_output=True, text=True,
         )  # fmt: skip
     start = time.perf_counter()
     proc = subprocess.run(
         [str(tool), "-m", str(cand), "-c", str(ctx), "-t", str(threads), "--kl-divergence-base", str(logits),
-         "--kl-divergence"],
+         "--kl-divergence", *no_extra_buffer_args("llama-perplexity")],
         check=True, capture_output=True, text=True,
     )  # fmt: skip
     seconds = time.perf_counter() - start

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import functools
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -86,6 +87,22 @@ def wheel_library_dir() -> Path | None:
         return None
     lib = Path(spec.origin).parent / "lib"
     return lib if any(lib.glob("libllama.so*")) else None
+
+
+@functools.cache
+def no_extra_buffer_args(tool: str) -> tuple[str, ...]:
+    """Arguments that keep llama.cpp tool ``tool``'s weights out of the extra buffer types
+    (AMX, repacking) when edgeshrink keeps its own out of them: a binding built with AMX
+    on a CPU that has it (llama.cpp issue 20824 crashes there; edgeshrink_agent.avoid_amx).
+    Both sides then run the same kernels.  Empty when edgeshrink uses them too."""
+    import llama_cpp
+
+    from edgeshrink.agent.edgeshrink_agent import avoid_amx
+
+    info = llama_cpp.llama_print_system_info().decode("utf-8", "replace")
+    if not avoid_amx(llama_cpp.llama_model_default_params(), info):
+        return ()
+    return ("--repack", "0") if tool == "llama-bench" else ("--no-repack",)
 
 
 @contextlib.contextmanager
