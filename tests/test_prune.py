@@ -292,3 +292,39 @@ def test_an_embedding_model_is_judged_by_embedding_cosine(tmp_path: Path) -> Non
     assert backend("gguf").inspect(art).llm.n_layer == 2
     wrong = run_cli("prune", str(ck), "--max-kld", "0.1", cwd=tmp_path)
     assert wrong.returncode == 1 and "--min-cosine" in wrong.stderr
+
+
+def test_json_mode_shows_progress_on_a_terminal_and_keeps_stdout_clean(
+    stories: Path, tmp_path: Path
+) -> None:
+    """--json keeps stdout one JSON document; progress still reaches a terminal on stderr
+    (a long run piped into jq is not silent) but not a captured stderr."""
+    import os
+    import subprocess
+    import sys
+
+    primary, secondary = os.openpty()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "edgeshrink", "prune", str(stories), "--remove", "2",
+             "-o", str(tmp_path / "p.gguf"), "--json"],
+            stdout=subprocess.PIPE, stderr=secondary, text=True, timeout=600,
+        )  # fmt: skip
+        os.close(secondary)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # EIO: the terminal's other side is closed and drained
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(primary)
+    assert proc.returncode == 0, seen
+    assert json.loads(proc.stdout)["artifact"]["path"].endswith("p.gguf")
+    assert "· removing layers 2" in seen.decode("utf-8", "replace"), seen
+    captured = run_cli("prune", str(stories), "--remove", "2", "-o", str(tmp_path / "q.gguf"),
+                       "--json")  # fmt: skip
+    assert captured.returncode == 0 and "·" not in captured.stderr, captured.stderr

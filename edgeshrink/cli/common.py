@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -157,10 +158,13 @@ def warn_problems(problems: Iterable[Any]) -> None:
         click.echo(f"warning: {terminal_safe(problem)} (skipped)", err=True)
 
 
-def progress_printer(quiet: bool = False):
+def progress_printer(as_json: bool = False):
+    """Progress lines on stderr.  With --json they still go to a terminal (a long sweep
+    piped into jq is not silent), never into a file or pipe that a caller captures."""
+    shown = not as_json or sys.stderr.isatty()
 
     def say(message: str) -> None:
-        if not quiet:
+        if shown:
             click.echo(click.style(f"· {terminal_safe(message)}", dim=True), err=True)
 
     return say

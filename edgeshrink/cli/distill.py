@@ -180,7 +180,8 @@ def show(outcome: DistillOutcome) -> None:
         pairs += [
             ("training", f"{facts['steps']} steps in {facts['seconds']:.0f} s, "
                          f"{facts['tokens_per_s']:,.0f} tok/s, loss {facts['first_loss']:.4f} -> {facts['last_loss']:.4f}"),
-            ("peak memory", f"{facts['peak_rss_mb']:,.0f} MB"),
+            ("peak memory", f"{facts['peak_rss_mb']:,.0f} MB"
+                            + (f" (estimated {estimate:,.0f} MB)" if (estimate := facts.get("memory_estimate_mb")) else "")),
         ]  # fmt: skip
     pairs.append(("manifest", art.manifest_path))
     click.echo(render_pairs(pairs))

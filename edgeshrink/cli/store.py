@@ -39,9 +39,8 @@ def store_copy(source: str, destination: str, dry_run: bool, quiet: bool, as_jso
     rows must be the same in both.  Interrupted, the same command again finishes
     the copy without duplicates.  DST must be new (or a copy of SRC in progress).
     """
-    report = copy_store(
-        source, destination, dry_run=dry_run, progress=progress_printer(quiet or as_json)
-    )
+    say = (lambda _message: None) if quiet else progress_printer(as_json)
+    report = copy_store(source, destination, dry_run=dry_run, progress=say)
     if as_json:
         emit_json(report.to_dict())
         return

@@ -89,17 +89,37 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def choose_trainable(model: Any, trainable: tuple[int, ...] | None) -> int:
-    """Freeze all but the given blocks and the output head; return the trained count."""
+def trained_parameters(model: Any, trainable: tuple[int, ...] | None) -> list[Any]:
+    """The parameters a run trains: every one, or those of the given blocks, the final
+    norm and the output head (with tied embeddings, the embedding table is the head)."""
     if trainable is None:
-        return sum(p.numel() for p in model.parameters())
-    for p in model.parameters():
-        p.requires_grad_(False)
+        return list(model.parameters())
     keep = [model.model.layers[i] for i in trainable] + [model.model.norm, model.lm_head]
+    seen: dict[int, Any] = {}
     for module in keep:
         for p in module.parameters():
+            seen.setdefault(id(p), p)
+    return list(seen.values())
+
+
+def graph_layers(model: Any, trainable: tuple[int, ...] | None) -> int:
+    """How many blocks keep their activations for the backward pass: from the first
+    block that trains, or all of them when the embedding table trains (tied to the head)."""
+    n_layer = len(model.model.layers)
+    if trainable is None or model.lm_head.weight is model.model.embed_tokens.weight:
+        return n_layer
+    return n_layer - min(trainable)
+
+
+def choose_trainable(model: Any, trainable: tuple[int, ...] | None) -> int:
+    """Freeze all but the given blocks and the output head; return the trained count."""
+    params = trained_parameters(model, trainable)
+    if trainable is not None:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in params:
             p.requires_grad_(True)
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return sum(p.numel() for p in params)
 
 
 def distill_loss(torch: Any, logits: Any, targets: dict[str, Any], temperature: float,

@@ -206,7 +206,10 @@ def distill_student(src: Path, work: Path, name: str, recipe: Any, quant: str, o
         resume=options.resume, fingerprint=json.dumps([s.to_dict() for s in recipe], sort_keys=True),
         matrix_type="F32" if quant == "F32" else "F16", progress=progress,
     )  # fmt: skip
-    facts = run.facts.to_dict() | {"trained_blocks": run.trained_blocks}
+    facts = run.facts.to_dict() | {
+        "trained_blocks": run.trained_blocks,
+        "memory_estimate_mb": run.memory_estimate_mb,
+    }
     return run.path, facts
 
 
