@@ -191,3 +191,44 @@ def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]  # closed again: nothing listens there
+
+
+def _drop_edgeshrink_connections(url: str) -> int:
+    """What a server restart does to a client: every edgeshrink connection is cut."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as admin:
+        rows = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = 'edgeshrink' AND pid <> pg_backend_pid()"
+        ).fetchall()
+    return len(rows)
+
+
+def test_a_dropped_postgresql_connection_is_made_again(postgres_url: str) -> None:
+    """A lab night outlives a restarted server: the next transaction or read connects
+    again instead of failing every write that is left."""
+    with ResultStore(postgres_url) as store:
+        store.add_result(row(), {})
+        assert _drop_edgeshrink_connections(postgres_url) == 1
+        assert store.query("SELECT COUNT(*) FROM results")[0][0] == 1  # a read
+        assert _drop_edgeshrink_connections(postgres_url) == 1
+        store.add_result(row(target="pi"), {})  # a transaction
+        assert _drop_edgeshrink_connections(postgres_url) == 1
+        assert store.now() > 0
+        assert [r.target for r in store.list_results()] == ["pi", "local"]
+
+
+def test_a_connection_lost_inside_a_transaction_is_one_line_and_keeps_nothing(
+    postgres_url: str,
+) -> None:
+    with ResultStore(postgres_url) as store:
+        with pytest.raises(StoreError) as err, store.transaction() as db:
+            db.execute(
+                "INSERT INTO results (created_at, target, target_kind, format, model_name,"
+                " status, document) VALUES ('now', 'x', 'local', 'gguf', 'm', 'ok', '{}')"
+            )
+            _drop_edgeshrink_connections(postgres_url)
+            db.execute("SELECT 1")
+        assert "\n" not in err.value.message and "rolled back" in err.value.hint
+        assert store.query("SELECT COUNT(*) FROM results")[0][0] == 0

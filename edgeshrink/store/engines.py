@@ -12,6 +12,7 @@ between calls, so a reader never holds back a writer (or PostgreSQL's vacuum).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sqlite3
@@ -181,6 +182,14 @@ class Connection:
     def describe(self, exc: BaseException) -> StoreError:
         return StoreError(f"{self.location.display}: {exc}")
 
+    def lost(self) -> bool:
+        """True when the connection itself is gone (a server restarted or a proxy closed
+        it), not merely a statement that failed."""
+        return False
+
+    def reconnect(self) -> None:
+        raise NotImplementedError
+
 
 class SqliteConnection(Connection):
     engine = "sqlite"
@@ -251,12 +260,24 @@ class PostgresConnection(Connection):
         self.errors = (psycopg.Error,)
         self._sql_cache: dict[str, str] = {}
         self._cursors = 0
+        self.psycopg = psycopg
+        self.raw = self._connect()
+
+    def _connect(self) -> Any:
         extra: dict[str, Any] = {"application_name": "edgeshrink"}
-        if "connect_timeout" not in (location.url or ""):
+        if "connect_timeout" not in (self.location.url or ""):
             extra["connect_timeout"] = CONNECT_TIMEOUT_S  # libpq waits forever by default
-        self.raw = psycopg.connect(
-            location.url or "", autocommit=True, row_factory=_postgres_rows, **extra
+        return self.psycopg.connect(
+            self.location.url or "", autocommit=True, row_factory=_postgres_rows, **extra
         )
+
+    def lost(self) -> bool:
+        return bool(self.raw.closed or self.raw.broken)
+
+    def reconnect(self) -> None:
+        with contextlib.suppress(Exception):
+            self.raw.close()
+        self.raw = self._connect()
 
     def _sql(self, sql: str) -> str:
         """``?`` marks to psycopg's ``%s`` (and a literal ``%`` doubled)."""
@@ -348,6 +369,13 @@ def describe_postgres_error(location: StoreLocation, exc: BaseException) -> Stor
         hint = (
             "is the PostgreSQL server running and reachable from here? check the host and port "
             f"in {named_by}"
+        )
+    elif any(s in lower for s in ("closed the connection", "terminating connection",
+                                  "connection is lost", "consuming input failed")):  # fmt: skip
+        hint = (
+            "the PostgreSQL server dropped the connection (a restart?): what this transaction "
+            "wrote was rolled back; run the command again (`lab run --resume RUN_ID` goes on "
+            "with the jobs a night left)"
         )
     elif "permission denied" in lower:
         hint = "the database user needs CREATE and write rights on the database's schema"

@@ -11,12 +11,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from edgeshrink.errors import StoreError
 from edgeshrink.store import migrations
@@ -29,6 +29,8 @@ from edgeshrink.store.engines import (
     open_failure,
     parse_location,
 )
+
+T = TypeVar("T")
 
 RESULT_COLUMNS = (
     "id", "created_at", "target", "target_kind", "profile_id", "format", "quant", "model_name",
@@ -170,10 +172,7 @@ class ResultStore:
             finally:
                 self._depth -= 1
             return
-        try:
-            db.begin(mode)
-        except db.errors as exc:
-            raise db.describe(exc) from exc
+        self._again_if_lost(lambda db: db.begin(mode))
         self._depth = 1
         try:
             yield db
@@ -209,21 +208,31 @@ class ResultStore:
         with self._begun("snapshot") as db:
             yield db
 
-    def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[Row]:
-        """Rows of one read-only statement (the lab's history queries)."""
+    def _again_if_lost(self, action: Callable[[Connection], T]) -> T:
+        """``action(db)``, and once more on a new connection when the first one turns out
+        to be gone (a restarted server, a connection a proxy closed while a device ran):
+        only for actions that change nothing, a BEGIN or a read, so running one twice is
+        safe.  A connection lost inside a transaction is reported, not retried (the server
+        rolled it back); the next transaction connects again here."""
         db = self.db
         try:
-            return db.execute(sql, args).fetchall()
+            return action(db)
+        except db.errors as exc:
+            if not db.lost():
+                raise db.describe(exc) from exc
+        try:
+            db.reconnect()
+            return action(db)
         except db.errors as exc:
             raise db.describe(exc) from exc
 
+    def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[Row]:
+        """Rows of one read-only statement (the lab's history queries)."""
+        return self._again_if_lost(lambda db: db.execute(sql, args).fetchall())
+
     def now(self) -> float:
         """The database's clock (seconds since the epoch): what leases are measured with."""
-        db = self.db
-        try:
-            return db.now()
-        except db.errors as exc:
-            raise db.describe(exc) from exc
+        return self._again_if_lost(lambda db: db.now())
 
     def schema_version(self) -> int:
         return int(self.query("SELECT MAX(version) FROM schema_migrations")[0][0] or 0)
