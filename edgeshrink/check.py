@@ -139,9 +139,9 @@ def _quality_item(
         shown = (f"KLD {figures['kld_mean']['value']:.4f}, PPL {figures['ppl_ratio']['value'] - 1:+.2%}, "
                  f"same top token {figures['same_top']['value']:.1%}")  # fmt: skip
     else:
-        budget = OutputQualityBudget(
-            max_accuracy_drop=quality.get("max_accuracy_drop"), min_cosine=quality.get("min_cosine")
-        )
+        budget = OutputQualityBudget(max_accuracy_drop=quality.get("max_accuracy_drop"),
+                                     min_agreement=quality.get("min_agreement"),
+                                     min_cosine=quality.get("min_cosine"))  # fmt: skip
         shown = ", ".join(f"{m['name']} {m['value']:.4g}" for m in figures["metrics"][:4])
     failures = budget.failures(figures)
     shown += f" (measured on {where})"

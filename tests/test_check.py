@@ -95,3 +95,10 @@ def test_onnx_artifact_with_accuracy_budget(tmp_path: Path) -> None:
         and status["output sane"] == "pass"
         and status["speed"] == "pass"
     )
+    # --min-agreement judges an ONNX artifact too (it was ignored for ONNX and TFLite)
+    strict = run_cli("check", str(tmp_path / "digits-int8-dynamic.onnx"), "--base", str(base), "--eval", str(data),
+                     "--labels", "labels", "--min-agreement", "1", "--runs", "10", "--min-seconds", "0",
+                     "--json", cwd=tmp_path)  # fmt: skip
+    quality = [i for i in json.loads(strict.stdout)["items"] if i["name"] == "quality"][0]
+    assert strict.returncode == 1 and quality["status"] == "fail", quality
+    assert "top-1 agreement of 'logits'" in quality["detail"] and "< 100.00%" in quality["detail"]

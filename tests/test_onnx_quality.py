@@ -136,8 +136,16 @@ def test_cli_eval_text_and_json(digits: dict) -> None:
     assert doc["verdict"] == "pass" and doc["n_samples"] == 360
     accuracy = [m for m in doc["metrics"] if m["name"] == "accuracy"][0]
     assert accuracy["reference"] > 0.95 and accuracy["value"] > 0.95
-    failing = run_cli(*args, "--min-cosine", "1.1")
+    failing = run_cli(*args, "--min-cosine", "1")
     assert failing.returncode == 1 and "verdict: fail" in failing.stdout
     assert "fails the quality budget: cosine_mean of 'logits'" in failing.stderr
+    # --min-agreement judges ONNX too (it was ignored here, though sweep applied it):
+    # int8 agrees with float on 359 of the 360 digits
+    disagreeing = run_cli(*args, "--min-agreement", "0.999")
+    assert disagreeing.returncode == 1 and "top1_agreement of 'logits'" in disagreeing.stderr
+    assert run_cli(*args, "--min-agreement", "0.99").returncode == 0
+    # a cosine above 1 cannot be met: refused as a usage error, as sweep refused it
+    beyond = run_cli(*args, "--min-cosine", "1.1")
+    assert beyond.returncode == 2 and "--min-cosine" in beyond.stderr
     missing = run_cli(*args, "--labels", "nope")
     assert missing.returncode == 1 and "error: " in missing.stderr and "hint: " in missing.stderr

@@ -16,6 +16,7 @@ from edgeshrink.cli.common import (
     emit_json,
     pass_context,
     progress_printer,
+    quality_budget_options,
 )
 from edgeshrink.cli.run import bench_options, connect_target, params_from
 from edgeshrink.errors import EdgeshrinkError, ProfileError
@@ -57,24 +58,7 @@ MARKS = {"pass": "ok  ", "fail": "FAIL", "skip": "skip"}
     show_default=True,
     help="GGUF quality: chunk size in tokens.",
 )
-@click.option(
-    "--max-kld",
-    type=FiniteFloat(0, None),
-    default=None,
-    help="GGUF quality budget: mean KL divergence.",
-)
-@click.option(
-    "--max-ppl-increase",
-    type=FiniteFloat(0, None),
-    default=None,
-    help="GGUF quality budget: perplexity increase (0.05 = 5%).",
-)
-@click.option(
-    "--min-agreement",
-    type=FiniteFloat(0, 1),
-    default=None,
-    help="GGUF quality budget: same-top-token fraction.",
-)
+@quality_budget_options
 @click.option(
     "--eval",
     "eval_inputs",
@@ -83,18 +67,6 @@ MARKS = {"pass": "ok  ", "fail": "FAIL", "skip": "skip"}
     help="ONNX/TFLite quality: evaluation inputs (.npz).",
 )
 @click.option("--labels", default=None, help="ONNX/TFLite quality: key of the labels in --eval.")
-@click.option(
-    "--min-cosine",
-    type=FiniteFloat(),
-    default=None,
-    help="ONNX/TFLite quality budget: mean cosine similarity.",
-)
-@click.option(
-    "--max-accuracy-drop",
-    type=FiniteFloat(),
-    default=None,
-    help="ONNX/TFLite quality budget: accuracy drop in points.",
-)
 @click.option(
     "--min-tg-tok-s",
     type=FiniteFloat(0, None),

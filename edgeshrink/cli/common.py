@@ -104,6 +104,28 @@ def imatrix_options(func: Any) -> Any:
     return func
 
 
+def quality_budget_options(func: Any) -> Any:
+    """The quality budget of eval, check and sweep: one wording and one range each."""
+    options = [
+        click.option("--max-kld", type=FiniteFloat(0, None), default=None,
+                     help="GGUF: mean KL divergence at most this."),
+        click.option("--max-ppl-increase", type=FiniteFloat(0, None), default=None,
+                     help="GGUF: perplexity at most this fraction above the original's "
+                     "(0.05 = 5%)."),
+        click.option("--min-agreement", type=FiniteFloat(0, 1), default=None,
+                     help="At least this fraction of agreement with the original (GGUF: same "
+                     "top token; ONNX/TFLite: top-1 class of every classifier output)."),
+        click.option("--min-cosine", type=FiniteFloat(-1, 1), default=None,
+                     help="ONNX/TFLite: mean cosine similarity of every output at least this."),
+        click.option("--max-accuracy-drop", type=FiniteFloat(0, 100), default=None,
+                     help="ONNX/TFLite: accuracy at most this many points below the original's "
+                     "(2 = two percentage points); needs labels."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 def imatrix_settings(imatrix_path: Path | None, no_imatrix: bool, max_size: int | None,
                      fit: bool) -> dict[str, Any]:  # fmt: skip
     """ShrinkOptions fields from the options of :func:`imatrix_options`."""

@@ -32,9 +32,9 @@ def device_budget(evaluation: str, bounds: dict[str, float | None]) -> Any:
     if evaluation == "llm-text":
         return LlmBudget(max_kld=bounds["max_kld"], max_ppl_increase=bounds["max_ppl_increase"],
                          min_same_top=bounds["min_agreement"])  # fmt: skip
-    return OutputQualityBudget(
-        max_accuracy_drop=bounds["max_accuracy_drop"], min_cosine=bounds["min_cosine"]
-    )
+    return OutputQualityBudget(max_accuracy_drop=bounds["max_accuracy_drop"],
+                               min_agreement=bounds["min_agreement"],
+                               min_cosine=bounds["min_cosine"])  # fmt: skip
 
 
 def eval_on_target(

@@ -16,6 +16,7 @@ from edgeshrink.cli.common import (
     emit_json,
     pass_context,
     progress_printer,
+    quality_budget_options,
 )
 from edgeshrink.cli.device_quality import eval_on_target
 from edgeshrink.device_eval import DEFAULT_TOLERANCE
@@ -94,15 +95,6 @@ def print_quality(report) -> None:
     show_default=True,
     help="How many random inputs when --inputs is not given.",
 )
-@click.option(
-    "--min-cosine", type=FiniteFloat(), default=None, help="Fail (exit 1) below this mean cosine."
-)
-@click.option(
-    "--max-accuracy-drop",
-    type=FiniteFloat(),
-    default=None,
-    help="Fail (exit 1) when accuracy drops by more points than this.",
-)
 @EVAL_TEXT
 @click.option(
     "--ctx",
@@ -115,24 +107,7 @@ def print_quality(report) -> None:
 @click.option(
     "--chunks", type=click.IntRange(1, None), default=None, help="GGUF: at most this many chunks."
 )
-@click.option(
-    "--max-kld",
-    type=FiniteFloat(0, None),
-    default=None,
-    help="GGUF: fail (exit 1) above this mean KL divergence.",
-)
-@click.option(
-    "--max-ppl-increase",
-    type=FiniteFloat(0, None),
-    default=None,
-    help="GGUF: fail when perplexity rises by more than this fraction (0.05 = 5%).",
-)
-@click.option(
-    "--min-agreement",
-    type=FiniteFloat(0, 1),
-    default=None,
-    help="GGUF: fail when the same top token is chosen less often than this fraction.",
-)
+@quality_budget_options
 @click.option(
     "--target",
     "-t",
@@ -226,8 +201,9 @@ def eval_command(
         return
 
     budget = None
-    if min_cosine is not None or max_accuracy_drop is not None:
-        budget = QualityBudget(min_cosine=min_cosine, max_accuracy_drop=max_accuracy_drop)
+    if min_cosine is not None or max_accuracy_drop is not None or min_agreement is not None:
+        budget = QualityBudget(min_cosine=min_cosine, max_accuracy_drop=max_accuracy_drop,
+                               min_top1_agreement=min_agreement)  # fmt: skip
     report = evaluate(
         base,
         candidate,

@@ -18,6 +18,7 @@ from edgeshrink.cli.common import (
     imatrix_settings,
     pass_context,
     progress_printer,
+    quality_budget_options,
 )
 from edgeshrink.cli.run import bench_options, connect_target, params_from
 from edgeshrink.cost import parse_load
@@ -141,38 +142,7 @@ def _refuse_foreign_options(model: Path, fmt: Any) -> None:
     show_default=True,
     help="The share of each hour the hardware spends generating, for the costs.",
 )
-@click.option(
-    "--max-kld",
-    type=FiniteFloat(min=0),
-    default=None,
-    help="GGUF budget: mean KL divergence at most this.",
-)
-@click.option(
-    "--max-ppl-increase",
-    type=FiniteFloat(min=0),
-    default=None,
-    help="GGUF budget: perplexity at most this fraction above the original (0.05 = 5%).",
-)
-@click.option(
-    "--min-agreement",
-    type=FiniteFloat(min=0, max=1),
-    default=None,
-    help="Budget: at least this fraction of agreement with the original (GGUF: same top "
-    "token; ONNX: top-1 class of every classifier output).",
-)
-@click.option(
-    "--max-accuracy-drop",
-    type=FiniteFloat(min=0, max=100),
-    default=None,
-    help="ONNX budget: accuracy at most this many points below the original's (2 = two "
-    "percentage points, as in `edgeshrink eval`); needs --eval and --labels.",
-)
-@click.option(
-    "--min-cosine",
-    type=FiniteFloat(min=-1, max=1),
-    default=None,
-    help="ONNX budget: mean cosine similarity of every output at least this.",
-)
+@quality_budget_options
 @click.option(
     "--optimize",
     type=click.Choice(["speed", "size"]),
