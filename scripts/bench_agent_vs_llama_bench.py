@@ -16,12 +16,14 @@ shared and its speed drifts.
 
 A round counts only if other processes kept at most --max-foreign-load cores
 busy during both of its runs (from /proc/stat minus this script's own
-children); noisy rounds are repeated, up to --max-noisy-rounds.  The verdict
+children); noisy rounds are repeated, up to --max-noisy-rounds.  While a verdict
+is NOISY after --rounds quiet rounds, more rounds follow, up to --max-rounds
+(default 3 x --rounds), since the median narrows with more rounds.  The verdict
 for each (threads, metric) is the median over quiet rounds of the per-round
 ratio agent/llama-bench (each run summarised by --statistic), which must lie
-within 1 ± --tolerance.  NOISY means no verdict: no round was quiet, or the
-middle half of the per-round ratios reaches into the band or lies on both sides
-of it (band_verdict).
+within 1 ± --tolerance, judged with its ~95% interval (bench_stats.py: median ±
+1.58 IQR/√n): PASS when the interval lies in the band, FAIL when wholly outside,
+NOISY when it crosses an edge or no round was quiet: no verdict.
 
 On a CPU with AMX, where the agent keeps the weights out of llama.cpp's extra
 buffer types (llama.cpp issue 20824), llama-bench runs with --repack 0 too.
@@ -48,7 +50,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from llama_tools import (  # noqa: E402  (sibling module of this script)
+from bench_stats import band_verdict, median_interval  # noqa: E402  (sibling modules)
+from llama_tools import (  # noqa: E402
     default_cache_dir,
     ensure_llama_tool,
     installed_version,
@@ -139,21 +142,6 @@ class Comparison:
         if not self.judged_on_quiet:
             return "NOISY"
         return band_verdict(self.round_ratios(statistic), tolerance)
-
-
-def band_verdict(ratios: list[float], tolerance: float) -> str:
-    """PASS when the median of the per-round ratios is within 1 ± tolerance; FAIL when it
-    is not and the middle half of the rounds lies outside the band too; NOISY when the
-    middle rounds reach into the band or straddle it (some below, some above): the spread
-    is too wide to judge."""
-    if abs(statistics.median(ratios) - 1.0) <= tolerance:
-        return "PASS"
-    ordered = sorted(ratios)
-    quarter = len(ordered) // 4
-    middle = ordered[quarter : len(ordered) - quarter] or ordered
-    if len(ordered) >= 3 and min(middle) <= 1.0 + tolerance and max(middle) >= 1.0 - tolerance:
-        return "NOISY"
-    return "FAIL"
 
 
 # --------------------------------------------------------------------------- model
@@ -435,7 +423,7 @@ def _fmt(summary: dict) -> str:
 def render_table(comparisons: list[Comparison], statistic: str, tolerance: float) -> str:
     header = (
         f"{'threads':>7}  {'metric':<6}  {'llama-bench tok/s':>17}  {'agent tok/s':>17}"
-        f"  {'ratio':>5}  {'result':<6}  {'quiet':>5}  per-round ratios"
+        f"  {'ratio':>5}  {'interval':>11}  {'result':<6}  {'quiet':>5}  per-round ratios"
     )
     lines = [header, "-" * (len(header) + 24)]
     for comp in comparisons:
@@ -443,14 +431,17 @@ def render_table(comparisons: list[Comparison], statistic: str, tolerance: float
         n_quiet = len(comp.llama_bench.rounds)
         quiet = f"{n_quiet}/{n_quiet + len(comp.noisy_llama_bench.rounds)}"
         rounds = " ".join(f"{value:.3f}" for value in comp.round_ratios(statistic))
+        _median, low, high = median_interval(comp.round_ratios(statistic))
         lines.append(
             f"{comp.threads:>7}  {comp.metric:<6}  {_fmt(bench.summary()):>17}"
             f"  {_fmt(agent.summary()):>17}  {comp.ratio(statistic):>5.3f}"
-            f"  {comp.verdict(statistic, tolerance):<6}  {quiet:>5}  {rounds}"
+            f"  {f'{low:.3f}-{high:.3f}':>11}  {comp.verdict(statistic, tolerance):<6}"
+            f"  {quiet:>5}  {rounds}"
         )
     lines.append(
         "tok/s: mean ± sd of the quiet rounds' samples; ratio: agent/llama-bench, median over"
-        f" quiet rounds of each run's {statistic}; target 1 ± {tolerance:.2f}"
+        f" quiet rounds of each run's {statistic}, and its ~95% interval (median ±"
+        f" 1.58 IQR/√n), which must lie within 1 ± {tolerance:.2f}"
     )
     return "\n".join(lines)
 
@@ -466,14 +457,22 @@ def compare_at(
     log_dir: Path,
     say: Callable[[str], None],
 ) -> tuple[list[Comparison], dict]:
-    """Interleave llama-bench and agent runs at one thread count until
-    args.rounds rounds were quiet or args.max_noisy_rounds were not."""
+    """Interleave llama-bench and agent runs at one thread count until args.rounds
+    rounds were quiet (or args.max_noisy_rounds were not); while a metric's verdict is
+    NOISY after that, go on up to args.max_rounds quiet rounds: more rounds narrow the
+    median where the spread is wide."""
     metrics = [f"pp{args.prompt_tokens}", f"tg{args.gen_tokens}"]
     by_metric = {metric: Comparison(threads, metric) for metric in metrics}
     config: dict = {}
     rss_ratios: list[float] = []
     n_quiet = n_noisy = 0
-    while n_quiet < args.rounds and n_noisy < args.max_noisy_rounds:
+
+    def unsettled() -> bool:
+        return n_quiet < args.max_rounds and any(
+            comp.verdict(args.statistic, args.tolerance) == "NOISY" for comp in by_metric.values()
+        )
+
+    while n_noisy < args.max_noisy_rounds and (n_quiet < args.rounds or unsettled()):
         stem = f"t{threads}-r{n_quiet + n_noisy + 1}"
         # Alternate who goes first (ABBA...), so a drift of the machine's speed within a
         # round does not always favour the same side.
@@ -504,7 +503,8 @@ def compare_at(
         say(
             f"threads {threads}: round {n_quiet + n_noisy}: other processes used"
             f" {bench.foreign_load:.2f} / {agent.foreign_load:.2f} cores"
-            f" -> {'quiet' if quiet else 'noisy, not counted'} ({n_quiet}/{args.rounds} quiet)"
+            f" -> {'quiet' if quiet else 'noisy, not counted'} ({n_quiet}/{args.rounds} quiet"
+            + (", more while a verdict is NOISY)" if n_quiet > args.rounds else ")")
         )
         for metric, comp in by_metric.items():
             if metric not in bench.samples or metric not in agent.samples:
@@ -565,6 +565,13 @@ def build_parser() -> argparse.ArgumentParser:
         " during both runs (default 0.10)",
     )
     parser.add_argument(
+        "--max-rounds",
+        type=int,
+        default=None,
+        help="while a verdict is NOISY after --rounds quiet rounds, go on up to this many"
+        " (default: 3 x --rounds; equal to --rounds: never)",
+    )
+    parser.add_argument(
         "--max-noisy-rounds",
         type=int,
         default=None,
@@ -600,6 +607,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--rounds, --reps and --threads must be positive")
     if args.max_noisy_rounds is None:
         args.max_noisy_rounds = 2 * args.rounds
+    if args.max_rounds is None:
+        args.max_rounds = 3 * args.rounds
+    args.max_rounds = max(args.max_rounds, args.rounds)
     if args.model is not None and not args.model.is_file():
         parser.error(f"--model {args.model}: no such file")
 

@@ -18,8 +18,9 @@ in several rounds, all methods interleaved in a rotating order so that drift of
 the machine's load hits all of them alike.  Prints MB/s per round, CPU seconds
 per GiB on both ends, the medians, and the edgeshrink/scp and
 edgeshrink/(scp+sha256sum) ratios per round and their median (targets >= 0.9
-and >= 1.0).  When the per-round ratios straddle the target the verdict is
-NOISY, not PASS or FAIL.  Last, the time of a re-push of the unchanged artifact
+and >= 1.0).  When the median's interval (bench_stats.median_interval) reaches
+across the target the verdict is NOISY, not PASS or FAIL, and more rounds follow
+(up to --max-rounds, default 3 x --rounds) while one is.  Last, the time of a re-push of the unchanged artifact
 (target < 2 s: the device only checks its hash cache).
 
     python scripts/bench_push.py [--size-mib 512] [--rounds 5] [--no-durable] [--paramiko]
@@ -42,6 +43,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_stats import at_least_verdict, median_interval  # noqa: E402
 from sshd_rig import sshd_rig  # noqa: E402
 
 from edgeshrink.transport.ssh import SSHTransport  # noqa: E402
@@ -162,27 +164,26 @@ def clean(rig) -> None:
         (rig.work_dir / name).unlink(missing_ok=True)
 
 
-def verdict(ratios: list[float], target: float) -> str:
-    """PASS/FAIL on the median of per-round ratios, NOISY when the rounds straddle the target."""
-    median = statistics.median(ratios)
-    if len(ratios) >= 3 and min(ratios) < target <= max(ratios):
-        spread = sorted(ratios)
-        inner = spread[len(spread) // 4 : len(spread) - len(spread) // 4] or spread
-        if min(inner) < target <= max(inner):
-            return f"NOISY (the middle rounds range {min(inner):.2f}-{max(inner):.2f})"
-    return "PASS" if median >= target else "FAIL"
+TARGETS = (("scp", 0.9), ("scp+sha256sum", 1.0))  # edgeshrink's speed over each, at least
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mib", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--max-rounds",
+        type=int,
+        default=None,
+        help="while a verdict is NOISY after --rounds, go on up to this many (default 3 x --rounds)",
+    )
     parser.add_argument("--no-durable", action="store_true", help="skip the device-side fsync")
     parser.add_argument("--paramiko", action="store_true", help="also push with paramiko only")
     parser.add_argument(
         "--netns", action="store_true", help="run the rig in its own network namespace"
     )
     args = parser.parse_args()
+    args.max_rounds = max(args.rounds, args.max_rounds or 3 * args.rounds)
     size = args.size_mib << 20
     with tempfile.TemporaryDirectory(prefix="edgeshrink-bench-push-") as tmp:
         path = Path(tmp) / "artifact.bin"
@@ -209,7 +210,19 @@ def main() -> int:
             cpu: dict[str, list[tuple[float, float | None]]] = {m: [] for m in methods}
             vias: set[str] = set()
             device_cpu = DeviceCpu(rig.sshd_pid)
-            for round_no in range(args.rounds):
+
+            def ratios(other: str) -> list[float]:
+                return [o / e for e, o in zip(times["edgeshrink"], times[other], strict=True)]
+
+            def unsettled(done: int) -> bool:
+                return done < args.max_rounds and any(
+                    at_least_verdict(ratios(other), target) == "NOISY" for other, target in TARGETS
+                )
+
+            round_no = 0
+            while round_no < args.rounds or unsettled(round_no):
+                if round_no == args.rounds:
+                    print("  (a verdict is NOISY: more rounds, up to --max-rounds)", flush=True)
                 shift = round_no % len(methods)
                 order = methods[shift:] + methods[:shift]
                 for method in order:
@@ -243,6 +256,7 @@ def main() -> int:
                         f"  round {round_no + 1} {method:19s} {seconds:6.2f} s  {size / seconds / 1e6:6.1f} MB/s{cpu_text}",
                         flush=True,
                     )
+                round_no += 1
             clean(rig)
             push_edgeshrink(rig, path, sha, not args.no_durable)
             repush = [push_edgeshrink(rig, path, sha, True) for _ in range(3)]
@@ -263,11 +277,13 @@ def main() -> int:
                 f"{method:19s} {size / median / 1e6:12.1f} {size / min(times[method]) / 1e6:10.1f} {cpu_text:>24s}"
             )
         print(f"edgeshrink pushed through: {', '.join(sorted(vias))}")
-        for other, target in (("scp", 0.9), ("scp+sha256sum", 1.0)):
-            ratios = [o / e for e, o in zip(times["edgeshrink"], times[other], strict=True)]
+        for other, target in TARGETS:
+            median, low, high = median_interval(ratios(other))
             print(
-                f"edgeshrink/{other} speed ratio: {statistics.median(ratios):.2f} (median of per-round "
-                f"ratios {', '.join(f'{r:.2f}' for r in ratios)}) target >= {target}: {verdict(ratios, target)}"
+                f"edgeshrink/{other} speed ratio: {median:.2f}, interval {low:.2f}-{high:.2f} "
+                f"(median of {round_no} per-round ratios "
+                f"{', '.join(f'{r:.2f}' for r in ratios(other))}) target >= {target}: "
+                f"{at_least_verdict(ratios(other), target)}"
             )
         best = min(s for s, _, _via in repush)
         print(
