@@ -689,6 +689,7 @@ def main(argv: list[str] | None = None) -> int:
             "params": {
                 "threads": args.threads,
                 "rounds": args.rounds,
+                "max_rounds": args.max_rounds,
                 "reps": args.reps,
                 "prompt_tokens": args.prompt_tokens,
                 "gen_tokens": args.gen_tokens,
@@ -712,6 +713,7 @@ def main(argv: list[str] | None = None) -> int:
                     },
                     "round_ratios": comp.round_ratios(args.statistic),
                     "ratio": comp.ratio(args.statistic),
+                    "interval": median_interval(comp.round_ratios(args.statistic))[1:],
                     "result": comp.verdict(args.statistic, args.tolerance),
                 }
                 for comp in comparisons
