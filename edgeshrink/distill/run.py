@@ -96,7 +96,8 @@ def training_memory(
 
     tokens = batch * n_ctx
     return {
-        "held now": psutil.Process().memory_info().rss + RESIDENT_SLACK_BYTES,
+        "held now": psutil.Process().memory_info().rss,
+        "margin": RESIDENT_SLACK_BYTES,
         "gradients and AdamW": trained * OPTIMIZER_BYTES_PER_PARAM,
         "activations": layers * tokens * 2 * (shape.n_embd + shape.n_ff) * 4,
         "logits": tokens * shape.n_vocab * 4 * LOGIT_COPIES,
