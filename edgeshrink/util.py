@@ -9,6 +9,7 @@ import importlib.resources
 import json
 import os
 import re
+import resource
 import shutil
 import sys
 import tempfile
@@ -186,3 +187,17 @@ def cache_dir(name: str) -> Path:
 def shipped_text(name: str) -> str:
     """A text edgeshrink ships in edgeshrink/data (calib-en.txt, eval-en.txt)."""
     return (importlib.resources.files("edgeshrink") / "data" / name).read_text(encoding="utf-8")
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS: the kernel's VmHWM, which starts again at exec.  getrusage's
+    ru_maxrss keeps the parent's peak across fork + exec (a distill started from a 2.4 GB
+    pytest reported 2.4 GB), so it is only the fallback where /proc is missing."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

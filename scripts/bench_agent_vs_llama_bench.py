@@ -61,6 +61,7 @@ from llama_tools import (  # noqa: E402
 
 import edgeshrink.agent  # noqa: E402
 from edgeshrink.errors import EdgeshrinkError  # noqa: E402
+from edgeshrink.util import peak_rss_mb  # noqa: E402
 
 MIN_MODEL_BYTES = 50_000_000
 AGENT_SCRIPT = Path(edgeshrink.agent.__file__).resolve().parent / "edgeshrink_agent.py"
@@ -220,16 +221,6 @@ class RunResult:
     samples: dict[str, list[float]]  # metric -> tok/s per repetition
     config: dict
     foreign_load: float  # cores other processes used during the run
-
-
-def own_peak_rss_mb() -> float:
-    """This script's own VmHWM: a child's ru_maxrss is at least its parent's RSS at the
-    fork, so it tells the child's peak only while the child outgrows this process."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    return 0.0
 
 
 def _run(
@@ -492,7 +483,7 @@ def compare_at(
                 )
         bench, agent = runs["llama-bench"], runs["agent"]
         reported, kernel = agent.config.get("peak_rss_mb"), agent.config.get("kernel_peak_rss_mb")
-        if reported and kernel and kernel > own_peak_rss_mb() * 1.05:
+        if reported and kernel and kernel > peak_rss_mb() * 1.05:
             rss_ratios.append(reported / kernel)
         elif reported and kernel:
             say(f"warning: threads {threads}: this script's own peak RSS reaches the agent's;"

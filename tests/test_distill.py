@@ -250,7 +250,7 @@ def test_the_peak_memory_is_the_process_own_not_its_parent() -> None:
     from the test suite's 2.4 GB process reported 2.4 GB. VmHWM starts again at exec."""
     held = bytearray(1 << 30)
     held[:: 1 << 12] = b"\1" * len(range(0, 1 << 30, 1 << 12))  # resident, not just reserved
-    code = "from edgeshrink.distill.train import peak_rss_mb; print(peak_rss_mb())"
+    code = "from edgeshrink.util import peak_rss_mb; print(peak_rss_mb())"
     child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     del held
     assert float(child.stdout) < 512, child.stdout

@@ -83,6 +83,13 @@ class ByteSize(click.ParamType):
         return int(size)
 
 
+def stack_options(func: Any, options: list[Any]) -> Any:
+    """``func`` with click ``options`` applied, the first listed shown first in --help."""
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 def imatrix_options(func: Any) -> Any:
     """The GGUF importance-matrix and size-budget options of shrink, plan and sweep."""
     options = [
@@ -99,9 +106,7 @@ def imatrix_options(func: Any) -> Any:
                      help="GGUF: like --max-size, with the profile's memory budget less the KV "
                      "cache at --ctx and the runtime's overhead."),
     ]  # fmt: skip
-    for option in reversed(options):
-        func = option(func)
-    return func
+    return stack_options(func, options)
 
 
 def quality_budget_options(func: Any) -> Any:
@@ -121,9 +126,7 @@ def quality_budget_options(func: Any) -> Any:
                      help="ONNX/TFLite: accuracy at most this many points below the original's "
                      "(2 = two percentage points); needs labels."),
     ]  # fmt: skip
-    for option in reversed(options):
-        func = option(func)
-    return func
+    return stack_options(func, options)
 
 
 def imatrix_settings(imatrix_path: Path | None, no_imatrix: bool, max_size: int | None,

@@ -15,6 +15,7 @@ from edgeshrink.cli.common import (
     imatrix_settings,
     pass_context,
     progress_printer,
+    stack_options,
 )
 from edgeshrink.convert import CONVERTERS, converter_to
 from edgeshrink.formats import backend, detect_and_inspect, gguf
@@ -61,9 +62,7 @@ def format_options(func):
                      help="Hugging Face checkpoints: the GGUF type to convert to before quantizing "
                           "(auto keeps BF16/F16, turns F32 into F16)."),
     ]  # fmt: skip
-    for option in reversed(options):
-        func = option(func)
-    return func
+    return stack_options(func, options)
 
 
 def shrink_options(**kw):

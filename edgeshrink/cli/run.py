@@ -19,6 +19,7 @@ from edgeshrink.cli.common import (
     emit_json,
     pass_context,
     progress_printer,
+    stack_options,
 )
 from edgeshrink.cli.models import (
     CTX,
@@ -80,9 +81,7 @@ def bench_options(func: Callable[..., Any]) -> Callable[..., Any]:
         DB_OPTION,
         ACCEPT_NEW_HOST_KEY,
     ]  # fmt: skip
-    for option in reversed(options):
-        func = option(func)
-    return func
+    return stack_options(func, options)
 
 
 def params_from(kw: dict[str, Any]):

@@ -18,10 +18,10 @@ from edgeshrink.distill.train import (
     TrainFacts,
     TrainSettings,
     descend,
-    peak_rss_mb,
 )
 from edgeshrink.errors import EvalDataError, Interrupted, RecipeError
 from edgeshrink.formats.gguf.embeddings import sentences
+from edgeshrink.util import peak_rss_mb
 
 MAX_TOKENS = 128
 

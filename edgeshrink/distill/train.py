@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import resource
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -23,6 +22,7 @@ from typing import Any
 
 from edgeshrink.distill.targets import TeacherTargets
 from edgeshrink.errors import Interrupted, RecipeError
+from edgeshrink.util import peak_rss_mb
 
 CHECKPOINT_EVERY_S = 60.0
 WARMUP_STEPS = 10
@@ -83,20 +83,6 @@ def status_line(status: StepStatus) -> str:
         bar = f"step {status.step}"
     return (f"training: {bar}  loss {status.loss:.4f}  {status.tokens_per_s:,.0f} tok/s  "
             f"ETA {eta}")  # fmt: skip
-
-
-def peak_rss_mb() -> float:
-    """This process's peak RSS: the kernel's VmHWM, which starts again at exec.  getrusage's
-    ru_maxrss keeps the parent's peak across fork + exec (a distill started from a 2.4 GB
-    pytest reported 2.4 GB), so it is only the fallback where /proc is missing."""
-    try:
-        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except (OSError, ValueError, IndexError):
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def trained_parameters(model: Any, trainable: tuple[int, ...] | None) -> list[Any]:
